@@ -1,0 +1,185 @@
+/* model/params.c - builds the parameter table (see params.h for the order and names).
+ * Not here: any tensor memory; the model allocates the flat buffers from t->total. */
+#include "params.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/common.h"
+
+typedef struct Builder { ParamTable *t; int cap; } Builder;
+
+static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer, int expert,
+                int mtp, long rows, long cols, const char *fmt, ...) __attribute__((format(printf, 10, 11)));
+
+static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer, int expert,
+                int mtp, long rows, long cols, const char *fmt, ...)
+{
+    ParamTable *t = b->t;
+    if (t->n == b->cap) {
+        b->cap = b->cap ? 2 * b->cap : 256;
+        t->p = realloc(t->p, (size_t)b->cap * sizeof(Param));
+        if (!t->p) DIE("out of memory building the parameter table");
+    }
+    Param *p = &t->p[t->n++];
+    memset(p, 0, sizeof *p);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(p->name, sizeof p->name, fmt, ap);
+    va_end(ap);
+    CHECK(n > 0 && n < (int)sizeof p->name);
+    CHECK(rows > 0 && cols >= 0);
+    p->ndim = cols == 0 ? 1 : 2;   /* cols 0: a vector of rows values */
+    p->rows = rows;
+    p->cols = cols ? cols : 1;
+    p->numel = (size_t)p->rows * (size_t)p->cols;
+    p->offset = t->total;
+    p->role = role;
+    p->init = init;
+    p->decay = decay;
+    p->trained = 1;
+    p->layer = layer;
+    p->expert = expert;
+    p->mtp = mtp;
+    t->total += p->numel;
+}
+
+/* SwiGLU triple: gate_proj and up_proj adjacent (fused [gate|up] GEMM), then down_proj. */
+static void add_swiglu(Builder *b, ParamRole role, int layer, int expert, int mtp, long C, long hidden,
+                       const char *prefix)
+{
+    add(b, role, INIT_NORMAL, 1, layer, expert, mtp, hidden, C, "%s.gate_proj.weight", prefix);
+    add(b, role, INIT_NORMAL, 1, layer, expert, mtp, hidden, C, "%s.up_proj.weight", prefix);
+    add(b, role, INIT_NORMAL, 1, layer, expert, mtp, C, hidden, "%s.down_proj.weight", prefix);
+}
+
+/* One transformer block (attention + FFN) at layer index l; MTP blocks are MoE blocks. */
+static void add_block(Builder *b, const ModelConfig *c, int l, int mtp)
+{
+    const long C = c->hidden_size, H = c->num_attention_heads;
+    const long Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim, Dv = c->v_head_dim;
+    const long Rq = c->q_lora_rank, Rkv = c->kv_lora_rank;
+    char pre[PARAM_NAME_MAX];
+    snprintf(pre, sizeof pre, "model.layers.%d", l);
+
+    add(b, ROLE_NORM, INIT_ONES, 0, l, -1, mtp, C, 0, "%s.input_layernorm.weight", pre);
+    if (Rq > 0) {
+        add(b, ROLE_ATTN, INIT_NORMAL, 1, l, -1, mtp, Rq, C, "%s.self_attn.q_a_proj.weight", pre);
+        add(b, ROLE_NORM, INIT_ONES, 0, l, -1, mtp, Rq, 0, "%s.self_attn.q_a_layernorm.weight", pre);
+        add(b, ROLE_ATTN, INIT_NORMAL, 1, l, -1, mtp, H * (Dn + Dr), Rq, "%s.self_attn.q_b_proj.weight", pre);
+    } else {
+        add(b, ROLE_ATTN, INIT_NORMAL, 1, l, -1, mtp, H * (Dn + Dr), C, "%s.self_attn.q_proj.weight", pre);
+    }
+    add(b, ROLE_ATTN, INIT_NORMAL, 1, l, -1, mtp, Rkv + Dr, C, "%s.self_attn.kv_a_proj_with_mqa.weight", pre);
+    add(b, ROLE_NORM, INIT_ONES, 0, l, -1, mtp, Rkv, 0, "%s.self_attn.kv_a_layernorm.weight", pre);
+    add(b, ROLE_ATTN, INIT_NORMAL, 1, l, -1, mtp, H * (Dn + Dv), Rkv, "%s.self_attn.kv_b_proj.weight", pre);
+    add(b, ROLE_ATTN, INIT_NORMAL, 1, l, -1, mtp, C, H * Dv, "%s.self_attn.o_proj.weight", pre);
+    add(b, ROLE_NORM, INIT_ONES, 0, l, -1, mtp, C, 0, "%s.post_attention_layernorm.weight", pre);
+
+    if (!mtp && l < c->first_k_dense_replace) {
+        char mlp[PARAM_NAME_MAX];
+        snprintf(mlp, sizeof mlp, "%s.mlp", pre);
+        add_swiglu(b, ROLE_DENSE_FFN, l, -1, mtp, C, c->intermediate_size, mlp);
+        return;
+    }
+    const long E = c->n_routed_experts, F = c->moe_intermediate_size;
+    add(b, ROLE_ROUTER, INIT_NORMAL, 0, l, -1, mtp, E, C, "%s.mlp.gate.weight", pre);
+    add(b, ROLE_ROUTER, INIT_ZEROS, 0, l, -1, mtp, E, 0, "%s.mlp.gate.e_score_correction_bias", pre);
+    b->t->p[b->t->n - 1].trained = 0;
+    if (c->n_shared_experts > 0) {
+        char sh[PARAM_NAME_MAX];
+        snprintf(sh, sizeof sh, "%s.mlp.shared_experts", pre);
+        add_swiglu(b, ROLE_SHARED_EXPERT, l, -1, mtp, C, (long)c->n_shared_experts * F, sh);
+    }
+    for (int e = 0; e < E; e++) {
+        char ex[PARAM_NAME_MAX];
+        snprintf(ex, sizeof ex, "%s.mlp.experts.%d", pre, e);
+        add_swiglu(b, ROLE_ROUTED_EXPERT, l, e, mtp, C, F, ex);
+    }
+}
+
+void params_build(ParamTable *t, const ModelConfig *c)
+{
+    memset(t, 0, sizeof *t);
+    Builder b = { t, 0 };
+    const long V = c->vocab_size, C = c->hidden_size;
+    const int L = c->num_hidden_layers;
+
+    add(&b, ROLE_EMBED, INIT_NORMAL, 1, -1, -1, 0, V, C, "model.embed_tokens.weight");
+    for (int l = 0; l < L; l++) add_block(&b, c, l, 0);
+    for (int k = 1; k <= c->num_nextn_predict_layers; k++) {
+        int l = L + k - 1;
+        add(&b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.enorm.weight", l);
+        add(&b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.hnorm.weight", l);
+        add(&b, ROLE_MTP_PROJ, INIT_NORMAL, 1, l, -1, 1, C, 2 * C, "model.layers.%d.eh_proj.weight", l);
+        add_block(&b, c, l, 1);
+        add(&b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.shared_head.norm.weight", l);
+    }
+    add(&b, ROLE_NORM, INIT_ONES, 0, -1, -1, 0, C, 0, "model.norm.weight");
+    add(&b, ROLE_HEAD, INIT_NORMAL, 1, -1, -1, 0, V, C, "lm_head.weight");
+}
+
+void params_free(ParamTable *t)
+{
+    free(t->p);
+    memset(t, 0, sizeof *t);
+}
+
+const Param *params_find(const ParamTable *t, const char *name)
+{
+    for (int i = 0; i < t->n; i++)
+        if (strcmp(t->p[i].name, name) == 0) return &t->p[i];
+    return NULL;
+}
+
+size_t params_offset(const ParamTable *t, int layer, const char *suffix)
+{
+    char name[PARAM_NAME_MAX];
+    if (layer >= 0) snprintf(name, sizeof name, "model.layers.%d.%s", layer, suffix);
+    else snprintf(name, sizeof name, "%s", suffix);
+    const Param *p = params_find(t, name);
+    if (!p) BUG("parameter '%s' is not in the table", name);
+    return p->offset;
+}
+
+size_t params_count(const ParamTable *t, ParamRole role, int mtp)
+{
+    size_t n = 0;
+    for (int i = 0; i < t->n; i++) {
+        const Param *p = &t->p[i];
+        if (role != ROLE_COUNT && p->role != role) continue;
+        if (mtp >= 0 && p->mtp != mtp) continue;
+        n += p->numel;
+    }
+    return n;
+}
+
+const char *params_role_name(ParamRole role)
+{
+    static const char *names[ROLE_COUNT] = {
+        "embedding", "head", "attention", "dense_ffn", "shared_experts", "routed_experts",
+        "router", "norms", "mtp_projection",
+    };
+    return role < ROLE_COUNT ? names[role] : "?";
+}
+
+void params_init(const ParamTable *t, const ModelConfig *c, float *host, unsigned long long seed)
+{
+    const float std = (float)c->initializer_range;
+    for (int i = 0; i < t->n; i++) {
+        const Param *p = &t->p[i];
+        float *w = host + p->offset;
+        Rng r;
+        rng_seed(&r, seed * 0x100000001B3ull + (unsigned long long)i * 0x9E3779B97F4A7C15ull);
+        for (size_t j = 0; j < p->numel; j++) {
+            switch (p->init) {
+            case INIT_NORMAL: w[j] = std * rng_normal(&r); break;
+            case INIT_ONES: w[j] = 1.0f; break;
+            case INIT_ZEROS: w[j] = 0.0f; break;
+            }
+        }
+    }
+}

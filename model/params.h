@@ -1,0 +1,81 @@
+/* model/params.h - the parameter table: the one list of the model's tensors.
+ *
+ * Every tensor appears once, with its Hugging Face DeepseekV3 name, shape, initialisation,
+ * weight-decay flag and role. Flat buffer offsets, the optimizer's groups, checkpoint dataset
+ * names, export names, parameter counts (dstrain plan) and test labels all come from here.
+ *
+ * Order in the flat buffer = table order:
+ *   model.embed_tokens.weight                                   (V,C)
+ *   per layer l < L:  model.layers.l.
+ *     input_layernorm.weight (C)
+ *     self_attn.q_a_proj.weight (Rq,C) q_a_layernorm.weight (Rq) q_b_proj.weight (H*Dqk,Rq)
+ *         or, when Rq == 0, self_attn.q_proj.weight (H*Dqk,C)
+ *     self_attn.kv_a_proj_with_mqa.weight (Rkv+Dr,C) kv_a_layernorm.weight (Rkv)
+ *     self_attn.kv_b_proj.weight (H*(Dn+Dv),Rkv) self_attn.o_proj.weight (C,H*Dv)
+ *     post_attention_layernorm.weight (C)
+ *     dense (l < first_k_dense_replace): mlp.{gate_proj,up_proj} (I,C), mlp.down_proj (C,I)
+ *     MoE: mlp.gate.weight (E,C), mlp.gate.e_score_correction_bias (E) [state, not trained]
+ *          mlp.shared_experts.{gate_proj,up_proj} (Fs,C), down_proj (C,Fs)   (if Fs > 0)
+ *          mlp.experts.e.{gate_proj,up_proj} (F,C), down_proj (C,F)  for e < E
+ *   per MTP module k = 1..D, as layer index L+k-1 (DeepSeek's published naming):
+ *     enorm.weight (C) hnorm.weight (C) eh_proj.weight (C,2C) ...a full MoE block as above...
+ *     shared_head.norm.weight (C)
+ *   model.norm.weight (C), lm_head.weight (V,C)
+ * gate_proj is always directly followed by up_proj, so one GEMM with OC = 2*hidden computes
+ * both ([gate | up] per row); model code relies on it and checks it.
+ */
+#ifndef DSTRAIN_PARAMS_H
+#define DSTRAIN_PARAMS_H
+
+#include <stddef.h>
+
+#include "config.h"
+
+typedef enum {
+    ROLE_EMBED, ROLE_HEAD, ROLE_ATTN, ROLE_DENSE_FFN, ROLE_SHARED_EXPERT, ROLE_ROUTED_EXPERT,
+    ROLE_ROUTER, ROLE_NORM, ROLE_MTP_PROJ, ROLE_COUNT
+} ParamRole;
+
+typedef enum { INIT_NORMAL, INIT_ONES, INIT_ZEROS } ParamInit;
+
+#define PARAM_NAME_MAX 96
+
+typedef struct Param {
+    char name[PARAM_NAME_MAX];
+    int ndim;               /* 1 or 2 */
+    long rows, cols;        /* shape (rows, cols); cols = 1 when ndim == 1 */
+    size_t numel;
+    size_t offset;          /* in floats, within the flat buffer */
+    ParamRole role;
+    ParamInit init;
+    int decay;              /* AdamW weight decay applies */
+    int trained;            /* 0: state the optimizer never touches (router bias) */
+    int layer;              /* block index (MTP k at L+k-1); -1 for embedding, final norm, head */
+    int expert;             /* routed expert index; -1 otherwise */
+    int mtp;                /* 1 for tensors of an MTP module (layer >= L) */
+} Param;
+
+typedef struct ParamTable {
+    Param *p;
+    int n;
+    size_t total;           /* floats in the flat buffer */
+} ParamTable;
+
+/* Build the table for a (validated) config; no tensor memory is allocated. */
+void params_build(ParamTable *t, const ModelConfig *c);
+void params_free(ParamTable *t);
+/* The entry with this exact name, or NULL. */
+const Param *params_find(const ParamTable *t, const char *name);
+/* Offset of "model.layers.<layer>.<suffix>" (layer < 0: the name is used as is); DIE if absent. */
+size_t params_offset(const ParamTable *t, int layer, const char *suffix);
+/* Sum of numel over entries matching role (or every role when role = ROLE_COUNT) and, when
+ * mtp >= 0, the MTP flag. */
+size_t params_count(const ParamTable *t, ParamRole role, int mtp);
+const char *params_role_name(ParamRole role);
+
+/* Fill a host buffer with the initial values (normal(0, initializer_range), ones, zeros),
+ * deterministic in seed and independent of the order of other tensors: each tensor draws
+ * from its own stream seeded by (seed, table index). */
+void params_init(const ParamTable *t, const ModelConfig *c, float *host, unsigned long long seed);
+
+#endif

@@ -1,0 +1,63 @@
+/* runtime/main.c - the dstrain binary: dispatches to the subcommands of runtime/commands.h.
+ * Not here: any command's logic. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+typedef struct Command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *usage;
+} Command;
+
+static const Command COMMANDS[] = {
+    { "train", cmd_train, "train CONFIG [--set section.key=value ...]   train a model" },
+    { "prepare", cmd_prepare, "prepare --text FILE|--synthetic --out DIR    write token shards" },
+    { "sample", cmd_sample, "sample --ckpt DIR --prompt TEXT             generate text" },
+    { "plan", cmd_plan, "plan CONFIG [--set ...] [--json]            FLOPs, memory, communication, bubble" },
+};
+#define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
+
+static void print_build(FILE *f)
+{
+    fprintf(f, "built with: cpu (OpenMP, OpenBLAS)");
+#ifdef DSTRAIN_HAVE_MPI
+    fprintf(f, ", mpi");
+#endif
+#ifdef DSTRAIN_HAVE_CUDA
+    fprintf(f, ", cuda");
+#endif
+#ifdef DSTRAIN_HAVE_IBVERBS
+    fprintf(f, ", ibverbs");
+#endif
+    fprintf(f, "\n");
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: dstrain COMMAND [ARGS]   (dstrain COMMAND --help for each)\n\ncommands:\n");
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  dstrain %s\n", COMMANDS[i].usage);
+    fprintf(f, "\n");
+    print_build(f);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        print_build(stdout);
+        return 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "dstrain: unknown command '%s' (run 'dstrain --help' for the list)\n", argv[1]);
+    return 2;
+}
