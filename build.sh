@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PACKAGES="build-essential cmake pkg-config libopenblas-dev libopenmpi-dev openmpi-bin
+PACKAGES="build-essential cmake pkg-config libopenblas-openmp-dev libopenmpi-dev openmpi-bin
 libhdf5-dev libzstd-dev libibverbs-dev libinih-dev libjansson-dev python3"
 JOBS=$(nproc 2>/dev/null || echo 2)
 

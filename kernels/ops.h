@@ -97,6 +97,11 @@ struct Ops {
     /* sum of squares of x (n), accumulated in double, returned to the host */
     double (*sumsq)(Ops *o, const float *x, size_t n);
 
+    /* Row concatenation: out (N,A+Bc) = [a (N,A) | b (N,Bc)] per row (MTP's [emb ; h]).
+     * backward: da += left part of dout, db += right part. */
+    void (*concat_forward)(Ops *o, float *out, const float *a, const float *b, int N, int A, int Bc);
+    void (*concat_backward)(Ops *o, float *da, float *db, const float *dout, int N, int A, int Bc);
+
     /* SwiGLU: gu (N,2F) holds [gate | up] per row; out (N,F) = silu(gate) * up. */
     void (*swiglu_forward)(Ops *o, float *out, const float *gu, int N, int F);
     void (*swiglu_backward)(Ops *o, float *dgu, const float *dout, const float *gu, int N, int F);

@@ -1,5 +1,11 @@
 /* model/params.c - builds the parameter table (see params.h for the order and names).
- * Not here: any tensor memory; the model allocates the flat buffers from t->total. */
+ * Not here: any tensor memory; the model allocates the flat buffers from t->total.
+ *
+ * attention = "gqa" (dense Llama-style models, for dstrain plan) replaces a block's MLA
+ * tensors with Hugging Face Llama names and makes every FFN dense:
+ *   self_attn.q_proj (H*hd,C) k_proj (KV*hd,C) v_proj (KV*hd,C) o_proj (C,H*hd),
+ *   mlp.{gate_proj,up_proj} (I,C), mlp.down_proj (C,I)   (hd = head_dim, KV = kv heads)
+ * An MTP module of a gqa model (only if num_nextn_predict_layers > 0) wraps such a block. */
 #include "params.h"
 
 #include <math.h>
@@ -9,6 +15,7 @@
 #include <string.h>
 
 #include "../runtime/common.h"
+#include "flops.h"
 
 typedef struct Builder { ParamTable *t; int cap; } Builder;
 
@@ -56,14 +63,34 @@ static void add_swiglu(Builder *b, ParamRole role, int layer, int expert, int mt
     add(b, role, INIT_NORMAL, 1, layer, expert, mtp, C, hidden, "%s.down_proj.weight", prefix);
 }
 
+/* A dense GQA/MHA block (Llama layout): attention without biases, SwiGLU FFN on every layer. */
+static void add_gqa_block(Builder *b, const ModelConfig *c, int l, int mtp, const char *pre)
+{
+    const AttnDims a = flops_attn_dims(c);
+    const long C = c->hidden_size, H = a.heads, KV = a.kv_heads, hd = a.head_dim;
+    add(b, ROLE_NORM, INIT_ONES, 0, l, -1, mtp, C, 0, "%s.input_layernorm.weight", pre);
+    add(b, ROLE_ATTN, INIT_NORMAL, 1, l, -1, mtp, H * hd, C, "%s.self_attn.q_proj.weight", pre);
+    add(b, ROLE_ATTN, INIT_NORMAL, 1, l, -1, mtp, KV * hd, C, "%s.self_attn.k_proj.weight", pre);
+    add(b, ROLE_ATTN, INIT_NORMAL, 1, l, -1, mtp, KV * hd, C, "%s.self_attn.v_proj.weight", pre);
+    add(b, ROLE_ATTN, INIT_NORMAL, 1, l, -1, mtp, C, H * hd, "%s.self_attn.o_proj.weight", pre);
+    add(b, ROLE_NORM, INIT_ONES, 0, l, -1, mtp, C, 0, "%s.post_attention_layernorm.weight", pre);
+    char mlp[PARAM_NAME_MAX];
+    snprintf(mlp, sizeof mlp, "%s.mlp", pre);
+    add_swiglu(b, ROLE_DENSE_FFN, l, -1, mtp, C, c->intermediate_size, mlp);
+}
+
 /* One transformer block (attention + FFN) at layer index l; MTP blocks are MoE blocks. */
 static void add_block(Builder *b, const ModelConfig *c, int l, int mtp)
 {
     const long C = c->hidden_size, H = c->num_attention_heads;
     const long Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim, Dv = c->v_head_dim;
     const long Rq = c->q_lora_rank, Rkv = c->kv_lora_rank;
-    char pre[PARAM_NAME_MAX];
+    char pre[32];
     snprintf(pre, sizeof pre, "model.layers.%d", l);
+    if (flops_attn_dims(c).gqa) {
+        add_gqa_block(b, c, l, mtp, pre);
+        return;
+    }
 
     add(b, ROLE_NORM, INIT_ONES, 0, l, -1, mtp, C, 0, "%s.input_layernorm.weight", pre);
     if (Rq > 0) {
@@ -164,6 +191,13 @@ const char *params_role_name(ParamRole role)
         "router", "norms", "mtp_projection",
     };
     return role < ROLE_COUNT ? names[role] : "?";
+}
+
+double params_active(const ParamTable *t, const ModelConfig *c)
+{
+    double routed = (double)params_count(t, ROLE_ROUTED_EXPERT, -1);
+    double share = c->n_routed_experts > 0 ? (double)c->num_experts_per_tok / c->n_routed_experts : 0.0;
+    return (double)params_count(t, ROLE_COUNT, -1) - routed + routed * share;
 }
 
 void params_init(const ParamTable *t, const ModelConfig *c, float *host, unsigned long long seed)

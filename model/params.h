@@ -72,6 +72,9 @@ size_t params_offset(const ParamTable *t, int layer, const char *suffix);
  * mtp >= 0, the MTP flag. */
 size_t params_count(const ParamTable *t, ParamRole role, int mtp);
 const char *params_role_name(ParamRole role);
+/* Parameters one token touches: every tensor except routed experts counts fully, routed
+ * experts count K/E of their size (each token reaches K of E experts per layer). */
+double params_active(const ParamTable *t, const ModelConfig *c);
 
 /* Fill a host buffer with the initial values (normal(0, initializer_range), ones, zeros),
  * deterministic in seed and independent of the order of other tensors: each tensor draws

@@ -107,6 +107,13 @@ float bf16_round(float x)
     return x;
 }
 
+void *arena_take(Arena *a, size_t bytes)
+{
+    size_t at = (a->used + 255) & ~(size_t)255;
+    a->used = at + bytes;
+    return a->base ? a->base + at : NULL;
+}
+
 void mkdir_p(const char *path)
 {
     char *p = xstrdup(path);

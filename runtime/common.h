@@ -52,6 +52,13 @@ float bf16_round(float x);
 /* printf-style string into a fresh allocation. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Bump allocation inside one buffer allocated per lifetime class (STYLE.md: memory is planned
+ * before step 0). Plan in two passes: with base == NULL arena_take only counts (returns NULL);
+ * then allocate `used` bytes once, reset used to 0, set base, and take again in the same
+ * order. Every piece is 256-byte aligned. The memory may be host or device. */
+typedef struct Arena { char *base; size_t used; } Arena;
+void *arena_take(Arena *a, size_t bytes);
+
 /* Create a directory and its parents (like mkdir -p); DIE on failure. */
 void mkdir_p(const char *path);
 

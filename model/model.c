@@ -1,0 +1,385 @@
+/* model/model.c - the whole model as a straight list of calls: embedding, blocks, final norm,
+ * head and loss; MTP modules (model/mtp.c); backward in reverse; expert loads and the router
+ * bias update. Every buffer is planned in model_create (three arenas: parameters and
+ * gradients, activations, backward scratch); nothing is allocated per step.
+ * Reference: SPEC.md sections 2-5. Not here: the optimizer (runtime/optim.c).
+ */
+#include "model_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Activations of the main path and every block, and of the MTP modules. */
+static void plan_acts(Model *m, Arena *ar)
+{
+    const Dims *d = &m->d;
+    const size_t N = (size_t)d->N;
+    m->tokens = arena_take(ar, N * sizeof(int32_t));
+    m->targets = arena_take(ar, N * sizeof(int32_t));
+    m->x0 = arena_take(ar, N * d->C * sizeof(float));
+    for (int b = 0; b < m->nblocks; b++) block_acts_plan(&m->acts[b], d, m->is_moe[b], ar);
+    m->hf = arena_take(ar, N * d->C * sizeof(float));
+    m->hf_rstd = arena_take(ar, N * sizeof(float));
+    m->logits = arena_take(ar, N * d->V * sizeof(float));
+    m->losses = arena_take(ar, N * sizeof(float));
+    m->dloss_main = arena_take(ar, N * sizeof(float));
+    m->logits_r = arena_take(ar, N * (d->E > 0 ? d->E : 1) * sizeof(float));
+    m->rope_cos = arena_take(ar, (size_t)d->T * (d->Dr / 2) * sizeof(float));
+    m->rope_sin = arena_take(ar, (size_t)d->T * (d->Dr / 2) * sizeof(float));
+    m->counts = arena_take(ar, (size_t)(m->n_moe ? m->n_moe : 1) * d->E * sizeof(float));
+    m->bal_loss = arena_take(ar, (size_t)(m->n_moe ? m->n_moe : 1) * d->B * sizeof(float));
+    m->bal_dloss = arena_take(ar, (size_t)d->B * sizeof(float));
+    for (int k = 0; k < d->D; k++) mtp_acts_plan(&m->mtp[k], d, ar);
+}
+
+static void plan_backward(Model *m, Arena *ar)
+{
+    const Dims *d = &m->d;
+    const size_t NC = (size_t)d->N * d->C * sizeof(float);
+    scratch_plan(&m->s, d, ar);
+    m->dres = arena_take(ar, NC);
+    m->dhf = arena_take(ar, NC);
+    m->dh_chain = arena_take(ar, NC);
+    m->dcat = arena_take(ar, 2 * NC);
+    m->den = arena_take(ar, NC);
+    m->dhn = arena_take(ar, NC);
+    m->de = arena_take(ar, NC);
+    m->dshn = arena_take(ar, NC);
+}
+
+/* Two-pass arena: count, allocate once, take again in the same order. */
+static char *arena_build(Model *m, void (*plan)(Model *, Arena *), size_t *bytes)
+{
+    Arena ar = { NULL, 0 };
+    plan(m, &ar);
+    *bytes = ar.used;
+    ar.base = m->o->alloc(m->o, ar.used);
+    ar.used = 0;
+    plan(m, &ar);
+    CHECK(ar.used == *bytes);
+    return ar.base;
+}
+
+static void bind_blocks(Model *m)
+{
+    const ModelConfig *c = &m->cfg;
+    for (int b = 0; b < m->nblocks; b++) {
+        block_bind(&m->w[b], &m->table, c, m->params, b, m->is_moe[b]);
+        if (m->grads) block_bind(&m->g[b], &m->table, c, m->grads, b, m->is_moe[b]);
+    }
+    for (int k = 0; k < m->d.D; k++) {
+        mtp_bind(&m->mtp_w[k], &m->table, m->params, m->d.L + k);
+        if (m->grads) mtp_bind(&m->mtp_g[k], &m->table, m->grads, m->d.L + k);
+    }
+    m->embed = m->params + params_offset(&m->table, -1, "model.embed_tokens.weight");
+    m->final_norm = m->params + params_offset(&m->table, -1, "model.norm.weight");
+    m->head = m->params + params_offset(&m->table, -1, "lm_head.weight");
+    if (m->grads) {
+        m->g_embed = m->grads + (m->embed - m->params);
+        m->g_final_norm = m->grads + (m->final_norm - m->params);
+        m->g_head = m->grads + (m->head - m->params);
+    }
+}
+
+Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train)
+{
+    if (c->num_nextn_predict_layers > MTP_MAX)
+        DIE("model: 'model.num_nextn_predict_layers' = %d is more than the %d this build supports",
+            c->num_nextn_predict_layers, MTP_MAX);
+    if (T <= c->num_nextn_predict_layers)
+        DIE("model: 'train.seq_len' = %d leaves no position for MTP depth %d", T, c->num_nextn_predict_layers);
+    if (strcmp(c->attention, "mla") != 0)
+        DIE("model: 'model.attention' = '%s' can be planned but not trained; training supports 'mla'", c->attention);
+    Model *m = xcalloc(1, sizeof *m);
+    m->cfg = *c;
+    m->o = o;
+    m->train = train;
+    dims_from_config(&m->d, c, B, T);
+    params_build(&m->table, c);
+    m->nblocks = m->d.L + m->d.D;
+    m->is_moe = xcalloc((size_t)m->nblocks, sizeof(int));
+    m->moe_block = xcalloc((size_t)m->nblocks, sizeof(int));
+    m->moe_slot = xcalloc((size_t)m->nblocks, sizeof(int));
+    for (int b = 0; b < m->nblocks; b++) {
+        m->is_moe[b] = b >= m->d.L || b >= c->first_k_dense_replace;
+        m->moe_slot[b] = m->is_moe[b] ? m->n_moe : -1;
+        if (m->is_moe[b]) m->moe_block[m->n_moe++] = b;
+    }
+    m->w = xcalloc((size_t)m->nblocks, sizeof(BlockWeights));
+    m->g = xcalloc((size_t)m->nblocks, sizeof(BlockWeights));
+    m->acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
+
+    m->bytes_params = m->table.total * sizeof(float);
+    m->params = o->alloc(o, m->bytes_params);
+    if (train) m->grads = o->alloc(o, m->bytes_params);
+    bind_blocks(m);
+    m->act_arena = arena_build(m, plan_acts, &m->bytes_acts);
+    if (train) m->scratch_arena = arena_build(m, plan_backward, &m->bytes_scratch);
+
+    const size_t half = (size_t)m->d.Dr / 2;
+    float *cs = xcalloc((size_t)T * half + 1, sizeof(float)), *sn = xcalloc((size_t)T * half + 1, sizeof(float));
+    rope_tables(c, T, cs, sn, &m->attn_scale);
+    o->upload(o, m->rope_cos, cs, (size_t)T * half * sizeof(float));
+    o->upload(o, m->rope_sin, sn, (size_t)T * half * sizeof(float));
+    free(cs);
+    free(sn);
+
+    m->host_tokens = xcalloc((size_t)m->d.N * 2, sizeof(int32_t));
+    m->host_losses = xcalloc((size_t)m->d.N + (size_t)m->n_moe * B + (size_t)m->n_moe * m->d.E + 1, sizeof(float));
+    model_set_loss_weights(m, 0.0, 0.0, 1);
+    return m;
+}
+
+void model_destroy(Model *m)
+{
+    if (!m) return;
+    for (int b = 0; b < m->nblocks; b++) block_acts_free(&m->acts[b]);
+    m->o->free(m->o, m->params);
+    if (m->grads) m->o->free(m->o, m->grads);
+    m->o->free(m->o, m->act_arena);
+    if (m->scratch_arena) m->o->free(m->o, m->scratch_arena);
+    params_free(&m->table);
+    free(m->is_moe);
+    free(m->moe_block);
+    free(m->moe_slot);
+    free(m->w);
+    free(m->g);
+    free(m->acts);
+    free(m->host_tokens);
+    free(m->host_losses);
+    free(m);
+}
+
+const ParamTable *model_table(const Model *m) { return &m->table; }
+const ModelConfig *model_config(const Model *m) { return &m->cfg; }
+float *model_params(Model *m) { return m->params; }
+float *model_grads(Model *m) { return m->grads; }
+int model_n_moe_layers(const Model *m) { return m->n_moe; }
+
+void model_print_memory(const Model *m, FILE *f)
+{
+    const double MiB = 1024.0 * 1024.0;
+    fprintf(f, "memory (%s):\n", m->o->name);
+    fprintf(f, "  %-24s %10.1f MiB  (%zu parameters)\n", "parameters", m->bytes_params / MiB, m->table.total);
+    fprintf(f, "  %-24s %10.1f MiB\n", "gradients", (m->grads ? m->bytes_params : 0) / MiB);
+    fprintf(f, "  %-24s %10.1f MiB  (micro-batch %d x %d)\n", "activations", m->bytes_acts / MiB, m->d.B, m->d.T);
+    fprintf(f, "  %-24s %10.1f MiB\n", "backward scratch", m->bytes_scratch / MiB);
+}
+
+void model_init_params(Model *m, uint64_t seed)
+{
+    float *host = xmalloc(m->bytes_params);
+    params_init(&m->table, &m->cfg, host, seed);
+    m->o->upload(m->o, m->params, host, m->bytes_params);
+    free(host);
+}
+
+void model_set_loss_weights(Model *m, double lambda, double alpha, int n_micro)
+{
+    const Dims *d = &m->d;
+    float *h = xcalloc((size_t)d->N, sizeof(float));
+    m->lambda = lambda;
+    m->alpha = alpha;
+    for (int n = 0; n < d->N; n++) h[n] = (float)(1.0 / ((double)d->N * n_micro));
+    m->o->upload(m->o, m->dloss_main, h, (size_t)d->N * sizeof(float));
+    for (int k = 1; k <= d->D; k++) {
+        /* module k has B*(T-k) positions with a target inside the window */
+        double scale = lambda / d->D / ((double)d->B * (d->T - k) * n_micro);
+        for (int n = 0; n < d->N; n++) h[n] = (n % d->T) + k + 1 <= d->T ? (float)scale : 0.0f;
+        m->o->upload(m->o, m->mtp[k - 1].dloss, h, (size_t)d->N * sizeof(float));
+    }
+    for (int b = 0; b < d->B; b++) h[b] = (float)(1.0 / ((double)d->B * n_micro));
+    m->o->upload(m->o, m->bal_dloss, h, (size_t)d->B * sizeof(float));
+    free(h);
+}
+
+void model_zero_grads(Model *m)
+{
+    CHECK(m->grads);
+    m->o->zero(m->o, m->grads, m->bytes_params);
+}
+
+void model_zero_counts(Model *m)
+{
+    m->o->zero(m->o, m->counts, (size_t)(m->n_moe ? m->n_moe : 1) * m->d.E * sizeof(float));
+}
+
+Ctx model_ctx(Model *m)
+{
+    Ctx x = { m->o, &m->d, &m->cfg, m->rope_cos, m->rope_sin, m->attn_scale, m->train ? &m->s : NULL,
+              m->logits_r };
+    return x;
+}
+
+MoeStats model_moe_stats(Model *m, int block, int train)
+{
+    int slot = m->moe_slot[block];
+    MoeStats st = { NULL, NULL, m->bal_dloss, (float)m->alpha };
+    if (slot < 0) return st;
+    if (train) st.counts = m->counts + (size_t)slot * m->d.E;
+    st.bal_loss = m->bal_loss + (size_t)slot * m->d.B;
+    return st;
+}
+
+void block_forward(Model *m, int b, const float *x_in, int train)
+{
+    Ctx x = model_ctx(m);
+    mla_forward(&x, &m->w[b], &m->acts[b], x_in);
+    if (m->is_moe[b]) {
+        MoeStats st = model_moe_stats(m, b, train);
+        moe_forward(&x, &m->w[b], &m->acts[b], &st);
+    } else {
+        ffn_forward(&x, &m->w[b], &m->acts[b]);
+    }
+}
+
+void block_backward(Model *m, int b, const float *x_in, float *dres)
+{
+    Ctx x = model_ctx(m);
+    if (m->is_moe[b]) {
+        MoeStats st = model_moe_stats(m, b, 1);
+        moe_backward(&x, &m->w[b], &m->g[b], &m->acts[b], &st, dres);
+    } else {
+        ffn_backward(&x, &m->w[b], &m->g[b], &m->acts[b], dres);
+    }
+    mla_backward(&x, &m->w[b], &m->g[b], &m->acts[b], x_in, dres);
+}
+
+/* Mean of the first n host losses over the rows whose weight mask is set. */
+double model_download_mean(Model *m, const float *dev, int n, int valid)
+{
+    m->o->download(m->o, m->host_losses, dev, (size_t)n * sizeof(float));
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += m->host_losses[i];
+    return valid > 0 ? sum / valid : 0.0;
+}
+
+/* Main path: embedding, blocks [0, L), final norm, head, loss. */
+void model_forward(Model *m, const int32_t *window, int train, ModelLoss *loss)
+{
+    Ops *o = m->o;
+    const Dims *d = &m->d;
+    CHECK(!train || m->train);
+    memset(loss, 0, sizeof *loss);
+    for (int b = 0; b < d->B; b++)
+        for (int t = 0; t < d->T; t++) {
+            m->host_tokens[b * d->T + t] = window[b * (d->T + 1) + t];
+            m->host_tokens[d->N + b * d->T + t] = window[b * (d->T + 1) + t + 1];
+        }
+    o->upload(o, m->tokens, m->host_tokens, (size_t)d->N * sizeof(int32_t));
+    o->upload(o, m->targets, m->host_tokens + d->N, (size_t)d->N * sizeof(int32_t));
+
+    o->embedding_forward(o, m->x0, m->tokens, m->embed, d->N, d->C);
+    const float *x = m->x0;
+    for (int b = 0; b < d->L; b++) {
+        block_forward(m, b, x, train);
+        x = m->acts[b].x_out;
+    }
+    o->rmsnorm_forward(o, m->hf, m->hf_rstd, x, m->final_norm, d->N, d->C, (float)m->cfg.rms_norm_eps);
+    o->matmul_forward(o, m->logits, m->hf, m->head, d->N, d->C, d->V);
+    o->xent_forward(o, m->losses, m->logits, m->targets, d->N, d->V);
+    loss->main = model_download_mean(m, m->losses, d->N, d->N);
+    /* training: the logits buffer becomes its own gradient now (the fused GPU path) */
+    if (train) o->xent_backward(o, m->logits, m->logits, m->targets, m->dloss_main, d->N, d->V);
+
+    const float *h_prev = m->hf;
+    for (int k = 1; k <= d->D; k++) {
+        loss->mtp[k - 1] = mtp_forward(m, k, window, h_prev, train);
+        h_prev = m->acts[d->L + k - 1].x_out;
+    }
+    if (m->alpha > 0 && m->n_moe > 0) {
+        /* each MoE layer's loss is a mean over the B sequences; layers add */
+        loss->balance = model_download_mean(m, m->bal_loss, m->n_moe * d->B, d->B);
+    }
+}
+
+void model_backward(Model *m)
+{
+    Ops *o = m->o;
+    const Dims *d = &m->d;
+    CHECK(m->train);
+    o->zero(o, m->dhf, (size_t)d->N * d->C * sizeof(float));
+    o->zero(o, m->dh_chain, (size_t)d->N * d->C * sizeof(float));
+    for (int k = d->D; k >= 1; k--) mtp_backward(m, k);
+
+    o->matmul_backward_input(o, m->dhf, m->logits, m->head, d->N, d->C, d->V);
+    o->matmul_backward_weight(o, m->g_head, m->logits, m->hf, d->N, d->C, d->V);
+    const float *x_last = d->L > 0 ? m->acts[d->L - 1].x_out : m->x0;
+    o->zero(o, m->dres, (size_t)d->N * d->C * sizeof(float));
+    o->rmsnorm_backward(o, m->dres, m->g_final_norm, m->dhf, x_last, m->final_norm, m->hf_rstd, d->N, d->C);
+    for (int b = d->L - 1; b >= 0; b--)
+        block_backward(m, b, b > 0 ? m->acts[b - 1].x_out : m->x0, m->dres);
+    o->embedding_backward(o, m->g_embed, m->dres, m->tokens, d->N, d->C);
+}
+
+void model_logits(Model *m, int pos, float *out)
+{
+    CHECK(pos >= 0 && pos < m->d.T);
+    m->o->download(m->o, out, m->logits + (size_t)pos * m->d.V, (size_t)m->d.V * sizeof(float));
+}
+
+void model_expert_counts(Model *m, float *counts)
+{
+    m->o->download(m->o, counts, m->counts, (size_t)m->n_moe * m->d.E * sizeof(float));
+}
+
+void model_set_expert_counts(Model *m, const float *counts)
+{
+    m->o->upload(m->o, m->counts, counts, (size_t)m->n_moe * m->d.E * sizeof(float));
+}
+
+static double layer_maxvio(const float *load, int E)
+{
+    double sum = 0, max = 0;
+    for (int i = 0; i < E; i++) {
+        sum += load[i];
+        if (load[i] > max) max = load[i];
+    }
+    return sum > 0 ? max / (sum / E) - 1.0 : 0.0;
+}
+
+LoadStats model_load_stats(Model *m)
+{
+    LoadStats st = { 0, 0 };
+    if (m->n_moe == 0) return st;
+    const int E = m->d.E;
+    float *c = xmalloc((size_t)m->n_moe * E * sizeof(float));
+    model_expert_counts(m, c);
+    for (int l = 0; l < m->n_moe; l++) {
+        double v = layer_maxvio(c + (size_t)l * E, E);
+        st.maxvio_mean += v / m->n_moe;
+        if (v > st.maxvio_max) st.maxvio_max = v;
+    }
+    free(c);
+    return st;
+}
+
+void model_bias_update(Model *m, double gamma, int zero_mean)
+{
+    if (m->n_moe == 0 || gamma == 0) return;
+    const int E = m->d.E;
+    float *c = xmalloc((size_t)m->n_moe * E * sizeof(float));
+    float *bias = xmalloc((size_t)E * sizeof(float));
+    double *delta = xmalloc((size_t)E * sizeof(double));
+    model_expert_counts(m, c);
+    for (int l = 0; l < m->n_moe; l++) {
+        float *bias_dev = m->w[m->moe_block[l]].router_bias;
+        const float *load = c + (size_t)l * E;
+        m->o->download(m->o, bias, bias_dev, (size_t)E * sizeof(float));
+        /* sign(mean - load_i) = sign(total - E * load_i): exact, since loads are integer
+         * counts well below 2^53 */
+        double total = 0, dmean = 0;
+        for (int i = 0; i < E; i++) total += load[i];
+        for (int i = 0; i < E; i++) {
+            double diff = total - (double)E * load[i];
+            delta[i] = gamma * (double)((diff > 0) - (diff < 0));
+            dmean += delta[i] / E;
+        }
+        for (int i = 0; i < E; i++) bias[i] = (float)(bias[i] + delta[i] - (zero_mean ? dmean : 0.0));
+        m->o->upload(m->o, bias_dev, bias, (size_t)E * sizeof(float));
+    }
+    free(c);
+    free(bias);
+    free(delta);
+}

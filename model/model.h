@@ -1,0 +1,86 @@
+/* model/model.h - the DeepSeek-V3 model: parameters, activations, forward and backward of
+ * one micro-batch, losses (main, MTP, balance), expert loads and the router bias update.
+ *
+ * Written once against the op table (kernels/ops.h); every buffer is planned and allocated
+ * in model_create, nothing is allocated in forward/backward.
+ *
+ * Calling sequence (training, one optimizer step of M micro-batches):
+ *   Model *m = model_create(&cfg, ops, B, T, 1);
+ *   model_init_params(m, seed);                       (or upload weights)
+ *   model_zero_grads(m); model_zero_counts(m);
+ *   model_set_loss_weights(m, lambda, alpha, M);
+ *   for each micro-batch: model_forward(m, window, 1, &loss); model_backward(m);
+ *   ...optimizer on model_params/model_grads...
+ *   model_bias_update(m, gamma, zero_mean, &stats);
+ * Evaluation: model_create(..., 0) (no gradients), model_forward(m, window, 0, &loss).
+ *
+ * A window is B rows of T+1 token ids (host memory): inputs are positions 0..T-1, the main
+ * targets positions 1..T; MTP module k predicts position i+k+1 from position i, and positions
+ * whose target lies past the window are excluded from its loss.
+ */
+#ifndef DSTRAIN_MODEL_H
+#define DSTRAIN_MODEL_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../kernels/ops.h"
+#include "config.h"
+#include "params.h"
+
+#define MTP_MAX 8
+
+typedef struct Model Model;
+
+typedef struct ModelLoss {
+    double main;                /* mean cross-entropy of the main head (nats) */
+    double mtp[MTP_MAX];        /* mean cross-entropy of each MTP module */
+    double balance;             /* sum over MoE layers of the mean sequence-wise balance loss */
+} ModelLoss;
+
+typedef struct LoadStats {
+    double maxvio_mean;         /* MaxVio = max load / mean load - 1, averaged over MoE layers */
+    double maxvio_max;          /* the largest MaxVio of any MoE layer */
+} LoadStats;
+
+/* Plans every buffer for micro-batches of B x T tokens and allocates it through ops.
+ * train = 0: no gradients or backward scratch. DIE when the config cannot be built. */
+Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train);
+void model_destroy(Model *m);
+
+const ParamTable *model_table(const Model *m);
+const ModelConfig *model_config(const Model *m);
+float *model_params(Model *m);          /* backend memory, table order */
+float *model_grads(Model *m);           /* backend memory, table order; NULL if !train */
+/* Bytes per lifetime class, for the start-up memory table. */
+void model_print_memory(const Model *m, FILE *f);
+
+/* Initial weights from the table's init rules, deterministic in seed. */
+void model_init_params(Model *m, uint64_t seed);
+
+/* lambda: MTP weight; alpha: balance loss weight; n_micro: micro-batches per step (losses
+ * are means over the step). */
+void model_set_loss_weights(Model *m, double lambda, double alpha, int n_micro);
+void model_zero_grads(Model *m);
+void model_zero_counts(Model *m);
+
+/* window: (B, T+1) host token ids. train = 1 keeps what backward needs and counts loads. */
+void model_forward(Model *m, const int32_t *window, int train, ModelLoss *loss);
+/* Gradients of the weighted total loss of the last model_forward, accumulated into grads. */
+void model_backward(Model *m);
+
+/* Logits (V) of the main head at position pos of row 0 after model_forward (host copy). */
+void model_logits(Model *m, int pos, float *out);
+
+int model_n_moe_layers(const Model *m);
+/* Token counts per expert (n_moe_layers x E, host) accumulated since model_zero_counts. */
+void model_expert_counts(Model *m, float *counts);
+/* MaxVio statistics of the counts since model_zero_counts. */
+LoadStats model_load_stats(Model *m);
+/* Replace the counts (after summing them over ranks). */
+void model_set_expert_counts(Model *m, const float *counts);
+/* Router bias update (SPEC.md section 4): b_i += gamma * sign(mean load - load_i) for every
+ * MoE layer, from the counts since model_zero_counts (callers sum them over ranks first). */
+void model_bias_update(Model *m, double gamma, int zero_mean);
+
+#endif

@@ -1,0 +1,88 @@
+/* model/model_internal.h - the Model struct and the pieces model.c and mtp.c share.
+ * Internal to model/; the public API is model/model.h. */
+#ifndef DSTRAIN_MODEL_INTERNAL_H
+#define DSTRAIN_MODEL_INTERNAL_H
+
+#include "../runtime/common.h"
+#include "layers.h"
+#include "model.h"
+
+/* MTP module k (TR section 2.2): h' = eh_proj [RMSNorm(Emb(t_{i+k})) ; RMSNorm(h^{k-1}_i)],
+ * h^k = Block(h'), logits = head(RMSNorm(h^k)). The block itself is block L+k-1 of the model. */
+typedef struct MtpWeights {
+    float *enorm, *hnorm;       /* (C) */
+    float *eh_proj;             /* (C, 2C) */
+    float *head_norm;           /* (C) shared_head.norm */
+} MtpWeights;
+
+typedef struct MtpActs {
+    int32_t *tokens;            /* (N) t_{i+k}, 0 past the window (those rows have no target) */
+    int32_t *targets;           /* (N) t_{i+k+1}, -1 past the window */
+    float *dloss;               /* (N) loss weight per row (0 where no target) */
+    float *e, *en, *en_rstd;    /* (N,C), (N,C), (N) */
+    float *hn, *hn_rstd;        /* (N,C), (N) */
+    float *cat;                 /* (N,2C) [en | hn] */
+    float *hprime;              /* (N,C) the block's input */
+    float *shn, *shn_rstd;      /* (N,C), (N) */
+    float *logits, *losses;     /* (N,V) (gradient in place when training), (N) */
+} MtpActs;
+
+struct Model {
+    ModelConfig cfg;
+    Ops *o;
+    ParamTable table;
+    Dims d;
+    int train;
+    int nblocks;                /* L main blocks + D MTP blocks */
+    int *is_moe;                /* (nblocks) */
+    int n_moe;                  /* MoE blocks (main and MTP) */
+    int *moe_block;             /* (n_moe) block index of each MoE slot */
+    int *moe_slot;              /* (nblocks) MoE slot of each block, -1 for dense */
+
+    float *params, *grads;      /* (table.total) */
+    BlockWeights *w, *g;        /* (nblocks) bound to params / grads */
+    MtpWeights mtp_w[MTP_MAX], mtp_g[MTP_MAX];
+    float *embed, *final_norm, *head;           /* into params */
+    float *g_embed, *g_final_norm, *g_head;     /* into grads */
+
+    char *act_arena, *scratch_arena;
+    size_t bytes_params, bytes_acts, bytes_scratch;
+
+    /* activations (act_arena) */
+    int32_t *tokens, *targets;  /* (N) */
+    float *x0;                  /* (N,C) embedding output */
+    BlockActs *acts;            /* (nblocks) */
+    float *hf, *hf_rstd;        /* (N,C), (N) final norm output = h^0 */
+    float *logits, *losses;     /* (N,V), (N) */
+    float *dloss_main;          /* (N) */
+    float *logits_r;            /* (N,E) router logits temporary */
+    float *rope_cos, *rope_sin; /* (T, Dr/2) */
+    float attn_scale;
+    float *counts;              /* (n_moe, E) tokens per expert since model_zero_counts */
+    float *bal_loss;            /* (n_moe, B) */
+    float *bal_dloss;           /* (B) */
+    MtpActs mtp[MTP_MAX];
+
+    /* backward (scratch_arena) */
+    Scratch s;
+    float *dres, *dhf, *dh_chain, *dcat, *den, *dhn, *de, *dshn;
+
+    double lambda, alpha;
+    int32_t *host_tokens;       /* (2N) staging */
+    float *host_losses;         /* staging for downloads */
+};
+
+Ctx model_ctx(Model *m);
+MoeStats model_moe_stats(Model *m, int block, int train);
+void block_forward(Model *m, int b, const float *x_in, int train);
+void block_backward(Model *m, int b, const float *x_in, float *dres);
+double model_download_mean(Model *m, const float *dev, int n, int valid);
+
+void mtp_bind(MtpWeights *w, const ParamTable *t, float *base, int layer);
+void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar);
+/* Forward of module k (1-based) from h_prev (N,C); returns its mean loss. */
+double mtp_forward(Model *m, int k, const int32_t *window, const float *h_prev, int train);
+/* Backward of module k; accumulates dL/dh_prev into m->dhf (k = 1) or m->dh_chain. */
+void mtp_backward(Model *m, int k);
+
+#endif

@@ -1,0 +1,107 @@
+/* model/moe.c - the DeepSeekMoE FFN sublayer (SPEC.md section 4, TR section 2.1.2):
+ *
+ *   ln2 = RMSNorm(x_mid);  s = sigmoid(ln2 E^T)           router in FP32
+ *   idx, w = group-limited top-K on s + bias (bias for selection only), weights from s
+ *   y = SharedSwiGLU(ln2) + sum_k w_k Expert_{idx_k}(ln2)  through dispatch / combine
+ *   x_out = x_mid + y
+ *
+ * Expert loads are counted once per forward (for the bias update); the sequence-wise
+ * balance loss (weight alpha) flows into the router through P only. Dropless: every
+ * (token, slot) row is computed, whatever the load. Not here: the bias update itself
+ * (model/model.c, after the optimizer step).
+ */
+#include "ffn.h"
+
+static RouteShape route_shape(const Ctx *x)
+{
+    const ModelConfig *c = x->cfg;
+    RouteShape r = { x->d->N, x->d->E, x->d->K, c->n_group, c->topk_group,
+                     (float)c->routed_scaling_factor, c->norm_topk_prob };
+    return r;
+}
+
+void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st)
+{
+    Ops *o = x->o;
+    const Dims *d = x->d;
+    const int N = d->N, C = d->C, F = d->F;
+    const RouteShape r = route_shape(x);
+
+    o->rmsnorm_forward(o, a->ln2, a->ln2_rstd, a->x_mid, w->ln2, N, C, (float)x->cfg->rms_norm_eps);
+    o->matmul_forward(o, x->logits_r, a->ln2, w->router, N, C, d->E);
+    o->sigmoid_forward(o, a->s, x->logits_r, (size_t)N * d->E);
+    o->moe_route(o, a->idx, a->w, a->s, w->router_bias, &r);
+    if (st && st->counts) o->moe_count(o, st->counts, a->idx, N * d->K, d->E);
+    if (st && st->bal_loss && st->alpha > 0)
+        o->moe_balance_forward(o, st->bal_loss, a->s, a->idx, d->B, d->T, &r, st->alpha);
+
+    ep_layout(o, &a->ep, a->idx);
+    ep_dispatch(o, &a->ep, a->xp, a->ln2);
+    const int32_t *off = a->ep.offsets_host;
+    for (int e = 0; e < d->E; e++) {
+        int n = off[e + 1] - off[e];
+        if (n == 0) continue;
+        const float *we = w->experts + (size_t)e * w->expert_stride;
+        size_t r0 = (size_t)off[e];
+        swiglu_mlp_forward(o, a->yp + r0 * C, a->xp + r0 * C, we, we + (size_t)2 * F * C,
+                           a->gup + r0 * 2 * F, a->hp + r0 * F, n, C, F);
+    }
+    if (d->Fs > 0)
+        swiglu_mlp_forward(o, a->x_out, a->ln2, w->shared_gate_up, w->shared_down, a->gu, a->h, N, C, d->Fs);
+    else
+        o->zero(o, a->x_out, sizeof(float) * N * C);
+    ep_combine(o, &a->ep, a->x_out, a->yp, a->w);
+    o->add(o, a->x_out, a->x_mid, (size_t)N * C);
+}
+
+/* Routed experts backward: dxp (rows) from dyp (rows), per expert. */
+static void experts_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockActs *a)
+{
+    Ops *o = x->o;
+    const Dims *d = x->d;
+    Scratch *s = x->s;
+    const int C = d->C, F = d->F;
+    const int32_t *off = a->ep.offsets_host;
+    o->zero(o, s->dxp, sizeof(float) * (size_t)d->N * d->K * C);
+    for (int e = 0; e < d->E; e++) {
+        int n = off[e + 1] - off[e];
+        if (n == 0) continue;
+        size_t r0 = (size_t)off[e], ex = (size_t)e * w->expert_stride;
+        const float *we = w->experts + ex;
+        float *ge = g->experts + ex;
+        swiglu_mlp_backward(o, s->dxp + r0 * C, ge, ge + (size_t)2 * F * C, s->dyp + r0 * C,
+                            a->xp + r0 * C, we, we + (size_t)2 * F * C, a->gup + r0 * 2 * F,
+                            a->hp + r0 * F, s->dgup + r0 * 2 * F, s->dhp + r0 * F, n, C, F);
+    }
+}
+
+void moe_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockActs *a, MoeStats *st,
+                  float *dres)
+{
+    Ops *o = x->o;
+    const Dims *d = x->d;
+    Scratch *s = x->s;
+    const int N = d->N, C = d->C, E = d->E, K = d->K;
+    const RouteShape r = route_shape(x);
+
+    o->zero(o, s->dln, sizeof(float) * N * C);
+    if (d->Fs > 0)
+        swiglu_mlp_backward(o, s->dln, g->shared_gate_up, g->shared_down, dres, a->ln2, w->shared_gate_up,
+                            w->shared_down, a->gu, a->h, s->dgu, s->dh, N, C, d->Fs);
+    o->zero(o, s->dyp, sizeof(float) * (size_t)N * K * C);
+    o->zero(o, s->dw, sizeof(float) * N * K);
+    ep_combine_backward(o, &a->ep, s->dyp, s->dw, dres, a->yp, a->w);
+    experts_backward(x, w, g, a);
+    ep_dispatch_backward(o, &a->ep, s->dln, s->dxp);
+
+    /* router: routing weights and the balance loss both reach the logits through s */
+    o->zero(o, s->ds, sizeof(float) * N * E);
+    o->moe_route_backward(o, s->ds, s->dw, a->s, a->idx, &r);
+    if (st && st->bal_dloss && st->alpha > 0)
+        o->moe_balance_backward(o, s->ds, st->bal_dloss, a->s, a->idx, d->B, d->T, &r, st->alpha);
+    o->zero(o, s->dlogits_r, sizeof(float) * N * E);
+    o->sigmoid_backward(o, s->dlogits_r, s->ds, a->s, (size_t)N * E);
+    o->matmul_backward_input(o, s->dln, s->dlogits_r, w->router, N, C, E);
+    o->matmul_backward_weight(o, g->router, s->dlogits_r, a->ln2, N, C, E);
+    o->rmsnorm_backward(o, dres, g->ln2, s->dln, a->x_mid, w->ln2, a->ln2_rstd, N, C);
+}

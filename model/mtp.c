@@ -1,0 +1,114 @@
+/* model/mtp.c - Multi-Token Prediction modules (SPEC.md section 5, TR section 2.2).
+ *
+ *   h'_i = M_k [RMSNorm(Emb(t_{i+k})) ; RMSNorm(h^{k-1}_i)]     embedding first (eh_proj order)
+ *   h^k  = Block_k(h')                                          a full MLA + MoE block
+ *   loss_k = CE(head(RMSNorm_k(h^k)), t_{i+k+1})                only where i+k+1 <= T
+ * Embedding and head are the main model's (one parameter each; gradients add up because
+ * backward ops accumulate). h^0 is the main output after its final RMSNorm.
+ */
+#include "model_internal.h"
+
+void mtp_bind(MtpWeights *w, const ParamTable *t, float *base, int layer)
+{
+    w->enorm = base + params_offset(t, layer, "enorm.weight");
+    w->hnorm = base + params_offset(t, layer, "hnorm.weight");
+    w->eh_proj = base + params_offset(t, layer, "eh_proj.weight");
+    w->head_norm = base + params_offset(t, layer, "shared_head.norm.weight");
+}
+
+void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar)
+{
+    const size_t N = (size_t)d->N, NC = N * d->C * sizeof(float), F = sizeof(float);
+    a->tokens = arena_take(ar, N * sizeof(int32_t));
+    a->targets = arena_take(ar, N * sizeof(int32_t));
+    a->dloss = arena_take(ar, N * F);
+    a->e = arena_take(ar, NC);
+    a->en = arena_take(ar, NC);
+    a->en_rstd = arena_take(ar, N * F);
+    a->hn = arena_take(ar, NC);
+    a->hn_rstd = arena_take(ar, N * F);
+    a->cat = arena_take(ar, 2 * NC);
+    a->hprime = arena_take(ar, NC);
+    a->shn = arena_take(ar, NC);
+    a->shn_rstd = arena_take(ar, N * F);
+    a->logits = arena_take(ar, N * d->V * F);
+    a->losses = arena_take(ar, N * F);
+}
+
+/* Tokens t_{i+k} and targets t_{i+k+1} of module k; returns the number of valid targets. */
+static int mtp_stage_tokens(Model *m, int k, const int32_t *window)
+{
+    const Dims *d = &m->d;
+    int valid = 0;
+    for (int b = 0; b < d->B; b++)
+        for (int i = 0; i < d->T; i++) {
+            const int32_t *row = window + (size_t)b * (d->T + 1);
+            int n = b * d->T + i;
+            m->host_tokens[n] = i + k <= d->T ? row[i + k] : 0;
+            m->host_tokens[d->N + n] = i + k + 1 <= d->T ? row[i + k + 1] : -1;
+            valid += i + k + 1 <= d->T;
+        }
+    MtpActs *a = &m->mtp[k - 1];
+    m->o->upload(m->o, a->tokens, m->host_tokens, (size_t)d->N * sizeof(int32_t));
+    m->o->upload(m->o, a->targets, m->host_tokens + d->N, (size_t)d->N * sizeof(int32_t));
+    return valid;
+}
+
+double mtp_forward(Model *m, int k, const int32_t *window, const float *h_prev, int train)
+{
+    Ops *o = m->o;
+    const Dims *d = &m->d;
+    const int N = d->N, C = d->C, blk = d->L + k - 1;
+    const float eps = (float)m->cfg.rms_norm_eps;
+    MtpActs *a = &m->mtp[k - 1];
+    const MtpWeights *w = &m->mtp_w[k - 1];
+
+    int valid = mtp_stage_tokens(m, k, window);
+    o->embedding_forward(o, a->e, a->tokens, m->embed, N, C);
+    o->rmsnorm_forward(o, a->en, a->en_rstd, a->e, w->enorm, N, C, eps);
+    o->rmsnorm_forward(o, a->hn, a->hn_rstd, h_prev, w->hnorm, N, C, eps);
+    o->concat_forward(o, a->cat, a->en, a->hn, N, C, C);
+    o->matmul_forward(o, a->hprime, a->cat, w->eh_proj, N, 2 * C, C);
+    block_forward(m, blk, a->hprime, train);
+    o->rmsnorm_forward(o, a->shn, a->shn_rstd, m->acts[blk].x_out, w->head_norm, N, C, eps);
+    o->matmul_forward(o, a->logits, a->shn, m->head, N, C, d->V);
+    o->xent_forward(o, a->losses, a->logits, a->targets, N, d->V);
+    double loss = model_download_mean(m, a->losses, N, valid);
+    if (train) o->xent_backward(o, a->logits, a->logits, a->targets, a->dloss, N, d->V);
+    return loss;
+}
+
+void mtp_backward(Model *m, int k)
+{
+    Ops *o = m->o;
+    const Dims *d = &m->d;
+    const int N = d->N, C = d->C, blk = d->L + k - 1;
+    const size_t NC = (size_t)N * C * sizeof(float);
+    MtpActs *a = &m->mtp[k - 1];
+    const MtpWeights *w = &m->mtp_w[k - 1];
+    MtpWeights *g = &m->mtp_g[k - 1];
+
+    /* dL/dh^k: from this module's head, plus module k+1's use of h^k (in dh_chain) */
+    o->zero(o, m->dres, NC);
+    if (k < d->D) {
+        o->add(o, m->dres, m->dh_chain, (size_t)N * C);
+        o->zero(o, m->dh_chain, NC);
+    }
+    o->zero(o, m->dshn, NC);
+    o->matmul_backward_input(o, m->dshn, a->logits, m->head, N, C, d->V);
+    o->matmul_backward_weight(o, m->g_head, a->logits, a->shn, N, C, d->V);
+    o->rmsnorm_backward(o, m->dres, g->head_norm, m->dshn, m->acts[blk].x_out, w->head_norm, a->shn_rstd, N, C);
+    block_backward(m, blk, a->hprime, m->dres);
+
+    o->zero(o, m->dcat, 2 * NC);
+    o->matmul_backward_input(o, m->dcat, m->dres, w->eh_proj, N, 2 * C, C);
+    o->matmul_backward_weight(o, g->eh_proj, m->dres, a->cat, N, 2 * C, C);
+    o->zero(o, m->den, NC);
+    o->zero(o, m->dhn, NC);
+    o->concat_backward(o, m->den, m->dhn, m->dcat, N, C, C);
+    o->zero(o, m->de, NC);
+    o->rmsnorm_backward(o, m->de, g->enorm, m->den, a->e, w->enorm, a->en_rstd, N, C);
+    o->embedding_backward(o, m->g_embed, m->de, a->tokens, N, C);
+    const float *h_prev = k == 1 ? m->hf : m->acts[blk - 1].x_out;
+    o->rmsnorm_backward(o, k == 1 ? m->dhf : m->dh_chain, g->hnorm, m->dhn, h_prev, w->hnorm, a->hn_rstd, N, C);
+}

@@ -1,0 +1,216 @@
+/* runtime/train_cmd.c - `dstrain train CONFIG [--set section.key=value ...] [--resume
+ * latest|DIR]`: arguments, the run directory, resume with a compatibility check, the
+ * start-up report (build, sizes, memory plan, measured GEMM rate), then the loop of train.c.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../model/flops.h"
+#include "commands.h"
+#include "common.h"
+#include "train.h"
+
+typedef struct TrainArgs {
+    const char *config;
+    const char *resume;         /* NULL, "latest" or a checkpoint directory */
+    int n_sets;
+    char **sets;
+} TrainArgs;
+
+static void train_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: dstrain train CONFIG [--set section.key=value ...] [--resume latest|DIR]\n"
+            "\n"
+            "Trains the model CONFIG describes; output goes to <train.run_dir>/<train.name>/:\n"
+            "config.toml (resolved), metrics.jsonl, log.txt, ckpt-<step>/.\n"
+            "  --set section.key=value   override one config key (repeatable)\n"
+            "  --resume latest           continue from the newest checkpoint of the run that verifies\n"
+            "  --resume DIR              continue from checkpoint directory DIR\n"
+            "\nconfig keys (section, key, type, default, meaning):\n");
+    config_print_help(f);
+}
+
+static void parse_args(int argc, char **argv, TrainArgs *a)
+{
+    memset(a, 0, sizeof *a);
+    a->sets = xcalloc((size_t)argc, sizeof(char *));
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
+            train_usage(stdout);
+            exit(0);
+        } else if (!strcmp(s, "--set") || !strcmp(s, "--resume")) {
+            if (i + 1 >= argc) DIE("train: '%s' needs a value (see dstrain train --help)", s);
+            if (!strcmp(s, "--set")) a->sets[a->n_sets++] = argv[++i];
+            else a->resume = argv[++i];
+        } else if (!strncmp(s, "--set=", 6)) {
+            a->sets[a->n_sets++] = argv[i] + 6;
+        } else if (s[0] == '-') {
+            DIE("train: unknown option '%s' (see dstrain train --help)", s);
+        } else if (a->config) {
+            DIE("train: more than one config given ('%s' and '%s')", a->config, s);
+        } else {
+            a->config = s;
+        }
+    }
+    if (!a->config) DIE("train: no config file given (usage: dstrain train CONFIG; try configs/tiny.toml)");
+}
+
+static char *config_to_text(const Config *c)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) DIE("out of memory");
+    config_write(c, f);
+    fclose(f);
+    return buf;
+}
+
+/* Parse a config from text through a temporary file (config_load reads files). */
+static void config_from_text(Config *c, const char *text, const char *dir)
+{
+    char *path = xasprintf("%s/.resume-config-XXXXXX", dir);
+    int fd = mkstemp(path);
+    if (fd < 0) DIE("cannot create a temporary file in '%s': %s", dir, strerror(errno));
+    FILE *f = fdopen(fd, "w");
+    fputs(text, f);
+    fclose(f);
+    config_defaults(c);
+    config_load(c, path);
+    unlink(path);
+    free(path);
+}
+
+/* Resume compatibility: every [model] key must match; other changes are allowed and listed.
+ * Walks the key lists of config.h, so no key is forgotten. */
+#define CMP_INT(k) (pa->k != pb->k)
+#define CMP_I64(k) (pa->k != pb->k)
+#define CMP_BOOL(k) (pa->k != pb->k)
+#define CMP_F64(k) (pa->k != pb->k)
+#define CMP_STR(k) (strcmp(pa->k, pb->k) != 0)
+#define CMP_KEY(type, key, def, help) \
+    if (CMP_##type(key)) { changed++; report_change(sec, #key, strict); }
+#define CMP_SECTION(name, member, KEYS, T) \
+    { const char *sec = name; const T *pa = &a->member, *pb = &b->member; \
+      int strict = !strncmp(sec, "model", 5); KEYS(CMP_KEY) }
+
+static void report_change(const char *sec, const char *key, int strict)
+{
+    if (strict)
+        DIE("resume: '%s.%s' differs between the checkpoint and the config; the model shape must match", sec, key);
+    printf("resume: '%s.%s' changed from the checkpoint's config\n", sec, key);
+}
+
+static int config_compare(const Config *a, const Config *b)
+{
+    int changed = 0;
+    CONFIG_SECTIONS(CMP_SECTION)
+    return changed;
+}
+
+static char *resolve_resume(const char *resume, const char *run_dir)
+{
+    if (strcmp(resume, "latest") != 0) {
+        char err[1024];
+        if (ckpt_verify(resume, err, sizeof err) != 0) DIE("resume: %s", err);
+        return xstrdup(resume);
+    }
+    char dir[4096];
+    if (ckpt_find_latest(run_dir, dir, sizeof dir, stdout) != 0)
+        DIE("resume: no checkpoint in '%s' verifies (train without --resume to start fresh)", run_dir);
+    return xstrdup(dir);
+}
+
+static void print_banner(Trainer *t)
+{
+    const Config *c = &t->cfg;
+    const ParamTable *pt = model_table(t->model);
+    double active = params_active(pt, &c->model);
+    printf("%s", "dstrain train: ");
+    printf("%s | device %s | %s\n", c->train.name, t->o->name, c->train.precision);
+    printf("model: %.2fM parameters (%.2fM active per token) | %d layers (%d dense) + %d MTP | "
+           "%d experts top-%d | %.1f MFLOP/token (train)\n",
+           pt->total / 1e6, active / 1e6, c->model.num_hidden_layers, c->model.first_k_dense_replace,
+           c->model.num_nextn_predict_layers, c->model.n_routed_experts, c->model.num_experts_per_tok,
+           t->flops_per_token / 1e6);
+    printf("batch: %d micro-batches x %d sequences x %d tokens = %d tokens/step\n", c->train.grad_accum,
+           c->train.micro_batch_size, c->train.seq_len,
+           c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len);
+    model_print_memory(t->model, stdout);
+    printf("  %-24s %10.1f MiB  (AdamW m, v)\n", "optimizer state", 2.0 * pt->total * sizeof(float) / 1048576.0);
+    printf("  %-24s %10.1f MiB  (host snapshot for checkpoints)\n", "checkpoint staging",
+           3.0 * pt->total * sizeof(float) / 1048576.0);
+    printf("peak: measured %s GEMM %.1f GFLOP/s (the MFU denominator)\n", t->o->name, t->peak_flops / 1e9);
+}
+
+int cmd_train(int argc, char **argv)
+{
+    TrainArgs a;
+    parse_args(argc, argv, &a);
+    Config cfg;
+    config_defaults(&cfg);
+    config_load(&cfg, a.config);
+    for (int i = 0; i < a.n_sets; i++) config_set(&cfg, a.sets[i]);
+    config_validate(&cfg);
+    if (cfg.parallel.pp * cfg.parallel.dp != 1)
+        DIE("train: [parallel] pp = %d, dp = %d: this build trains on one process (pp = dp = ep = 1)",
+            cfg.parallel.pp, cfg.parallel.dp);
+
+    char *run_dir = xasprintf("%s/%s", cfg.train.run_dir, cfg.train.name);
+    mkdir_p(run_dir);
+    char *ckpt_dir = a.resume ? resolve_resume(a.resume, run_dir) : NULL;
+    if (ckpt_dir) {
+        char err[1024];
+        char *old_text = ckpt_read_config(ckpt_dir, err, sizeof err);
+        if (!old_text) DIE("resume: %s", err);
+        Config old;
+        config_from_text(&old, old_text, run_dir);
+        int changed = config_compare(&old, &cfg);
+        printf("resume: from '%s' (%d config key%s changed)\n", ckpt_dir, changed, changed == 1 ? "" : "s");
+        free(old_text);
+    }
+    char *text = config_to_text(&cfg);
+    char *cfg_path = xasprintf("%s/config.toml", run_dir);
+    FILE *f = fopen(cfg_path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0) DIE("cannot write '%s': %s", cfg_path, strerror(errno));
+
+    Trainer t;
+    trainer_setup(&t, &cfg, text, run_dir);
+    if (ckpt_dir) trainer_resume(&t, ckpt_dir);
+    t.peak_flops = ops_measure_gemm_flops(t.o, 1024);
+    print_banner(&t);
+    train_run(&t);
+    trainer_free(&t);
+    free(ckpt_dir);
+    free(cfg_path);
+    free(text);
+    free(run_dir);
+    free(a.sets);
+    return 0;
+}
+
+void trainer_resume(Trainer *t, const char *ckpt_dir)
+{
+    const ParamTable *pt = model_table(t->model);
+    const size_t bytes = pt->total * sizeof(float);
+    CkptState st;
+    char err[1024];
+    if (ckpt_load(ckpt_dir, pt, t->host_params, t->host_m, t->host_v, &st, err, sizeof err) != 0)
+        DIE("resume: %s", err);
+    t->o->upload(t->o, model_params(t->model), t->host_params, bytes);
+    t->o->upload(t->o, t->opt.m, t->host_m, bytes);
+    t->o->upload(t->o, t->opt.v, t->host_v, bytes);
+    t->step = st.step;
+    t->opt.step = st.step;
+    t->tokens = st.tokens;
+    t->rng.state = st.rng;
+    data_set_state(t->train, st.data);
+    printf("resume: step %d, %lld tokens seen\n", t->step, t->tokens);
+}
