@@ -3,8 +3,9 @@
  *
  * Not here: hardware FLOPs (what kernels really execute, recomputation included) and any
  * timing; the planner turns these counts into times (runtime/plan_*.c).
- * Reference: the model-FLOPs convention of PaLM (Chowdhery et al. 2022, appendix B) and
- * Megatron-LM (Narayanan et al. 2021), with causal attention counted as half the score matrix.
+ * Reference: the model-FLOPs convention of PaLM (Chowdhery et al. 2022, appendix B: 6 FLOPs
+ * per parameter per token plus attention) and Megatron-LM (Narayanan et al. 2021); unlike
+ * both, causal attention counts half the score matrix (the half a causal kernel computes).
  *
  * The formula, per token, sequence length T (every symbol from model/config.h):
  *

@@ -1,0 +1,147 @@
+/* kernels/cpu/cpu.h - internal header of the CPU backend: its private state and the entry
+ * points that kernels/backend.c puts into the op table.
+ *
+ * What it is: the FP32 reference backend (host memory, OpenMP over rows, OpenBLAS for GEMMs).
+ * What it is not: a public API. Everything outside kernels/ goes through kernels/ops.h; the
+ * semantics of each entry (shapes, overwrite vs accumulate) are documented there.
+ *
+ * Threads: every OpenMP region names its thread count (num_threads(cpu_threads(o))), so two
+ * tables created with different counts in one process never exceed their own scratch slots.
+ * One thread pool: OpenBLAS runs single-threaded (cpu_blas_threads(1) before each use, as its
+ * count is process-wide) and large GEMMs are split across the OpenMP team instead; two pools
+ * on the same cores spin against each other between calls.
+ *
+ * A table is used by one host thread at a time (its scratch is shared by its calls).
+ *
+ * Determinism: every reduction has a fixed order that does not depend on the thread count
+ * (column blocks, fixed chunks, one head per thread), so 1 and 2 threads give identical bits;
+ * the one exception is the Linear GEMMs, whose slab split may change OpenBLAS's blocking.
+ *
+ * Files: cpu_dense.c (memory, elementwise, Linear, norms, embedding, loss, optimizer),
+ *        cpu_attention.c (RoPE, MLA key/value assembly, causal attention),
+ *        cpu_moe.c (router, balance loss, token permutation).
+ */
+#ifndef DSTRAIN_KERNELS_CPU_H
+#define DSTRAIN_KERNELS_CPU_H
+
+#include <stdint.h>
+
+#include "kernels/ops.h"
+
+typedef struct CpuState {
+    int threads;            /* OpenMP threads of every region (OpenBLAS: always 1) */
+    float *scratch;         /* threads * scratch_stride floats, 64-byte aligned slots */
+    size_t scratch_stride;  /* floats per thread slot (a multiple of 16) */
+} CpuState;
+
+/* e^x in FP32, written so that loops calling it vectorise (glibc's expf has a vector variant
+ * only under -ffast-math, and float comparisons block if-conversion under the default
+ * -ftrapping-math, so the range handling below works on the bits). Cody-Waite reduction
+ * x = n ln2 + r with ln2 split into an exact high part and a correction (Cephes' constants),
+ * |r| <= ln2/2, degree-7 Taylor polynomial (truncation r^8/8! < 6e-9 relative), times 2^n
+ * built in the exponent bits. Within 2 ulp of e^x for x in [-87.3, 88.3] (normal results);
+ * below that range the result is 0 (flushing e^x < 2^-126), above it inf (from x >= 88.38,
+ * slightly before FLT_MAX is reached); e^-inf = 0, e^inf = inf, NaN stays NaN.
+ * Inline so that it vectorises at each call site. */
+static inline float cpu_exp(float x)
+{
+    union { float f; uint32_t u; } t = { x * 1.44269504088896341f + 12582912.0f };
+    float n = t.f - 12582912.0f;                    /* round(x / ln2): 1.5 * 2^23 fixes the ulp at 1 */
+    float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    /* n as an integer while |n| < 2^22; t < 0 (sign bit) means x below -2^22 ln2 or -inf.
+     * All-ones masks rather than selects on the result: a select there becomes a branch around
+     * the FP multiply, which -ftrapping-math then refuses to if-convert. */
+    int32_t k = (int32_t)(t.u - 0x4B400000u);
+    uint32_t neg = -(t.u >> 31);
+    uint32_t under = neg | -(uint32_t)(k < -126), over = ~neg & -(uint32_t)(k > 127);
+    k = k < -126 ? -126 : k;
+    k = k > 127 ? 127 : k;
+    union { uint32_t u; float f; } s = { (uint32_t)(k + 127) << 23 };
+    union { float f; uint32_t u; } y = { p * s.f }, xb = { x };
+    uint32_t nan = -(uint32_t)((xb.u & 0x7FFFFFFFu) > 0x7F800000u);
+    y.u = (y.u & ~(under | over)) | (0x7F800000u & over);   /* 0 below the range, inf above */
+    y.u = (y.u & ~nan) | (xb.u & nan);                        /* NaN stays NaN */
+    return y.f;
+}
+
+/* Threads of this table (>= 1). */
+int cpu_threads(Ops *o);
+/* Set OpenBLAS's process-wide thread count to n if it differs. Call outside OpenMP regions. */
+void cpu_blas_threads(int n);
+/* Per-thread scratch of at least `floats` floats each; slot t starts at the returned pointer
+ * + t * cpu_scratch_stride(o). Grows (never shrinks) on first need; call it outside OpenMP
+ * regions, before the region that uses it. Contents are undefined. */
+float *cpu_scratch(Ops *o, size_t floats);
+size_t cpu_scratch_stride(Ops *o);
+/* Release the state's buffers (the table itself is freed by ops_destroy). */
+void cpu_state_free(Ops *o);
+
+/* cpu_dense.c */
+void *cpu_alloc(Ops *o, size_t bytes);
+void cpu_free(Ops *o, void *p);
+void cpu_zero(Ops *o, void *p, size_t bytes);
+void cpu_upload(Ops *o, void *dst, const void *src_host, size_t bytes);
+void cpu_download(Ops *o, void *dst_host, const void *src, size_t bytes);
+void cpu_synchronize(Ops *o);
+void cpu_matmul_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC);
+void cpu_matmul_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC);
+void cpu_matmul_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC,
+                                int OC);
+void cpu_rmsnorm_forward(Ops *o, float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+                         float eps);
+void cpu_rmsnorm_backward(Ops *o, float *dinp, float *dweight, const float *dout, const float *inp,
+                          const float *weight, const float *rstd, int N, int C);
+void cpu_add(Ops *o, float *y, const float *x, size_t n);
+void cpu_scale(Ops *o, float *x, float s, size_t n);
+double cpu_sumsq(Ops *o, const float *x, size_t n);
+void cpu_concat_forward(Ops *o, float *out, const float *a, const float *b, int N, int A, int Bc);
+void cpu_concat_backward(Ops *o, float *da, float *db, const float *dout, int N, int A, int Bc);
+void cpu_swiglu_forward(Ops *o, float *out, const float *gu, int N, int F);
+void cpu_swiglu_backward(Ops *o, float *dgu, const float *dout, const float *gu, int N, int F);
+void cpu_embedding_forward(Ops *o, float *out, const int32_t *tokens, const float *table, int N, int C);
+void cpu_embedding_backward(Ops *o, float *dtable, const float *dout, const int32_t *tokens, int N, int C);
+void cpu_xent_forward(Ops *o, float *losses, const float *logits, const int32_t *targets, int N, int V);
+void cpu_xent_backward(Ops *o, float *dlogits, const float *logits, const int32_t *targets, const float *dloss,
+                       int N, int V);
+void cpu_adamw_update(Ops *o, float *param, const float *grad, float *m, float *v, size_t n, const AdamArgs *a);
+
+/* cpu_attention.c */
+void cpu_rope_forward(Ops *o, float *x, const float *cos, const float *sin, const RopeShape *s);
+void cpu_rope_backward(Ops *o, float *dx, const float *cos, const float *sin, const RopeShape *s);
+void cpu_mla_kv_split(Ops *o, float *k, float *v, const float *kv, const float *k_rope, const MlaKvShape *s);
+void cpu_mla_kv_split_backward(Ops *o, float *dkv, float *dk_rope, const float *dk, const float *dv,
+                               const MlaKvShape *s);
+void cpu_attention_forward(Ops *o, float *out, float *lse, const float *q, const float *k, const float *v,
+                           const AttnShape *s);
+void cpu_attention_backward(Ops *o, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, const float *out, const float *lse,
+                            const AttnShape *s);
+
+/* cpu_moe.c */
+void cpu_sigmoid_forward(Ops *o, float *s, const float *logits, size_t n);
+void cpu_sigmoid_backward(Ops *o, float *dlogits, const float *ds, const float *s, size_t n);
+void cpu_moe_route(Ops *o, int32_t *idx, float *w, const float *s, const float *bias, const RouteShape *r);
+void cpu_moe_route_backward(Ops *o, float *ds, const float *dw, const float *s, const int32_t *idx,
+                            const RouteShape *r);
+void cpu_moe_count(Ops *o, float *counts, const int32_t *idx, int n, int E);
+void cpu_moe_balance_forward(Ops *o, float *loss, const float *s, const int32_t *idx, int B, int T,
+                             const RouteShape *r, float alpha);
+void cpu_moe_balance_backward(Ops *o, float *ds, const float *dloss, const float *s, const int32_t *idx, int B,
+                              int T, const RouteShape *r, float alpha);
+void cpu_moe_permute_layout(Ops *o, int32_t *pos, int32_t *offsets, int32_t *offsets_host, const int32_t *idx,
+                            int N, int K, int E);
+void cpu_moe_gather(Ops *o, float *xp, const float *x, const int32_t *pos, int N, int K, int C);
+void cpu_moe_gather_backward(Ops *o, float *dx, const float *dxp, const int32_t *pos, int N, int K, int C);
+void cpu_moe_combine(Ops *o, float *y, const float *yp, const float *w, const int32_t *pos, int N, int K, int C);
+void cpu_moe_combine_backward(Ops *o, float *dyp, float *dw, const float *dy, const float *yp, const float *w,
+                              const int32_t *pos, int N, int K, int C);
+
+#endif
