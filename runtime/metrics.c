@@ -78,6 +78,19 @@ static void format_eta(char *buf, size_t n, double s)
     else snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
 }
 
+void metrics_start(Metrics *m, double params, double active_params, double flops_per_token,
+                   double tokens_per_step, double peak_flops)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "type", json_string("start"));
+    json_object_set_new(o, "params", num(params));
+    json_object_set_new(o, "active_params", num(active_params));
+    json_object_set_new(o, "flops_per_token", num(flops_per_token));
+    json_object_set_new(o, "tokens_per_step", num(tokens_per_step));
+    json_object_set_new(o, "peak_flops", num(peak_flops));
+    emit(m, o);
+}
+
 void metrics_step(Metrics *m, const StepMetrics *s)
 {
     char eta[32], mtp[64] = "";

@@ -2,7 +2,8 @@
  * fields as one JSON object per line in <run>/metrics.jsonl, and every console line also in
  * <run>/log.txt.
  *
- * metrics.jsonl records have "type": "step" (per logged step), "val" (validation), "final"
+ * metrics.jsonl records have "type": "start" (sizes, FLOPs per token, the measured GEMM
+ * rate), "step" (per logged step), "val" (validation), "final"
  * (end of run: final validation loss beside the source's entropy rate when known). Keys are
  * documented in README.md and stay stable.
  */
@@ -34,6 +35,10 @@ Metrics *metrics_open(const char *run_dir);
 void metrics_close(Metrics *m);
 /* printf to stdout and log.txt. */
 void metrics_log(Metrics *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The run's fixed figures: parameters, training FLOPs per token, tokens per step, and the
+ * GEMM rate measured at start-up (the MFU denominator). */
+void metrics_start(Metrics *m, double params, double active_params, double flops_per_token,
+                   double tokens_per_step, double peak_flops);
 void metrics_step(Metrics *m, const StepMetrics *s);
 void metrics_val(Metrics *m, int step, double loss, int n_mtp, const double *mtp);
 /* The end-of-run record; entropy_rate < 0 when the data has no known entropy. */

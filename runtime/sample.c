@@ -100,9 +100,11 @@ static int sample_token(float *logits, int V, double temp, int top_k, Rng *r)
         }
         kth = bound;
     }
+    /* logits[] is overwritten with weights below, so keep the maximum apart */
+    const double max = logits[best];
     double sum = 0;
     for (int i = 0; i < V; i++) {
-        double p = logits[i] >= kth ? exp((logits[i] - logits[best]) / temp) : 0.0;
+        double p = logits[i] >= kth ? exp((logits[i] - max) / temp) : 0.0;
         logits[i] = (float)p;
         sum += p;
     }

@@ -136,9 +136,13 @@ static void save_checkpoint(Trainer *t)
     t->o->download(t->o, t->host_params, model_params(t->model), bytes);
     t->o->download(t->o, t->host_m, t->opt.m, bytes);
     t->o->download(t->o, t->host_v, t->opt.v, bytes);
-    CkptRequest r = { t->run_dir, t->config_text, pt, t->host_params, t->host_m, t->host_v,
-                      { t->step, t->tokens, data_get_state(t->train), t->rng.state },
-                      t->cfg.train.keep_checkpoints };
+    CkptRequest r = {
+        .run_dir = t->run_dir, .config_text = t->config_text, .table = pt,
+        .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v,
+        .state = { .step = t->step, .tokens = t->tokens, .data = data_get_state(t->train), .rng = t->rng.state },
+        .keep = t->cfg.train.keep_checkpoints,
+        .layout = { .world_size = 1, .pp = 1, .dp = 1, .ep = 1 },
+    };
     char err[1024];
     if (ckpt_save_async(t->ckpt, &r, err, sizeof err) != 0)
         metrics_log(t->metrics, "checkpoint: %s (training continues)\n", err);

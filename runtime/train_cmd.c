@@ -148,6 +148,8 @@ static void print_banner(Trainer *t)
     printf("  %-24s %10.1f MiB  (host snapshot for checkpoints)\n", "checkpoint staging",
            3.0 * pt->total * sizeof(float) / 1048576.0);
     printf("peak: measured %s GEMM %.1f GFLOP/s (the MFU denominator)\n", t->o->name, t->peak_flops / 1e9);
+    metrics_start(t->metrics, (double)pt->total, active, t->flops_per_token,
+                  (double)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len, t->peak_flops);
 }
 
 int cmd_train(int argc, char **argv)

@@ -8,16 +8,8 @@
 set -u
 BIN=${1:?usage: test_prepare.sh DSTRAIN_BINARY SOURCE_DIR SCRATCH_DIR}
 SCRATCH=${3:?usage: test_prepare.sh DSTRAIN_BINARY SOURCE_DIR SCRATCH_DIR}
-if [ ! -x "$BIN" ]; then echo "FAIL: no executable dstrain at '$BIN'"; exit 1; fi
-rm -rf "$SCRATCH"
-mkdir -p "$SCRATCH"
-cd "$SCRATCH" || exit 1
-
-passed=0
-failed=0
-check() {  # check DESCRIPTION CONDITION: passes when the condition (shell text) succeeds
-    if eval "$2"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $1"; fi
-}
+. "$(dirname "$0")/lib.sh"
+expect_error_prepare() { local w=$1; shift; expect_error "$w" prepare "$@"; }
 
 # ---- --help ----
 "$BIN" prepare --help > help.txt 2>&1
@@ -87,42 +79,27 @@ check "--synthetic: another seed gives other tokens" \
 # ---- misuse: non-zero exit, one line on stderr naming the problem ----
 : > empty.txt
 printf 'tiny' > tiny.txt
-expect_error() {  # expect_error WORDS ARGS...: the command fails with one line containing WORDS
-    local want=$1
-    shift
-    "$BIN" prepare "$@" > /dev/null 2> err.txt
-    local rc=$?
-    local lines
-    lines=$(wc -l < err.txt)
-    if [ $rc -ne 0 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" err.txt; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: prepare $* -> exit $rc, $lines lines: $(head -c 300 err.txt) (want '$want')"
-    fi
-}
-expect_error "cannot open text file" --text no_such_file.txt --out e1
-expect_error "is empty" --text empty.txt --out e2
-expect_error "is not a regular file" --text text --out e2
-expect_error "too short for a val split" --text tiny.txt --out e3
-expect_error "unknown option '--bogus'" --synthetic --out e4 --bogus 3
-expect_error "unknown argument" --synthetic --out e4 stray
-expect_error "missing --out" --synthetic
-expect_error "exactly one of --text FILE or --synthetic" --text text.txt --synthetic --out e5
-expect_error "exactly one of --text FILE or --synthetic" --out e6
-expect_error "needs a value" --synthetic --out
-expect_error "--tokens 'abc' is not a whole number" --synthetic --out e7 --tokens abc
-expect_error "--tokens '12x' is not a whole number" --synthetic --out e7 --tokens 12x
-expect_error "--seed '-1' is not a whole number" --synthetic --out e7 --seed -1
-expect_error "--shard-tokens '0' is not a whole number" --synthetic --out e7 --shard-tokens 0
-expect_error "--val-fraction '1.5' is not a number" --text text.txt --out e8 --val-fraction 1.5
-expect_error "applies to --synthetic only" --text text.txt --out e9 --seed 3
-expect_error "applies to --text only" --synthetic --out e10 --val-fraction 0.2
-expect_error "smaller than the source's alphabet" --synthetic --out e11 --vocab 8
-expect_error "successors" --synthetic --out e12 --successors 40
+expect_error_prepare "cannot open text file" --text no_such_file.txt --out e1
+expect_error_prepare "is empty" --text empty.txt --out e2
+expect_error_prepare "is not a regular file" --text text --out e2
+expect_error_prepare "too short for a val split" --text tiny.txt --out e3
+expect_error_prepare "unknown option '--bogus'" --synthetic --out e4 --bogus 3
+expect_error_prepare "unknown argument" --synthetic --out e4 stray
+expect_error_prepare "missing --out" --synthetic
+expect_error_prepare "exactly one of --text FILE or --synthetic" --text text.txt --synthetic --out e5
+expect_error_prepare "exactly one of --text FILE or --synthetic" --out e6
+expect_error_prepare "needs a value" --synthetic --out
+expect_error_prepare "--tokens 'abc' is not a whole number" --synthetic --out e7 --tokens abc
+expect_error_prepare "--tokens '12x' is not a whole number" --synthetic --out e7 --tokens 12x
+expect_error_prepare "--seed '-1' is not a whole number" --synthetic --out e7 --seed -1
+expect_error_prepare "--shard-tokens '0' is not a whole number" --synthetic --out e7 --shard-tokens 0
+expect_error_prepare "--val-fraction '1.5' is not a number" --text text.txt --out e8 --val-fraction 1.5
+expect_error_prepare "applies to --synthetic only" --text text.txt --out e9 --seed 3
+expect_error_prepare "applies to --text only" --synthetic --out e10 --val-fraction 0.2
+expect_error_prepare "smaller than the source's alphabet" --synthetic --out e11 --vocab 8
+expect_error_prepare "successors" --synthetic --out e12 --successors 40
 for d in e1 e2 e3 e5 e6 e8 e9; do
     check "a refused command left no meta.json in $d" "[ ! -e $d/meta.json ]"
 done
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish
