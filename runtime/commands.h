@@ -7,6 +7,9 @@
 int cmd_train(int argc, char **argv);     /* runtime/train_cmd.c */
 int cmd_prepare(int argc, char **argv);   /* runtime/prepare.c */
 int cmd_sample(int argc, char **argv);    /* runtime/sample.c */
+int cmd_eval(int argc, char **argv);      /* runtime/eval.c */
 int cmd_plan(int argc, char **argv);      /* runtime/plan.c */
+int cmd_inspect(int argc, char **argv);   /* runtime/inspect.c */
+int cmd_export(int argc, char **argv);    /* runtime/export.c */
 
 #endif

@@ -429,16 +429,30 @@ static int load_handler(void *user, const char *section, const char *name, const
     return 1;
 }
 
-void config_load(Config *c, const char *path)
+/* Parse an open stream; `path` names it in messages. */
+static void load_stream(Config *c, FILE *f, const char *path)
 {
-    LoadState st = { .c = c, .path = path };
-    st.f = fopen(path, "r");
-    if (!st.f) DIE("config: cannot open '%s': %s", path, strerror(errno));
+    LoadState st = { .c = c, .path = path, .f = f };
     int bad_line = ini_parse_stream(load_reader, &st, load_handler, &st);
-    fclose(st.f);
     free(st.line);
     /* The reader hands inih only well-formed lines, so this is a safety net. */
     if (bad_line) DIE("config: syntax error (%s:%d)", path, bad_line);
+}
+
+void config_load(Config *c, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) DIE("config: cannot open '%s': %s", path, strerror(errno));
+    load_stream(c, f, path);
+    fclose(f);
+}
+
+void config_load_text(Config *c, const char *text, const char *origin)
+{
+    FILE *f = fmemopen((void *)text, strlen(text), "r");
+    if (!f) DIE("config: cannot read the config of '%s': %s", origin, strerror(errno));
+    load_stream(c, f, origin);
+    fclose(f);
 }
 
 /* ---- write and help ---- */

@@ -124,6 +124,9 @@ void config_defaults(Config *c);
 /* Reads an ini/TOML-style file over what c holds. DIE: missing file, syntax error (line
  * number), unknown section or key (with the nearest valid one), unparsable value. */
 void config_load(Config *c, const char *path);
+/* The same from text in memory (a config stored in a checkpoint); origin names it in
+ * messages in place of a file name. */
+void config_load_text(Config *c, const char *text, const char *origin);
 /* One override "section.key=value" (section may contain dots: model.rope_scaling.factor). */
 void config_set(Config *c, const char *assignment);
 /* DIE on the first inconsistency, naming the key(s) and value(s). */

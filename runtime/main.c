@@ -9,13 +9,17 @@ typedef struct Command {
     const char *name;
     int (*run)(int argc, char **argv);
     const char *usage;
+    const char *what;
 } Command;
 
 static const Command COMMANDS[] = {
-    { "train", cmd_train, "train CONFIG [--set section.key=value ...]   train a model" },
-    { "prepare", cmd_prepare, "prepare --text FILE|--synthetic --out DIR    write token shards" },
-    { "sample", cmd_sample, "sample --ckpt DIR --prompt TEXT             generate text" },
-    { "plan", cmd_plan, "plan CONFIG [--set ...] [--json]            FLOPs, memory, communication, bubble" },
+    { "train", cmd_train, "train CONFIG [--set k=v ...] [--resume latest|DIR]", "train a model" },
+    { "eval", cmd_eval, "eval CONFIG --ckpt DIR", "held-out loss of a checkpoint" },
+    { "prepare", cmd_prepare, "prepare --text FILE|--synthetic --out DIR", "write token shards" },
+    { "sample", cmd_sample, "sample --ckpt DIR --prompt TEXT", "generate text" },
+    { "plan", cmd_plan, "plan CONFIG [--set ...] [--json]", "FLOPs, memory, communication, bubble" },
+    { "inspect", cmd_inspect, "inspect CKPT", "tensors of a checkpoint; verify it" },
+    { "export", cmd_export, "export --ckpt DIR --out DIR", "Hugging Face safetensors + config.json" },
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 
@@ -37,7 +41,7 @@ static void print_build(FILE *f)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: dstrain COMMAND [ARGS]   (dstrain COMMAND --help for each)\n\ncommands:\n");
-    for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  dstrain %s\n", COMMANDS[i].usage);
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  dstrain %-45s %s\n", COMMANDS[i].usage, COMMANDS[i].what);
     fprintf(f, "\n");
     print_build(f);
 }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../checkpoint/ckpt.h"
+#include "../checkpoint/ckpt_config.h"
 #include "../model/model.h"
 #include "commands.h"
 #include "common.h"
@@ -116,28 +117,14 @@ static int sample_token(float *logits, int V, double temp, int top_k, Rng *r)
     return best;
 }
 
-static void load_config(Config *c, const char *ckpt)
-{
-    char err[1024];
-    char *text = ckpt_read_config(ckpt, err, sizeof err);
-    if (!text) DIE("sample: %s", err);
-    char path[] = "/tmp/dstrain-sample-XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0) DIE("sample: cannot create a temporary file: %s", strerror(errno));
-    if (write(fd, text, strlen(text)) != (ssize_t)strlen(text)) DIE("sample: cannot write '%s'", path);
-    close(fd);
-    config_defaults(c);
-    config_load(c, path);
-    unlink(path);
-    free(text);
-}
 
 int cmd_sample(int argc, char **argv)
 {
     SampleArgs a;
     parse_args(argc, argv, &a);
     Config c;
-    load_config(&c, a.ckpt);
+    char err[1024];
+    if (ckpt_load_config(a.ckpt, &c, err, sizeof err) != 0) DIE("sample: %s", err);
     const int T = c.train.seq_len, V = c.model.vocab_size;
     DataMeta meta;
     int bytes = data_read_meta(c.data.dir, &meta) == 0 ? !strcmp(meta.tokenizer, "bytes") : V == 256;
@@ -147,7 +134,6 @@ int cmd_sample(int argc, char **argv)
     const ParamTable *pt = model_table(m);
     float *host = xmalloc(pt->total * sizeof(float));
     CkptState st;
-    char err[1024];
     if (ckpt_load(a.ckpt, pt, host, NULL, NULL, &st, err, sizeof err) != 0) DIE("sample: %s", err);
     o->upload(o, model_params(m), host, pt->total * sizeof(float));
     free(host);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../checkpoint/ckpt_config.h"
 #include "../model/flops.h"
 #include "commands.h"
 #include "common.h"
@@ -73,20 +74,6 @@ static char *config_to_text(const Config *c)
     return buf;
 }
 
-/* Parse a config from text through a temporary file (config_load reads files). */
-static void config_from_text(Config *c, const char *text, const char *dir)
-{
-    char *path = xasprintf("%s/.resume-config-XXXXXX", dir);
-    int fd = mkstemp(path);
-    if (fd < 0) DIE("cannot create a temporary file in '%s': %s", dir, strerror(errno));
-    FILE *f = fdopen(fd, "w");
-    fputs(text, f);
-    fclose(f);
-    config_defaults(c);
-    config_load(c, path);
-    unlink(path);
-    free(path);
-}
 
 /* Resume compatibility: every [model] key must match; other changes are allowed and listed.
  * Walks the key lists of config.h, so no key is forgotten. */
@@ -170,13 +157,10 @@ int cmd_train(int argc, char **argv)
     char *ckpt_dir = a.resume ? resolve_resume(a.resume, run_dir) : NULL;
     if (ckpt_dir) {
         char err[1024];
-        char *old_text = ckpt_read_config(ckpt_dir, err, sizeof err);
-        if (!old_text) DIE("resume: %s", err);
         Config old;
-        config_from_text(&old, old_text, run_dir);
+        if (ckpt_load_config(ckpt_dir, &old, err, sizeof err) != 0) DIE("resume: %s", err);
         int changed = config_compare(&old, &cfg);
         printf("resume: from '%s' (%d config key%s changed)\n", ckpt_dir, changed, changed == 1 ? "" : "s");
-        free(old_text);
     }
     char *text = config_to_text(&cfg);
     char *cfg_path = xasprintf("%s/config.toml", run_dir);

@@ -35,6 +35,15 @@ PY
 check "the loss falls and records carry every field ($falls)" '[ "$falls" = yes ]'
 check "log.txt holds the console lines" "grep -q '^step' runs/tiny/log.txt"
 
+# dstrain eval on the final checkpoint reproduces the final validation loss
+final=$(python3 -c "
+import json
+r = [json.loads(l) for l in open('runs/tiny/metrics.jsonl') if '\"final\"' in l][-1]
+print('%.4f' % r['val_loss'])")
+"$BIN" eval "$SRC/configs/tiny.toml" "${SET[@]}" --ckpt runs/tiny/ckpt-30 > eval.txt 2>&1
+check "eval reproduces the final validation loss $final ($(head -2 eval.txt | tail -1))" \
+    "grep -q 'val loss $final' eval.txt"
+
 # the resolved config is a complete config: training from it works and resolves to the same text
 check "config.toml was written" "[ -s runs/tiny/config.toml ]"
 "$BIN" train runs/tiny/config.toml --set train.name=again --set train.steps=2 > again.txt 2>&1

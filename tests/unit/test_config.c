@@ -54,6 +54,19 @@ typedef struct Case {
     int line;               /* the message must name (file:line); 0: not checked */
 } Case;
 
+typedef struct CaseRun { const Case *k; const char *file; } CaseRun;
+
+/* The child's part of run_case: load, override, validate; DIE exits non-zero. */
+static void run_case_child(void *arg)
+{
+    const CaseRun *r = arg;
+    Config c;
+    config_defaults(&c);
+    if (r->file) config_load(&c, r->file);
+    for (int i = 0; r->k->sets[i]; i++) config_set(&c, r->k->sets[i]);
+    if (r->k->validate) config_validate(&c);
+}
+
 /* Runs k in a forked child; returns whether every expectation held. */
 static int run_case(const char *label, const Case *k)
 {
@@ -64,33 +77,10 @@ static int run_case(const char *label, const Case *k)
         write_temp(k->text, path);
         file = path;
     }
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], 2);
-        close(fds[1]);
-        Config c;
-        config_defaults(&c);
-        if (file) config_load(&c, file);
-        for (int i = 0; k->sets[i]; i++) config_set(&c, k->sets[i]);
-        if (k->validate) config_validate(&c);
-        _exit(0);
-    }
-    close(fds[1]);
+    CaseRun run = { k, file };
     char err[4096];
-    size_t n = 0;
-    ssize_t got;
-    while ((got = read(fds[0], err + n, sizeof err - 1 - n)) > 0) n += (size_t)got;
-    err[n] = '\0';
-    close(fds[0]);
-    int status = 0;
-    CHECK(waitpid(pid, &status, 0) == pid);
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    int code = test_run_child(run_case_child, &run, err, sizeof err);
+    size_t n = strlen(err);
     if (path[0]) unlink(path);
 
     if (!k->expect) {

@@ -41,33 +41,6 @@ static char *subdir(const char *name)
     return d;
 }
 
-/* Run fn(arg) in a child with stderr captured; returns the exit status (-1 if killed) and
- * the child's stderr in err. */
-static int run_child(void (*fn)(void *), void *arg, char *err, size_t cap)
-{
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], 2);
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 1);
-        fn(arg);
-        exit(0);
-    }
-    close(fds[1]);
-    size_t n = 0;
-    for (ssize_t r; n + 1 < cap && (r = read(fds[0], err + n, cap - 1 - n)) > 0;) n += (size_t)r;
-    err[n] = 0;
-    close(fds[0]);
-    int status;
-    CHECK(waitpid(pid, &status, 0) == pid);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 /* A token that names its shard and position, so a window shows where it came from. */
 static uint32_t tag(int shard, long long pos) { return (uint32_t)(shard * 10000 + pos); }
@@ -350,7 +323,7 @@ static void expect_die(const char *what, void (*fn)(void *), void *arg, const ch
                        const char *want2)
 {
     char err[4096];
-    int status = run_child(fn, arg, err, sizeof err);
+    int status = test_run_child(fn, arg, err, sizeof err);
     char *nl = strchr(err, '\n');
     int one_line = nl && nl[1] == 0;
     EXPECT(status == 1 && one_line && strstr(err, want1) && (!want2 || strstr(err, want2)),

@@ -729,29 +729,14 @@ static void test_thread_equality(void)
 static void die_bf16(void) { ops_cpu_create(1, PREC_BF16); }
 static void die_cuda(void) { ops_destroy(ops_cuda_create(PREC_FP32)); }
 
+static void call_void(void *fn) { ((void (*)(void))fn)(); }
+
 static void expect_die(const char *label, void (*fn)(void), const char *needle)
 {
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    fflush(stdout);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        fn();
-        _exit(0);
-    }
-    close(fds[1]);
-    char msg[1024] = { 0 };
-    size_t got = 0;
-    ssize_t r;
-    while (got < sizeof msg - 1 && (r = read(fds[0], msg + got, sizeof msg - 1 - got)) > 0) got += (size_t)r;
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    printf("  %-34s exit %d: %s", label, WIFEXITED(status) ? WEXITSTATUS(status) : -1, msg);
-    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s: expected exit status 1", label);
+    char msg[1024];
+    int code = test_run_child(call_void, (void *)fn, msg, sizeof msg);
+    printf("  %-34s exit %d: %s", label, code, msg);
+    EXPECT(code == 1, "%s: expected exit status 1", label);
     EXPECT(strstr(msg, needle) != NULL, "%s: message lacks \"%s\"", label, needle);
 }
 
