@@ -7,7 +7,7 @@
  * optimizer moments as "<name>.exp_avg" / "<name>.exp_avg_sq"; the training state as
  * attributes/datasets under "/state"; and manifest.json, written last, naming every file with
  * its size and checksum, the step, tokens seen, the resolved config, the parallel layout and
- * the format version.
+ * the format version. Formats: checkpoint/h5.h and checkpoint/manifest.h.
  *
  * Save protocol: write into ckpt-<step>.tmp/, fsync every file, (barrier across ranks),
  * write the manifest (temp + fsync + rename), rename the directory, fsync the parent. A
@@ -24,7 +24,8 @@
  *   ckpt_save_async(w, &req, err, n);   (copies the host buffers, returns; waits first for the
  *                                        previous save)
  *   ... at exit: ckpt_writer_finish(w, err, n) (waits, reports), ckpt_writer_destroy(w)
- *   resume: ckpt_find_latest(run_dir, dir, n, log) or a given dir; ckpt_load(dir, &req_out,..)
+ *   resume: ckpt_find_latest(run_dir, dir, n, log) or a given dir; ckpt_load(dir, ...)
+ *   tests and tools: ckpt_save (synchronous), ckpt_verify, ckpt_read_config
  *
  * Files of this module: ckpt.c (save protocol, retention, verify, find_latest, load),
  * writer.c (background writer), h5.c (the HDF5 file layout), zstd_filter.c (HDF5 filter
@@ -67,7 +68,8 @@
 
 #define CKPT_FORMAT_VERSION 1
 
-/* Scalar training state carried by a checkpoint. */
+/* Scalar training state carried by a checkpoint. A field added here must also get a row in
+ * STATE_FIELDS (checkpoint/h5.c), which a static assertion on sizeof(CkptState) enforces. */
 typedef struct CkptState {
     int step;                   /* optimizer steps completed */
     long long tokens;           /* tokens seen (drives LR, gamma, lambda and batch schedules) */
@@ -126,7 +128,9 @@ int ckpt_find_latest(const char *run_dir, char *out, size_t outlen, FILE *log);
 char *ckpt_read_config(const char *ckpt_dir, char *err, size_t errlen);
 /* Load into host buffers sized by table (which must match the checkpoint's tensors: a name,
  * shape or count mismatch is an error naming the tensor). adam_m / adam_v may be NULL.
- * Verifies first (ckpt_verify); state->step and ->tokens agree with the manifest. */
+ * state may be NULL. Verifies first (ckpt_verify), then checks the manifest's tensor list
+ * against the table before the .h5 is opened; state->step and ->tokens agree with the
+ * manifest. */
 int ckpt_load(const char *ckpt_dir, const ParamTable *table, float *params, float *adam_m, float *adam_v,
               CkptState *state, char *err, size_t errlen);
 

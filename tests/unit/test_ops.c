@@ -727,7 +727,9 @@ static void test_thread_equality(void)
 /* ---- DIE paths: run in a child, check its exit status and stderr ---- */
 
 static void die_bf16(void) { ops_cpu_create(1, PREC_BF16); }
+#ifndef DSTRAIN_HAVE_CUDA /* with CUDA built in, tests/gpu checks the no-GPU message */
 static void die_cuda(void) { ops_destroy(ops_cuda_create(PREC_FP32)); }
+#endif
 
 static void call_void(void *fn) { ((void (*)(void))fn)(); }
 

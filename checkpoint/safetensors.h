@@ -1,0 +1,89 @@
+/* checkpoint/safetensors.h - Hugging Face model directories: safetensors files, config.json,
+ * export from and import into the parameter table.
+ *
+ * safetensors (the format of huggingface/safetensors, written here from its description):
+ *   u64 little-endian N | N bytes of JSON header | data
+ *   header: {"__metadata__": {"format": "pt"}, "<name>": {"dtype": "F32", "shape": [..],
+ *            "data_offsets": [begin, end]}, ...}, offsets relative to the data start.
+ * The writer pads the header with spaces so the data starts 8-byte aligned, and lays the
+ * tensors out contiguously in table order (the format allows no gaps); every offset is a
+ * multiple of 4 (F32), and of 8 while every earlier tensor has an even element count (all of
+ * them for an even hidden size).
+ * The reader trusts nothing: header length bounded by the file and SAFETENSORS_MAX_HEADER,
+ * every dtype, shape and offset range checked against the file before any data is read.
+ *
+ * Export directory (hf_export), loadable by transformers' DeepseekV3ForCausalLM:
+ *   config.json                       DeepseekV3Config fields (hf_write_config)
+ *   model.safetensors                 every non-MTP tensor, F32, when they total <= shard_bytes
+ *   or model-0000k-of-0000n.safetensors + model.safetensors.index.json ({"metadata":
+ *      {"total_size": bytes}, "weight_map": {name: file}}) above that
+ *   mtp.safetensors                   the MTP modules (layers >= num_hidden_layers), outside
+ *                                     the index: transformers ignores unexpected weights only
+ *                                     at layer 61, so they must not be in what it loads
+ * Import (hf_import) reads such a directory (index or single file, plus mtp.safetensors when
+ * present), F32 or BF16, into a flat buffer in table order.
+ */
+#ifndef DSTRAIN_SAFETENSORS_H
+#define DSTRAIN_SAFETENSORS_H
+
+#include <stddef.h>
+
+#include "../model/config.h"
+#include "../model/params.h"
+
+#define SAFETENSORS_MAX_HEADER ((size_t)100 << 20)
+#define SAFETENSORS_MAX_DIMS 8
+#define SAFETENSORS_NAME_MAX 256
+#define HF_DEFAULT_SHARD_BYTES ((size_t)2 << 30)
+
+typedef enum { ST_F32, ST_BF16, ST_OTHER } StDtype;
+
+/* One tensor to write: numel = prod(shape) floats at data. */
+typedef struct StTensor {
+    const char *name;
+    int ndim;
+    long long shape[2];
+    const float *data;
+} StTensor;
+
+/* One tensor described by a file's header. */
+typedef struct StEntry {
+    char name[SAFETENSORS_NAME_MAX];
+    char dtype_name[16];
+    StDtype dtype;
+    int ndim;
+    long long shape[SAFETENSORS_MAX_DIMS];
+    long long begin, end;       /* byte range within the data section, checked against the file */
+} StEntry;
+
+typedef struct StFile {
+    char path[4096];
+    int fd;
+    long long data_start;       /* 8 + header length */
+    int n;
+    StEntry *entries;           /* (n), header order */
+} StFile;
+
+/* Write a whole safetensors file (F32), fsynced. */
+int st_write_file(const char *path, const StTensor *t, int n, char *err, size_t errlen);
+/* Open and check a file's header. On failure f is left closed (st_close is still safe). */
+int st_open(const char *path, StFile *f, char *err, size_t errlen);
+/* Read entry e (F32 or BF16) as floats into out (numel floats). */
+int st_read_f32(const StFile *f, const StEntry *e, float *out, char *err, size_t errlen);
+void st_close(StFile *f);
+
+/* config.json for model c (DeepseekV3Config names; every [model] key, rope_scaling a dict or
+ * null, rope_interleave true, topk_method "noaux_tc", scoring_func "sigmoid", F32). */
+int hf_write_config(const char *path, const ModelConfig *c, char *err, size_t errlen);
+/* The export directory above from params (table order). shard_bytes 0 means
+ * HF_DEFAULT_SHARD_BYTES. Refuses what transformers' DeepseekV3 would compute differently:
+ * attention = gqa, tied embeddings, and group-limited routing that scores a group by other
+ * than its 2 best experts (num_experts_per_tok / topk_group != 2 while topk_group < n_group)
+ * or groups of fewer than 2 experts. */
+int hf_export(const char *out_dir, const ModelConfig *c, const ParamTable *t, const float *params,
+              size_t shard_bytes, char *err, size_t errlen);
+/* Read every table tensor from an HF directory into params (t->total floats); a missing
+ * tensor, a shape mismatch or a tensor the table lacks is an error naming it. */
+int hf_import(const char *dir, const ParamTable *t, float *params, char *err, size_t errlen);
+
+#endif

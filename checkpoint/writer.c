@@ -1,0 +1,202 @@
+/* checkpoint/writer.c - the background checkpoint writer (calling sequence in ckpt.h).
+ *
+ * One worker thread per writer, started at creation. A save copies the caller's buffers into
+ * the writer's snapshot (allocated at the first save, reused after), hands the job to the
+ * worker and returns; the worker runs ckpt_save over the snapshot. At most one save is in
+ * flight: the next ckpt_save_async waits for it first.
+ *
+ *   trainer:  step | step | copy | step | step | step | wait+copy | step ...
+ *   worker:                      [ write ckpt-N to disk ]           [ write ckpt-M ]
+ *
+ * Not here: what a save writes (ckpt.c).
+ */
+#include "ckpt.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/common.h"
+#include "fsio.h"
+
+struct CkptWriter {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int pending;                /* a job is handed over and not finished */
+    int quit;
+    CkptRequest job;            /* points into the snapshot below */
+    /* snapshot, owned by the writer (sizes are capacities) */
+    float *params, *adam_m, *adam_v;    /* (cap_p), (cap_m), (cap_v) floats */
+    size_t cap_p, cap_m, cap_v;
+    ParamTable table;           /* copy of the caller's table; table.p (cap_params) */
+    size_t cap_params;
+    char *config;               /* (cap_config) */
+    size_t cap_config;
+    char run_dir[4096];
+    /* results */
+    char job_err[1024];         /* the last failed save's message */
+    int job_failed;             /* the last save failed (reported by the next call) */
+    char first_err[1024];       /* the first failure since creation (ckpt_writer_finish) */
+    int any_failed;
+    double copy_s, write_s, wait_s;
+};
+
+static void *worker_main(void *arg)
+{
+    CkptWriter *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->pending && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->pending) break;   /* quit with nothing left to do */
+        pthread_mutex_unlock(&w->mu);
+        char err[1024] = "";
+        double t0 = now_seconds();
+        int rc = ckpt_save(&w->job, err, sizeof err);
+        double dt = now_seconds() - t0;
+        pthread_mutex_lock(&w->mu);
+        w->write_s = dt;
+        w->job_failed = rc != 0;
+        if (rc) {
+            snprintf(w->job_err, sizeof w->job_err, "%s", err);
+            if (!w->any_failed) snprintf(w->first_err, sizeof w->first_err, "%s", err);
+            w->any_failed = 1;
+        }
+        w->pending = 0;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+CkptWriter *ckpt_writer_create(void)
+{
+    CkptWriter *w = xcalloc(1, sizeof *w);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) DIE("cannot start the checkpoint writer thread");
+    return w;
+}
+
+/* Wait until no save is in flight; returns with the mutex held. */
+static void wait_idle(CkptWriter *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->pending) pthread_cond_wait(&w->cv, &w->mu);
+}
+
+/* Grow a buffer to hold `need` elements (never shrinks: steady state allocates nothing). */
+static int reserve(void **buf, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return 0;
+    void *p = realloc(*buf, need * elem);
+    if (!p) return -1;
+    *buf = p;
+    *cap = need;
+    return 0;
+}
+
+/* Copy req into the snapshot (mutex held, worker idle). */
+static int snapshot(CkptWriter *w, const CkptRequest *req, char *err, size_t errlen)
+{
+    const ParamTable *t = req->table;
+    if (!t || !req->params || !req->config_text || !req->run_dir)
+        return ckpt_fail(err, errlen, "incomplete request (run_dir, config_text, table and params are required)");
+    size_t floats = t->total, params = (size_t)t->n, text = strlen(req->config_text) + 1;
+    int moments = req->adam_m && req->adam_v;
+    if (reserve((void **)&w->params, &w->cap_p, floats, sizeof(float)) ||
+        (moments && (reserve((void **)&w->adam_m, &w->cap_m, floats, sizeof(float)) ||
+                     reserve((void **)&w->adam_v, &w->cap_v, floats, sizeof(float)))) ||
+        reserve((void **)&w->table.p, &w->cap_params, params, sizeof(Param)) ||
+        reserve((void **)&w->config, &w->cap_config, text, 1))
+        return ckpt_fail(err, errlen, "out of memory for the checkpoint snapshot (%zu floats)", floats);
+    if (snprintf(w->run_dir, sizeof w->run_dir, "%s", req->run_dir) >= (int)sizeof w->run_dir)
+        return ckpt_fail(err, errlen, "run directory path too long");
+    memcpy(w->params, req->params, floats * sizeof(float));
+    if (moments) {
+        memcpy(w->adam_m, req->adam_m, floats * sizeof(float));
+        memcpy(w->adam_v, req->adam_v, floats * sizeof(float));
+    }
+    memcpy(w->table.p, t->p, params * sizeof(Param));
+    w->table.n = t->n;
+    w->table.total = t->total;
+    memcpy(w->config, req->config_text, text);
+    w->job = *req;
+    w->job.run_dir = w->run_dir;
+    w->job.config_text = w->config;
+    w->job.table = &w->table;
+    w->job.params = w->params;
+    w->job.adam_m = moments ? w->adam_m : NULL;
+    w->job.adam_v = moments ? w->adam_v : NULL;
+    return 0;
+}
+
+int ckpt_save_async(CkptWriter *w, const CkptRequest *req, char *err, size_t errlen)
+{
+    double t0 = now_seconds();
+    wait_idle(w);
+    double t1 = now_seconds();
+    int rc = 0;
+    if (w->job_failed) {
+        rc = ckpt_fail(err, errlen, "%s", w->job_err);
+        w->job_failed = 0;
+    }
+    char serr[512];
+    if (snapshot(w, req, serr, sizeof serr) == 0) {
+        w->pending = 1;
+        pthread_cond_broadcast(&w->cv);
+    } else {
+        rc = ckpt_fail(err, errlen, "checkpoint of step %d not saved: %s", req->state.step, serr);
+        if (!w->any_failed) snprintf(w->first_err, sizeof w->first_err, "%s", err);
+        w->any_failed = 1;
+    }
+    w->wait_s = t1 - t0;
+    w->copy_s = now_seconds() - t1;
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+int ckpt_writer_finish(CkptWriter *w, char *err, size_t errlen)
+{
+    wait_idle(w);
+    int rc = w->any_failed ? ckpt_fail(err, errlen, "%s", w->first_err) : 0;
+    w->job_failed = 0;
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+void ckpt_writer_destroy(CkptWriter *w)
+{
+    if (!w) return;
+    pthread_mutex_lock(&w->mu);
+    w->quit = 1;   /* the worker finishes a pending save first */
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w->params);
+    free(w->adam_m);
+    free(w->adam_v);
+    free(w->table.p);
+    free(w->config);
+    free(w);
+}
+
+void ckpt_writer_times(const CkptWriter *w, double *copy_s, double *write_s)
+{
+    CkptWriter *m = (CkptWriter *)w;   /* the lock is not part of the logical state */
+    pthread_mutex_lock(&m->mu);
+    if (copy_s) *copy_s = m->copy_s;
+    if (write_s) *write_s = m->write_s;
+    pthread_mutex_unlock(&m->mu);
+}
+
+double ckpt_writer_wait_seconds(const CkptWriter *w)
+{
+    CkptWriter *m = (CkptWriter *)w;
+    pthread_mutex_lock(&m->mu);
+    double s = m->wait_s;
+    pthread_mutex_unlock(&m->mu);
+    return s;
+}
