@@ -1,7 +1,9 @@
 /* runtime/main.c - the dstrain binary: dispatches to the subcommands of runtime/commands.h.
  * Not here: any command's logic. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "commands.h"
 
@@ -46,8 +48,23 @@ static void usage(FILE *f)
     print_build(f);
 }
 
+/* OpenMP threads that spin-wait at barriers take the cores that other work on the machine
+ * needs, and then wait for each other: on a 2-core machine with anything else running, a
+ * small.toml step went from 0.5 s to 1.5-2.3 s; waiting passively kept it at 0.5 s idle and
+ * 1.0 s beside a busy process (tests/bench/cpu_bench.sh). libgomp reads the policy once, when
+ * it loads, so unless the user chose one (OMP_WAIT_POLICY or GOMP_SPINCOUNT) the program sets
+ * passive and starts itself again, before anything else happens. */
+static void prefer_passive_openmp(char **argv)
+{
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+    execv("/proc/self/exe", argv);
+    /* exec failed (no /proc): carry on with the default policy */
+}
+
 int main(int argc, char **argv)
 {
+    prefer_passive_openmp(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

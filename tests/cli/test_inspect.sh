@@ -42,7 +42,7 @@ expect_in help.txt "usage: dstrain inspect" "inspect --help"
 "$BIN" export --help > help.txt 2>&1 && ok || bad "export --help exit status"
 expect_in help.txt "--shard-bytes" "export --help"
 
-# topk_group = 1: groups scored by their 2 best experts, as transformers does (see export)
+# tiny keeps topk_group = 1: groups scored by their 2 best experts, as transformers does (see export)
 "$BIN" train "$SRC/configs/tiny.toml" --set train.run_dir="$SCRATCH/runs" --set train.name=t \
     --set train.steps=4 --set train.checkpoint_every=2 --set data.dir="$SCRATCH/data" \
     --set data.synthetic=true --set model.topk_group=1 > train.txt 2>&1 || { bad "train failed"; cat train.txt; }
@@ -93,10 +93,10 @@ n=$(ls hf | grep -c '^model-[0-9]*-of-[0-9]*\.safetensors$')
 must_fail export --ckpt runs/t/ckpt-h5flip --out hf2
 expect_in err.txt "rank-00000.h5" "export: damaged file named"
 
-# the unmodified tiny config scores expert groups by their best 1: transformers cannot run that
+# 2 of 4 groups kept with top-2 routing scores groups by their best 1: transformers cannot run that
 "$BIN" train "$SRC/configs/tiny.toml" --set train.run_dir="$SCRATCH/runs" --set train.name=t1 \
     --set train.steps=2 --set train.checkpoint_every=2 --set data.dir="$SCRATCH/data" \
-    --set data.synthetic=true > train.txt 2>&1 || { bad "train (tiny as shipped) failed"; cat train.txt; }
+    --set data.synthetic=true --set model.topk_group=2 > train.txt 2>&1 || { bad "train (topk_group 2) failed"; cat train.txt; }
 must_fail export --ckpt runs/t1/ckpt-2 --out hf3
 expect_in err.txt "num_experts_per_tok / topk_group" "export: routing refusal names the keys"
 

@@ -44,6 +44,10 @@ print('%.4f' % r['val_loss'])")
 check "eval reproduces the final validation loss $final ($(head -2 eval.txt | tail -1))" \
     "grep -q 'val loss $final' eval.txt"
 
+# sample from the final checkpoint: token ids (the synthetic corpus is not text), as many as asked
+"$BIN" sample --ckpt runs/tiny/ckpt-30 --prompt "1 2 3" --tokens 20 --seed 1 > sample.txt 2> sample.err
+check "sample prints 20 token ids ($(head -c 200 sample.err))" '[ "$(wc -w < sample.txt)" -eq 20 ]'
+
 # the resolved config is a complete config: training from it works and resolves to the same text
 check "config.toml was written" "[ -s runs/tiny/config.toml ]"
 "$BIN" train runs/tiny/config.toml --set train.name=again --set train.steps=2 > again.txt 2>&1

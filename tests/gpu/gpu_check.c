@@ -1,0 +1,178 @@
+/* tests/gpu/gpu_check.c - see gpu_check.h: paired buffers on the CPU and CUDA tables and the
+ * comparisons with budgets. Not a test by itself. */
+#include "gpu_check.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void pair_open(Pair *p, Precision prec)
+{
+    p->cpu = ops_cpu_create(0, PREC_FP32);
+    p->gpu = ops_cuda_create(prec);
+    p->prec = prec;
+    p->tag = prec == PREC_BF16 ? "bf16" : "fp32";
+}
+
+void pair_close(Pair *p)
+{
+    ops_destroy(p->cpu);
+    ops_destroy(p->gpu);
+}
+
+Buf buf_new(Pair *p, const float *host, size_t n)
+{
+    Buf b = { p->cpu->alloc(p->cpu, n * sizeof(float)), p->gpu->alloc(p->gpu, n * sizeof(float)), n };
+    p->cpu->upload(p->cpu, b.c, host, n * sizeof(float));
+    p->gpu->upload(p->gpu, b.g, host, n * sizeof(float));
+    return b;
+}
+
+IBuf ibuf_new(Pair *p, const int32_t *host, size_t n)
+{
+    IBuf b = { p->cpu->alloc(p->cpu, n * sizeof(int32_t)), p->gpu->alloc(p->gpu, n * sizeof(int32_t)), n };
+    p->cpu->upload(p->cpu, b.c, host, n * sizeof(int32_t));
+    p->gpu->upload(p->gpu, b.g, host, n * sizeof(int32_t));
+    return b;
+}
+
+Buf buf_poison(Pair *p, size_t n)
+{
+    float *h = xmalloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    Buf b = buf_new(p, h, n);
+    free(h);
+    return b;
+}
+
+void buf_free(Pair *p, Buf *b)
+{
+    p->cpu->free(p->cpu, b->c);
+    p->gpu->free(p->gpu, b->g);
+}
+
+void ibuf_free(Pair *p, IBuf *b)
+{
+    p->cpu->free(p->cpu, b->c);
+    p->gpu->free(p->gpu, b->g);
+}
+
+float *buf_host_cpu(Pair *p, const Buf *b)
+{
+    float *h = xmalloc((b->n ? b->n : 1) * sizeof(float));
+    p->cpu->download(p->cpu, h, b->c, b->n * sizeof(float));
+    return h;
+}
+
+float *buf_host_gpu(Pair *p, const Buf *b)
+{
+    float *h = xmalloc((b->n ? b->n : 1) * sizeof(float));
+    p->gpu->download(p->gpu, h, b->g, b->n * sizeof(float));
+    return h;
+}
+
+float *host_uniform(Rng *r, size_t n, float lo, float hi)
+{
+    float *h = xmalloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = lo + (hi - lo) * rng_uniform(r);
+    return h;
+}
+
+float *host_normal(Rng *r, size_t n, float std)
+{
+    float *h = xmalloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = std * rng_normal(r);
+    return h;
+}
+
+float *host_abs(const float *x, size_t n)
+{
+    float *h = xmalloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = fabsf(x[i]);
+    return h;
+}
+
+double host_max_abs(const float *x, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
+    return m;
+}
+
+/* The worst share of budget over the elements and the normwise error; bound may be NULL
+ * (atol everywhere); base (may be NULL) is subtracted from both before the normwise part. */
+static int compare(Pair *p, const char *what, const Buf *b, const float *bound, double atol, double rtol,
+                   double norm, const float *base)
+{
+    float *ref = buf_host_cpu(p, b), *got = buf_host_gpu(p, b);
+    double worst = 0, d2 = 0, r2 = 0;
+    size_t at = 0, nan = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        if (isnan(got[i]) && !isnan(ref[i])) { nan++; continue; }
+        double d = fabs((double)got[i] - ref[i]);
+        double budget = (bound ? bound[i] : atol) + rtol * fabs(ref[i]);
+        double share = d == 0 ? 0 : budget > 0 ? d / budget : INFINITY;
+        if (share > worst) { worst = share; at = i; }
+        double r = (double)ref[i] - (base ? base[i] : 0.0);
+        d2 += d * d;
+        r2 += r * r;
+    }
+    double rel = r2 > 0 ? sqrt(d2 / r2) : sqrt(d2);
+    int ok = nan == 0 && worst <= 1.0 && (norm <= 0 || rel <= norm);
+    printf("  %s %-46s worst %7.2f%% of budget", p->tag, what, 100 * worst);
+    if (norm > 0) printf(", norm %.2e (budget %.0e)", rel, norm);
+    if (nan) printf(", %zu NaN (unwritten or broken)", nan);
+    if (!ok && b->n) printf("  <- FAIL at %zu: gpu %.9g cpu %.9g", at, got[at], ref[at]);
+    printf("\n");
+    free(ref);
+    free(got);
+    return ok;
+}
+
+int check_close(Pair *p, const char *what, const Buf *b, double atol, double rtol, double norm)
+{
+    return compare(p, what, b, NULL, atol, rtol, norm, NULL);
+}
+
+int check_bound(Pair *p, const char *what, const Buf *b, const float *bound, double rtol, double norm)
+{
+    return compare(p, what, b, bound, 0, rtol, norm, NULL);
+}
+
+int check_delta(Pair *p, const char *what, const Buf *b, const float *base, double atol, double rtol, double norm)
+{
+    return compare(p, what, b, NULL, atol, rtol, norm, base);
+}
+
+int check_exact(Pair *p, const char *what, const Buf *b)
+{
+    float *ref = buf_host_cpu(p, b), *got = buf_host_gpu(p, b);
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < b->n; i++)
+        if (memcmp(&ref[i], &got[i], sizeof(float)) != 0 && !bad++) first = i;
+    printf("  %s %-46s %s", p->tag, what, bad ? "DIFFERS" : "bit-identical");
+    if (bad) printf("  <- FAIL: %zu of %zu differ, first at %zu: gpu %.9g cpu %.9g", bad, b->n, first, got[first],
+                    ref[first]);
+    printf("\n");
+    free(ref);
+    free(got);
+    return bad == 0;
+}
+
+int check_exact_i(Pair *p, const char *what, const IBuf *b)
+{
+    int32_t *ref = xmalloc((b->n ? b->n : 1) * sizeof(int32_t)), *got = xmalloc((b->n ? b->n : 1) * sizeof(int32_t));
+    p->cpu->download(p->cpu, ref, b->c, b->n * sizeof(int32_t));
+    p->gpu->download(p->gpu, got, b->g, b->n * sizeof(int32_t));
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < b->n; i++)
+        if (ref[i] != got[i] && !bad++) first = i;
+    printf("  %s %-46s %s", p->tag, what, bad ? "DIFFERS" : "identical");
+    if (bad) printf("  <- FAIL: %zu of %zu differ, first at %zu: gpu %d cpu %d", bad, b->n, first, got[first],
+                    ref[first]);
+    printf("\n");
+    free(ref);
+    free(got);
+    return bad == 0;
+}
