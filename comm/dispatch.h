@@ -1,18 +1,54 @@
-/* comm/dispatch.h - MoE token dispatch and combine, in DeepEP's phases:
+/* comm/dispatch.h - MoE token dispatch and combine over an expert-parallel (EP) group, in
+ * DeepEP's phases:
  *
- *   ep_layout    routing (idx) -> where each (token, slot) goes: per-expert row offsets and
- *                the row of every (token, slot) in the expert-major receive buffer
- *   (count exchange between EP ranks goes here once the EP group has more than one rank)
- *   ep_dispatch  token rows -> expert-major rows          backward: ep_dispatch_backward
- *   ...local experts run on rows [offsets[e], offsets[e+1]) of expert e...
- *   ep_combine   expert rows, weighted, summed back into token rows   backward likewise
+ *   ep_layout    routing (idx) -> where each (token, slot) goes: the row of every (token, slot)
+ *                in this rank's send order (expert-major over all E experts), then the count
+ *                exchange: every rank learns how many rows each peer sends to each of its
+ *                local experts, which fixes the receive layout (the handle)
+ *   ep_dispatch  token rows -> rows on the experts' ranks, grouped by local expert
+ *   ...local experts run on rows [recv_offsets_host[j], recv_offsets_host[j+1]) of local
+ *      expert j (global expert ep_rank * n_local + j): one GEMM per local expert...
+ *   ep_combine   expert rows back to their tokens' ranks, weighted and summed into token rows
  *
- * The backward of dispatch is a combine (rows summed back per token) and the backward of
- * combine is a dispatch (token gradients sent to the rows), so the same layout (the handle)
- * serves all four.
+ * The backward of dispatch is a combine (rows travel back and are summed per token) and the
+ * backward of combine is a dispatch (w * dy rows travel to the experts), so one handle serves
+ * all four. Expert e lives on EP rank e / n_local (n_local = E / P consecutive experts per
+ * rank, so a routing group of E / n_group experts lies on one rank or on consecutive ranks).
+ * Dropless: any load, including every token of every rank to one expert and experts or ranks
+ * that receive nothing. Every buffer is sized for the worst case up front (a rank receives at
+ * most P * N * K rows: all slots of all P ranks); nothing is allocated per step.
  *
- * This version serves an EP group of one rank: dispatch is a permutation on the rank.
- * Dropless: any load, including every token to one expert and experts with no token.
+ * Buffers, P = 2 ranks, E = 4 experts (n_local = 2), rank r's side:
+ *
+ *   send order (N*K rows, rank r)                  receive order on EP rank q (<= P*N*K rows)
+ *   | to rank 0      | to rank 1      |            | local expert 0  | local expert 1  |
+ *   | e0    | e1     | e2    | e3     |            | from 0 | from 1 | from 0 | from 1 |
+ *   offsets_host (E+1), pos (N,K) -> send row      recv_offsets_host (n_local+1);
+ *                                                  chunk (j, s): recv_starts/recv_counts (n_local,P)
+ *
+ * Within a chunk, rows follow token order then slot order (the layout op is stable), so the
+ * receive order of one rank equals the single-rank expert-major order restricted to its experts.
+ * One message per (peer, local expert) chunk lands directly at its place (no unpacking); the
+ * rows a rank keeps go through the comm's local copy.
+ *
+ * With one rank (no group, or a group of size 1) dispatch is a permutation on the rank: the
+ * op-table kernels alone, exactly as before EP existed; then n_local = E, the receive order is
+ * the send order and recv_offsets_host is offsets_host.
+ *
+ * Calling sequence (the model, one MoE layer; host-memory ops with the mpi or single comm):
+ *   EpGroup g; ep_group_init(&g, groups->ep_comm, world->node, E);   once, collective
+ *   ep_group_plan(&g, N, K, C, &arena);                              with the model's arena
+ *   ep_handle_plan_group(&h, &g, N, K, E, C, &arena);                 one handle per MoE layer
+ *   forward:  ep_layout(o, &h, idx); ep_dispatch(o, &h, xp, x);
+ *             experts on xp rows per local expert -> yp;  ep_combine(o, &h, y, yp, w);
+ *   backward: ep_combine_backward(o, &h, dyp, dw, dy, yp, w);  experts backward dyp -> dxp;
+ *             ep_dispatch_backward(o, &h, dx, dxp);
+ *   ep_handle_free(&h); ep_group_free(&g);
+ * Every call of layout, dispatch and combine is collective over the EP group, in the same
+ * order on every rank. One exchange is in flight per group at a time (the group's send buffer
+ * and request are shared by its handles).
+ *
+ * Not here: routing (the op table's moe_route), the experts' GEMMs (model/moe.c).
  */
 #ifndef DSTRAIN_DISPATCH_H
 #define DSTRAIN_DISPATCH_H
@@ -22,27 +58,75 @@
 
 #include "../kernels/ops.h"
 #include "../runtime/common.h"
+#include "comm.h"
+
+typedef struct EpGroup {
+    Comm *comm;                 /* the EP group (Groups.ep_comm); not owned */
+    int size, rank;             /* P ranks; this rank's position = its ep_rank */
+    int E, n_local;             /* experts; experts per rank = E / P */
+    int32_t *node_of;           /* (P) host: node index of each EP rank */
+    int N, K, C;                /* shape the shared buffers are planned for */
+    float *send;                /* (N*K, C) backend: rows in send order (P > 1) */
+    float *grad;                /* (P*N*K, C) backend: received w*dy rows before they are added (P > 1) */
+    int32_t *cnt_send;          /* (E) host: rows this rank sends to each expert */
+    int32_t *cnt_recv;          /* (P, n_local) host: rows each rank sends to each local expert */
+    size_t *a2a;                /* (4, P) host: alltoallv counts/offsets of the count exchange */
+    CommRequest *req;           /* the exchange in flight */
+} EpGroup;
 
 typedef struct EpHandle {
     int N, K, E, C;
-    int32_t *pos;           /* (N,K) backend memory: row of (token n, slot k) */
-    int32_t *offsets;       /* (E+1) backend memory */
-    int32_t *offsets_host;  /* (E+1) host copy: the host launches one GEMM per expert */
+    EpGroup *g;                 /* NULL: one rank */
+    int n_local;                /* experts on this rank (E for one rank) */
+    int recv_cap;               /* rows the receive buffers must hold: P * N * K */
+    int recv_rows;              /* rows received by the last ep_layout */
+    int32_t *pos;               /* (N,K) backend memory: send row of (token n, slot k) */
+    int32_t *offsets;           /* (E+1) backend memory: send rows of each expert */
+    int32_t *offsets_host;      /* (E+1) host copy */
+    int32_t *recv_offsets_host; /* (n_local+1) host: receive rows of each local expert;
+                                   == offsets_host for one rank */
+    int32_t *recv_counts;       /* (n_local, P) host: rows of local expert j from EP rank s */
+    int32_t *recv_starts;       /* (n_local, P) host: first receive row of that chunk */
+    float *ret;                 /* (N*K, C) backend: expert outputs of this rank's rows, in send
+                                   order, kept from combine for its backward (P > 1) */
 } EpHandle;
 
-/* Plan the handle's backend buffers in an arena (runtime/common.h); once the arena has
- * memory, the host copy of the offsets is allocated too (freed by ep_handle_free). */
+/* Collective over comm: records the EP group (P = comm->size ranks), gathers the node of each
+ * rank, creates the exchange's request. DIE when P does not divide E. */
+void ep_group_init(EpGroup *g, Comm *comm, int node, int E);
+/* Plans the group's shared buffers for micro-batches of N tokens, K slots, C wide in an arena
+ * (runtime/common.h two passes). Nothing is taken for P == 1. */
+void ep_group_plan(EpGroup *g, int N, int K, int C, Arena *ar);
+void ep_group_free(EpGroup *g);
+
+/* Plans a handle's backend buffers in an arena; once the arena has memory the host arrays are
+ * allocated too (freed by ep_handle_free). g == NULL (or a group of one rank): one rank.
+ * With a group, E and the shape must match the group's. */
+void ep_handle_plan_group(EpHandle *h, EpGroup *g, int N, int K, int E, int C, Arena *ar);
+/* One rank: ep_handle_plan_group(h, NULL, ...). */
 void ep_handle_plan(EpHandle *h, int N, int K, int E, int C, Arena *ar);
 void ep_handle_free(EpHandle *h);
+
+/* Layout and count exchange from idx (N,K) backend memory; fills pos, offsets, the receive
+ * layout and recv_rows. */
 void ep_layout(Ops *o, EpHandle *h, const int32_t *idx);
-/* recv (N*K,C) = rows of x (N,C) in expert-major order. */
+/* recv (recv_cap, C): rows [0, recv_rows) <- the rows of x (N,C) routed to this rank's
+ * experts, in receive order (overwritten). */
 void ep_dispatch(Ops *o, const EpHandle *h, float *recv, const float *x);
-/* dx (N,C) += sum over each token's rows of drecv (N*K,C). */
+/* dx (N,C) += sum over each token's slots of its rows of drecv (recv_rows, C). */
 void ep_dispatch_backward(Ops *o, const EpHandle *h, float *dx, const float *drecv);
-/* y (N,C) += sum_k w[n,k] * expert_out[row(n,k)]. */
+/* y (N,C) += sum_k w[n,k] * expert_out[row of (n,k)], expert_out (recv_rows, C) in receive
+ * order; for P > 1 the rows come back into h->ret and are summed in slot order, as for one
+ * rank. */
 void ep_combine(Ops *o, const EpHandle *h, float *y, const float *expert_out, const float *w);
-/* dexpert_out (N*K,C) += w * dy (per row); dw (N,K) += <dy[n], expert_out[row(n,k)]>. */
+/* dexpert_out (recv_rows, C) += w * dy (per row, delivered to the experts' ranks);
+ * dw (N,K) += <dy[n], expert_out[row of (n,k)]>. For P > 1 the expert outputs are read from
+ * h->ret (kept by ep_combine) and expert_out is not used. */
 void ep_combine_backward(Ops *o, const EpHandle *h, float *dexpert_out, float *dw, const float *dy,
                          const float *expert_out, const float *w);
+
+/* Node-limited routing report: the largest number of distinct nodes any token's K experts
+ * live on. idx (N,K) host; expert e on EP rank e / (E / P); node_of (P) per EP rank. */
+int ep_max_nodes(const int32_t *idx, int N, int K, int E, int P, const int32_t *node_of);
 
 #endif

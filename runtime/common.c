@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static FatalHook fatal_hook;
 static int log_rank = -1;
@@ -25,12 +26,16 @@ void fatal(int code, const char *file, int line, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* one write of the whole line, so mpirun forwards it unbroken beside other ranks' output */
+    char full[2400], where[512] = "", who[32] = "";
+    if (log_rank >= 0) snprintf(who, sizeof who, "[rank %d] ", log_rank);
+    if (file) snprintf(where, sizeof where, " (%s:%d)", file, line);
+    int n = snprintf(full, sizeof full, "%sdstrain: %s%s\n", who, msg, where);
+    if (n < 0 || n >= (int)sizeof full) n = (int)strlen(full);
     fflush(stdout);
-    if (log_rank >= 0) fprintf(stderr, "[rank %d] ", log_rank);
-    fprintf(stderr, "dstrain: %s", msg);
-    if (file) fprintf(stderr, " (%s:%d)", file, line);
-    fputc('\n', stderr);
     fflush(stderr);
+    ssize_t wrote = write(2, full, (size_t)n);
+    (void)wrote;
     if (fatal_hook) fatal_hook(code);
     exit(code);
 }

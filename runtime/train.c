@@ -129,10 +129,13 @@ static void train_step(Trainer *t, StepMetrics *s)
     t->tokens += (long long)M * c->train.micro_batch_size * c->train.seq_len;
 }
 
+/* The training stall of a save is the download into host staging, the wait for the previous
+ * save, and the writer's snapshot copy; the write itself runs in the background. */
 static void save_checkpoint(Trainer *t)
 {
     const ParamTable *pt = model_table(t->model);
     const size_t bytes = pt->total * sizeof(float);
+    double t0 = now_seconds();
     t->o->download(t->o, t->host_params, model_params(t->model), bytes);
     t->o->download(t->o, t->host_m, t->opt.m, bytes);
     t->o->download(t->o, t->host_v, t->opt.v, bytes);
@@ -146,6 +149,11 @@ static void save_checkpoint(Trainer *t)
     char err[1024];
     if (ckpt_save_async(t->ckpt, &r, err, sizeof err) != 0)
         metrics_log(t->metrics, "checkpoint: %s (training continues)\n", err);
+    double copy_s, write_s;
+    ckpt_writer_times(t->ckpt, &copy_s, &write_s);
+    metrics_log(t->metrics, "checkpoint: ckpt-%d saving in the background; training stalled %.1f ms "
+                            "(%.1f ms of it waiting for the previous save, %.3f s to write)\n",
+                t->step, 1e3 * (now_seconds() - t0), 1e3 * ckpt_writer_wait_seconds(t->ckpt), write_s);
 }
 
 static void validate_and_log(Trainer *t)

@@ -1,0 +1,190 @@
+/* comm/comm.c - the public collectives: argument checks shared by every backend, then one call
+ * through the comm's backend table (comm.h). Requests are created here and filled by the
+ * backends. Not here: any backend's transport (comm_single.c, comm_mpi.c).
+ */
+#include "comm.h"
+
+#include <stdlib.h>
+
+#include "../runtime/common.h"
+
+size_t comm_type_size(CommType t)
+{
+    switch (t) {
+    case COMM_F32: case COMM_I32: return 4;
+    case COMM_F64: case COMM_I64: return 8;
+    case COMM_BYTE: return 1;
+    }
+    BUG("comm type %d", (int)t);
+}
+
+void comm_destroy(Comm *c)
+{
+    if (c) c->be->destroy(c);
+}
+
+CommRequest *comm_request_create(Comm *c, int max_ops)
+{
+    CHECK(max_ops >= 1);
+    CommRequest *r = xcalloc(1, sizeof *r);
+    r->comm = c;
+    r->max_ops = max_ops;
+    c->be->request_init(r);
+    return r;
+}
+
+void comm_request_free(CommRequest *r)
+{
+    if (!r) return;
+    CHECK(r->n_ops == 0);
+    r->comm->be->request_free(r);
+    free(r);
+}
+
+int comm_request_take(CommRequest *r, int slots)
+{
+    if (r->n_ops + slots > r->max_ops)
+        DIE("comm: request for %d operations is full (%d posted, %d more asked); create it with more slots",
+            r->max_ops, r->n_ops, slots);
+    int at = r->n_ops;
+    r->n_ops += slots;
+    return at;
+}
+
+int comm_chunks(size_t n)
+{
+    return n == 0 ? 1 : (int)((n + COMM_CHUNK - 1) / COMM_CHUNK);
+}
+
+void comm_wait(CommRequest *r)
+{
+    r->comm->be->wait(r);
+    r->n_ops = 0;
+}
+
+Comm *comm_split(Comm *c, int color, int key)
+{
+    CHECK(color >= 0);
+    return c->be->split(c, color, key);
+}
+
+static void check_request(const Comm *c, const CommRequest *r)
+{
+    if (r) CHECK(r->comm == c);
+}
+
+static void check_rank(const Comm *c, int peer, const char *what)
+{
+    if (peer < 0 || peer >= c->size)
+        DIE("comm: %s %d is outside the comm's ranks 0..%d", what, peer, c->size - 1);
+}
+
+static void check_reduce(CommType t, CommOp op)
+{
+    if (t == COMM_BYTE) DIE("comm: a reduction needs a numeric type, not bytes");
+    CHECK(op == COMM_SUM || op == COMM_MAX);
+}
+
+void comm_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op, CommRequest *r)
+{
+    check_request(c, r);
+    check_reduce(t, op);
+    c->be->allreduce(c, buf, n, t, op, r);
+}
+
+void comm_ireduce_scatter(Comm *c, void *recv, const void *send, size_t n, CommType t, CommOp op,
+                          CommRequest *r)
+{
+    check_request(c, r);
+    check_reduce(t, op);
+    c->be->reduce_scatter(c, recv, send, n, t, op, r);
+}
+
+void comm_iallgather(Comm *c, void *recv, const void *send, size_t n, CommType t, CommRequest *r)
+{
+    check_request(c, r);
+    c->be->allgather(c, recv, send, n, t, r);
+}
+
+void comm_ialltoallv(Comm *c, void *recv, const size_t *recv_counts, const size_t *recv_offsets, const void *send,
+                     const size_t *send_counts, const size_t *send_offsets, CommType t, CommRequest *r)
+{
+    check_request(c, r);
+    c->be->alltoallv(c, recv, recv_counts, recv_offsets, send, send_counts, send_offsets, t, r);
+}
+
+void comm_ibroadcast(Comm *c, void *buf, size_t n, CommType t, int root, CommRequest *r)
+{
+    check_request(c, r);
+    check_rank(c, root, "broadcast root");
+    c->be->broadcast(c, buf, n, t, root, r);
+}
+
+void comm_isend(Comm *c, const void *buf, size_t n, CommType t, int peer, int tag, CommRequest *r)
+{
+    check_request(c, r);
+    check_rank(c, peer, "send peer");
+    CHECK(tag >= 0 && tag <= 32767);    /* MPI guarantees tags up to 32767 */
+    c->be->send(c, buf, n, t, peer, tag, r);
+}
+
+void comm_irecv(Comm *c, void *buf, size_t n, CommType t, int peer, int tag, CommRequest *r)
+{
+    check_request(c, r);
+    check_rank(c, peer, "receive peer");
+    CHECK(tag >= 0 && tag <= 32767);
+    c->be->recv(c, buf, n, t, peer, tag, r);
+}
+
+void comm_ibarrier(Comm *c, CommRequest *r)
+{
+    check_request(c, r);
+    c->be->barrier(c, r);
+}
+
+void comm_icopy(Comm *c, void *dst, const void *src, size_t bytes, CommRequest *r)
+{
+    check_request(c, r);
+    c->be->copy(c, dst, src, bytes, r);
+}
+
+void comm_allreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op)
+{
+    comm_iallreduce(c, buf, n, t, op, NULL);
+}
+
+void comm_reduce_scatter(Comm *c, void *recv, const void *send, size_t n, CommType t, CommOp op)
+{
+    comm_ireduce_scatter(c, recv, send, n, t, op, NULL);
+}
+
+void comm_allgather(Comm *c, void *recv, const void *send, size_t n, CommType t)
+{
+    comm_iallgather(c, recv, send, n, t, NULL);
+}
+
+void comm_alltoallv(Comm *c, void *recv, const size_t *recv_counts, const size_t *recv_offsets, const void *send,
+                    const size_t *send_counts, const size_t *send_offsets, CommType t)
+{
+    comm_ialltoallv(c, recv, recv_counts, recv_offsets, send, send_counts, send_offsets, t, NULL);
+}
+
+void comm_broadcast(Comm *c, void *buf, size_t n, CommType t, int root)
+{
+    comm_ibroadcast(c, buf, n, t, root, NULL);
+}
+
+void comm_send(Comm *c, const void *buf, size_t n, CommType t, int peer, int tag)
+{
+    comm_isend(c, buf, n, t, peer, tag, NULL);
+}
+
+void comm_recv(Comm *c, void *buf, size_t n, CommType t, int peer, int tag)
+{
+    comm_irecv(c, buf, n, t, peer, tag, NULL);
+}
+
+void comm_barrier(Comm *c)
+{
+    comm_ibarrier(c, NULL);
+}

@@ -1,0 +1,238 @@
+/* tests/mpi/ep_mpi_test.c - MoE dispatch/combine over EP groups of real MPI ranks (run by
+ * tests/mpi/test_mpi_comm.sh: `ep_mpi_test` under mpirun -np 2 and 4; every layout
+ * (dp = world size, ep dividing it) is tried in one run).
+ *
+ * Self-describing payloads: row n of EP rank s in EP group gi holds ((gi*P + s)*N + n)*C + c + 1
+ * in column c, so every received row names its group, source rank and token. Every rank can
+ * regenerate every source's routing (seeded by rank 0's seed, the group and the source), so it
+ * checks every row it receives against the exact list of (source, token, slot) its experts must
+ * get, in order, and every gradient row against its sender's w * dy.
+ * Loads: uniform, random, hot (every token to the same 3 experts), one expert (every slot of
+ * every rank to expert E-1: the last rank receives P*N*K rows, the buffer's worst case, the
+ * others nothing), empty (no token to expert 0 nor to EP rank 1's experts).
+ * combine(dispatch(x)) and both backwards are also run through a one-rank handle with all E
+ * experts on the same data and must agree bit for bit.
+ *
+ * Tolerances: none. Payloads are small integers and weights k/8, so every value is exact in
+ * FP32; results are compared with ==.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm/dispatch.h"
+#include "comm/world.h"
+#include "kernels/ops.h"
+#include "runtime/common.h"
+#include "tests/mpi/mpi_testing.h"
+
+enum { N = 48, K = 3, E = 8, C = 6 };
+enum { LOAD_UNIFORM, LOAD_RANDOM, LOAD_HOT, LOAD_ONE_EXPERT, LOAD_EMPTY, N_LOADS };
+static const char *LOAD_NAMES[] = { "uniform", "random", "hot", "one expert", "empty" };
+
+/* one source rank's micro-batch */
+typedef struct Src {
+    int32_t idx[N * K];
+    float x[N * C], w[N * K], dy[N * C];
+} Src;
+
+/* the "experts": exact elementwise maps that depend on the global expert */
+static float expert_fn(int e, float v) { return v * (float)(e + 1) * 0.5f + (float)e; }
+static float expert_grad(int e, float v) { return v * 2 - (float)e; }
+
+static int allowed(int load, int e, int P)
+{
+    if (load == LOAD_HOT) return e >= E - 3;
+    if (load == LOAD_EMPTY) return e != 0 && (P == 1 || e / (E / P) != 1);
+    return 1;
+}
+
+static void gen(Src *d, int load, uint64_t seed, int gi, int s, int P)
+{
+    Rng r;
+    rng_seed(&r, seed ^ ((uint64_t)(gi * P + s) << 20) ^ ((uint64_t)load << 40));
+    for (int n = 0; n < N; n++) {
+        int32_t *t = d->idx + n * K;
+        for (int k = 0; k < K; k++) {
+            if (load == LOAD_ONE_EXPERT) { t[k] = E - 1; continue; }
+            if (load == LOAD_UNIFORM) { t[k] = (n * K + k) % E; continue; }
+            int dup;
+            do {
+                t[k] = (int32_t)(rng_u32(&r) % E);
+                dup = !allowed(load, t[k], P);
+                for (int i = 0; i < k; i++) dup |= t[i] == t[k];
+            } while (dup);
+        }
+        for (int c = 0; c < C; c++) {
+            d->x[n * C + c] = (float)(((gi * P + s) * N + n) * C + c + 1);
+            d->dy[n * C + c] = (float)((n + 2 * c + s) % 5 - 2);
+        }
+        for (int k = 0; k < K; k++) d->w[n * K + k] = (float)(1 + (n + k + s) % 4) / 8;
+    }
+}
+
+typedef struct Out {
+    float *recv, *dexp;         /* (recv_cap, C) */
+    float y[N * C], dx[N * C], dw[N * K];
+} Out;
+
+/* Forward and backward through h: the experts are expert_fn / expert_grad of global expert
+ * first + j on the rows of local expert j. */
+static void run(Ops *o, EpHandle *h, int first, const Src *d, Out *r, float *yp, float *drecv)
+{
+    ep_layout(o, h, d->idx);
+    ep_dispatch(o, h, r->recv, d->x);
+    const int32_t *off = h->recv_offsets_host;
+    for (int j = 0; j < h->n_local; j++)
+        for (int row = off[j]; row < off[j + 1]; row++)
+            for (int c = 0; c < C; c++) {
+                yp[row * C + c] = expert_fn(first + j, r->recv[row * C + c]);
+                drecv[row * C + c] = expert_grad(first + j, r->recv[row * C + c]);
+            }
+    for (int i = 0; i < N * C; i++) r->y[i] = r->dx[i] = 0.5f;
+    for (int i = 0; i < h->recv_cap * C; i++) r->dexp[i] = 0.25f;
+    for (int i = 0; i < N * K; i++) r->dw[i] = 0.125f;
+    ep_combine(o, h, r->y, yp, d->w);
+    ep_combine_backward(o, h, r->dexp, r->dw, d->dy, yp, d->w);
+    ep_dispatch_backward(o, h, r->dx, drecv);
+}
+
+/* Every received row and every gradient row against the (source, token, slot) list of each
+ * local expert, regenerated from the sources' routing. */
+static int check_received(const EpHandle *h, const EpGroup *g, const Src *all, const Out *r, int gi)
+{
+    const int P = g->size, nl = g->n_local;
+    int bad = 0, row = 0;
+    for (int j = 0; j < nl; j++) {
+        const int e = g->rank * nl + j;
+        bad += h->recv_offsets_host[j] != row;
+        for (int s = 0; s < P; s++) {
+            const Src *d = &all[s];
+            bad += h->recv_starts[j * P + s] != row;
+            int start = row;
+            for (int n = 0; n < N; n++)
+                for (int k = 0; k < K; k++) {
+                    if (d->idx[n * K + k] != e) continue;
+                    for (int c = 0; c < C; c++) {
+                        bad += r->recv[row * C + c] != (float)(((gi * P + s) * N + n) * C + c + 1);
+                        bad += r->dexp[row * C + c] != 0.25f + d->w[n * K + k] * d->dy[n * C + c];
+                    }
+                    row++;
+                }
+            bad += h->recv_counts[j * P + s] != row - start;
+        }
+    }
+    bad += h->recv_offsets_host[nl] != row || h->recv_rows != row;
+    return bad;
+}
+
+/* y, dx, dw of this rank's tokens against the serial formula, in slot order. */
+static int check_tokens(const Src *d, const Out *r)
+{
+    int bad = 0;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            float y = 0.5f, dx = 0.5f, v = d->x[n * C + c];
+            for (int k = 0; k < K; k++) {
+                y += d->w[n * K + k] * expert_fn(d->idx[n * K + k], v);
+                dx += expert_grad(d->idx[n * K + k], v);
+            }
+            bad += r->y[n * C + c] != y || r->dx[n * C + c] != dx;
+        }
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) {
+            double dot = 0;
+            for (int c = 0; c < C; c++) dot += (double)d->dy[n * C + c] * expert_fn(d->idx[n * K + k], d->x[n * C + c]);
+            bad += r->dw[n * K + k] != 0.125f + (float)dot;
+        }
+    return bad;
+}
+
+static void plan(EpGroup *g, EpHandle *h, Arena *ar)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        if (g) ep_group_plan(g, N, K, C, ar);
+        ep_handle_plan_group(h, g, N, K, E, C, ar);
+        if (pass == 0) *ar = (Arena){ xcalloc(1, ar->used), 0 };
+    }
+}
+
+static void out_alloc(Out *r, int cap)
+{
+    r->recv = xcalloc((size_t)cap * C, sizeof(float));
+    r->dexp = xcalloc((size_t)cap * C, sizeof(float));
+}
+
+static void test_layout(World *w, Ops *o, int ep, uint64_t seed, int rpn)
+{
+    Groups *gr = groups_create(w, 1, w->size, ep);
+    EpGroup g;
+    ep_group_init(&g, gr->ep_comm, w->node, E);
+    EpHandle h, h1;
+    Arena ar = { 0 }, ar1 = { 0 };
+    plan(&g, &h, &ar);
+    plan(NULL, &h1, &ar1);
+    const int P = g.size, gi = gr->ep_index;
+    MEXPECT(g.n_local == E / P && h.recv_cap == P * N * K, "ep %d: n_local %d, capacity %d", ep, g.n_local, h.recv_cap);
+    for (int i = 0; i < P; i++)
+        MEXPECT(g.node_of[i] == (gi * P + i) / rpn, "ep %d: EP rank %d on node %d", ep, i, g.node_of[i]);
+    Src *all = xcalloc((size_t)P, sizeof(Src));
+    Out r, r1;
+    out_alloc(&r, h.recv_cap);
+    out_alloc(&r1, h1.recv_cap);
+    float *yp = xcalloc((size_t)h.recv_cap * C, sizeof(float)), *drecv = xcalloc((size_t)h.recv_cap * C, sizeof(float));
+    for (int load = 0; load < N_LOADS; load++) {
+        for (int s = 0; s < P; s++) gen(&all[s], load, seed, gi, s, P);
+        const Src *mine = &all[g.rank];
+        run(o, &h, g.rank * g.n_local, mine, &r, yp, drecv);
+        int bad_rows = check_received(&h, &g, all, &r, gi), bad_tok = check_tokens(mine, &r);
+        MEXPECT(bad_rows == 0, "ep %d, %s load: %d received values/counts off their route", ep, LOAD_NAMES[load],
+                bad_rows);
+        MEXPECT(bad_tok == 0, "ep %d, %s load: %d token values off the serial formula", ep, LOAD_NAMES[load], bad_tok);
+        if (load == LOAD_ONE_EXPERT) {
+            int want = g.rank == P - 1 ? P * N * K : 0;
+            MEXPECT(h.recv_rows == want, "ep %d, one expert: %d rows received, want %d", ep, h.recv_rows, want);
+        }
+        if (load == LOAD_EMPTY && P > 1) MEXPECT(g.rank != 1 || h.recv_rows == 0, "ep %d: rank 1 got rows", ep);
+        int nodes = ep_max_nodes(mine->idx, N, K, E, P, g.node_of);
+        MEXPECT(nodes >= 1 && nodes <= w->n_nodes && (load != LOAD_ONE_EXPERT || nodes == 1), "ep %d: %d nodes", ep,
+                nodes);
+        /* the same micro-batch through one rank holding all E experts */
+        run(o, &h1, 0, mine, &r1, yp, drecv);
+        int same = !memcmp(r.y, r1.y, sizeof r.y) && !memcmp(r.dx, r1.dx, sizeof r.dx) &&
+                   !memcmp(r.dw, r1.dw, sizeof r.dw);
+        MEXPECT(same, "ep %d, %s load: differs from the one-rank path", ep, LOAD_NAMES[load]);
+    }
+    free(all);
+    free(yp);
+    free(drecv);
+    free(r.recv);
+    free(r.dexp);
+    free(r1.recv);
+    free(r1.dexp);
+    ep_handle_free(&h);
+    ep_handle_free(&h1);
+    ep_group_free(&g);
+    free(ar.base);
+    free(ar1.base);
+    groups_free(gr);
+}
+
+int main(int argc, char **argv)
+{
+    World *w = world_init(argc, argv);
+    mpi_test_rank = w->rank;
+    int64_t seed = 0;
+    if (w->rank == 0) seed = (int64_t)test_seed();
+    comm_broadcast(w->comm, &seed, 1, COMM_I64, 0);
+    const char *rpn_s = getenv("DSTRAIN_RANKS_PER_NODE");
+    const int rpn = rpn_s ? atoi(rpn_s) : w->size;
+    Ops *o = ops_cpu_create(1, PREC_FP32);
+    for (int ep = 1; ep <= w->size; ep++)
+        if (w->size % ep == 0 && E % ep == 0) test_layout(w, o, ep, (uint64_t)seed, rpn);
+    ops_destroy(o);
+    int rc = mpi_test_finish(w, "ep dispatch/combine");
+    world_free(w);
+    return rc;
+}
