@@ -41,6 +41,8 @@ typedef struct Trainer {
 void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir);
 /* Restore weights, optimizer moments and state from a verified checkpoint directory. */
 void trainer_resume(Trainer *t, const char *ckpt_dir);
+/* Replace the initial weights with those of a Hugging Face directory (dstrain export). */
+void trainer_init_from(Trainer *t, const char *hf_dir);
 /* Train from t->step to cfg.train.steps; validation and checkpoints at their intervals and at
  * the end. */
 void train_run(Trainer *t);

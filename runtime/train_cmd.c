@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../checkpoint/ckpt_config.h"
+#include "../checkpoint/safetensors.h"
 #include "../model/flops.h"
 #include "commands.h"
 #include "common.h"
@@ -19,6 +20,7 @@
 typedef struct TrainArgs {
     const char *config;
     const char *resume;         /* NULL, "latest" or a checkpoint directory */
+    const char *init_from;      /* NULL or a Hugging Face model directory (dstrain export) */
     int n_sets;
     char **sets;
 } TrainArgs;
@@ -27,12 +29,15 @@ static void train_usage(FILE *f)
 {
     fprintf(f,
             "usage: dstrain train CONFIG [--set section.key=value ...] [--resume latest|DIR]\n"
+            "                            [--init-from HF_DIR]\n"
             "\n"
             "Trains the model CONFIG describes; output goes to <train.run_dir>/<train.name>/:\n"
             "config.toml (resolved), metrics.jsonl, log.txt, ckpt-<step>/.\n"
             "  --set section.key=value   override one config key (repeatable)\n"
             "  --resume latest           continue from the newest checkpoint of the run that verifies\n"
             "  --resume DIR              continue from checkpoint directory DIR\n"
+            "  --init-from HF_DIR        start from the weights of a Hugging Face DeepseekV3 directory\n"
+            "                            (dstrain export output: safetensors, mtp.safetensors for MTP)\n"
             "\nconfig keys (section, key, type, default, meaning):\n");
     config_print_help(f);
 }
@@ -46,10 +51,11 @@ static void parse_args(int argc, char **argv, TrainArgs *a)
         if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
             train_usage(stdout);
             exit(0);
-        } else if (!strcmp(s, "--set") || !strcmp(s, "--resume")) {
+        } else if (!strcmp(s, "--set") || !strcmp(s, "--resume") || !strcmp(s, "--init-from")) {
             if (i + 1 >= argc) DIE("train: '%s' needs a value (see dstrain train --help)", s);
             if (!strcmp(s, "--set")) a->sets[a->n_sets++] = argv[++i];
-            else a->resume = argv[++i];
+            else if (!strcmp(s, "--resume")) a->resume = argv[++i];
+            else a->init_from = argv[++i];
         } else if (!strncmp(s, "--set=", 6)) {
             a->sets[a->n_sets++] = argv[i] + 6;
         } else if (s[0] == '-') {
@@ -169,7 +175,9 @@ int cmd_train(int argc, char **argv)
 
     Trainer t;
     trainer_setup(&t, &cfg, text, run_dir);
+    if (a.init_from && ckpt_dir) DIE("train: give --resume or --init-from, not both");
     if (ckpt_dir) trainer_resume(&t, ckpt_dir);
+    if (a.init_from) trainer_init_from(&t, a.init_from);
     t.peak_flops = ops_measure_gemm_flops(t.o, 1024);
     print_banner(&t);
     train_run(&t);
@@ -199,4 +207,16 @@ void trainer_resume(Trainer *t, const char *ckpt_dir)
     t->rng.state = st.rng;
     data_set_state(t->train, st.data);
     printf("resume: step %d, %lld tokens seen\n", t->step, t->tokens);
+}
+
+/* Weights from a Hugging Face directory (safetensors by parameter name); the optimizer and
+ * the schedules start fresh. Every tensor of the table must be there (hf_import names the
+ * first one missing). */
+void trainer_init_from(Trainer *t, const char *hf_dir)
+{
+    const ParamTable *pt = model_table(t->model);
+    char err[1024];
+    if (hf_import(hf_dir, pt, t->host_params, err, sizeof err) != 0) DIE("init-from: %s", err);
+    t->o->upload(t->o, model_params(t->model), t->host_params, pt->total * sizeof(float));
+    printf("init-from: %zu parameters from '%s'\n", pt->total, hf_dir);
 }
