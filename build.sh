@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PACKAGES="build-essential cmake pkg-config libopenblas-openmp-dev libopenmpi-dev openmpi-bin
-libhdf5-dev libzstd-dev libibverbs-dev libinih-dev libjansson-dev python3"
+libhdf5-dev libzstd-dev libibverbs-dev libinih-dev libjansson-dev python3 procps"
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 missing_packages() {

@@ -3,13 +3,11 @@
  * text; other vocabularies print token ids. Each new token reruns the forward over the last
  * seq_len tokens (no KV cache: this is a check of what the model learned, not a server).
  */
-#define _GNU_SOURCE
-#include <errno.h>
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "../checkpoint/ckpt.h"
 #include "../checkpoint/ckpt_config.h"
