@@ -24,113 +24,16 @@
 #include "kernels/ops.h"
 #include "runtime/common.h"
 #include "tests/unit/testing.h"
+#include "tests/unit/fd.h"
 
-#define EPS32 5.9604644775390625e-8   /* 2^-24, unit roundoff of FP32 */
-#define FD_H 1e-2
 
-static Rng rng;
 static Ops *ops;
-
-static void *arena[64];
-static int arena_n;
-
-static void *talloc(size_t bytes)
-{
-    CHECK(arena_n < 64);
-    return arena[arena_n++] = xcalloc(1, bytes ? bytes : 1);
-}
-
-static void tfree_all(void)
-{
-    while (arena_n) free(arena[--arena_n]);
-}
-
-static float *randn(size_t n, float sd)
-{
-    float *x = talloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = sd * rng_normal(&rng);
-    return x;
-}
-
-static float *fcopy(const float *x, size_t n)
-{
-    float *y = talloc(n * sizeof(float));
-    memcpy(y, x, n * sizeof(float));
-    return y;
-}
 
 static float *rand_sigmoid(size_t n)
 {
     float *s = talloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) s[i] = 1.0f / (1.0f + expf(-rng_normal(&rng)));
     return s;
-}
-
-static double maxabs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(x[i]));
-    return m;
-}
-
-/* ---- finite differences (one output tensor) ---- */
-
-typedef struct Probe {
-    void (*forward)(void *ctx);
-    void *ctx;
-    float *out;          /* (n) read by the loss */
-    const float *R;      /* (n) loss weights */
-    size_t n;
-    double c, gfloor;    /* relative rounding in eps_f32; gradient term magnitude */
-} Probe;
-
-static double probe_eval(const Probe *p, const float *base, double *amp)
-{
-    p->forward(p->ctx);
-    double L = 0.0;
-    for (size_t j = 0; j < p->n; j++) {
-        L += (double)p->R[j] * p->out[j];
-        if (base && p->out[j] != base[j]) amp[j] = fmax(amp[j], fmax(fabs(p->out[j]), fabs(base[j])));
-    }
-    return L;
-}
-
-static double fd_at(const Probe *p, float *x, float h, const float *base, double *amp)
-{
-    float x0 = *x, xp = x0 + h, xm = x0 - h;
-    *x = xp;
-    double lp = probe_eval(p, base, amp);
-    *x = xm;
-    double lm = probe_eval(p, base, amp);
-    *x = x0;
-    return (lp - lm) / ((double)xp - (double)xm);
-}
-
-static void fd_check(const char *label, const Probe *p, float *x, size_t nx, const float *after,
-                     const float *before)
-{
-    probe_eval(p, NULL, NULL);
-    float *base = fcopy(p->out, p->n);
-    double *amp = talloc(p->n * sizeof(double)), worst = 0.0, wg = 0.0, wfd = 0.0;
-    size_t wi = 0;
-    for (size_t i = 0; i < nx; i++) {
-        for (size_t j = 0; j < p->n; j++) amp[j] = -1.0;
-        double fd1 = fd_at(p, x + i, (float)FD_H, base, amp);
-        double fd2 = fd_at(p, x + i, (float)(2 * FD_H), base, amp);
-        double M = 0.0, U = 0.0;
-        for (size_t j = 0; j < p->n; j++) {
-            if (amp[j] >= 0.0) M += fabs(p->R[j]) * amp[j];
-            else U += fabs(p->R[j] * base[j]);
-        }
-        double g = (double)after[i] - before[i];
-        double budget = p->c * EPS32 * M / FD_H + EPS32 * U / FD_H + 2.0 * fabs(fd2 - fd1) / 3.0
-                        + EPS32 * (fabs(after[i]) + fabs(before[i])) + p->c * EPS32 * fmax(fabs(g), p->gfloor);
-        double share = fabs(g - fd1) / budget;
-        if (!(share <= worst)) { worst = share; wi = i; wg = g; wfd = fd1; }
-    }
-    probe_eval(p, NULL, NULL);
-    printf("  %-34s worst %.3g of budget (n=%zu)\n", label, worst, nx);
-    EXPECT(worst <= 1.0, "%s: element %zu analytic %.9g, finite difference %.9g", label, wi, wg, wfd);
 }
 
 /* ---- routing against brute force ---- */
@@ -246,7 +149,7 @@ static void test_route_backward(RouteShape r)
      * <= 2 scaling max|R| / S with S = sum of the K chosen s >= K min s */
     double mins = 1.0;
     for (size_t i = 0; i < ne; i++) mins = fmin(mins, m.s[i]);
-    Probe p = { route_fwd, &m, m.w, R, nk, 2 * r.K + 4, 2 * r.scaling * maxabs(R, nk) / (r.K * mins) };
+    Probe p = { route_fwd, &m, 1, { m.w }, { R }, { nk }, 0.0, 2 * r.K + 4, 2 * r.scaling * maxabs(R, nk) / (r.K * mins) };
     fd_check("backward ds (+=)", &p, m.s, ne, d, d0);
     EXPECT(m.moved == 0, "moe_route_backward: the selection moved in %d finite-difference runs", m.moved);
     tfree_all();
@@ -334,7 +237,7 @@ static void test_balance(int B, int T, int E, int K)
     /* gradient terms alpha |R| f / (T Z), f <= E/K and Z >= E min s */
     double mins = 1.0;
     for (size_t i = 0; i < ne; i++) mins = fmin(mins, m.s[i]);
-    Probe p = { bal_fwd, &m, m.loss, R, B, E + T + 8, m.alpha * maxabs(R, B) / (K * T * mins) };
+    Probe p = { bal_fwd, &m, 1, { m.loss }, { R }, { B }, 0.0, E + T + 8, m.alpha * maxabs(R, B) / (K * T * mins) };
     fd_check("backward ds (+=, through P)", &p, m.s, ne, d, d0);
     tfree_all();
 }
@@ -421,8 +324,8 @@ static void test_gather_combine(int N, int K, int E, int C)
     ops->moe_gather_backward(ops, dx, Rx, m.pos, N, K, C);
     ops->moe_combine_backward(ops, dyp, dw, Ry, m.yp, m.w, m.pos, N, K, C);
     double ma = fmax(maxabs(m.yp, pc), maxabs(m.w, (size_t)N * K)) + maxabs(m.y0, nc);
-    Probe pg = { gather_fwd, &m, m.xp, Rx, pc, 1, K * maxabs(Rx, pc) };
-    Probe pcb = { combine_fwd, &m, m.y, Ry, nc, 2 * K + C + 1, C * maxabs(Ry, nc) * ma };
+    Probe pg = { gather_fwd, &m, 1, { m.xp }, { Rx }, { pc }, 0.0, 1, K * maxabs(Rx, pc) };
+    Probe pcb = { combine_fwd, &m, 1, { m.y }, { Ry }, { nc }, 0.0, 2 * K + C + 1, C * maxabs(Ry, nc) * ma };
     fd_check("gather backward dx (+=)", &pg, m.x, nc, dx, dx0);
     fd_check("combine backward dyp (+=)", &pcb, m.yp, pc, dyp, dyp0);
     fd_check("combine backward dw (+=)", &pcb, m.w, (size_t)N * K, dw, dw0);
