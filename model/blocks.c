@@ -28,6 +28,7 @@ void dims_from_config(Dims *d, const ModelConfig *c, int B, int T)
     d->V = c->vocab_size;
     d->L = c->num_hidden_layers;
     d->D = c->num_nextn_predict_layers;
+    d->R = d->N * d->K;
 }
 
 static float *at(const ParamTable *t, float *base, int layer, const char *suffix)
@@ -117,11 +118,13 @@ void block_acts_plan(BlockActs *a, const Dims *d, int moe, Arena *ar)
         a->s = arena_take(ar, F32(N * d->E));
         a->idx = arena_take(ar, I32(NK));
         a->w = arena_take(ar, F32(NK));
-        a->xp = arena_take(ar, F32(NK * d->C));
-        a->gup = arena_take(ar, F32(NK * 2 * d->F));
-        a->hp = arena_take(ar, F32(NK * d->F));
-        a->yp = arena_take(ar, F32(NK * d->C));
-        ep_handle_plan(&a->ep, d->N, d->K, d->E, d->C, ar);
+        const size_t R = (size_t)d->R;     /* rows in receive order, on the experts' rank */
+        a->xp = arena_take(ar, F32(R * d->C));
+        a->gup = arena_take(ar, F32(R * 2 * d->F));
+        a->hp = arena_take(ar, F32(R * d->F));
+        a->yp = arena_take(ar, F32(R * d->C));
+        ep_handle_plan_group(&a->ep, d->ep, d->N, d->K, d->E, d->C, ar);
+        CHECK(a->ep.recv_cap == d->R);
     }
     a->x_out = arena_take(ar, F32(N * d->C));
 }
@@ -149,10 +152,11 @@ void scratch_plan(Scratch *s, const Dims *d, Arena *ar)
     s->ds = arena_take(ar, F32(N * d->E));
     s->dlogits_r = arena_take(ar, F32(N * d->E));
     s->dw = arena_take(ar, F32(NK));
-    s->dxp = arena_take(ar, F32(NK * d->C));
-    s->dgup = arena_take(ar, F32(NK * 2 * d->F));
-    s->dhp = arena_take(ar, F32(NK * d->F));
-    s->dyp = arena_take(ar, F32(NK * d->C));
+    const size_t R = (size_t)d->R;
+    s->dxp = arena_take(ar, F32(R * d->C));
+    s->dgup = arena_take(ar, F32(R * 2 * d->F));
+    s->dhp = arena_take(ar, F32(R * d->F));
+    s->dyp = arena_take(ar, F32(R * d->C));
 }
 
 void block_acts_free(BlockActs *a)

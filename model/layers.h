@@ -58,7 +58,8 @@ typedef struct BlockActs {
     float *s;                   /* (N,E) sigmoid router scores (logits are not kept) */
     int32_t *idx;               /* (N,K) chosen experts */
     float *w;                   /* (N,K) routing weights */
-    float *xp, *gup, *hp, *yp;  /* (N*K,C), (N*K,2F), (N*K,F), (N*K,C) expert-major rows */
+    float *xp, *gup, *hp, *yp;  /* (R,C), (R,2F), (R,F), (R,C) rows of this rank's experts, in
+                                   receive order (Dims.R: N*K for one rank, P*N*K under EP) */
     EpHandle ep;                /* dispatch layout of this micro-batch */
     float *x_out;               /* (N,C) block output = next block's input */
 } BlockActs;
@@ -78,6 +79,8 @@ typedef struct Scratch {
 
 typedef struct Dims {
     int B, T, N, C, H, Dn, Dr, Dv, Dqk, Rq, Rkv, E, K, F, Fs, I, V, L, D;
+    EpGroup *ep;                /* the expert-parallel group (NULL: one rank holds every expert) */
+    int R;                      /* expert rows a rank may hold: recv_cap = P*N*K (N*K for one rank) */
 } Dims;
 
 void dims_from_config(Dims *d, const ModelConfig *c, int B, int T);

@@ -18,6 +18,7 @@ static void plan_acts(Model *m, Arena *ar)
     m->tokens = arena_take(ar, N * sizeof(int32_t));
     m->targets = arena_take(ar, N * sizeof(int32_t));
     m->x0 = arena_take(ar, N * d->C * sizeof(float));
+    if (d->ep) ep_group_plan(d->ep, d->N, d->K, d->C, ar);
     for (int b = 0; b < m->nblocks; b++) block_acts_plan(&m->acts[b], d, m->is_moe[b], ar);
     m->hf = arena_take(ar, N * d->C * sizeof(float));
     m->hf_rstd = arena_take(ar, N * sizeof(float));
@@ -84,6 +85,11 @@ static void bind_blocks(Model *m)
 
 Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train)
 {
+    return model_create_ep(c, o, B, T, train, NULL, 0);
+}
+
+Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Comm *ep_comm, int node)
+{
     if (c->num_nextn_predict_layers > MTP_MAX)
         DIE("model: 'model.num_nextn_predict_layers' = %d is more than the %d this build supports",
             c->num_nextn_predict_layers, MTP_MAX);
@@ -96,6 +102,11 @@ Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train)
     m->o = o;
     m->train = train;
     dims_from_config(&m->d, c, B, T);
+    if (ep_comm && ep_comm->size > 1 && m->d.E > 0) {
+        ep_group_init(&m->ep, ep_comm, node, m->d.E);
+        m->d.ep = &m->ep;
+        m->d.R = ep_comm->size * m->d.N * m->d.K;
+    }
     params_build(&m->table, c);
     m->nblocks = m->d.L + m->d.D;
     m->is_moe = xcalloc((size_t)m->nblocks, sizeof(int));
@@ -127,6 +138,10 @@ Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train)
 
     m->host_tokens = xcalloc((size_t)m->d.N * 2, sizeof(int32_t));
     m->host_losses = xcalloc((size_t)m->d.N + (size_t)m->n_moe * B + (size_t)m->n_moe * m->d.E + 1, sizeof(float));
+    m->host_counts = xcalloc((size_t)m->n_moe * m->d.E + 1, sizeof(float));
+    m->host_bias = xcalloc((size_t)m->d.E + 1, sizeof(float));
+    m->host_delta = xcalloc((size_t)m->d.E + 1, sizeof(double));
+    m->host_weights = xcalloc((size_t)(m->d.N > B ? m->d.N : B), sizeof(float));
     model_set_loss_weights(m, 0.0, 0.0, 1);
     return m;
 }
@@ -135,6 +150,7 @@ void model_destroy(Model *m)
 {
     if (!m) return;
     for (int b = 0; b < m->nblocks; b++) block_acts_free(&m->acts[b]);
+    if (m->d.ep) ep_group_free(&m->ep);
     m->o->free(m->o, m->params);
     if (m->grads) m->o->free(m->o, m->grads);
     m->o->free(m->o, m->act_arena);
@@ -148,6 +164,10 @@ void model_destroy(Model *m)
     free(m->acts);
     free(m->host_tokens);
     free(m->host_losses);
+    free(m->host_counts);
+    free(m->host_bias);
+    free(m->host_delta);
+    free(m->host_weights);
     free(m);
 }
 
@@ -178,7 +198,7 @@ void model_init_params(Model *m, uint64_t seed)
 void model_set_loss_weights(Model *m, double lambda, double alpha, int n_micro)
 {
     const Dims *d = &m->d;
-    float *h = xcalloc((size_t)d->N, sizeof(float));
+    float *h = m->host_weights;
     m->lambda = lambda;
     m->alpha = alpha;
     for (int n = 0; n < d->N; n++) h[n] = (float)(1.0 / ((double)d->N * n_micro));
@@ -191,7 +211,6 @@ void model_set_loss_weights(Model *m, double lambda, double alpha, int n_micro)
     }
     for (int b = 0; b < d->B; b++) h[b] = (float)(1.0 / ((double)d->B * n_micro));
     m->o->upload(m->o, m->bal_dloss, h, (size_t)d->B * sizeof(float));
-    free(h);
 }
 
 void model_zero_grads(Model *m)
@@ -344,14 +363,13 @@ LoadStats model_load_stats(Model *m)
     LoadStats st = { 0, 0 };
     if (m->n_moe == 0) return st;
     const int E = m->d.E;
-    float *c = xmalloc((size_t)m->n_moe * E * sizeof(float));
+    float *c = m->host_counts;
     model_expert_counts(m, c);
     for (int l = 0; l < m->n_moe; l++) {
         double v = layer_maxvio(c + (size_t)l * E, E);
         st.maxvio_mean += v / m->n_moe;
         if (v > st.maxvio_max) st.maxvio_max = v;
     }
-    free(c);
     return st;
 }
 
@@ -359,9 +377,8 @@ void model_bias_update(Model *m, double gamma, int zero_mean)
 {
     if (m->n_moe == 0 || gamma == 0) return;
     const int E = m->d.E;
-    float *c = xmalloc((size_t)m->n_moe * E * sizeof(float));
-    float *bias = xmalloc((size_t)E * sizeof(float));
-    double *delta = xmalloc((size_t)E * sizeof(double));
+    float *c = m->host_counts, *bias = m->host_bias;
+    double *delta = m->host_delta;
     model_expert_counts(m, c);
     for (int l = 0; l < m->n_moe; l++) {
         float *bias_dev = m->w[m->moe_block[l]].router_bias;
@@ -379,7 +396,4 @@ void model_bias_update(Model *m, double gamma, int zero_mean)
         for (int i = 0; i < E; i++) bias[i] = (float)(bias[i] + delta[i] - (zero_mean ? dmean : 0.0));
         m->o->upload(m->o, bias_dev, bias, (size_t)E * sizeof(float));
     }
-    free(c);
-    free(bias);
-    free(delta);
 }

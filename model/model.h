@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../comm/comm.h"
 #include "../kernels/ops.h"
 #include "config.h"
 #include "params.h"
@@ -46,6 +47,13 @@ typedef struct LoadStats {
 /* Plans every buffer for micro-batches of B x T tokens and allocates it through ops.
  * train = 0: no gradients or backward scratch. DIE when the config cannot be built. */
 Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train);
+/* The same with expert parallelism over ep_comm (P ranks, P dividing n_routed_experts; NULL or
+ * one rank: model_create): every rank keeps the whole parameter table but runs only experts
+ * ep_rank * E/P .. (ep_rank + 1) * E/P - 1, on the tokens every rank of the group routes to
+ * them (comm/dispatch.h), so forward and backward are collective over ep_comm and the other
+ * experts' weights are unused here and their gradients stay zero. node: this rank's node
+ * (routing report). Collective over ep_comm. */
+Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Comm *ep_comm, int node);
 void model_destroy(Model *m);
 
 const ParamTable *model_table(const Model *m);

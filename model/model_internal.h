@@ -32,6 +32,7 @@ struct Model {
     Ops *o;
     ParamTable table;
     Dims d;
+    EpGroup ep;                 /* the expert-parallel group when d.ep == &ep */
     int train;
     int nblocks;                /* L main blocks + D MTP blocks */
     int *is_moe;                /* (nblocks) */
@@ -70,6 +71,11 @@ struct Model {
     double lambda, alpha;
     int32_t *host_tokens;       /* (2N) staging */
     float *host_losses;         /* staging for downloads */
+    /* host staging of the per-step bookkeeping, sized at creation (nothing allocated per step) */
+    float *host_counts;         /* (n_moe, E) expert loads */
+    float *host_bias;           /* (E) one layer's router bias */
+    double *host_delta;         /* (E) one layer's bias update */
+    float *host_weights;        /* (max(N, B)) loss weights being uploaded */
 };
 
 Ctx model_ctx(Model *m);

@@ -7,10 +7,19 @@
  *
  * Expert loads are counted once per forward (for the bias update); the sequence-wise
  * balance loss (weight alpha) flows into the router through P only. Dropless: every
- * (token, slot) row is computed, whatever the load. Not here: the bias update itself
- * (model/model.c, after the optimizer step).
+ * (token, slot) row is computed, whatever the load. With an expert-parallel group
+ * (comm/dispatch.h) each rank runs only its n_local experts, on the rows dispatched to it from
+ * every rank of the group; the gradients of the other experts stay zero on this rank (the
+ * trainer's sum over data-parallel ranks brings each expert's from the ranks that hold it).
+ * Not here: the bias update itself (model/model.c, after the optimizer step).
  */
 #include "ffn.h"
+
+/* The first (global) expert index this rank runs: experts e0 .. e0 + n_local - 1. */
+static int first_local_expert(const EpHandle *h)
+{
+    return h->g ? h->g->rank * h->n_local : 0;
+}
 
 static RouteShape route_shape(const Ctx *x)
 {
@@ -37,12 +46,13 @@ void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st
 
     ep_layout(o, &a->ep, a->idx);
     ep_dispatch(o, &a->ep, a->xp, a->ln2);
-    const int32_t *off = a->ep.offsets_host;
-    for (int e = 0; e < d->E; e++) {
-        int n = off[e + 1] - off[e];
+    const int32_t *off = a->ep.recv_offsets_host;
+    const int e0 = first_local_expert(&a->ep);
+    for (int j = 0; j < a->ep.n_local; j++) {
+        int n = off[j + 1] - off[j];
         if (n == 0) continue;
-        const float *we = w->experts + (size_t)e * w->expert_stride;
-        size_t r0 = (size_t)off[e];
+        const float *we = w->experts + (size_t)(e0 + j) * w->expert_stride;
+        size_t r0 = (size_t)off[j];
         swiglu_mlp_forward(o, a->yp + r0 * C, a->xp + r0 * C, we, we + (size_t)2 * F * C,
                            a->gup + r0 * 2 * F, a->hp + r0 * F, n, C, F);
     }
@@ -61,12 +71,13 @@ static void experts_backward(const Ctx *x, const BlockWeights *w, BlockWeights *
     const Dims *d = x->d;
     Scratch *s = x->s;
     const int C = d->C, F = d->F;
-    const int32_t *off = a->ep.offsets_host;
-    o->zero(o, s->dxp, sizeof(float) * (size_t)d->N * d->K * C);
-    for (int e = 0; e < d->E; e++) {
-        int n = off[e + 1] - off[e];
+    const int32_t *off = a->ep.recv_offsets_host;
+    const int e0 = first_local_expert(&a->ep);
+    o->zero(o, s->dxp, sizeof(float) * (size_t)a->ep.recv_rows * C);
+    for (int j = 0; j < a->ep.n_local; j++) {
+        int n = off[j + 1] - off[j];
         if (n == 0) continue;
-        size_t r0 = (size_t)off[e], ex = (size_t)e * w->expert_stride;
+        size_t r0 = (size_t)off[j], ex = (size_t)(e0 + j) * w->expert_stride;
         const float *we = w->experts + ex;
         float *ge = g->experts + ex;
         swiglu_mlp_backward(o, s->dxp + r0 * C, ge, ge + (size_t)2 * F * C, s->dyp + r0 * C,
@@ -88,7 +99,7 @@ void moe_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockAct
     if (d->Fs > 0)
         swiglu_mlp_backward(o, s->dln, g->shared_gate_up, g->shared_down, dres, a->ln2, w->shared_gate_up,
                             w->shared_down, a->gu, a->h, s->dgu, s->dh, N, C, d->Fs);
-    o->zero(o, s->dyp, sizeof(float) * (size_t)N * K * C);
+    o->zero(o, s->dyp, sizeof(float) * (size_t)a->ep.recv_rows * C);
     o->zero(o, s->dw, sizeof(float) * N * K);
     ep_combine_backward(o, &a->ep, s->dyp, s->dw, dres, a->yp, a->w);
     experts_backward(x, w, g, a);

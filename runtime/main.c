@@ -1,11 +1,14 @@
-/* runtime/main.c - the dstrain binary: dispatches to the subcommands of runtime/commands.h.
- * Not here: any command's logic. */
+/* runtime/main.c - the dstrain binary: starts the world (comm/world.h: MPI under an MPI
+ * launcher, else one rank), dispatches to the subcommands of runtime/commands.h and finalises
+ * the world at exit. Not here: any command's logic. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "../comm/world.h"
 #include "commands.h"
+#include "train.h"
 
 typedef struct Command {
     const char *name;
@@ -62,9 +65,8 @@ static void prefer_passive_openmp(char **argv)
     /* exec failed (no /proc): carry on with the default policy */
 }
 
-int main(int argc, char **argv)
+static int dispatch(int argc, char **argv)
 {
-    prefer_passive_openmp(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -81,4 +83,14 @@ int main(int argc, char **argv)
         if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
     fprintf(stderr, "dstrain: unknown command '%s' (run 'dstrain --help' for the list)\n", argv[1]);
     return 2;
+}
+
+int main(int argc, char **argv)
+{
+    prefer_passive_openmp(argv);
+    World *w = world_init(argc, argv);
+    train_set_world(w);
+    int rc = dispatch(argc, argv);
+    world_free(w);
+    return rc;
 }

@@ -8,10 +8,20 @@
 
 void optim_init(Optimizer *opt, Ops *o, const ParamTable *t, const OptimConfig *c, int bf16_moments)
 {
+    optim_init_shard(opt, o, t, c, bf16_moments, 0, t->total);
+}
+
+void optim_init_shard(Optimizer *opt, Ops *o, const ParamTable *t, const OptimConfig *c, int bf16_moments,
+                      size_t lo, size_t hi)
+{
+    CHECK(lo <= hi && hi <= t->total);
     opt->o = o;
     opt->table = t;
-    opt->m = o->alloc(o, t->total * sizeof(float));
-    opt->v = o->alloc(o, t->total * sizeof(float));
+    opt->lo = lo;
+    opt->hi = hi;
+    /* zeroed; one float at least, so that an empty slice still has a buffer */
+    opt->m = o->alloc(o, (hi - lo + 1) * sizeof(float));
+    opt->v = o->alloc(o, (hi - lo + 1) * sizeof(float));
     AdamArgs a = { 0.0f, (float)c->beta1, (float)c->beta2, (float)c->eps, (float)c->weight_decay, 0, bf16_moments };
     opt->args = a;
     opt->step = 0;
@@ -26,26 +36,31 @@ void optim_free(Optimizer *opt)
 double optim_grad_norm(Optimizer *opt, const float *grads)
 {
     /* untrained tensors never receive a gradient, so the whole buffer can be summed */
-    return sqrt(opt->o->sumsq(opt->o, grads, opt->table->total));
+    return sqrt(opt->o->sumsq(opt->o, grads, opt->hi - opt->lo));
 }
 
 void optim_step(Optimizer *opt, float *params, float *grads, double lr, double grad_scale)
 {
     Ops *o = opt->o;
     const ParamTable *t = opt->table;
-    if (grad_scale != 1.0) o->scale(o, grads, (float)grad_scale, t->total);
+    const size_t lo = opt->lo, hi = opt->hi;
+    if (grad_scale != 1.0) o->scale(o, grads, (float)grad_scale, hi - lo);
     opt->step++;
     AdamArgs a = opt->args;
     a.lr = (float)lr;
     a.step = opt->step;
-    /* one update per run of adjacent tensors with the same (trained, decay) flags */
+    /* one update per run of adjacent tensors with the same (trained, decay) flags, cut to the
+     * slice */
     for (int i = 0; i < t->n;) {
         int j = i + 1;
         while (j < t->n && t->p[j].trained == t->p[i].trained && t->p[j].decay == t->p[i].decay) j++;
-        if (t->p[i].trained) {
-            size_t off = t->p[i].offset, n = t->p[j - 1].offset + t->p[j - 1].numel - off;
+        size_t off = t->p[i].offset, end = t->p[j - 1].offset + t->p[j - 1].numel;
+        if (off < lo) off = lo;
+        if (end > hi) end = hi;
+        if (t->p[i].trained && off < end) {
             a.weight_decay = t->p[i].decay ? opt->args.weight_decay : 0.0f;
-            o->adamw_update(o, params + off, grads + off, opt->m + off, opt->v + off, n, &a);
+            o->adamw_update(o, params + off, grads + (off - lo), opt->m + (off - lo), opt->v + (off - lo),
+                            end - off, &a);
         }
         i = j;
     }

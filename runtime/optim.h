@@ -6,6 +6,11 @@
  * memory (optionally rounded to BF16 after each update). Weight decay applies to tensors the
  * table marks `decay` (not norms); tensors not `trained` (the router bias) are never touched.
  *
+ * ZeRO-1 (runtime/train.c under data parallelism): optim_init_shard gives this optimizer the
+ * slice [lo, hi) of the flat table; m, v then hold only that slice, and optim_grad_norm and
+ * optim_step take the gradients of that slice alone (hi - lo floats) and update params[lo, hi)
+ * only. optim_init is the whole table (lo = 0, hi = total).
+ *
  * Calling sequence, per step:
  *   double norm = optim_grad_norm(opt, grads);
  *   optim_step(opt, params, grads, lr_at(&cfg.optim, step, steps), clip_scale(norm, clip));
@@ -20,16 +25,21 @@
 typedef struct Optimizer {
     Ops *o;
     const ParamTable *table;
-    float *m, *v;           /* (table.total) backend memory */
+    size_t lo, hi;          /* the slice of the flat table this optimizer updates */
+    float *m, *v;           /* (hi - lo) backend memory: moments of params[lo, hi) */
     AdamArgs args;          /* beta1, beta2, eps, weight_decay, bf16_moments; lr/step per call */
     int step;               /* optimizer steps done (AdamW bias correction uses step + 1) */
 } Optimizer;
 
 void optim_init(Optimizer *opt, Ops *o, const ParamTable *t, const OptimConfig *c, int bf16_moments);
+/* The same for the slice [lo, hi) of the table (lo <= hi <= total). */
+void optim_init_shard(Optimizer *opt, Ops *o, const ParamTable *t, const OptimConfig *c, int bf16_moments,
+                      size_t lo, size_t hi);
 void optim_free(Optimizer *opt);
-/* sqrt of the sum of squares of every gradient. */
+/* sqrt of the sum of squares of every gradient; grads (hi - lo): the slice's. */
 double optim_grad_norm(Optimizer *opt, const float *grads);
-/* Multiply gradients by grad_scale (clipping), then one AdamW step at lr. */
+/* Multiply gradients by grad_scale (clipping), then one AdamW step at lr of params[lo, hi);
+ * params (total), grads (hi - lo) the slice's. */
 void optim_step(Optimizer *opt, float *params, float *grads, double lr, double grad_scale);
 
 /* min(1, clip / norm); 1 when clip is 0 (off) or the norm is 0. */

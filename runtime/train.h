@@ -1,8 +1,27 @@
 /* runtime/train.h - the training loop of one process: the Trainer holds everything a run
  * owns, train_run drives steps, validation, metrics and checkpoints.
  *
+ * Data parallelism (comm/world.h groups; pp = 1): every dp rank builds the same model
+ * from the same seed, reads its own share of each batch (data_open rank dp_rank of dp, so the
+ * dp ranks together see what one rank with dp times the micro-batch sees), and after backward
+ * the gradients are summed over dp_comm and scaled by 1/dp (losses are means over equal token
+ * counts, so the global mean gradient is the mean of the ranks'). ZeRO-1: the sum is a
+ * reduce-scatter, each rank keeps the AdamW moments of one slice of the flat table (dp equal
+ * slices) and updates that slice of the weights, and an all-gather gives every rank the whole
+ * updated table; the grad norm sums the slices' squares. Expert loads are summed over dp_comm
+ * before the bias update, and losses averaged, so every rank holds the same weights. For a
+ * checkpoint the moments are gathered; rank 0 alone prints, writes metrics and checkpoints (a
+ * one-rank checkpoint: layout {1, 1, 1, 1}), and every rank resumes from the same one, taking
+ * its slice of the moments.
+ * Expert parallelism (ep > 1, dividing dp): the model runs each rank's E/ep experts on the
+ * tokens of its EP group (model_create_ep); every rank still keeps the whole table, the
+ * experts' gradients arriving with the dp reduction (zero from ranks not holding them) and
+ * every slice's update with the all-gather, so the checkpoint and the resume stay those of one
+ * rank and any (dp, ep) can resume it. (Not yet: expert gradients reduced over edp_comm alone,
+ * experts' weights and moments kept only where they run.)
+ *
  * Calling sequence (runtime/train_cmd.c):
- *   Trainer t; trainer_setup(&t, &cfg, config_text, run_dir);   (data, model, optimizer)
+ *   Trainer t; trainer_setup(&t, &cfg, config_text, run_dir, world, groups);  (data, model, optimizer)
  *   [trainer_resume(&t, ckpt_dir)]                                (state from a checkpoint)
  *   train_run(&t);                                                (to cfg.train.steps)
  *   trainer_free(&t);
@@ -11,6 +30,7 @@
 #define DSTRAIN_TRAIN_H
 
 #include "../checkpoint/ckpt.h"
+#include "../comm/world.h"
 #include "common.h"
 #include "../model/model.h"
 #include "config.h"
@@ -27,9 +47,18 @@ typedef struct Trainer {
     Optimizer opt;
     DataLoader *train, *val;
     int32_t *window;            /* (B, T+1) host tokens of one micro-batch */
-    Metrics *metrics;
+    Groups *groups;             /* the parallel layout (not owned) */
+    int root;                   /* dp_rank 0: prints, writes metrics and checkpoints */
+    Metrics *metrics;           /* NULL except on the root */
     CkptWriter *ckpt;
-    float *host_params, *host_m, *host_v;   /* checkpoint staging (table.total each) */
+    float *host_counts;         /* (n_moe_layers, E) expert loads being summed over dp */
+    float *host_params;         /* (total) checkpoint staging */
+    float *host_m, *host_v;     /* (padded) checkpoint staging, gathered from the slices */
+    size_t slice, padded;       /* ZeRO-1: slice = ceil(total / dp) floats, padded = dp * slice */
+    size_t lo, hi;              /* this rank's slice [lo, hi) of the table (optimizer state) */
+    float *zero_full;           /* (padded) host: the exchanges' full-table staging (dp > 1) */
+    float *zero_part;           /* (slice) host: this rank's reduced gradient slice (dp > 1) */
+    float *grad_slice;          /* (slice) backend: the same, for the optimizer (dp > 1) */
     int step;                   /* optimizer steps done */
     long long tokens;           /* tokens seen */
     Rng rng;                    /* reserved for stochastic training choices; checkpointed */
@@ -38,16 +67,23 @@ typedef struct Trainer {
     double last_val;            /* last validation loss (NAN before the first) */
 } Trainer;
 
-void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir);
+/* g: the job's groups (kept, not owned). Collective over g->dp_comm (rank 0 writes the
+ * synthetic corpus when needed, the others wait for it). */
+void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir, const World *w,
+                   Groups *g);
 /* Restore weights, optimizer moments and state from a verified checkpoint directory. */
 void trainer_resume(Trainer *t, const char *ckpt_dir);
 /* Replace the initial weights with those of a Hugging Face directory (dstrain export). */
 void trainer_init_from(Trainer *t, const char *hf_dir);
 /* Train from t->step to cfg.train.steps; validation and checkpoints at their intervals and at
- * the end. */
+ * the end. Collective over the groups: every rank calls it. */
 void train_run(Trainer *t);
-/* Mean main (and MTP) validation loss over cfg.train.val_batches micro-batches. */
+/* Mean main (and MTP) validation loss over cfg.train.val_batches micro-batches (each rank its
+ * share of them, averaged over dp_comm; collective). */
 double train_evaluate(Trainer *t, double *mtp);
 void trainer_free(Trainer *t);
+
+/* The world main() started, for cmd_train (set once, before the command runs). */
+void train_set_world(World *w);
 
 #endif

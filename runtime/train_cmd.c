@@ -1,6 +1,9 @@
 /* runtime/train_cmd.c - `dstrain train CONFIG [--set section.key=value ...] [--resume
  * latest|DIR]`: arguments, the run directory, resume with a compatibility check, the
  * start-up report (build, sizes, memory plan, measured GEMM rate), then the loop of train.c.
+ * Under MPI it lays out the groups from [parallel] (data and expert parallelism, pp = 1) and
+ * silences stdout on every rank but the root, so the job prints one report and one line per
+ * step.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,6 +27,24 @@ typedef struct TrainArgs {
     int n_sets;
     char **sets;
 } TrainArgs;
+
+static World *the_world;
+
+void train_set_world(World *w)
+{
+    the_world = w;
+}
+
+/* The groups of [parallel] over the world (a layout the world cannot hold, or one this build
+ * cannot train yet, ends every rank with one message from rank 0). */
+static Groups *make_groups(World *w, const ParallelConfig *p)
+{
+    Groups *g = groups_create(w, p->pp, p->dp, p->ep);
+    if (p->pp != 1)
+        world_exit_all(w, 1, "train: [parallel] pp = %d: this build trains without pipeline stages "
+                             "(pp = 1; set parallel.dp to the number of ranks)", p->pp);
+    return g;
+}
 
 static void train_usage(FILE *f)
 {
@@ -133,16 +154,22 @@ static void print_banner(Trainer *t)
            pt->total / 1e6, active / 1e6, c->model.num_hidden_layers, c->model.first_k_dense_replace,
            c->model.num_nextn_predict_layers, c->model.n_routed_experts, c->model.num_experts_per_tok,
            t->flops_per_token / 1e6);
-    printf("batch: %d micro-batches x %d sequences x %d tokens = %d tokens/step\n", c->train.grad_accum,
-           c->train.micro_batch_size, c->train.seq_len,
-           c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len);
+    const int dp = t->groups->dp;
+    if (dp > 1)
+        printf("parallel: %d ranks | dp %d | ep %d (%d routed experts per rank)\n", dp, dp, t->groups->ep,
+               c->model.n_routed_experts / t->groups->ep);
+    printf("batch: %d micro-batches x %d sequences x %d tokens x %d dp ranks = %d tokens/step\n",
+           c->train.grad_accum, c->train.micro_batch_size, c->train.seq_len, dp,
+           c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp);
     model_print_memory(t->model, stdout);
-    printf("  %-24s %10.1f MiB  (AdamW m, v)\n", "optimizer state", 2.0 * pt->total * sizeof(float) / 1048576.0);
+    printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
+           2.0 * (t->hi - t->lo) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
     printf("  %-24s %10.1f MiB  (host snapshot for checkpoints)\n", "checkpoint staging",
-           3.0 * pt->total * sizeof(float) / 1048576.0);
-    printf("peak: measured %s GEMM %.1f GFLOP/s (the MFU denominator)\n", t->o->name, t->peak_flops / 1e9);
+           (pt->total + 2.0 * t->padded) * sizeof(float) / 1048576.0);
+    printf("peak: measured %s GEMM %.1f GFLOP/s%s (the MFU denominator)\n", t->o->name, t->peak_flops / 1e9,
+           dp > 1 ? ", summed over the dp ranks" : "");
     metrics_start(t->metrics, (double)pt->total, active, t->flops_per_token,
-                  (double)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len, t->peak_flops);
+                  (double)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp, t->peak_flops);
 }
 
 int cmd_train(int argc, char **argv)
@@ -154,12 +181,15 @@ int cmd_train(int argc, char **argv)
     config_load(&cfg, a.config);
     for (int i = 0; i < a.n_sets; i++) config_set(&cfg, a.sets[i]);
     config_validate(&cfg);
-    if (cfg.parallel.pp * cfg.parallel.dp != 1)
-        DIE("train: [parallel] pp = %d, dp = %d: this build trains on one process (pp = dp = ep = 1)",
-            cfg.parallel.pp, cfg.parallel.dp);
+    CHECK(the_world != NULL);
+    Groups *g = make_groups(the_world, &cfg.parallel);
+    const int root = g->dp_rank == 0;
+    if (!root && !freopen("/dev/null", "w", stdout))
+        DIE("cannot silence stdout of rank %d: %s", the_world->rank, strerror(errno));
 
     char *run_dir = xasprintf("%s/%s", cfg.train.run_dir, cfg.train.name);
-    mkdir_p(run_dir);
+    if (root) mkdir_p(run_dir);
+    comm_barrier(g->dp_comm);
     char *ckpt_dir = a.resume ? resolve_resume(a.resume, run_dir) : NULL;
     if (ckpt_dir) {
         char err[1024];
@@ -170,18 +200,24 @@ int cmd_train(int argc, char **argv)
     }
     char *text = config_to_text(&cfg);
     char *cfg_path = xasprintf("%s/config.toml", run_dir);
-    FILE *f = fopen(cfg_path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0) DIE("cannot write '%s': %s", cfg_path, strerror(errno));
+    FILE *f = root ? fopen(cfg_path, "w") : NULL;
+    if (root && (!f || fputs(text, f) < 0 || fclose(f) != 0))
+        DIE("cannot write '%s': %s", cfg_path, strerror(errno));
 
     Trainer t;
-    trainer_setup(&t, &cfg, text, run_dir);
+    trainer_setup(&t, &cfg, text, run_dir, the_world, g);
     if (a.init_from && ckpt_dir) DIE("train: give --resume or --init-from, not both");
     if (ckpt_dir) trainer_resume(&t, ckpt_dir);
     if (a.init_from) trainer_init_from(&t, a.init_from);
+    /* the MFU denominator is the job's: every rank measures its GEMM rate at the same time
+     * (so ranks sharing cores are counted as they run) and the rates add up */
     t.peak_flops = ops_measure_gemm_flops(t.o, 1024);
-    print_banner(&t);
+    if (g->dp > 1) comm_allreduce(g->dp_comm, &t.peak_flops, 1, COMM_F64, COMM_SUM);
+    if (root) print_banner(&t);
     train_run(&t);
     trainer_free(&t);
+    groups_free(g);
+    fflush(stdout);
     free(ckpt_dir);
     free(cfg_path);
     free(text);
@@ -199,8 +235,9 @@ void trainer_resume(Trainer *t, const char *ckpt_dir)
     if (ckpt_load(ckpt_dir, pt, t->host_params, t->host_m, t->host_v, &st, err, sizeof err) != 0)
         DIE("resume: %s", err);
     t->o->upload(t->o, model_params(t->model), t->host_params, bytes);
-    t->o->upload(t->o, t->opt.m, t->host_m, bytes);
-    t->o->upload(t->o, t->opt.v, t->host_v, bytes);
+    const size_t slice = (t->hi - t->lo) * sizeof(float);
+    t->o->upload(t->o, t->opt.m, t->host_m + t->lo, slice);
+    t->o->upload(t->o, t->opt.v, t->host_v + t->lo, slice);
     t->step = st.step;
     t->opt.step = st.step;
     t->tokens = st.tokens;
