@@ -119,6 +119,9 @@ typedef struct MoeStats {
     float *bal_loss;            /* (B) backend memory: sequence-wise balance loss */
     float *bal_dloss;           /* (B) backend memory: d(total loss)/d(bal_loss[b]) */
     float alpha;                /* balance loss weight */
+    int *max_nodes;             /* raised to the most nodes any token's experts live on (EP over
+                                 * several ranks; NULL: not measured) */
+    int32_t *idx_host;          /* (N,K) host staging for that measurement */
 } MoeStats;
 
 void ffn_forward(const Ctx *x, const BlockWeights *w, BlockActs *a);

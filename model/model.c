@@ -142,6 +142,7 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
     m->host_bias = xcalloc((size_t)m->d.E + 1, sizeof(float));
     m->host_delta = xcalloc((size_t)m->d.E + 1, sizeof(double));
     m->host_weights = xcalloc((size_t)(m->d.N > B ? m->d.N : B), sizeof(float));
+    m->host_idx = xcalloc((size_t)m->d.N * (m->d.K > 0 ? m->d.K : 1), sizeof(int32_t));
     model_set_loss_weights(m, 0.0, 0.0, 1);
     return m;
 }
@@ -168,6 +169,7 @@ void model_destroy(Model *m)
     free(m->host_bias);
     free(m->host_delta);
     free(m->host_weights);
+    free(m->host_idx);
     free(m);
 }
 
@@ -219,8 +221,11 @@ void model_zero_grads(Model *m)
     m->o->zero(m->o, m->grads, m->bytes_params);
 }
 
+int model_max_nodes(const Model *m) { return m->max_nodes; }
+
 void model_zero_counts(Model *m)
 {
+    m->max_nodes = 0;
     m->o->zero(m->o, m->counts, (size_t)(m->n_moe ? m->n_moe : 1) * m->d.E * sizeof(float));
 }
 
@@ -234,9 +239,12 @@ Ctx model_ctx(Model *m)
 MoeStats model_moe_stats(Model *m, int block, int train)
 {
     int slot = m->moe_slot[block];
-    MoeStats st = { NULL, NULL, m->bal_dloss, (float)m->alpha };
+    MoeStats st = { NULL, NULL, m->bal_dloss, (float)m->alpha, NULL, m->host_idx };
     if (slot < 0) return st;
-    if (train) st.counts = m->counts + (size_t)slot * m->d.E;
+    if (train) {
+        st.counts = m->counts + (size_t)slot * m->d.E;
+        st.max_nodes = &m->max_nodes;
+    }
     st.bal_loss = m->bal_loss + (size_t)slot * m->d.B;
     return st;
 }

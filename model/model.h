@@ -85,6 +85,10 @@ int model_n_moe_layers(const Model *m);
 void model_expert_counts(Model *m, float *counts);
 /* MaxVio statistics of the counts since model_zero_counts. */
 LoadStats model_load_stats(Model *m);
+/* The most nodes any token's K experts lived on in the forwards since model_zero_counts
+ * (node-limited routing: at most topk_group when each expert group lives on one node); 0 when
+ * the experts are not spread over several EP ranks. */
+int model_max_nodes(const Model *m);
 /* Replace the counts (after summing them over ranks). */
 void model_set_expert_counts(Model *m, const float *counts);
 /* Router bias update (SPEC.md section 4): b_i += gamma * sign(mean load - load_i) for every

@@ -76,6 +76,8 @@ struct Model {
     float *host_bias;           /* (E) one layer's router bias */
     double *host_delta;         /* (E) one layer's bias update */
     float *host_weights;        /* (max(N, B)) loss weights being uploaded */
+    int32_t *host_idx;          /* (N,K) routing choices, for the node-limited routing report */
+    int max_nodes;              /* most nodes a token's experts lived on since model_zero_counts */
 };
 
 Ctx model_ctx(Model *m);

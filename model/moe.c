@@ -43,6 +43,12 @@ void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st
     if (st && st->counts) o->moe_count(o, st->counts, a->idx, N * d->K, d->E);
     if (st && st->bal_loss && st->alpha > 0)
         o->moe_balance_forward(o, st->bal_loss, a->s, a->idx, d->B, d->T, &r, st->alpha);
+    const EpGroup *g = a->ep.g;
+    if (st && st->max_nodes && g && g->size > 1) {
+        o->download(o, st->idx_host, a->idx, sizeof(int32_t) * (size_t)N * d->K);
+        int n = ep_max_nodes(st->idx_host, N, d->K, d->E, g->size, g->node_of);
+        if (n > *st->max_nodes) *st->max_nodes = n;
+    }
 
     ep_layout(o, &a->ep, a->idx);
     ep_dispatch(o, &a->ep, a->xp, a->ln2);

@@ -94,17 +94,18 @@ void metrics_start(Metrics *m, double params, double active_params, double flops
 
 void metrics_step(Metrics *m, const StepMetrics *s)
 {
-    char eta[32], mtp[64] = "";
+    char eta[32], mtp[64] = "", nodes[32] = "";
     format_eta(eta, sizeof eta, s->eta_s);
     if (s->n_mtp > 0) {
         double avg = 0;
         for (int k = 0; k < s->n_mtp; k++) avg += s->mtp[k] / s->n_mtp;
         snprintf(mtp, sizeof mtp, " | mtp %.4f", avg);
     }
+    if (s->max_nodes > 0) snprintf(nodes, sizeof nodes, " | nodes %d", s->max_nodes);
     metrics_log(m, "step %5d/%d | loss %.4f%s | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | "
-                   "maxvio %.3f | %.3f s/step | ETA %s\n",
+                   "maxvio %.3f%s | %.3f s/step | ETA %s\n",
                 s->step, s->steps, s->loss, mtp, s->lr, s->grad_norm, s->tokens_per_s, 100.0 * s->mfu,
-                s->maxvio, s->step_s, eta);
+                s->maxvio, nodes, s->step_s, eta);
     json_t *o = json_object();
     json_object_set_new(o, "type", json_string("step"));
     json_object_set_new(o, "step", json_integer(s->step));
@@ -119,6 +120,7 @@ void metrics_step(Metrics *m, const StepMetrics *s)
     json_object_set_new(o, "mfu", num(s->mfu));
     json_object_set_new(o, "maxvio", num(s->maxvio));
     json_object_set_new(o, "maxvio_max", num(s->maxvio_max));
+    json_object_set_new(o, "max_nodes", json_integer(s->max_nodes));
     json_object_set_new(o, "step_s", num(s->step_s));
     json_object_set_new(o, "eta_s", num(s->eta_s));
     emit(m, o);

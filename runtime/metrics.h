@@ -25,6 +25,7 @@ typedef struct StepMetrics {
     double tokens_per_s;
     double mfu;                 /* model FLOP/s / measured peak, in [0, 1] */
     double maxvio, maxvio_max;  /* expert-load imbalance (mean and max over MoE layers) */
+    int max_nodes;              /* most nodes a token's experts lived on (0: experts on one rank) */
     double step_s, eta_s;
 } StepMetrics;
 

@@ -230,6 +230,12 @@ static void train_step(Trainer *t, StepMetrics *s)
     optim_step(&t->opt, model_params(m), grads, s->lr, clip_scale(s->grad_norm, c->optim.grad_clip) / dp);
     if (dp > 1) zero_gather_params(t);
     sum_counts_over_dp(t);
+    s->max_nodes = model_max_nodes(m);
+    if (dp > 1) {
+        int32_t nodes = s->max_nodes;
+        comm_allreduce(t->groups->dp_comm, &nodes, 1, COMM_I32, COMM_MAX);
+        s->max_nodes = nodes;
+    }
     LoadStats ls = model_load_stats(m);
     s->maxvio = ls.maxvio_mean;
     s->maxvio_max = ls.maxvio_max;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # tests/mpi/test_mpi_train.sh BIN_DIR SOURCE_DIR SCRATCH_DIR - data- and expert-parallel
-# training equals serial training (issue 5, acceptance 1 and 3): configs/tiny.toml (8 experts)
-# for 20 steps, serially with micro_batch_size 8 and under mpirun at (DP, EP) = (2, 1), (4, 1),
-# (2, 2), (4, 2), (4, 4) with micro_batch_size 8 / DP, so every step sees the same 8 x 16 x 2
-# sequences (runtime/data.h). Checked per layout:
+# training equals serial training (issue 5, acceptance 1 and 3): configs/tiny.toml (8 experts;
+# DSTRAIN_MPI_CONFIG=small: configs/small.toml, 16 experts, test_mpi_train_small.sh) for 20
+# steps, serially with micro_batch_size M (8 tiny, 16 small) and under mpirun at (DP, EP) =
+# (2, 1), (4, 1), (2, 2), (4, 2), (4, 4) with micro_batch_size M / DP, so every step sees the
+# same sequences (runtime/data.h). Checked per layout:
 #   - the job exits 0 and prints one report (stdout from rank 0 only) naming the layout and
 #     the ZeRO-1 slice of the optimizer state
 #   - every step's main, MTP and balance loss and grad norm, and every validation loss, match the
@@ -43,8 +44,15 @@ export OMPI_MCA_mpi_yield_when_idle=1
 DSTRAIN="$BIN_DIR/../dstrain"
 [ -x "$DSTRAIN" ] || DSTRAIN="$BIN_DIR/dstrain"
 CLOSE="$BIN_DIR/ckpt_compare"   # with a tolerance: closeness per tensor scale
-ARGS=("$SRC/configs/tiny.toml" --set data.dir="$SCRATCH/data" --set train.run_dir="$SCRATCH/runs"
-      --set train.checkpoint_every=10)
+CONFIG=${DSTRAIN_MPI_CONFIG:-tiny}
+case $CONFIG in
+    tiny) M=8; E=8 ;;
+    small) M=16; E=16 ;;
+    *) echo "FAIL: DSTRAIN_MPI_CONFIG='$CONFIG' (tiny or small)"; exit 1 ;;
+esac
+ARGS=("$SRC/configs/$CONFIG.toml" --set data.dir="$SCRATCH/data" --set train.run_dir="$SCRATCH/runs"
+      --set train.checkpoint_every=10 --set train.steps=20 --set train.val_every=10 --set train.val_batches=2
+      --set train.threads=1)
 
 # compare_metrics A B: every step and val record of run B against run A (same steps in both)
 compare_metrics() {
@@ -79,11 +87,11 @@ sys.exit(0 if not bad and n_steps > 0 and worst_loss <= loss_tol and worst_gnorm
 PY
 }
 
-"$DSTRAIN" train "${ARGS[@]}" --set train.name=serial --set train.micro_batch_size=8 > serial.txt 2>&1
+"$DSTRAIN" train "${ARGS[@]}" --set train.name=serial --set train.micro_batch_size=$M > serial.txt 2>&1
 check "serial run" '[ $? -eq 0 ]' || show serial.txt
 
-# layouts DP:EP:micro_batch_size, DP * micro_batch_size = 8
-for layout in 2:1:4 4:1:2 2:2:4 4:2:2 4:4:2; do
+# layouts DP:EP:micro_batch_size, DP * micro_batch_size = M
+for layout in 2:1:$((M / 2)) 4:1:$((M / 4)) 2:2:$((M / 2)) 4:2:$((M / 4)) 4:4:$((M / 4)); do
     IFS=: read -r dp ep mbs <<< "$layout"
     name=dp${dp}ep$ep
     run_mpi "$dp" $name.txt "$DSTRAIN" train "${ARGS[@]}" --set train.name=$name --set parallel.dp=$dp \
@@ -91,7 +99,7 @@ for layout in 2:1:4 4:1:2 2:2:4 4:2:2 4:4:2; do
     check "(DP, EP) = ($dp, $ep) trains (exit $RC, ${ELAPSED}s)" '[ $RC -eq 0 ]' || show $name.txt
     check "($dp, $ep): one report, the layout in it" '[ "$(grep -c "^step    20/20" $name.txt)" -eq 1 ] &&
         [ "$(grep -c "^dstrain train" $name.txt)" -eq 1 ] &&
-        grep -q "^parallel: $dp ranks | dp $dp | ep $ep ($((8 / ep)) routed experts per rank)" $name.txt &&
+        grep -q "^parallel: $dp ranks | dp $dp | ep $ep ($((E / ep)) routed experts per rank)" $name.txt &&
         grep -q "(AdamW m, v: this rank.s ZeRO-1 slice)" $name.txt' \
         || show $name.txt
     check "($dp, $ep): losses and grad norms match serial" 'compare_metrics serial $name' || true
@@ -100,7 +108,7 @@ for layout in 2:1:4 4:1:2 2:2:4 4:2:2 4:4:2; do
 done
 
 # resharding: the (4, 4) run's step-10 checkpoint resumed at (2, 2) and at one rank
-for layout in 2:2:4 1:1:8; do
+for layout in 2:2:$((M / 2)) 1:1:$M; do
     IFS=: read -r dp ep mbs <<< "$layout"
     name=resumed$dp$ep
     mkdir -p runs/$name
@@ -113,6 +121,22 @@ for layout in 2:2:4 1:1:8; do
     check "resumed at ($dp, $ep): final weights match serial" \
         '"$CLOSE" runs/serial/ckpt-20 runs/$name/ckpt-20 $WEIGHT_TOL' || true
 done
+
+# node-limited routing: with each EP rank standing for a node (DSTRAIN_RANKS_PER_NODE=1) and each
+# expert group on one rank, a token's experts lie in topk_group groups, so on at most
+# topk_group nodes; every step reports the most nodes any token reached (max_nodes)
+if [ "$CONFIG" = tiny ]; then
+    for kg in 1 2; do
+        name=nodes$kg
+        DSTRAIN_RANKS_PER_NODE=1 run_mpi 4 $name.txt "$DSTRAIN" train "${ARGS[@]}" --set train.name=$name \
+            --set parallel.dp=4 --set parallel.ep=4 --set train.micro_batch_size=2 --set train.steps=4 \
+            --set model.topk_group=$kg
+        nodes=$(grep -o '"max_nodes":[0-9]*' runs/$name/metrics.jsonl | cut -d: -f2 | sort -u | tr '\n' ' ')
+        check "topk_group $kg over 4 nodes: tokens reach 1..$kg nodes (measured: $nodes)" \
+            '[ $RC -eq 0 ] && [ -n "$nodes" ] && (for n in $nodes; do [ $n -ge 1 ] && [ $n -le $kg ] || exit 1; done)' \
+            || show $name.txt
+    done
+fi
 
 # a world that does not match the layout: one message, every rank exits non-zero
 run_mpi 2 mismatch.txt "$DSTRAIN" train "${ARGS[@]}" --set train.name=mismatch --set parallel.dp=4
