@@ -104,6 +104,20 @@ Ops *ops_cuda_create(Precision precision)
 #endif
 }
 
+void route_shape_check(const RouteShape *r)
+{
+    if (r->n_group < 1 || r->E % r->n_group != 0)
+        DIE("moe routing: n_group = %d does not divide n_routed_experts = %d", r->n_group, r->E);
+    if (r->topk_group < 1 || r->topk_group > r->n_group)
+        DIE("moe routing: topk_group = %d must lie in 1..n_group = %d", r->topk_group, r->n_group);
+    if (r->K < 1 || r->K % r->topk_group != 0)
+        DIE("moe routing: num_experts_per_tok = %d is not a positive multiple of topk_group = %d",
+            r->K, r->topk_group);
+    if (r->K / r->topk_group > r->E / r->n_group)
+        DIE("moe routing: num_experts_per_tok = %d exceeds the %d experts of the kept groups", r->K,
+            r->topk_group * (r->E / r->n_group));
+}
+
 void ops_destroy(Ops *o)
 {
     if (!o) return;

@@ -170,6 +170,11 @@ struct Ops {
     void (*adamw_update)(Ops *o, float *param, const float *grad, float *m, float *v, size_t n, const AdamArgs *a);
 };
 
+/* DIE unless r is a routing every backend can run: n_group divides E, 1 <= topk_group <=
+ * n_group, K a positive multiple of topk_group, and K / topk_group experts fit in a group.
+ * Backends call it at the top of moe_route (kernels/backend.c). */
+void route_shape_check(const RouteShape *r);
+
 /* CPU backend (kernels/cpu/). threads = 0: all cores. */
 Ops *ops_cpu_create(int threads, Precision precision);
 /* CUDA backend (kernels/cuda/); DIE when built without CUDA or when no GPU is present. */

@@ -54,20 +54,6 @@ static void topk_push(float *vals, int32_t *ids, int *len, int k, float v, int32
     if (n < k) *len = n + 1;
 }
 
-static void route_check(const RouteShape *r)
-{
-    if (r->n_group < 1 || r->E % r->n_group != 0)
-        DIE("moe routing: n_group = %d does not divide n_routed_experts = %d", r->n_group, r->E);
-    if (r->topk_group < 1 || r->topk_group > r->n_group)
-        DIE("moe routing: topk_group = %d must lie in 1..n_group = %d", r->topk_group, r->n_group);
-    if (r->K < 1 || r->K % r->topk_group != 0)
-        DIE("moe routing: num_experts_per_tok = %d is not a positive multiple of topk_group = %d",
-            r->K, r->topk_group);
-    if (r->K / r->topk_group > r->E / r->n_group)
-        DIE("moe routing: num_experts_per_tok = %d exceeds the %d experts of the kept groups", r->K,
-            r->topk_group * (r->E / r->n_group));
-}
-
 /* Per-thread scratch of one token: float values then int32 ids and flags. */
 typedef struct RouteScratch {
     float *vals;        /* (max(m, topk_group, K)) */
@@ -134,7 +120,7 @@ static void route_token(int32_t *idx, float *w, const float *s, const float *bia
 /* bias may be NULL (no correction bias). */
 void cpu_moe_route(Ops *o, int32_t *idx, float *w, const float *s, const float *bias, const RouteShape *r)
 {
-    route_check(r);
+    route_shape_check(r);
     float *scratch = cpu_scratch(o, route_scratch_floats(r));
     size_t stride = cpu_scratch_stride(o);
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)r->N * r->E > 32768)

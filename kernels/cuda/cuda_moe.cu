@@ -115,18 +115,10 @@ __global__ void moe_route_kernel(int32_t *idx, float *w, const float *s, const f
     }
 }
 
+/* the shared contract (kernels/backend.c), then this kernel's local-array limit */
 static void route_check(const RouteShape *r)
 {
-    if (r->n_group < 1 || r->E % r->n_group != 0)
-        DIE("moe routing: n_group = %d does not divide n_routed_experts = %d", r->n_group, r->E);
-    if (r->topk_group < 1 || r->topk_group > r->n_group)
-        DIE("moe routing: topk_group = %d must lie in 1..n_group = %d", r->topk_group, r->n_group);
-    if (r->K < 1 || r->K % r->topk_group != 0)
-        DIE("moe routing: num_experts_per_tok = %d is not a positive multiple of topk_group = %d",
-            r->K, r->topk_group);
-    if (r->K / r->topk_group > r->E / r->n_group)
-        DIE("moe routing: num_experts_per_tok = %d exceeds the %d experts of the kept groups", r->K,
-            r->topk_group * (r->E / r->n_group));
+    route_shape_check(r);
     if (r->K > ROUTE_MAX || r->n_group > ROUTE_MAX)
         DIE("moe routing: num_experts_per_tok = %d or n_group = %d exceeds the cuda router's limit of %d",
             r->K, r->n_group, ROUTE_MAX);
