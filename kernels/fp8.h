@@ -16,11 +16,12 @@
  *
  * e4m3_from_float(x), on the exact value of the float x:
  *   - round to nearest, ties to even (the code whose last mantissa bit is 0);
- *   - |x| >= 448 gives +-448 (0x7E / 0xFE): values in (448, 464) round to 448 anyway; 464 (the
- *     midpoint towards the would-be code 480) and above, +-inf included, saturate to +-448
- *     instead of becoming NaN (SPEC: finite values saturate; inf is treated the same so an
- *     overflowed activation cannot turn into NaN here - fp8_scale makes such a tile NaN instead).
- *     ml_dtypes' float8_e4m3fn cast differs there (NaN from 464 up): tests/interop checks it;
+ *   - |x| >= 448 gives +-448 (0x7E / 0xFE): values in (448, 464] round to 448 anyway (464 is
+ *     the midpoint towards the would-be code 480 = 0x7F, and 0x7E is the even one); above 464,
+ *     +-inf included, they saturate to +-448 instead of becoming the NaN code (SPEC: finite
+ *     values saturate; inf is treated the same, as a tile with an inf element is made NaN by
+ *     its scale instead, see below). ml_dtypes' float8_e4m3fn cast differs there (NaN above
+ *     464 and for +-inf): tests/interop/test_fp8_ml_dtypes.py compares only where they agree;
  *   - NaN (either sign, any payload) gives 0x7F;
  *   - +-0, and values that round to zero, keep their sign (0x00 / 0x80).
  * bf16_from_float(x): round to nearest, ties to even on the bits; finite values too large

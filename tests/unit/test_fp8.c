@@ -128,8 +128,8 @@ static void test_midpoints(void)
 }
 
 /* Saturation. The midpoint between 448 (0x7E) and the would-be 480 (0x7F, NaN in E4M3fn) is
- * 464: a plain round-to-nearest-even would send [464, 480] to 0x7F; the header saturates every
- * |x| >= 448 to +-448, infinities included. */
+ * 464, which ties to the even 0x7E; a plain round-to-nearest-even would send (464, 480] to
+ * 0x7F; the header saturates every |x| >= 448 to +-448, infinities included. */
 static void test_saturation(void)
 {
     const float big[] = { 448.0f, nextafterf(448.0f, 1e9f), 455.0f, nextafterf(464.0f, 0.0f), 464.0f,
