@@ -74,9 +74,10 @@
  * 2^-9 * s (~ 2^-57.7) are normal FP32 numbers, nothing underflows into subnormals, and 1 / s
  * (<= 4.5e14) is finite. Upper bound: a tile whose amax lies below the floor is quantised as if
  * its amax were the floor, losing log2(floor / amax) binades of E4M3's ~17.8
- * (448 / 2^-9 = 2^17.8). DeepSeek's public inference code clamps at 1e-4, which at a mean-over-
- * tokens loss would already bite gradient tiles (O(1 / tokens) per element, e.g. 1e-6 at
- * 10^5+ tokens lose 6.6 binades); 1e-12 lies eight orders below any such tile. */
+ * (448 / 2^-9 = 2^17.8). The test helpers of DeepSeek's DeepGEMM clamp at 1e-4 (activations
+ * at inference); in training that would bite gradient tiles of a mean-over-tokens loss, whose
+ * elements are O(1 / tokens) (a tile with amax 1e-6 would lose log2(1e-4 / 1e-6) = 6.6
+ * binades); 1e-12 lies six orders of magnitude below such tiles. */
 #define FP8_AMAX_MIN 1e-12f
 
 /* ---- bits ---- */
