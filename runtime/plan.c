@@ -17,6 +17,7 @@
 #include "commands.h"
 #include "common.h"
 #include "plan.h"
+#include "runtime/pipeline/schedule.h"
 
 static const char *const SCHEDULE_NAMES[PLAN_SCHED_COUNT] = { "1f1b", "zb1p", "dualpipe", "dualpipev" };
 
@@ -91,23 +92,17 @@ static void count_kv(Plan *p)
     p->kv.bytes_per_sequence = p->kv.bytes_per_token * p->cfg.train.seq_len;
 }
 
-static void check_microbatches(Plan *p)
+/* The schedule's own rules (runtime/pipeline/schedule.h, the ones train applies): parity,
+ * micro-batch count, a layer per stage. */
+static void check_schedule(Plan *p)
 {
     const int pp = p->cfg.parallel.pp, C = p->cfg.train.grad_accum;
-    const char *name = plan_schedule_name(p->schedule);
-    if (p->schedule == PLAN_DUALPIPE || p->schedule == PLAN_DUALPIPEV) {
-        if (pp % 2)
-            plan_problem(p, 1, "'parallel.pp' = %d must be even for schedule '%s'", pp, name);
-        if (C < 2 * pp)
-            plan_problem(p, 1, "'train.grad_accum' = %d micro-batches is below 2 * 'parallel.pp' = %d, "
-                         "the least schedule '%s' runs with", C, 2 * pp, name);
-        if (p->schedule == PLAN_DUALPIPE && C % 2)
-            plan_problem(p, 1, "'train.grad_accum' = %d must be even for schedule 'dualpipe' "
-                         "(half the micro-batches enter from each end)", C);
-    } else if (C < pp) {
+    char err[SCHED_ERR_MAX];
+    if (sched_validate((SchedKind)p->schedule, pp, C, p->cfg.model.num_hidden_layers, err, sizeof err))
+        plan_problem(p, 1, "%s", err);
+    else if (C < pp)
         plan_problem(p, 0, "'train.grad_accum' = %d micro-batches < 'parallel.pp' = %d: the "
                      "pipeline never fills", C, pp);
-    }
 }
 
 /* Every point of the layout that cannot work is an error naming the key and the number. */
@@ -117,7 +112,6 @@ static void check_layout(Plan *p, const ParamTable *t)
     const int pp = c->parallel.pp, dp = c->parallel.dp, ep = c->parallel.ep;
     const int gpn = c->cluster.gpus_per_node, E = c->model.n_routed_experts;
     const int moe = params_count(t, ROLE_ROUTED_EXPERT, -1) > 0;
-    const int S = p->schedule == PLAN_DUALPIPEV ? 2 * pp : pp;
     if (dp % ep)
         plan_problem(p, 1, "'parallel.ep' = %d does not divide 'parallel.dp' = %d (EP groups are "
                      "carved out of the DP ranks)", ep, dp);
@@ -127,11 +121,7 @@ static void check_layout(Plan *p, const ParamTable *t)
     if (moe && ep > gpn && ep % gpn)
         plan_problem(p, 1, "'parallel.ep' = %d is not a multiple of 'cluster.gpus_per_node' = %d "
                      "(an EP group fills whole nodes or fits in one)", ep, gpn);
-    check_microbatches(p);
-    if (c->model.num_hidden_layers < S)
-        plan_problem(p, 1, "'model.num_hidden_layers' = %d cannot fill %d pipeline stages (schedule "
-                     "'%s', 'parallel.pp' = %d; every stage needs a layer)",
-                     c->model.num_hidden_layers, S, plan_schedule_name(p->schedule), pp);
+    check_schedule(p);
     if (p->world > p->cluster_gpus)
         plan_problem(p, 1, "'parallel.pp' * 'parallel.dp' = %d GPUs exceed the %d of the cluster "
                      "('cluster.gpus_per_node' = %d * 'cluster.nodes' = %d)",

@@ -11,7 +11,8 @@
  * any parameter count formula (every count is a sum over the parameter table, model/params.h).
  *
  * Files: plan.c (cmd_plan, the problems list, orchestration), plan_layout.c (blocks, stage
- * split, memory), plan_time.c (communication, pipeline), plan_report.c (text and JSON).
+ * split, memory), plan_time.c (communication, pipeline: the schedule's instruction lists
+ * simulated by runtime/pipeline/schedule.h), plan_report.c (text and JSON).
  *
  * Calling sequence:
  *   Plan p; plan_compute(&p, &cfg);     cfg: model/train/cluster keys valid; the layout is
@@ -113,7 +114,9 @@ typedef struct PlanPipe {
     int stages;                   /* pp, or 2*pp for dualpipev */
     int micro_batches;            /* C = train.grad_accum */
     double f_s, b_s, w_s, fb_s;   /* the slowest stage's chunk times, comm included (F', B') */
-    double bubble_s, pipeline_s, dp_exposed_s, step_s, bubble_share;
+    double pipeline_s;            /* makespan of the simulated schedule (runtime/pipeline) */
+    double bubble_s;              /* the busiest rank's idle time in it */
+    double dp_exposed_s, step_s, bubble_share;
     double tokens_per_step;       /* all DP ranks */
     double tokens_per_s_per_gpu, gpu_hours_per_trillion;
     double model_tflops_per_gpu, mfu_bf16;   /* achieved, bubble and exposed comm included */
