@@ -209,10 +209,19 @@ void plan_free(Plan *p)
     p->ranks = NULL;
 }
 
+static int timeline_cols(const char *v)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*v == '\0' || *end || n < 20 || n > 1000)
+        DIE("plan: '--timeline=%s' wants a width of 20 to 1000 columns", v);
+    return (int)n;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: dstrain plan CONFIG [--set section.key=value ...] [--json]\n"
+        "usage: dstrain plan CONFIG [--set section.key=value ...] [--json | --timeline[=COLS]]\n"
         "\n"
         "What a run of CONFIG will cost, before it starts: parameters (total, activated per\n"
         "token, per role, per pipeline stage and per rank), FLOPs per token, the BF16 KV cache\n"
@@ -225,6 +234,8 @@ static void usage(FILE *f)
         "options:\n"
         "  --set section.key=value   override a config key (repeatable), as for train\n"
         "  --json                    print one JSON object instead of the text report\n"
+        "  --timeline[=COLS]         after the text report, draw the simulated schedule per rank\n"
+        "                            as ASCII, COLS columns wide (default 100, 20 to 1000)\n"
         "  --help                    this text\n"
         "\n"
         "exit status: 0 when the layout can run; 1 when it cannot (each reason is printed in the\n"
@@ -234,7 +245,7 @@ static void usage(FILE *f)
 int cmd_plan(int argc, char **argv)
 {
     const char *path = NULL;
-    int json = 0;
+    int json = 0, timeline = 0;
     Config c;
     config_defaults(&c);
     /* Overrides apply after the file, in order: collect them first. */
@@ -248,6 +259,8 @@ int cmd_plan(int argc, char **argv)
             return 0;
         }
         if (!strcmp(arg, "--json")) json = 1;
+        else if (!strcmp(arg, "--timeline")) timeline = 100;
+        else if (!strncmp(arg, "--timeline=", 11)) timeline = timeline_cols(arg + 11);
         else if (!strncmp(arg, "--set=", 6)) sets[n_sets++] = arg + 6;
         else if (!strcmp(arg, "--set")) {
             if (i + 1 == argc) DIE("plan: option '--set' needs section.key=value; see dstrain plan --help");
@@ -260,7 +273,8 @@ int cmd_plan(int argc, char **argv)
             path = arg;
         }
     }
-    if (!path) DIE("plan: missing CONFIG; usage: dstrain plan CONFIG [--set ...] [--json]");
+    if (!path) DIE("plan: missing CONFIG; usage: dstrain plan CONFIG [--set ...] [--json | --timeline]");
+    if (json && timeline) DIE("plan: '--timeline' draws text; it does not go with '--json'");
     config_load(&c, path);
     for (int i = 0; i < n_sets; i++) config_set(&c, sets[i]);
     free(sets);
@@ -275,6 +289,7 @@ int cmd_plan(int argc, char **argv)
     plan_compute(p, &c);
     if (json) plan_print_json(p, stdout);
     else plan_print_text(p, stdout);
+    if (timeline) plan_print_timeline(p, timeline, stdout);
     fflush(stdout);
     for (int i = 0; i < p->n_problems; i++)
         if (p->problem_error[i]) fprintf(stderr, "dstrain: plan: %s\n", p->problem[i]);

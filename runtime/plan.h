@@ -18,6 +18,7 @@
  *   Plan p; plan_compute(&p, &cfg);     cfg: model/train/cluster keys valid; the layout is
  *                                       judged here: each impossible point is a problem
  *   plan_print_text(&p, stdout) or plan_print_json(&p, stdout);
+ *   plan_print_timeline(&p, cols, stdout);   optional, after the text report
  *   p.n_errors > 0 -> the layout cannot run (cmd_plan exits 1 after printing);
  *   plan_free(&p);
  *
@@ -160,6 +161,9 @@ void plan_free(Plan *p);
 
 void plan_print_text(const Plan *p, FILE *f);
 void plan_print_json(const Plan *p, FILE *f);
+/* An ASCII timeline of the configured schedule's simulation, cols columns wide, with each
+ * rank's busy and idle time (or one line saying the schedule cannot run the layout). */
+void plan_print_timeline(const Plan *p, int cols, FILE *f);
 
 const char *plan_schedule_name(PlanSchedule s);
 

@@ -161,33 +161,60 @@ static void stage_times(Plan *p)
  * time is the simulated makespan; the bubble is what the busiest rank idles in it (makespan
  * minus its compute, unoverlapped all-to-all included). A layout the schedule cannot run
  * (its error already recorded) gets the busiest rank's compute and no bubble. */
-static void simulate(Plan *p)
+static int simulate_lists(const Plan *p, Schedule *sc, SchedSim *sim)
 {
-    PlanPipe *pp = &p->pipe;
-    const int C = pp->micro_batches, pn = p->cfg.parallel.pp;
+    const int C = p->pipe.micro_batches, pn = p->cfg.parallel.pp;
     char err[SCHED_ERR_MAX];
     if (sched_validate((SchedKind)p->schedule, pn, C, p->cfg.model.num_hidden_layers, err, sizeof err) ||
-        sched_stages((SchedKind)p->schedule, pn) != p->n_stages) {
-        pp->pipeline_s = C * (pp->f_s + pp->b_s);
-        pp->bubble_s = 0.0;
-        return;
-    }
+        sched_stages((SchedKind)p->schedule, pn) != p->n_stages)
+        return -1;
     SchedCost *cost = xcalloc((size_t)p->n_stages, sizeof *cost);
     for (int s = 0; s < p->n_stages; s++) {
         const PlanStage *st = &p->stages[s];
         cost[s] = (SchedCost){ st->f_s, st->b_s, st->w_s, st->a2a_fwd_s, st->a2a_bwd_s };
     }
+    sched_build(sc, (SchedKind)p->schedule, pn, C);
+    sched_simulate(sc, cost, p->comm.p2p_s, sim);
+    free(cost);
+    return 0;
+}
+
+static void simulate(Plan *p)
+{
+    PlanPipe *pp = &p->pipe;
     Schedule sc;
     SchedSim sim;
-    sched_build(&sc, (SchedKind)p->schedule, pn, C);
-    sched_simulate(&sc, cost, p->comm.p2p_s, &sim);
+    if (simulate_lists(p, &sc, &sim)) {
+        pp->pipeline_s = pp->micro_batches * (pp->f_s + pp->b_s);
+        pp->bubble_s = 0.0;
+        return;
+    }
     double busiest = 0.0;
-    for (int r = 0; r < pn; r++) busiest = fmax(busiest, sim.busy[r]);
+    for (int r = 0; r < sim.pp; r++) busiest = fmax(busiest, sim.busy[r]);
     pp->pipeline_s = sim.makespan;
     pp->bubble_s = sim.makespan - busiest;
     sched_sim_free(&sim);
     sched_free(&sc);
-    free(cost);
+}
+
+void plan_print_timeline(const Plan *p, int cols, FILE *f)
+{
+    Schedule sc;
+    SchedSim sim;
+    if (simulate_lists(p, &sc, &sim)) {
+        fprintf(f, "timeline: none, schedule '%s' cannot run this layout\n", plan_schedule_name(p->schedule));
+        return;
+    }
+    fprintf(f, "timeline (%s, %d micro-batches, %d columns of %.4g ms; F B W forward, backward input,\n"
+            "backward weight, X an overlapped F&B; upper case first chunk, lower case second; . idle)\n",
+            plan_schedule_name(p->schedule), p->pipe.micro_batches, cols,
+            1e3 * sim.makespan / cols);
+    sched_print_ascii(&sc, &sim, cols, f);
+    for (int r = 0; r < sim.pp; r++)
+        fprintf(f, "  rank %2d busy %.4g s, idle %.4g s, at most %d micro-batch chunks in flight\n", r,
+                sim.busy[r], sim.idle[r], sim.peak_in_flight[r]);
+    sched_sim_free(&sim);
+    sched_free(&sc);
 }
 
 /* Chunk times, the simulated pipeline and the step; needs plan_memory's ranks and plan_comm.
