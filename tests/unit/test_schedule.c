@@ -76,6 +76,19 @@ static const SchedCost EXACT_1F1B[] = {
     { 2, 4, 1.5, 0.5, 0.7 }, { 3, 2, 1, 0, 0 }, { 1, 3, 0.5, 0.25, 0 },
 };
 
+/* Most micro-batches a rank holds between F and W (a fused B ends both). */
+static int peak_until_w(const SchedList *l)
+{
+    int n = 0, peak = 0;
+    for (int i = 0; i < l->n; i++) {
+        const SchedInstr *in = &l->ins[i];
+        if (in->op == SOP_F || in->op == SOP_FB) n++;
+        peak = n > peak ? n : peak;
+        if (in->op == SOP_W || ((in->op == SOP_B || in->op == SOP_FB) && in->fused)) n--;
+    }
+    return peak;
+}
+
 static int zb_holds(const SchedCost *c) { return c->w <= c->f && c->w <= c->b - c->w; }
 
 static void check_one(SchedKind k, int pp, int C, const SchedCost *c, int formula_holds)
@@ -104,6 +117,10 @@ static void check_one(SchedKind k, int pp, int C, const SchedCost *c, int formul
         int peak = dual ? want_peak : (pp - r < C ? pp - r : C);
         EXPECT(sim.peak_in_flight[r] == peak, "%s pp %d C %d rank %d: %d micro-batch chunks in flight, expected %d",
                sched_kind_name(k), pp, C, r, sim.peak_in_flight[r], peak);
+        /* ZB1P defers W without holding more than 1F1B's pp micro-batches from F to W */
+        if (!dual)
+            EXPECT(peak_until_w(&s.rank[r]) <= (pp < C ? pp : C), "%s pp %d C %d rank %d: %d held from F to W",
+                   sched_kind_name(k), pp, C, r, peak_until_w(&s.rank[r]));
     }
     sched_sim_free(&sim);
     free(cost);
