@@ -73,7 +73,8 @@ static int do_forward(Engine *e, int r, const SchedInstr *in, int mb, int chunk)
     if (s > 0) {
         sched_owner(e->s, mb, s - 1, &pr, &pc);
         int ready = pr == r ? (*st(e, mb, s - 1) & DONE_F) : (*st(e, mb, s) & IN_F);
-        if (!ready) return efail(e, r, in, "F of micro-batch %d stage %d before its input from stage %d", mb, s, s - 1);
+        if (!ready)
+            return efail(e, r, in, "F of micro-batch %d stage %d before its input from stage %d", mb, s, s - 1);
     }
     *st(e, mb, s) |= DONE_F;
     return 0;
@@ -89,7 +90,9 @@ static int do_backward(Engine *e, int r, const SchedInstr *in, int mb, int chunk
     if (s < e->S - 1) {
         sched_owner(e->s, mb, s + 1, &pr, &pc);
         int ready = pr == r ? (*st(e, mb, s + 1) & DONE_B) : (*x & IN_B);
-        if (!ready) return efail(e, r, in, "B of micro-batch %d stage %d before its gradient from stage %d", mb, s, s + 1);
+        if (!ready)
+            return efail(e, r, in, "B of micro-batch %d stage %d before its gradient from stage %d", mb, s,
+                         s + 1);
     }
     *x |= DONE_B | (fused ? DONE_W : 0);
     return 0;
@@ -100,7 +103,8 @@ static int do_weight(Engine *e, int r, const SchedInstr *in)
     int s = stage_at(e, r, in->mb, in->chunk);
     if (s < 0) return efail(e, r, in, "micro-batch %d chunk %d does not run on this rank", in->mb, in->chunk);
     unsigned char *x = st(e, in->mb, s);
-    if (*x & DONE_W) return efail(e, r, in, "second W of micro-batch %d stage %d (or W of a fused B)", in->mb, s);
+    if (*x & DONE_W)
+        return efail(e, r, in, "second W of micro-batch %d stage %d (or W of a fused B)", in->mb, s);
     if (!(*x & DONE_B)) return efail(e, r, in, "W of micro-batch %d stage %d before its B", in->mb, s);
     *x |= DONE_W;
     return 0;
@@ -252,7 +256,8 @@ static int engine_finish(Engine *e)
             }
     for (int k = 0; k < e->pp * e->pp * 2; k++)
         if (e->link[k].head != e->link[k].n) {
-            snprintf(e->err, e->n_err, "%s pp %d C %d: %d message(s) from rank %d to rank %d (%s) never received",
+            snprintf(e->err, e->n_err, "%s pp %d C %d: %d message(s) from rank %d to rank %d (%s) never "
+                     "received",
                      sched_kind_name(e->s->kind), e->pp, e->C, e->link[k].n - e->link[k].head,
                      k / 2 / e->pp, k / 2 % e->pp, k % 2 ? "B" : "F");
             return -1;

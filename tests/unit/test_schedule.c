@@ -51,7 +51,8 @@ static int micro_batch_grid(SchedKind k, int pp, int *out)
 
 static double formula(SchedKind k, int pp, const SchedCost *c)
 {
-    const double F = c->f + c->comm_f, B = c->b + c->comm_b, W = c->w, FB = fmax(c->f + c->b, c->comm_f + c->comm_b);
+    const double F = c->f + c->comm_f, B = c->b + c->comm_b, W = c->w;
+    const double FB = fmax(c->f + c->b, c->comm_f + c->comm_b);
     const double S = sched_stages(k, pp);
     switch (k) {
     case SCHED_1F1B: return (S - 1) * (F + B);
@@ -111,11 +112,13 @@ static void check_one(SchedKind k, int pp, int C, const SchedCost *c, int formul
     const int want_peak = dual ? s.n_stages + 1 : 0;
     for (int r = 0; r < pp; r++) {
         if (formula_holds && C >= pp)
-            EXPECT(fabs(sim.idle[r] - formula(k, pp, c)) <= tol, "%s pp %d C %d rank %d (f %g b %g w %g): idle %.15g, "
-                   "SPEC 8 gives %.15g", sched_kind_name(k), pp, C, r, c->f, c->b, c->w, sim.idle[r], formula(k, pp, c));
-        /* activations held (F done, B not): 1F1B/ZB1P min(pp - r, C); DualPipe S + 1 over two chunks */
+            EXPECT(fabs(sim.idle[r] - formula(k, pp, c)) <= tol, "%s pp %d C %d rank %d (f %g b %g w %g): idle "
+                   "%.15g, SPEC 8 gives %.15g", sched_kind_name(k), pp, C, r, c->f, c->b, c->w, sim.idle[r],
+                   formula(k, pp, c));
+        /* activations held (F done, B not): 1F1B/ZB1P min(pp - r, C); DualPipe(V) S + 1 over both chunks */
         int peak = dual ? want_peak : (pp - r < C ? pp - r : C);
-        EXPECT(sim.peak_in_flight[r] == peak, "%s pp %d C %d rank %d: %d micro-batch chunks in flight, expected %d",
+        EXPECT(sim.peak_in_flight[r] == peak, "%s pp %d C %d rank %d: %d micro-batch chunks in flight, "
+               "expected %d",
                sched_kind_name(k), pp, C, r, sim.peak_in_flight[r], peak);
         /* ZB1P defers W without holding more than 1F1B's pp micro-batches from F to W */
         if (!dual)
@@ -137,7 +140,8 @@ static void test_grid(void)
                 for (size_t e = 0; e < sizeof EXACT / sizeof EXACT[0]; e++)
                     check_one((SchedKind)k, PPS[i], Cs[j], &EXACT[e], 1);
                 for (size_t e = 0; k <= SCHED_ZB1P && e < sizeof EXACT_1F1B / sizeof EXACT_1F1B[0]; e++)
-                    check_one((SchedKind)k, PPS[i], Cs[j], &EXACT_1F1B[e], k == SCHED_1F1B || zb_holds(&EXACT_1F1B[e]));
+                    check_one((SchedKind)k, PPS[i], Cs[j], &EXACT_1F1B[e],
+                              k == SCHED_1F1B || zb_holds(&EXACT_1F1B[e]));
             }
         }
     /* the degenerate layouts: one rank */
@@ -274,7 +278,8 @@ static void test_validate(void)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int rc = sched_validate(bad[i].k, bad[i].pp, bad[i].C, bad[i].L, err, sizeof err);
-        EXPECT(rc != 0 && strstr(err, bad[i].text) && !strchr(err, '\n'), "validate case %zu: '%s'", i, rc ? err : "accepted");
+        EXPECT(rc != 0 && strstr(err, bad[i].text) && !strchr(err, '\n'), "validate case %zu: '%s'", i,
+               rc ? err : "accepted");
     }
     /* DualPipeV takes an odd pp and an odd C (the reference asserts only C >= 2 pp); 1F1B any C */
     EXPECT(sched_validate(SCHED_DUALPIPEV, 3, 7, 6, err, sizeof err) == 0, "dualpipev pp 3 C 7");
@@ -322,8 +327,10 @@ static void print_table(void)
                 sched_simulate(&s, cost, 0.0, &sim);
                 double lo = sim.idle[0], hi = sim.idle[0];
                 for (int r = 1; r < pp; r++) lo = fmin(lo, sim.idle[r]), hi = fmax(hi, sim.idle[r]);
-                printf("  %-9s pp %2d  (%g %g %g %g %g)  sim %8.3f..%-8.3f formula %8.3f\n", sched_kind_name((SchedKind)k),
-                       pp, off[e].f, off[e].b, off[e].w, off[e].comm_f, off[e].comm_b, lo, hi, formula((SchedKind)k, pp, &off[e]));
+                const SchedCost *o = &off[e];
+                printf("  %-9s pp %2d  (%g %g %g %g %g)  sim %8.3f..%-8.3f formula %8.3f\n",
+                       sched_kind_name((SchedKind)k), pp, o->f, o->b, o->w, o->comm_f, o->comm_b, lo, hi,
+                       formula((SchedKind)k, pp, o));
                 sched_sim_free(&sim);
                 free(cost);
                 sched_free(&s);
