@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "runtime/pipeline/schedule.h"
 
 typedef enum { CT_INT, CT_I64, CT_F64, CT_BOOL, CT_STR } ConfigType;
 
@@ -698,24 +699,22 @@ static void validate_optim(const OptimConfig *o)
     need_at_least("optim.decay_steps", o->decay_steps, 0);
 }
 
+/* The pipeline rules are the schedule's (runtime/pipeline/schedule.h), the ones plan applies;
+ * micro-batches per step are 'train.grad_accum'. */
 static void validate_parallel(const Config *c)
 {
     static const char *const SCHEDULES[] = { "1f1b", "zb1p", "dualpipe", "dualpipev", NULL };
     const ParallelConfig *p = &c->parallel;
-    int ga = c->train.grad_accum;
     need_at_least("parallel.pp", p->pp, 1);
     need_at_least("parallel.dp", p->dp, 1);
     need_at_least("parallel.ep", p->ep, 1);
     need_divides("parallel.ep", p->ep, "parallel.dp", p->dp);
     need_one_of("parallel.schedule", p->schedule, SCHEDULES);
-    if (strncmp(p->schedule, "dualpipe", 8)) return;
-    if (p->pp % 2)
-        DIE("config: 'parallel.pp' = %d must be even for schedule '%s'", p->pp, p->schedule);
-    if (ga < 2 * p->pp)
-        DIE("config: 'train.grad_accum' = %d must be >= 2 * 'parallel.pp' = %d for schedule '%s'",
-            ga, 2 * p->pp, p->schedule);
-    if (!strcmp(p->schedule, "dualpipe") && ga % 2)
-        DIE("config: 'train.grad_accum' = %d must be even for schedule 'dualpipe'", ga);
+    SchedKind kind;
+    char err[SCHED_ERR_MAX];
+    if (sched_kind_parse(p->schedule, &kind)) BUG("schedule '%s' passed need_one_of", p->schedule);
+    if (sched_validate(kind, p->pp, c->train.grad_accum, c->model.num_hidden_layers, err, sizeof err))
+        DIE("config: %s", err);
 }
 
 static void validate_cluster(const ClusterConfig *k)

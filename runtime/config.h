@@ -73,7 +73,7 @@
     X(INT, pp, "1", "pipeline-parallel stages") \
     X(INT, dp, "1", "data-parallel ranks") \
     X(INT, ep, "1", "expert-parallel ranks (divides dp)") \
-    X(STR, schedule, "1f1b", "pipeline schedule: 1f1b, zb1p, dualpipe, dualpipev")
+    X(STR, schedule, "1f1b", "pipeline schedule: 1f1b, zb1p, dualpipe, dualpipev (C: train.grad_accum)")
 
 /* [cluster]: the machine a run is planned for (dstrain plan); figures per GPU. */
 #define CLUSTER_KEYS(X) \

@@ -17,6 +17,7 @@
 #include "commands.h"
 #include "common.h"
 #include "plan.h"
+#include "runtime/pipeline/schedule.h"
 
 static const char *const SCHEDULE_NAMES[PLAN_SCHED_COUNT] = { "1f1b", "zb1p", "dualpipe", "dualpipev" };
 
@@ -91,23 +92,17 @@ static void count_kv(Plan *p)
     p->kv.bytes_per_sequence = p->kv.bytes_per_token * p->cfg.train.seq_len;
 }
 
-static void check_microbatches(Plan *p)
+/* The schedule's own rules (runtime/pipeline/schedule.h, the ones train applies): parity,
+ * micro-batch count, a layer per stage. */
+static void check_schedule(Plan *p)
 {
     const int pp = p->cfg.parallel.pp, C = p->cfg.train.grad_accum;
-    const char *name = plan_schedule_name(p->schedule);
-    if (p->schedule == PLAN_DUALPIPE || p->schedule == PLAN_DUALPIPEV) {
-        if (pp % 2)
-            plan_problem(p, 1, "'parallel.pp' = %d must be even for schedule '%s'", pp, name);
-        if (C < 2 * pp)
-            plan_problem(p, 1, "'train.grad_accum' = %d micro-batches is below 2 * 'parallel.pp' = %d, "
-                         "the least schedule '%s' runs with", C, 2 * pp, name);
-        if (p->schedule == PLAN_DUALPIPE && C % 2)
-            plan_problem(p, 1, "'train.grad_accum' = %d must be even for schedule 'dualpipe' "
-                         "(half the micro-batches enter from each end)", C);
-    } else if (C < pp) {
+    char err[SCHED_ERR_MAX];
+    if (sched_validate((SchedKind)p->schedule, pp, C, p->cfg.model.num_hidden_layers, err, sizeof err))
+        plan_problem(p, 1, "%s", err);
+    else if (C < pp)
         plan_problem(p, 0, "'train.grad_accum' = %d micro-batches < 'parallel.pp' = %d: the "
                      "pipeline never fills", C, pp);
-    }
 }
 
 /* Every point of the layout that cannot work is an error naming the key and the number. */
@@ -117,7 +112,6 @@ static void check_layout(Plan *p, const ParamTable *t)
     const int pp = c->parallel.pp, dp = c->parallel.dp, ep = c->parallel.ep;
     const int gpn = c->cluster.gpus_per_node, E = c->model.n_routed_experts;
     const int moe = params_count(t, ROLE_ROUTED_EXPERT, -1) > 0;
-    const int S = p->schedule == PLAN_DUALPIPEV ? 2 * pp : pp;
     if (dp % ep)
         plan_problem(p, 1, "'parallel.ep' = %d does not divide 'parallel.dp' = %d (EP groups are "
                      "carved out of the DP ranks)", ep, dp);
@@ -127,11 +121,7 @@ static void check_layout(Plan *p, const ParamTable *t)
     if (moe && ep > gpn && ep % gpn)
         plan_problem(p, 1, "'parallel.ep' = %d is not a multiple of 'cluster.gpus_per_node' = %d "
                      "(an EP group fills whole nodes or fits in one)", ep, gpn);
-    check_microbatches(p);
-    if (c->model.num_hidden_layers < S)
-        plan_problem(p, 1, "'model.num_hidden_layers' = %d cannot fill %d pipeline stages (schedule "
-                     "'%s', 'parallel.pp' = %d; every stage needs a layer)",
-                     c->model.num_hidden_layers, S, plan_schedule_name(p->schedule), pp);
+    check_schedule(p);
     if (p->world > p->cluster_gpus)
         plan_problem(p, 1, "'parallel.pp' * 'parallel.dp' = %d GPUs exceed the %d of the cluster "
                      "('cluster.gpus_per_node' = %d * 'cluster.nodes' = %d)",
@@ -219,10 +209,19 @@ void plan_free(Plan *p)
     p->ranks = NULL;
 }
 
+static int timeline_cols(const char *v)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*v == '\0' || *end || n < 20 || n > 1000)
+        DIE("plan: '--timeline=%s' wants a width of 20 to 1000 columns", v);
+    return (int)n;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: dstrain plan CONFIG [--set section.key=value ...] [--json]\n"
+        "usage: dstrain plan CONFIG [--set section.key=value ...] [--json | --timeline[=COLS]]\n"
         "\n"
         "What a run of CONFIG will cost, before it starts: parameters (total, activated per\n"
         "token, per role, per pipeline stage and per rank), FLOPs per token, the BF16 KV cache\n"
@@ -235,6 +234,8 @@ static void usage(FILE *f)
         "options:\n"
         "  --set section.key=value   override a config key (repeatable), as for train\n"
         "  --json                    print one JSON object instead of the text report\n"
+        "  --timeline[=COLS]         after the text report, draw the simulated schedule per rank\n"
+        "                            as ASCII, COLS columns wide (default 100, 20 to 1000)\n"
         "  --help                    this text\n"
         "\n"
         "exit status: 0 when the layout can run; 1 when it cannot (each reason is printed in the\n"
@@ -244,7 +245,7 @@ static void usage(FILE *f)
 int cmd_plan(int argc, char **argv)
 {
     const char *path = NULL;
-    int json = 0;
+    int json = 0, timeline = 0;
     Config c;
     config_defaults(&c);
     /* Overrides apply after the file, in order: collect them first. */
@@ -258,6 +259,8 @@ int cmd_plan(int argc, char **argv)
             return 0;
         }
         if (!strcmp(arg, "--json")) json = 1;
+        else if (!strcmp(arg, "--timeline")) timeline = 100;
+        else if (!strncmp(arg, "--timeline=", 11)) timeline = timeline_cols(arg + 11);
         else if (!strncmp(arg, "--set=", 6)) sets[n_sets++] = arg + 6;
         else if (!strcmp(arg, "--set")) {
             if (i + 1 == argc) DIE("plan: option '--set' needs section.key=value; see dstrain plan --help");
@@ -270,7 +273,8 @@ int cmd_plan(int argc, char **argv)
             path = arg;
         }
     }
-    if (!path) DIE("plan: missing CONFIG; usage: dstrain plan CONFIG [--set ...] [--json]");
+    if (!path) DIE("plan: missing CONFIG; usage: dstrain plan CONFIG [--set ...] [--json | --timeline]");
+    if (json && timeline) DIE("plan: '--timeline' draws text; it does not go with '--json'");
     config_load(&c, path);
     for (int i = 0; i < n_sets; i++) config_set(&c, sets[i]);
     free(sets);
@@ -285,6 +289,7 @@ int cmd_plan(int argc, char **argv)
     plan_compute(p, &c);
     if (json) plan_print_json(p, stdout);
     else plan_print_text(p, stdout);
+    if (timeline) plan_print_timeline(p, timeline, stdout);
     fflush(stdout);
     for (int i = 0; i < p->n_problems; i++)
         if (p->problem_error[i]) fprintf(stderr, "dstrain: plan: %s\n", p->problem[i]);

@@ -11,12 +11,14 @@
  * any parameter count formula (every count is a sum over the parameter table, model/params.h).
  *
  * Files: plan.c (cmd_plan, the problems list, orchestration), plan_layout.c (blocks, stage
- * split, memory), plan_time.c (communication, pipeline), plan_report.c (text and JSON).
+ * split, memory), plan_time.c (communication, pipeline: the schedule's instruction lists
+ * simulated by runtime/pipeline/schedule.h), plan_report.c (text and JSON).
  *
  * Calling sequence:
  *   Plan p; plan_compute(&p, &cfg);     cfg: model/train/cluster keys valid; the layout is
  *                                       judged here: each impossible point is a problem
  *   plan_print_text(&p, stdout) or plan_print_json(&p, stdout);
+ *   plan_print_timeline(&p, cols, stdout);   optional, after the text report
  *   p.n_errors > 0 -> the layout cannot run (cmd_plan exits 1 after printing);
  *   plan_free(&p);
  *
@@ -113,7 +115,9 @@ typedef struct PlanPipe {
     int stages;                   /* pp, or 2*pp for dualpipev */
     int micro_batches;            /* C = train.grad_accum */
     double f_s, b_s, w_s, fb_s;   /* the slowest stage's chunk times, comm included (F', B') */
-    double bubble_s, pipeline_s, dp_exposed_s, step_s, bubble_share;
+    double pipeline_s;            /* makespan of the simulated schedule (runtime/pipeline) */
+    double bubble_s;              /* the busiest rank's idle time in it */
+    double dp_exposed_s, step_s, bubble_share;
     double tokens_per_step;       /* all DP ranks */
     double tokens_per_s_per_gpu, gpu_hours_per_trillion;
     double model_tflops_per_gpu, mfu_bf16;   /* achieved, bubble and exposed comm included */
@@ -157,6 +161,9 @@ void plan_free(Plan *p);
 
 void plan_print_text(const Plan *p, FILE *f);
 void plan_print_json(const Plan *p, FILE *f);
+/* An ASCII timeline of the configured schedule's simulation, cols columns wide, with each
+ * rank's busy and idle time (or one line saying the schedule cannot run the layout). */
+void plan_print_timeline(const Plan *p, int cols, FILE *f);
 
 const char *plan_schedule_name(PlanSchedule s);
 

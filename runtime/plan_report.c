@@ -211,7 +211,8 @@ static void text_comm(const Plan *p, FILE *f)
             fprintf(f, "  computation / communication: no traffic (ep = 1)\n");
     }
     if (m->p2p_bytes > 0)
-        fprintf(f, "pp send per micro-batch per stage boundary: %s over %s, %s (overlapped, not in the step)\n",
+        fprintf(f, "pp send per micro-batch per stage boundary: %s over %s, %s (delays each receive "
+                "in the simulated schedule)\n",
                 fnet(m->p2p_bytes).s, m->p2p_ib ? "IB" : "NVLink", ftime(m->p2p_s).s);
     fprintf(f, "dp sync per step over %s (ZeRO-1): reduce-scatter %s, %s; all-gather %s, %s\n\n",
             m->dp_ib ? "IB" : "NVLink", fnet(m->dp_rs_bytes).s, ftime(m->dp_rs_s).s,
@@ -221,7 +222,8 @@ static void text_comm(const Plan *p, FILE *f)
 static void text_pipeline(const Plan *p, FILE *f)
 {
     const PlanPipe *q = &p->pipe;
-    fprintf(f, "pipeline (%s, %d stages, %d micro-batches; busiest rank, exposed all-to-all included)\n",
+    fprintf(f, "pipeline (%s, %d stages, %d micro-batches; simulated: the busiest rank, exposed all-to-all "
+            "included)\n",
             plan_schedule_name(p->schedule), q->stages, q->micro_batches);
     fprintf(f, "  F %s, B %s, W %s, F&B %s\n", ftime(q->f_s).s, ftime(q->b_s).s, ftime(q->w_s).s,
             ftime(q->fb_s).s);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "runtime/pipeline/schedule.h"
 #include "plan.h"
 
 /* Seconds per token of an item's forward: FP8 GEMMs at the FP8 peak, the rest (BF16 GEMMs,
@@ -123,36 +124,17 @@ void plan_comm(Plan *p)
     m->dp_ag_s = m->dp_ag_bytes / bw;
 }
 
-/* Chunk times per stage and the schedule's bubble and step; needs plan_memory's ranks (SPEC 8 table, TR 3.2.1 notation:
- * F forward chunk, B full backward chunk, W its weight-gradient part, F&B an overlapped pair).
+/* Per-stage chunk times (TR 3.2.1 notation: F forward chunk, B full backward chunk, W its
+ * weight-gradient part, F&B an overlapped forward/backward pair):
  *   F = N * forward seconds per token of the stage's items; B = 2F (flops.h); W = the matmul
  *   part of F (weight gradients repeat every forward GEMM once; the attention core has no
- *   weights); the input-gradient part B - W holds the rest.
- *   1F1B and ZB1P do not overlap the MoE all-to-all: F' = F + a2a_fwd, B' = B + a2a_bwd.
- *   DualPipe(V) pairs a forward and a backward chunk: F&B = max(F + B, a2a_fwd + a2a_bwd)
- *   (all-to-all of both hidden under the pair's compute, or the reverse); its warm-up and
- *   cool-down chunks are not overlapped, so B' enters its bubble term.
- *   Per rank, chunk times are the mean over the chunks it holds (DualPipe: C/2 micro-batches
- *   through each of its two stages; DualPipeV: every micro-batch through both); the busiest
- *   rank sets the pace: F', B', W, F&B below are each the max over ranks of those means.
- *   S stages, C micro-batches per step per DP rank:
- *     1F1B       bubble (S-1)(F'+B')            step C(F'+B') + bubble
- *     ZB1P       bubble (S-1)(F'+B'-2W)         step C(F'+B') + bubble
- *     DualPipe   bubble (S/2-1)(F&B+B'-3W)      step C F&B + bubble        (S = pp)
- *     DualPipeV  bubble (S/2-1)(F&B+B'-3W)      step 2C F&B + bubble       (S = 2 pp: each
- *                rank runs both of its chunks for every micro-batch)
- *   plus what the ZeRO-1 DP sync does not hide: the reduce-scatter runs under the last
- *   micro-batch's backward B' (bucketed, as DDP does), the all-gather under the next step's
- *   first forward F':  exposed = max(0, rs - B') + max(0, ag - F'). */
-void plan_pipeline(Plan *p)
+ *   weights); the input-gradient part B - W holds the rest. A standalone chunk does not hide
+ *   its MoE all-to-all: F' = F + a2a_fwd, B' = B + a2a_bwd; a pair hides one under the other:
+ *   F&B = max(F + B, a2a_fwd + a2a_bwd). */
+static void stage_times(Plan *p)
 {
-    const Config *c = &p->cfg;
-    PlanPipe *pp = &p->pipe;
     const PlanComm *m = &p->comm;
     int *idx = xcalloc((size_t)p->n_items, sizeof(int));
-    memset(pp, 0, sizeof *pp);
-    pp->stages = p->n_stages;
-    pp->micro_batches = c->train.grad_accum;
     for (int s = 0; s < p->n_stages; s++) {
         PlanStage *st = &p->stages[s];
         double sec = 0.0, mm = 0.0, flops = 0.0;
@@ -172,6 +154,85 @@ void plan_pipeline(Plan *p)
         st->fb_s = fmax(st->f_s + st->b_s, st->a2a_fwd_s + st->a2a_bwd_s);
     }
     free(idx);
+}
+
+/* Time the configured schedule's instruction lists (runtime/pipeline/schedule.h) under the
+ * stages' times, each pipeline transfer delaying its receiver by the p2p time. The pipeline
+ * time is the simulated makespan; the bubble is what the busiest rank idles in it (makespan
+ * minus its compute, unoverlapped all-to-all included). A layout the schedule cannot run
+ * (its error already recorded) gets the busiest rank's compute and no bubble. */
+static int simulate_lists(const Plan *p, Schedule *sc, SchedSim *sim)
+{
+    const int C = p->pipe.micro_batches, pn = p->cfg.parallel.pp;
+    char err[SCHED_ERR_MAX];
+    if (sched_validate((SchedKind)p->schedule, pn, C, p->cfg.model.num_hidden_layers, err, sizeof err) ||
+        sched_stages((SchedKind)p->schedule, pn) != p->n_stages)
+        return -1;
+    SchedCost *cost = xcalloc((size_t)p->n_stages, sizeof *cost);
+    for (int s = 0; s < p->n_stages; s++) {
+        const PlanStage *st = &p->stages[s];
+        cost[s] = (SchedCost){ st->f_s, st->b_s, st->w_s, st->a2a_fwd_s, st->a2a_bwd_s };
+    }
+    sched_build(sc, (SchedKind)p->schedule, pn, C);
+    sched_simulate(sc, cost, p->comm.p2p_s, sim);
+    free(cost);
+    return 0;
+}
+
+static void simulate(Plan *p)
+{
+    PlanPipe *pp = &p->pipe;
+    Schedule sc;
+    SchedSim sim;
+    if (simulate_lists(p, &sc, &sim)) {
+        pp->pipeline_s = pp->micro_batches * (pp->f_s + pp->b_s);
+        pp->bubble_s = 0.0;
+        return;
+    }
+    double busiest = 0.0;
+    for (int r = 0; r < sim.pp; r++) busiest = fmax(busiest, sim.busy[r]);
+    pp->pipeline_s = sim.makespan;
+    pp->bubble_s = sim.makespan - busiest;
+    sched_sim_free(&sim);
+    sched_free(&sc);
+}
+
+void plan_print_timeline(const Plan *p, int cols, FILE *f)
+{
+    Schedule sc;
+    SchedSim sim;
+    if (simulate_lists(p, &sc, &sim)) {
+        fprintf(f, "timeline: none, schedule '%s' cannot run this layout\n", plan_schedule_name(p->schedule));
+        return;
+    }
+    fprintf(f, "timeline (%s, %d micro-batches, %d columns of %.4g ms; F B W forward, backward input,\n"
+            "backward weight, X an overlapped F&B; upper case first chunk, lower case second; . idle)\n",
+            plan_schedule_name(p->schedule), p->pipe.micro_batches, cols,
+            1e3 * sim.makespan / cols);
+    sched_print_ascii(&sc, &sim, cols, f);
+    for (int r = 0; r < sim.pp; r++)
+        fprintf(f, "  rank %2d busy %.4g s, idle %.4g s, at most %d micro-batch chunks in flight\n", r,
+                sim.busy[r], sim.idle[r], sim.peak_in_flight[r]);
+    sched_sim_free(&sim);
+    sched_free(&sc);
+}
+
+/* Chunk times, the simulated pipeline and the step; needs plan_memory's ranks and plan_comm.
+ *   Per rank, chunk times are the mean over the chunks it holds (DualPipe: C/2 micro-batches
+ *   through each of its two stages; DualPipeV: every micro-batch through both); F', B', W,
+ *   F&B below are each the max over ranks of those means (reported, not used for the step).
+ *   The step adds what the ZeRO-1 DP sync does not hide: the reduce-scatter runs under the
+ *   last micro-batch's backward B' (bucketed, as DDP does), the all-gather under the next
+ *   step's first forward F':  exposed = max(0, rs - B') + max(0, ag - F'). */
+void plan_pipeline(Plan *p)
+{
+    const Config *c = &p->cfg;
+    PlanPipe *pp = &p->pipe;
+    const PlanComm *m = &p->comm;
+    memset(pp, 0, sizeof *pp);
+    pp->stages = p->n_stages;
+    pp->micro_batches = c->train.grad_accum;
+    stage_times(p);
     for (int r = 0; r < p->n_ranks; r++) {
         const PlanRank *rk = &p->ranks[r];
         double f = 0.0, b = 0.0, w = 0.0, fb = 0.0;
@@ -187,24 +248,8 @@ void plan_pipeline(Plan *p)
         pp->w_s = fmax(pp->w_s, w);
         pp->fb_s = fmax(pp->fb_s, fb);
     }
-    const double S = p->n_stages, C = pp->micro_batches;
-    switch (p->schedule) {
-    case PLAN_1F1B:
-        pp->bubble_s = (S - 1.0) * (pp->f_s + pp->b_s);
-        pp->pipeline_s = C * (pp->f_s + pp->b_s) + pp->bubble_s;
-        break;
-    case PLAN_ZB1P:
-        pp->bubble_s = (S - 1.0) * (pp->f_s + pp->b_s - 2.0 * pp->w_s);
-        pp->pipeline_s = C * (pp->f_s + pp->b_s) + pp->bubble_s;
-        break;
-    case PLAN_DUALPIPE:
-    case PLAN_DUALPIPEV:
-        pp->bubble_s = fmax(0.0, S / 2.0 - 1.0) * (pp->fb_s + pp->b_s - 3.0 * pp->w_s);
-        pp->pipeline_s = (p->schedule == PLAN_DUALPIPEV ? 2.0 : 1.0) * C * pp->fb_s + pp->bubble_s;
-        break;
-    default:
-        BUG("schedule %d", (int)p->schedule);
-    }
+    const double C = pp->micro_batches;
+    simulate(p);
     pp->dp_exposed_s = fmax(0.0, m->dp_rs_s - pp->b_s) + fmax(0.0, m->dp_ag_s - pp->f_s);
     pp->step_s = pp->pipeline_s + pp->dp_exposed_s;
     pp->bubble_share = pp->step_s > 0 ? pp->bubble_s / pp->step_s : 0.0;

@@ -119,6 +119,17 @@ plan_bad hbm "'cluster.hbm_gib' = 80" --set train.micro_batch_size=4
 plan_bad gpus "exceed the 800 of the cluster" --set cluster.nodes=100
 check_numbers "$SCRATCH/ep_dp.txt" "$SCRATCH/ep_dp.json" >/dev/null && pass || fail "ep_dp: text numbers missing from the JSON"
 
+# --timeline: one row of exactly COLS schedule characters per pp rank, then each rank's busy/idle
+"$BIN" plan "$V3" --timeline=60 >"$SCRATCH/timeline.txt" 2>&1 && pass || fail "--timeline exit"
+[ "$(grep -cE '^  rank +[0-9]+ \|[FBWXfbwx.]{60}\|$' "$SCRATCH/timeline.txt")" -eq 16 ] && pass || fail "--timeline: not 16 rows of 60"
+[ "$(grep -cE '^  rank +[0-9]+ busy ' "$SCRATCH/timeline.txt")" -eq 16 ] && pass || fail "--timeline: busy lines"
+grep -q '^timeline (dualpipe, 120 micro-batches, 60 columns' "$SCRATCH/timeline.txt" && pass || fail "--timeline header"
+"$BIN" plan "$V3" --set parallel.pp=15 --timeline >"$SCRATCH/timeline_bad.txt" 2>/dev/null
+grep -q "^timeline: none, schedule 'dualpipe' cannot run this layout" "$SCRATCH/timeline_bad.txt" && pass || fail "--timeline on a bad layout"
+"$BIN" plan "$V3" --timeline=5 >/dev/null 2>"$SCRATCH/timeline_w.err" && fail "--timeline=5 accepted" || pass
+grep -q "'--timeline=5' wants a width of 20 to 1000 columns" "$SCRATCH/timeline_w.err" && pass || fail "--timeline width message"
+"$BIN" plan "$V3" --timeline --json >/dev/null 2>"$SCRATCH/timeline_j.err" && fail "--timeline --json accepted" || pass
+
 "$BIN" plan --help >"$SCRATCH/help.txt" 2>&1 && grep -q -- "--json" "$SCRATCH/help.txt" && pass || fail "--help"
 "$BIN" plan "$V3" --no-such-option >/dev/null 2>"$SCRATCH/badopt.err" && fail "bad option accepted" || pass
 grep -q "unknown option '--no-such-option'" "$SCRATCH/badopt.err" && pass || fail "bad option message"

@@ -468,7 +468,7 @@ static void test_validation_errors(void)
         { { "parallel.schedule=dualpipe", "parallel.pp=3" },
           "'parallel.pp' = 3 must be even for schedule 'dualpipe'" },
         { { "parallel.schedule=dualpipev", "parallel.pp=2", "train.grad_accum=3" },
-          "'train.grad_accum' = 3 must be >= 2 * 'parallel.pp' = 4" },
+          "'train.grad_accum' = 3 micro-batches is below 2 * 'parallel.pp' = 4" },
         { { "parallel.schedule=dualpipe", "parallel.pp=2", "train.grad_accum=5" },
           "'train.grad_accum' = 5 must be even for schedule 'dualpipe'" },
         { { "parallel.schedule=gpipe" }, "'parallel.schedule' = 'gpipe' is not one of" },
