@@ -14,7 +14,8 @@
 #               GEMM, fused attention, FP8 block-scaled GEMM
 #   4 bench-s   gpu_bench on configs/bench-s.toml, a few steps
 #   5 bench-m   gpu_bench on configs/bench-m.toml with the per-op profile (tokens/s, MFU
-#               against the datasheet peak, time per op family, wall vs GPU time, peak memory)
+#               against the datasheet peak, time per op family, wall vs GPU time, peak memory),
+#               then bench-m without MTP (the transformers comparison) if 80 s are left
 #   6 e2e       GPU resume bit-identity, GPU vs CPU loss curves
 #   7 hf        only with >= 150 s left: transformers on bench-m (tests/bench/hf_bench.py)
 # Without a GPU every GPU stage reports "no GPU" and the script still finishes in order.
@@ -94,7 +95,7 @@ stage_figures() {
                 "$(sed -n '/^missing libraries/,/^(end/p' "$file" | grep -vc -E '^missing|^\(end') missing libraries" ;;
         1|2) grep -hE '^[0-9]+ passed, [0-9]+ failed' "$file" | tr '\n' ';' | sed 's/^/; /; s/;$//' ;;
         3) grep -c '^CEILING' "$file" | grep -v '^0$' | sed 's/^/; ceilings measured: /' ;;
-        4|5) grep -h ' MFU of ' "$file" | tail -1 | sed 's/.*: /; /' | cut -c1-200 ;;
+        4|5) grep -h ' MFU of ' "$file" | sed 's/.*: /; /' | cut -c1-160 | tr -d '\n' ;;
         6) grep -hE '^[0-9]+ passed, [0-9]+ failed' "$file" | tr '\n' ';' | sed 's/^/; /; s/;$//' ;;
     esac
 }
@@ -165,6 +166,12 @@ bench() {           # bench CONFIG LABEL ARGS...
     "$BIN/gpu_bench" "$SRC/$cfg" --label "$label" "$@"
 }
 
+bench_m() {          # with MTP and the profile, then without MTP (transformers' V3 has none)
+    bench configs/bench-m.toml bench-m --steps 4 --warmup 2 --profile || return $?
+    [ "$(left)" -ge 80 ] || { echo "bench-m-nomtp: skipped, $(left) s left"; return 0; }
+    bench configs/bench-m.toml bench-m-nomtp --steps 3 --warmup 1 --set model.num_nextn_predict_layers=0
+}
+
 e2e() {
     gpu_or_skip || return $?
     local rc=0
@@ -193,7 +200,7 @@ main() {
     want 2 && stage 2 moe 90 parity.txt moe_stage
     want 3 && stage 3 ceilings 100 ceilings.txt ceilings
     want 4 && stage 4 bench-s 60 bench.txt bench configs/bench-s.toml bench-s --steps 3 --warmup 1
-    want 5 && stage 5 bench-m 150 bench.txt bench configs/bench-m.toml bench-m --steps 4 --warmup 2 --profile
+    want 5 && stage 5 bench-m 180 bench.txt bench_m
     want 6 && stage 6 e2e 150 e2e.txt e2e
     want 7 && stage 7 hf 200 hf.txt hf
     note "total $(( $(date +%s) - START )) s of ${DEADLINE}; seed $DSTRAIN_TEST_SEED; commit" \
@@ -203,6 +210,6 @@ main() {
     cat "$OUT/summary.txt"
     return $FAILED
 }
-export -f gpu_or_skip parity_extra moe_stage ceilings bench e2e hf left env_report
+export -f gpu_or_skip parity_extra moe_stage ceilings bench bench_m e2e hf left env_report
 export BIN SRC GPU WORK START DEADLINE BUNDLE
 main
