@@ -29,8 +29,8 @@
 
 /* Budget of one GEMM element: gemm_elem_budget (gpu_check.h; test_bf16_bound checks it by
  * simulation at K = 1, where nothing but the operand rounding separates the two). Normwise:
- * FP32 ~ sqrt(K) u = 3e-6 at K = 2048, budget 1e-5; BF16 operand rounding leaves ~1.6e-3
- * (two roundings of RMS u16/sqrt(3)), budget 1e-2. */
+ * FP32 ~ sqrt(K) u = 3e-6 at K = 2048, budget 1e-5; BF16 operand rounding leaves ~3.2e-3
+ * (two roundings of RMS u16/sqrt(3) = 2.3e-3 each), budget 1e-2. */
 static float *gemm_budget(const Pair *p, const float *absprod, size_t n, int K)
 {
     float *b = xmalloc(n * sizeof(float));
@@ -326,7 +326,7 @@ static void test_rope_kv(Pair *p, Rng *r, int B, int T, int H, int Dn, int Dr, i
  * out = sum_j P_j v_j: |dP_j| <= 2 delta P_j, so |d out| <= (2 delta + (T + 2) u) max|v|,
  * plus (2 u16 + u16^2) max|v| when P and v are rounded to BF16 for the PV product.
  * These worst cases are loose; the precision check is normwise: FP32 ~ sqrt(K) u per product
- * over three chained products, budget 1e-5 (out) / 2e-5 (gradients); BF16 ~1.1e-3 RMS per
+ * over three chained products, budget 1e-5 (out) / 2e-5 (gradients); BF16 ~2.3e-3 RMS per
  * rounded operand, two to four per path, ~3e-3 (out) / ~5e-3 (gradients), budgets 2e-2 / 3e-2.
  * Gradients: a missed chunk or misplaced row moves elements by O(max|ref|), caught by an
  * elementwise budget of 1e-3 (FP32) / 5e-2 (BF16) of the largest increment; BF16 adds the

@@ -5,7 +5,7 @@
 #     rounding noise on near-zero gradients into lr-sized moves and near-tie routing decisions
 #     can flip, so the curves may drift apart slowly. Budget: |d loss| <= 1e-3 over steps 1-3,
 #     <= 2% of the CPU loss at every step, final validation loss within 2%.
-#   cuda bf16 vs cpu: every GEMM operand rounded to BF16 (2^-9 relative), ~2e-3 noise in
+#   cuda bf16 vs cpu: every GEMM operand rounded to BF16 (up to 2^-8 relative), ~2e-3 noise in
 #     each activation and gradient, which at these sizes moves the loss by ~1%. Budget: every
 #     step within 5%, the mean of the last 10 steps within 2%, final validation within 3%.
 # (Budgets are estimates from these error sizes; the first GPU run records the real margins.)
