@@ -95,8 +95,20 @@ stage_figures() {
                 "$(sed -n '/^missing libraries/,/^(end/p' "$file" | grep -vc -E '^missing|^\(end') missing libraries" ;;
         1|2) grep -hE '^[0-9]+ passed, [0-9]+ failed' "$file" | tr '\n' ';' | sed 's/^/; /; s/;$//' ;;
         3) grep -c '^CEILING' "$file" | grep -v '^0$' | sed 's/^/; ceilings measured: /' ;;
-        4|5) grep -h ' MFU of ' "$file" | sed 's/.*: /; /' | cut -c1-160 | tr -d '\n' ;;
+        4|5) grep -h ' MFU of ' "$file" | sed 's/ on [^:]*: / /; s/^/; /' | cut -c1-220 | tr -d '\n'
+             [ "$n" = 5 ] && grep -hE '^memory:|^profiled step|GPU time in ops' "$file" | head -3 |
+                 sed 's/^/; /' | cut -c1-120 | tr -d '\n' ;;
         6) grep -hE '^[0-9]+ passed, [0-9]+ failed' "$file" | tr '\n' ';' | sed 's/^/; /; s/;$//' ;;
+        7) python3 - "$OUT/bench.txt" "$file" <<'PY' 2> /dev/null ;;
+import json, sys
+def result(path, label):
+    for line in open(path):
+        if line.startswith("RESULT "):
+            r = json.loads(line[7:])
+            if r.get("label") == label and "tokens_per_s" in r: return r["tokens_per_s"]
+ours, hf = result(sys.argv[1], "bench-m-nomtp"), result(sys.argv[2], "hf")
+if ours and hf: print("; dstrain / transformers on bench-m without MTP: %.2fx tokens/s (%.0f vs %.0f)" % (ours / hf, ours, hf))
+PY
     esac
 }
 
