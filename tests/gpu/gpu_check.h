@@ -53,8 +53,9 @@ static inline double gemm_elem_budget(int bf16_operands, double u16, int K, doub
  * dP and of rowsum(dO O)); dS_j = P_j (dP_j - D) carries P_j E, with P rebuilt from scores
  * off by delta <= 2 Dqk s (u16 + Dqk u32) max|q| max|k| (P_j grows by at most e^delta), and
  * the dS K (dS^T Q) product rounds both factors to BF16 ((1 + u16)^2). dq_i = s sum_j dS_ij k_j
- * with sum_j P_ij = 1; dk_j = s sum_i dS_ij q_i with sum_i P_ij <= T: psum is 1 for dq and
- * T for dk, maxo the largest |k| (dq) or |q| (dk). The terms that scale with |dS| itself
+ * with sum_j P_ij = 1; dk_j = s sum_i dS_ij q_i: psum is 1 for dq and, for dk, key j's column
+ * sum sum_i P_ij (at most T; test_gpu_ops computes it from the CPU's lse); maxo the largest |k|
+ * (dq) or |q| (dk). The terms that scale with |dS| itself
  * (its BF16 rounding, the P error times dP - D) are budgeted relative to the increments by
  * the caller. test_bf16_bound simulates this floor at T = 1. */
 static inline double attn_bwd_floor_bf16(double u16, int Dqk, int Dv, double s, double maxq, double maxk,
@@ -101,6 +102,9 @@ int check_bound(Pair *p, const char *what, const Buf *b, const float *bound, dou
 /* Accumulating ops: the normwise part compares the increments (result - base, base the
  * host copy of the starting values), so large starting values do not dilute it. */
 int check_delta(Pair *p, const char *what, const Buf *b, const float *base, double atol, double rtol, double norm);
+/* check_delta with per-element absolute budgets bound (host, n). */
+int check_delta_bound(Pair *p, const char *what, const Buf *b, const float *base, const float *bound, double rtol,
+                      double norm);
 int check_exact(Pair *p, const char *what, const Buf *b);
 int check_exact_i(Pair *p, const char *what, const IBuf *b);
 
