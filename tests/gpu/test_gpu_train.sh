@@ -69,6 +69,9 @@ for cfg in tiny small; do
         check "$cfg trains on cuda $prec ($(tail -c 300 $run.txt))" "[ -s runs/$run/metrics.jsonl ]"
         check "$run: the start-up report names the device and its memory" \
             "grep -q 'device cuda' $run.txt && grep -q 'memory (cuda)' $run.txt"
+        check "$run: the start-up line names the GPU and its datasheet peak, the MFU denominator" \
+            "grep -qE 'device cuda \(.*dense BF16 peak [0-9]+ TFLOP/s\)' $run.txt \
+             && grep -q 'peak: datasheet' $run.txt || grep -q 'not in runtime/gpu_peak.c' $run.txt"
         verdict=$(compare $cfg-cpu $run $prec 2> $run.cmp)
         cat $run.cmp
         check "$run tracks the cpu loss curve ($verdict)" '[ "$verdict" = ok ]'
