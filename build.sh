@@ -136,6 +136,6 @@ case "$cmd" in
         exec tests/bench/cpu_bench.sh build/release/dstrain ;;
     gpu-bundle) gpu_bundle ;;
     help|-h|--help)
-        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) echo "build.sh: unknown command '$cmd' (deps, build, test, train, bench, gpu-bundle)" >&2; exit 2 ;;
 esac
