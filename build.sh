@@ -7,6 +7,9 @@
 #                                    (no MODE: release, then the sanitize suite)
 #   ./build.sh train [CONFIG] [ARGS] build, then train (default configs/small.toml)
 #   ./build.sh bench                 build, then run the CPU benchmark
+#   ./build.sh gpu-bundle            build what a lent GPU machine runs (tests/gpu/device_check.sh):
+#                                    portable binaries (x86-64-v2, sm_90, no MPI) and their
+#                                    libraries, into the ignored folder .gpu/
 # The binary lands in build/<mode>/dstrain.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -61,6 +64,60 @@ run_tests() {
     (cd "build/$mode" && ctest --output-on-failure -j "$JOBS" --timeout 900 "${skip[@]}")
 }
 
+# gpu_bundle: the carried build of ../shared/GPU.md's plan. The device image has CUDA but not
+# the project's Debian libraries, and a configure step there fails, so everything is built
+# here: binaries for any x86-64-v2 CPU (no -march=native: SIGILL on a CPU without AVX-512),
+# CUDA machine code for sm_90 (H100, H200), MPI left out; then every library ldd lists that
+# is neither glibc nor CUDA's, packed with xz (libstdc++/libgcc_s apart, in fallback/: the
+# device's own are newer and its CUDA libraries may need them). .gpu/ is git-ignored; name it
+# in the device call's carry (64 MiB at most).
+gpu_bundle() {
+    local b=build/gpu-bundle out=.gpu
+    [ -z "$(missing_packages)" ] || deps
+    command -v nvcc > /dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ] || {
+        echo "gpu-bundle: nvcc not found (install the CUDA toolkit or put /usr/local/cuda/bin on PATH)" >&2; exit 1; }
+    command -v nvcc > /dev/null 2>&1 || export PATH=/usr/local/cuda/bin:$PATH
+    cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=Release -DDSTRAIN_MARCH=x86-64-v2 -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DDSTRAIN_CUDA=ON -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON -DIBVERBS_LIB=IBVERBS_LIB-NOTFOUND > /dev/null
+    local bins="dstrain tests/gpu/test_gpu_ops tests/gpu/test_gpu_moe tests/gpu/gpu_bench tests/ckpt_compare"
+    local t targets="" known
+    known=$(cmake --build "$b" --target help)
+    for t in test_nccl test_gpu_optim; do     # built only where NCCL / the fused optimizer are
+        grep -q "\.\.\. $t\$" <<< "$known" && bins="$bins tests/gpu/$t"
+    done
+    for t in $bins; do targets="$targets --target $(basename "$t")"; done
+    cmake --build "$b" -j "$JOBS" $targets
+    rm -rf "$out"
+    mkdir -p "$out/bin" "$out/lib/fallback"
+    for t in $bins; do cp "$b/$t" "$out/bin/"; strip --strip-debug "$out/bin/$(basename "$t")"; done
+    # libraries: ldd's resolved paths, less glibc's and CUDA's (the device has its own)
+    local lib name
+    ldd "$out"/bin/* | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
+        name=$(basename "$lib")
+        case "$name" in
+            libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|libresolv.so*|libutil.so*|ld-linux*) ;;
+            libcuda.so*|libcudart.so*|libcublas*|libnccl*|libnvidia*|libnvrtc*|libnvJitLink*) ;;
+            libstdc++.so*|libgcc_s.so*) cp -L "$lib" "$out/lib/fallback/$name" ;;
+            *) cp -L "$lib" "$out/lib/$name" ;;
+        esac
+    done
+    tar -C "$out" -cJf "$out/libs.tar.xz" lib
+    rm -rf "$out/lib"
+    {
+        echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+        echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ): Release, -march=x86-64-v2, CUDA arch 90, no MPI"
+        echo "nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+        echo "libraries carried: $(tar -tJf "$out/libs.tar.xz" | grep -c '\.so')"
+        echo "CUDA libraries expected on the device:"
+        ldd "$out"/bin/* | grep -oE 'lib(cudart|cublas|cublasLt|nccl)\.so[.0-9]*' | sort -u | sed 's/^/  /'
+    } > "$out/MANIFEST.txt"
+    du -sh "$out/bin" "$out/libs.tar.xz" | sed "s/^/gpu-bundle: /"
+    local kib
+    kib=$(du -sk "$out" | cut -f1)
+    [ "$kib" -le 65536 ] || { echo "gpu-bundle: $out is $kib KiB, over the 64 MiB carry limit" >&2; exit 1; }
+    echo "gpu-bundle: $out ready ($kib KiB); on the device: bash tests/gpu/device_check.sh (carry $out)"
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -77,7 +134,8 @@ case "$cmd" in
     bench)
         build release
         exec tests/bench/cpu_bench.sh build/release/dstrain ;;
+    gpu-bundle) gpu_bundle ;;
     help|-h|--help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) echo "build.sh: unknown command '$cmd' (deps, build, test, train, bench)" >&2; exit 2 ;;
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) echo "build.sh: unknown command '$cmd' (deps, build, test, train, bench, gpu-bundle)" >&2; exit 2 ;;
 esac

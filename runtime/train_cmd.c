@@ -1,6 +1,6 @@
 /* runtime/train_cmd.c - `dstrain train CONFIG [--set section.key=value ...] [--resume
  * latest|DIR]`: arguments, the run directory, resume with a compatibility check, the
- * start-up report (build, sizes, memory plan, measured GEMM rate), then the loop of train.c.
+ * start-up report (build, sizes, memory plan, the MFU peak), then the loop of train.c.
  * Under MPI it lays out the groups from [parallel] (data and expert parallelism, pp = 1) and
  * silences stdout on every rank but the root, so the job prints one report and one line per
  * step.
@@ -18,7 +18,11 @@
 #include "../model/flops.h"
 #include "commands.h"
 #include "common.h"
+#include "gpu_peak.h"
 #include "train.h"
+#ifdef DSTRAIN_HAVE_CUDA
+#include "../kernels/cuda/cuda_ops.h"
+#endif
 
 typedef struct TrainArgs {
     const char *config;
@@ -142,13 +146,40 @@ static char *resolve_resume(const char *resume, const char *run_dir)
     return xstrdup(dir);
 }
 
+/* The MFU denominator of one rank. cuda: the device's datasheet dense BF16 peak
+ * (runtime/gpu_peak.h; a measured GEMM through the BF16 copy path runs far under it, and MFU
+ * against it would read 3-6x too high), named on the start-up line through peak_device;
+ * elsewhere, and on a GPU the table does not know, the measured 1024^3 GEMM rate. */
+static char peak_device[320];
+
+static double mfu_peak_flops(Ops *o)
+{
+#ifdef DSTRAIN_HAVE_CUDA
+    if (!strcmp(o->name, "cuda")) {
+        CudaMemStats ms;
+        cuda_memory_stats(o, &ms);
+        const char *model;
+        double tflops = gpu_dense_bf16_tflops(ms.device_name, &model);
+        if (tflops > 0) {
+            snprintf(peak_device, sizeof peak_device, " (%s: %s, dense BF16 peak %.0f TFLOP/s)", ms.device_name,
+                     model, tflops);
+            return tflops * 1e12;
+        }
+        snprintf(peak_device, sizeof peak_device, "%s", "");
+        printf("peak: GPU '%s' is not in runtime/gpu_peak.c's table: MFU against a measured GEMM\n",
+               ms.device_name);
+    }
+#endif
+    return ops_measure_gemm_flops(o, 1024);
+}
+
 static void print_banner(Trainer *t)
 {
     const Config *c = &t->cfg;
     const ParamTable *pt = model_table(t->model);
     double active = params_active(pt, &c->model);
     printf("%s", "dstrain train: ");
-    printf("%s | device %s | %s\n", c->train.name, t->o->name, c->train.precision);
+    printf("%s | device %s%s | %s\n", c->train.name, t->o->name, peak_device, c->train.precision);
     printf("model: %.2fM parameters (%.2fM active per token) | %d layers (%d dense) + %d MTP | "
            "%d experts top-%d | %.1f MFLOP/token (train)\n",
            pt->total / 1e6, active / 1e6, c->model.num_hidden_layers, c->model.first_k_dense_replace,
@@ -166,8 +197,12 @@ static void print_banner(Trainer *t)
            2.0 * (t->hi - t->lo) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
     printf("  %-24s %10.1f MiB  (host snapshot for checkpoints)\n", "checkpoint staging",
            (pt->total + 2.0 * t->padded) * sizeof(float) / 1048576.0);
-    printf("peak: measured %s GEMM %.1f GFLOP/s%s (the MFU denominator)\n", t->o->name, t->peak_flops / 1e9,
-           dp > 1 ? ", summed over the dp ranks" : "");
+    if (peak_device[0])
+        printf("peak: datasheet dense BF16 %.1f TFLOP/s%s (the MFU denominator)\n", t->peak_flops / 1e12,
+               dp > 1 ? ", summed over the dp ranks" : "");
+    else
+        printf("peak: measured %s GEMM %.1f GFLOP/s%s (the MFU denominator)\n", t->o->name, t->peak_flops / 1e9,
+               dp > 1 ? ", summed over the dp ranks" : "");
     metrics_start(t->metrics, (double)pt->total, active, t->flops_per_token,
                   (double)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp, t->peak_flops);
 }
@@ -209,9 +244,9 @@ int cmd_train(int argc, char **argv)
     if (a.init_from && ckpt_dir) DIE("train: give --resume or --init-from, not both");
     if (ckpt_dir) trainer_resume(&t, ckpt_dir);
     if (a.init_from) trainer_init_from(&t, a.init_from);
-    /* the MFU denominator is the job's: every rank measures its GEMM rate at the same time
-     * (so ranks sharing cores are counted as they run) and the rates add up */
-    t.peak_flops = ops_measure_gemm_flops(t.o, 1024);
+    /* the MFU denominator is the job's: every rank takes its peak (measured: at the same time,
+     * so ranks sharing cores are counted as they run) and the peaks add up */
+    t.peak_flops = mfu_peak_flops(t.o);
     if (g->dp > 1) comm_allreduce(g->dp_comm, &t.peak_flops, 1, COMM_F64, COMM_SUM);
     if (root) print_banner(&t);
     train_run(&t);

@@ -30,16 +30,16 @@
 
 /* ---- BF16 operand copies ---- */
 
-/* dst (batch, rows, cols) packed with batch stride dst_stride = src rounded to BF16, src
- * (batch, rows, cols) with row stride ld and batch stride src_stride (elements). */
+/* dst (batch, rows, cols) with row stride dst_ld and batch stride dst_stride = src rounded to
+ * BF16, src (batch, rows, cols) with row stride ld and batch stride src_stride (elements). */
 __global__ void gemm_to_bf16_strided(__nv_bfloat16 *dst, const float *src, int batch, int rows, int cols,
-                                     long long ld, long long src_stride, long long dst_stride)
+                                     long long ld, long long src_stride, long long dst_ld, long long dst_stride)
 {
     const long long per = (long long)rows * cols, total = per * batch;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         long long b = i / per, rem = i - b * per, r = rem / cols, c = rem - r * cols;
-        dst[b * dst_stride + rem] = __float2bfloat16_rn(src[b * src_stride + r * ld + c]);
+        dst[b * dst_stride + r * dst_ld + c] = __float2bfloat16_rn(src[b * src_stride + r * ld + c]);
     }
 }
 
@@ -59,8 +59,11 @@ __global__ void gemm_to_bf16_vec4(__nv_bfloat16 *dst, const float *src, long lon
         dst[i] = __float2bfloat16_rn(src[i]);
 }
 
-/* Packed batch stride: whole 256-byte units, so every batch matrix keeps full alignment. */
-static long long packed_stride(int rows, int cols) { return ((long long)rows * cols + 127) & ~127LL; }
+/* Copy row stride: whole 16-byte units (tensor-core kernels want 16-byte aligned rows; a
+ * row of 7 or 129 BF16 values would leave cuBLASLt only its slow paths, or none). Batch
+ * stride: whole 256-byte units, so every batch matrix keeps full alignment. */
+static long long padded_ld(int cols) { return ((long long)cols + 7) & ~7LL; }
+static long long packed_stride(int rows, int cols) { return ((long long)rows * padded_ld(cols) + 127) & ~127LL; }
 
 static const __nv_bfloat16 *to_bf16(Ops *o, CudaScratch slot, const float *src, int batch, int rows, int cols,
                                     long long ld, long long stride)
@@ -69,11 +72,11 @@ static const __nv_bfloat16 *to_bf16(Ops *o, CudaScratch slot, const float *src, 
     __nv_bfloat16 *dst = (__nv_bfloat16 *)cuda_scratch(o, slot, (size_t)(ps * batch) * sizeof(__nv_bfloat16));
     cudaStream_t s = cuda_stream(o);
     long long n = (long long)rows * cols;
-    if (ld == cols && batch == 1 && ((uintptr_t)src & 15) == 0) {
+    if (ld == cols && cols == padded_ld(cols) && batch == 1 && ((uintptr_t)src & 15) == 0) {
         gemm_to_bf16_vec4<<<cuda_blocks((size_t)(n / 4 + 1), 256), 256, 0, s>>>(dst, src, n);
     } else {
         gemm_to_bf16_strided<<<cuda_blocks((size_t)(n * batch), 256), 256, 0, s>>>(dst, src, batch, rows, cols,
-                                                                                   ld, stride, ps);
+                                                                                   ld, stride, padded_ld(cols), ps);
     }
     CUDA_LAUNCH_CHECK();
     return dst;
@@ -211,8 +214,8 @@ static LtOperands lt_operands(Ops *o, const CudaGemm *g)
         L.ab_type = CUDA_R_16BF;
         L.A = to_bf16(o, SCR_GEMM_B, g->B, g->batch, b_rows, b_cols, g->ldb, g->sB);
         L.B = to_bf16(o, SCR_GEMM_A, g->A, g->batch, a_rows, a_cols, g->lda, g->sA);
-        L.lda = b_cols;
-        L.ldb = a_cols;
+        L.lda = padded_ld(b_cols);
+        L.ldb = padded_ld(a_cols);
         L.sa = packed_stride(b_rows, b_cols);
         L.sb = packed_stride(a_rows, a_cols);
     } else {

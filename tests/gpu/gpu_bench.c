@@ -1,5 +1,6 @@
 /* tests/gpu/gpu_bench.c - times training steps of a config on device cuda: tokens/s, MFU
- * (model/flops.h against a given dense BF16 peak), peak device memory, and optionally the
+ * (model/flops.h against the device's datasheet dense BF16 peak, runtime/gpu_peak.h, or
+ * --peak-tflops), peak device memory, and optionally the
  * GPU time per op and per op family of one profiled step. Driven by tests/bench/gpu_bench.sh.
  *
  * What it is: the training step of runtime/train.c (zero, forward, backward, clip, AdamW,
@@ -23,6 +24,7 @@
 #include "model/model.h"
 #include "runtime/common.h"
 #include "runtime/config.h"
+#include "runtime/gpu_peak.h"
 #include "runtime/optim.h"
 
 typedef struct BenchArgs {
@@ -37,7 +39,7 @@ static void parse(int argc, char **argv, BenchArgs *a)
     memset(a, 0, sizeof *a);
     a->steps = 5;
     a->warmup = 2;
-    a->peak_tflops = 989;
+    a->peak_tflops = 0;           /* 0: the device's datasheet figure (runtime/gpu_peak.h) */
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         int more = i + 1 < argc;
@@ -154,9 +156,12 @@ int main(int argc, char **argv)
     qsort(times, (size_t)a.steps, sizeof(double), cmp_double);
     const double step_s = times[a.steps / 2], tokens = (double)B * T * c->train.grad_accum;
     const double fpt = flops_per_token(&c->model, T, D > 0), tps = tokens / step_s;
-    const double mfu = tps * fpt / (a.peak_tflops * 1e12);
     CudaMemStats ms;
     cuda_memory_stats(b.o, &ms);
+    if (a.peak_tflops <= 0) a.peak_tflops = gpu_dense_bf16_tflops(ms.device_name, NULL);
+    if (a.peak_tflops <= 0)
+        DIE("gpu_bench: GPU '%s' is not in runtime/gpu_peak.c's table: give --peak-tflops", ms.device_name);
+    const double mfu = tps * fpt / (a.peak_tflops * 1e12);
     const double GiB = 1073741824.0;
     printf("%s on %s: %.3f s/step (median of %d), %.0f tokens/s, %.2f GFLOP/token (training, %s MTP) -> "
            "%.1f TFLOP/s = %.1f%% MFU of %.0f TFLOP/s\n", label, ms.device_name, step_s, a.steps, tps, fpt / 1e9,

@@ -145,6 +145,12 @@ int check_delta(Pair *p, const char *what, const Buf *b, const float *base, doub
     return compare(p, what, b, NULL, atol, rtol, norm, base);
 }
 
+int check_delta_bound(Pair *p, const char *what, const Buf *b, const float *base, const float *bound, double rtol,
+                      double norm)
+{
+    return compare(p, what, b, bound, 0, rtol, norm, base);
+}
+
 int check_exact(Pair *p, const char *what, const Buf *b)
 {
     float *ref = buf_host_cpu(p, b), *got = buf_host_gpu(p, b);

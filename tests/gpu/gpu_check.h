@@ -21,15 +21,50 @@
 #ifndef DSTRAIN_TESTS_GPU_CHECK_H
 #define DSTRAIN_TESTS_GPU_CHECK_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "kernels/ops.h"
 #include "runtime/common.h"
 
-/* Unit roundoffs: FP32 (24-bit significand), BF16 (8-bit significand, round to nearest). */
+/* Unit roundoffs u = 2^-p of round-to-nearest with a p-bit significand (the implicit bit
+ * counted): FP32 p = 24, BF16 p = 8 (7 stored bits + 1), so u16 = 2^-8. (1/512 was once
+ * written here: half the true value; test_bf16_bound simulates why that fails.) */
 #define U32 (1.0 / 16777216.0)
-#define U16 (1.0 / 512.0)
+#define U16 (1.0 / 256.0)
+
+/* Budget of one GEMM element against the FP32 CPU reference (Higham's bound): each backend's
+ * FP32 sum of K products errs by at most K u (|A||B|)_ij, so their difference by
+ * 2 (K + 2) u (|A||B|)_ij (two more for the final accumulate and the output rounding); BF16
+ * operands add (1 + u16)^2 - 1 = 2 u16 + u16^2 per product (both factors rounded; the BF16
+ * product itself is exact in FP32). absprod = (|A||B|)_ij. Shared by test_gpu_ops.c and its
+ * CPU simulation (test_bf16_bound.c). */
+static inline double gemm_elem_budget(int bf16_operands, double u16, int K, double absprod)
+{
+    double ab = bf16_operands ? 2 * u16 + u16 * u16 : 0;
+    return (ab + 2.0 * (K + 2) * U32) * absprod;
+}
+
+/* Absolute floor of a BF16 attention-backward gradient (dq, or dk), the part of the error that
+ * does not shrink with the CPU's increments (at T = 1 those are exactly 0: one key, P = 1 and
+ * dP - rowsum(dO O) = dO.v - dO.v = 0). The GPU forms dP = dO V^T from BF16 operands: its
+ * error per entry E = Dv (2 u16 + u16^2 + 2 u32) max|dO| max|v| (u32 terms: the FP32 sums of
+ * dP and of rowsum(dO O)); dS_j = P_j (dP_j - D) carries P_j E, with P rebuilt from scores
+ * off by delta <= 2 Dqk s (u16 + Dqk u32) max|q| max|k| (P_j grows by at most e^delta), and
+ * the dS K (dS^T Q) product rounds both factors to BF16 ((1 + u16)^2). dq_i = s sum_j dS_ij k_j
+ * with sum_j P_ij = 1; dk_j = s sum_i dS_ij q_i: psum is 1 for dq and, for dk, key j's column
+ * sum sum_i P_ij (at most T; test_gpu_ops computes it from the CPU's lse); maxo the largest |k|
+ * (dq) or |q| (dk). The terms that scale with |dS| itself
+ * (its BF16 rounding, the P error times dP - D) are budgeted relative to the increments by
+ * the caller. test_bf16_bound simulates this floor at T = 1. */
+static inline double attn_bwd_floor_bf16(double u16, int Dqk, int Dv, double s, double maxq, double maxk,
+                                         double maxdo, double maxv, double maxo, double psum)
+{
+    double E = Dv * (2 * u16 + u16 * u16 + 2 * U32) * maxdo * maxv;
+    double delta = 2.0 * Dqk * s * (u16 + Dqk * U32) * maxq * maxk;
+    return s * maxo * E * psum * exp(delta) * (1 + u16) * (1 + u16);
+}
 
 typedef struct Pair {
     Ops *cpu, *gpu;
@@ -67,6 +102,9 @@ int check_bound(Pair *p, const char *what, const Buf *b, const float *bound, dou
 /* Accumulating ops: the normwise part compares the increments (result - base, base the
  * host copy of the starting values), so large starting values do not dilute it. */
 int check_delta(Pair *p, const char *what, const Buf *b, const float *base, double atol, double rtol, double norm);
+/* check_delta with per-element absolute budgets bound (host, n). */
+int check_delta_bound(Pair *p, const char *what, const Buf *b, const float *base, const float *bound, double rtol,
+                      double norm);
 int check_exact(Pair *p, const char *what, const Buf *b);
 int check_exact_i(Pair *p, const char *what, const IBuf *b);
 
