@@ -27,6 +27,12 @@
 #include "kernels/ops.h"
 #include "runtime/common.h"
 
+/* Both tables keep activations as FP32 for now (act_bytes = 4) and the compute copy of
+ * a Linear weight is its master (weight_bytes 0), so FP32 buffers serve as act and Wgt. */
+#define A(p) ((act *)(p))
+#define CA(p) ((const act *)(p))
+#define WG(p, rows, cols) (&(const Wgt){ (p), (rows), (cols), WGT_FP32, (p) })
+
 /* Unit roundoffs: FP32 (24-bit significand), BF16 (8-bit significand, round to nearest). */
 #define U32 (1.0 / 16777216.0)
 #define U16 (1.0 / 512.0)
