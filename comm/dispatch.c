@@ -11,7 +11,13 @@
 
 #include "../runtime/common.h"
 
-static int multi(const EpHandle *h) { return h->g && h->g->size > 1; }
+/* The group's buffers are planned at 4 bytes an element (ep_group_plan has no table), enough
+ * for every activation type (kernels/ops.h act). */
+static int multi(Ops *o, const EpHandle *h)
+{
+    CHECK(o->act_bytes <= sizeof(float));
+    return h->g && h->g->size > 1;
+}
 
 void ep_group_init(EpGroup *g, Comm *comm, int node, int E)
 {
@@ -124,7 +130,7 @@ void ep_layout(Ops *o, EpHandle *h, const int32_t *idx)
 {
     o->moe_permute_layout(o, h->pos, h->offsets, h->offsets_host, idx, h->N, h->K, h->E);
     CHECK(h->offsets_host[h->E] == h->N * h->K);
-    if (multi(h)) {
+    if (multi(o, h)) {
         count_exchange(h);
         return;
     }
@@ -137,101 +143,105 @@ void ep_layout(Ops *o, EpHandle *h, const int32_t *idx)
 
 /* Rows in send order (every rank) -> rows in receive order (their experts' ranks). Peers are
  * visited from rank + 1 on, so the ranks do not all start with rank 0. */
-static void exchange_to_experts(const EpHandle *h, float *recv, const float *send)
+static void exchange_to_experts(Ops *o, const EpHandle *h, act *recv_, const act *send_)
 {
     EpGroup *g = h->g;
     const int P = g->size, me = g->rank, nl = h->n_local;
-    const size_t C = (size_t)h->C;
+    const size_t C = (size_t)h->C * o->act_bytes;   /* bytes of a row */
+    char *recv = (char *)recv_;
+    const char *send = (const char *)send_;
     for (int i = 1; i < P; i++) {
         int s = (me + P - i) % P;
         for (int j = 0; j < nl; j++) {
             int32_t n = h->recv_counts[j * P + s];
-            if (n) comm_irecv(g->comm, recv + h->recv_starts[j * P + s] * C, n * C, COMM_F32, s, j, g->req);
+            if (n) comm_irecv(g->comm, recv + h->recv_starts[j * P + s] * C, n * C, COMM_BYTE, s, j, g->req);
         }
     }
     for (int i = 1; i < P; i++) {
         int p = (me + i) % P;
         for (int j = 0; j < nl; j++) {
             int32_t a = h->offsets_host[p * nl + j], n = h->offsets_host[p * nl + j + 1] - a;
-            if (n) comm_isend(g->comm, send + a * C, n * C, COMM_F32, p, j, g->req);
+            if (n) comm_isend(g->comm, send + a * C, n * C, COMM_BYTE, p, j, g->req);
         }
     }
     for (int j = 0; j < nl; j++) {
         int32_t a = h->offsets_host[me * nl + j], n = h->offsets_host[me * nl + j + 1] - a;
-        if (n) comm_icopy(g->comm, recv + h->recv_starts[j * P + me] * C, send + a * C, n * C * sizeof(float), g->req);
+        if (n) comm_icopy(g->comm, recv + h->recv_starts[j * P + me] * C, send + a * C, n * C, g->req);
     }
     comm_wait(g->req);
 }
 
 /* The reverse: rows in receive order (experts' ranks) -> rows in send order (their tokens' ranks). */
-static void exchange_to_sources(const EpHandle *h, float *back, const float *rows)
+static void exchange_to_sources(Ops *o, const EpHandle *h, act *back_, const act *rows_)
 {
     EpGroup *g = h->g;
     const int P = g->size, me = g->rank, nl = h->n_local;
-    const size_t C = (size_t)h->C;
+    const size_t C = (size_t)h->C * o->act_bytes;   /* bytes of a row */
+    char *back = (char *)back_;
+    const char *rows = (const char *)rows_;
     for (int i = 1; i < P; i++) {
         int p = (me + P - i) % P;
         for (int j = 0; j < nl; j++) {
             int32_t a = h->offsets_host[p * nl + j], n = h->offsets_host[p * nl + j + 1] - a;
-            if (n) comm_irecv(g->comm, back + a * C, n * C, COMM_F32, p, j, g->req);
+            if (n) comm_irecv(g->comm, back + a * C, n * C, COMM_BYTE, p, j, g->req);
         }
     }
     for (int i = 1; i < P; i++) {
         int s = (me + i) % P;
         for (int j = 0; j < nl; j++) {
             int32_t n = h->recv_counts[j * P + s];
-            if (n) comm_isend(g->comm, rows + h->recv_starts[j * P + s] * C, n * C, COMM_F32, s, j, g->req);
+            if (n) comm_isend(g->comm, rows + h->recv_starts[j * P + s] * C, n * C, COMM_BYTE, s, j, g->req);
         }
     }
     for (int j = 0; j < nl; j++) {
         int32_t a = h->offsets_host[me * nl + j], n = h->offsets_host[me * nl + j + 1] - a;
-        if (n) comm_icopy(g->comm, back + a * C, rows + h->recv_starts[j * P + me] * C, n * C * sizeof(float), g->req);
+        if (n) comm_icopy(g->comm, back + a * C, rows + h->recv_starts[j * P + me] * C, n * C, g->req);
     }
     comm_wait(g->req);
 }
 
-void ep_dispatch(Ops *o, const EpHandle *h, float *recv, const float *x)
+void ep_dispatch(Ops *o, const EpHandle *h, act *recv, const act *x)
 {
-    if (!multi(h)) {
+    if (!multi(o, h)) {
         o->moe_gather(o, recv, x, h->pos, h->N, h->K, h->C);
         return;
     }
     o->moe_gather(o, h->g->send, x, h->pos, h->N, h->K, h->C);
-    exchange_to_experts(h, recv, h->g->send);
+    exchange_to_experts(o, h, recv, h->g->send);
 }
 
-void ep_dispatch_backward(Ops *o, const EpHandle *h, float *dx, const float *drecv)
+void ep_dispatch_backward(Ops *o, const EpHandle *h, act *dx, const act *drecv)
 {
-    if (!multi(h)) {
+    if (!multi(o, h)) {
         o->moe_gather_backward(o, dx, drecv, h->pos, h->N, h->K, h->C);
         return;
     }
-    exchange_to_sources(h, h->g->send, drecv);
+    exchange_to_sources(o, h, h->g->send, drecv);
     o->moe_gather_backward(o, dx, h->g->send, h->pos, h->N, h->K, h->C);
 }
 
-void ep_combine(Ops *o, const EpHandle *h, float *y, const float *expert_out, const float *w)
+void ep_combine(Ops *o, const EpHandle *h, act *y, const act *expert_out, const float *w)
 {
-    if (!multi(h)) {
+    if (!multi(o, h)) {
         o->moe_combine(o, y, expert_out, w, h->pos, h->N, h->K, h->C);
         return;
     }
-    exchange_to_sources(h, h->ret, expert_out);
+    exchange_to_sources(o, h, h->ret, expert_out);
     o->moe_combine(o, y, h->ret, w, h->pos, h->N, h->K, h->C);
 }
 
-void ep_combine_backward(Ops *o, const EpHandle *h, float *dexpert_out, float *dw, const float *dy,
-                         const float *expert_out, const float *w)
+void ep_combine_backward(Ops *o, const EpHandle *h, act *dexpert_out, float *dw, const act *dy,
+                         const act *expert_out, const float *w)
 {
-    if (!multi(h)) {
+    if (!multi(o, h)) {
         o->moe_combine_backward(o, dexpert_out, dw, dy, expert_out, w, h->pos, h->N, h->K, h->C);
         return;
     }
     EpGroup *g = h->g;
     const size_t NKC = (size_t)h->N * h->K * h->C;
-    o->zero(o, g->send, NKC * sizeof(float));
+    o->zero(o, g->send, NKC * o->act_bytes);
     o->moe_combine_backward(o, g->send, dw, dy, h->ret, w, h->pos, h->N, h->K, h->C);
-    exchange_to_experts(h, g->grad, g->send);
+    exchange_to_experts(o, h, g->grad, g->send);
     o->add(o, dexpert_out, g->grad, (size_t)h->recv_rows * h->C);
 }
 

@@ -66,8 +66,8 @@ typedef struct EpGroup {
     int E, n_local;             /* experts; experts per rank = E / P */
     int32_t *node_of;           /* (P) host: node index of each EP rank */
     int N, K, C;                /* shape the shared buffers are planned for */
-    float *send;                /* (N*K, C) backend: rows in send order (P > 1) */
-    float *grad;                /* (P*N*K, C) backend: received w*dy rows before they are added (P > 1) */
+    act *send;                  /* (N*K, C) backend: rows in send order (P > 1) */
+    act *grad;                  /* (P*N*K, C) backend: received w*dy rows before they are added (P > 1) */
     int32_t *cnt_send;          /* (E) host: rows this rank sends to each expert */
     int32_t *cnt_recv;          /* (P, n_local) host: rows each rank sends to each local expert */
     size_t *a2a;                /* (4, P) host: alltoallv counts/offsets of the count exchange */
@@ -87,7 +87,7 @@ typedef struct EpHandle {
                                    == offsets_host for one rank */
     int32_t *recv_counts;       /* (n_local, P) host: rows of local expert j from EP rank s */
     int32_t *recv_starts;       /* (n_local, P) host: first receive row of that chunk */
-    float *ret;                 /* (N*K, C) backend: expert outputs of this rank's rows, in send
+    act *ret;                   /* (N*K, C) backend: expert outputs of this rank's rows, in send
                                    order, kept from combine for its backward (P > 1) */
 } EpHandle;
 
@@ -112,18 +112,18 @@ void ep_handle_free(EpHandle *h);
 void ep_layout(Ops *o, EpHandle *h, const int32_t *idx);
 /* recv (recv_cap, C): rows [0, recv_rows) <- the rows of x (N,C) routed to this rank's
  * experts, in receive order (overwritten). */
-void ep_dispatch(Ops *o, const EpHandle *h, float *recv, const float *x);
+void ep_dispatch(Ops *o, const EpHandle *h, act *recv, const act *x);
 /* dx (N,C) += sum over each token's slots of its rows of drecv (recv_rows, C). */
-void ep_dispatch_backward(Ops *o, const EpHandle *h, float *dx, const float *drecv);
+void ep_dispatch_backward(Ops *o, const EpHandle *h, act *dx, const act *drecv);
 /* y (N,C) += sum_k w[n,k] * expert_out[row of (n,k)], expert_out (recv_rows, C) in receive
  * order; for P > 1 the rows come back into h->ret and are summed in slot order, as for one
  * rank. */
-void ep_combine(Ops *o, const EpHandle *h, float *y, const float *expert_out, const float *w);
+void ep_combine(Ops *o, const EpHandle *h, act *y, const act *expert_out, const float *w);
 /* dexpert_out (recv_rows, C) += w * dy (per row, delivered to the experts' ranks);
  * dw (N,K) += <dy[n], expert_out[row of (n,k)]>. For P > 1 the expert outputs are read from
  * h->ret (kept by ep_combine) and expert_out is not used. */
-void ep_combine_backward(Ops *o, const EpHandle *h, float *dexpert_out, float *dw, const float *dy,
-                         const float *expert_out, const float *w);
+void ep_combine_backward(Ops *o, const EpHandle *h, act *dexpert_out, float *dw, const act *dy,
+                         const act *expert_out, const float *w);
 
 /* Node-limited routing report: the largest number of distinct nodes any token's K experts
  * live on. idx (N,K) host; expert e on EP rank e / (E / P); node_of (P) per EP rank. */

@@ -32,47 +32,28 @@ static const char *precision_name(Precision p)
 
 static void cpu_fill_table(Ops *o)
 {
-    o->alloc = cpu_alloc;
-    o->free = cpu_free;
-    o->zero = cpu_zero;
-    o->upload = cpu_upload;
-    o->download = cpu_download;
-    o->synchronize = cpu_synchronize;
-    o->matmul_forward = cpu_matmul_forward;
-    o->matmul_backward_input = cpu_matmul_backward_input;
-    o->matmul_backward_weight = cpu_matmul_backward_weight;
-    o->rmsnorm_forward = cpu_rmsnorm_forward;
-    o->rmsnorm_backward = cpu_rmsnorm_backward;
-    o->add = cpu_add;
-    o->scale = cpu_scale;
-    o->sumsq = cpu_sumsq;
-    o->concat_forward = cpu_concat_forward;
-    o->concat_backward = cpu_concat_backward;
-    o->swiglu_forward = cpu_swiglu_forward;
-    o->swiglu_backward = cpu_swiglu_backward;
-    o->embedding_forward = cpu_embedding_forward;
-    o->embedding_backward = cpu_embedding_backward;
-    o->rope_forward = cpu_rope_forward;
-    o->rope_backward = cpu_rope_backward;
-    o->mla_kv_split = cpu_mla_kv_split;
-    o->mla_kv_split_backward = cpu_mla_kv_split_backward;
-    o->attention_forward = cpu_attention_forward;
-    o->attention_backward = cpu_attention_backward;
-    o->xent_forward = cpu_xent_forward;
-    o->xent_backward = cpu_xent_backward;
-    o->sigmoid_forward = cpu_sigmoid_forward;
-    o->sigmoid_backward = cpu_sigmoid_backward;
-    o->moe_route = cpu_moe_route;
-    o->moe_route_backward = cpu_moe_route_backward;
-    o->moe_count = cpu_moe_count;
-    o->moe_balance_forward = cpu_moe_balance_forward;
-    o->moe_balance_backward = cpu_moe_balance_backward;
-    o->moe_permute_layout = cpu_moe_permute_layout;
-    o->moe_gather = cpu_moe_gather;
-    o->moe_gather_backward = cpu_moe_gather_backward;
-    o->moe_combine = cpu_moe_combine;
-    o->moe_combine_backward = cpu_moe_combine_backward;
-    o->adamw_update = cpu_adamw_update;
+#define CPU_FILL(ret, name, params) o->name = cpu_##name;
+    OPS_ENTRIES(CPU_FILL)
+#undef CPU_FILL
+}
+
+const char *ops_first_empty(const Ops *o)
+{
+#define OPS_EMPTY(ret, name, params) if (!o->name) return #name;
+    OPS_ENTRIES(OPS_EMPTY)
+#undef OPS_EMPTY
+    return NULL;
+}
+
+void wgt_bind(Wgt *w, Ops *o, float *master, int rows, int cols, WgtType type, void *storage)
+{
+    CHECK(rows >= 0 && cols >= 0);
+    size_t bytes = o->weight_bytes(o, type, rows, cols);
+    w->master = master;
+    w->rows = rows;
+    w->cols = cols;
+    w->type = type;
+    w->data = bytes ? storage : (void *)master;
 }
 
 Ops *ops_cpu_create(int threads, Precision precision)
@@ -88,6 +69,7 @@ Ops *ops_cpu_create(int threads, Precision precision)
     st->threads = threads;
     o->name = "cpu";
     o->precision = precision;
+    o->act_bytes = sizeof(float);
     o->state = st;
     cpu_fill_table(o);
     omp_set_num_threads(threads);
@@ -141,15 +123,20 @@ double ops_measure_gemm_flops(Ops *o, int n)
     size_t elems = (size_t)n * n, bytes = elems * sizeof(float);
     float *host = xmalloc(bytes);
     for (size_t i = 0; i < elems; i++) host[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
-    float *a = o->alloc(o, bytes), *b = o->alloc(o, bytes), *c = o->alloc(o, bytes);
-    o->upload(o, a, host, bytes);
+    act *a = o->alloc(o, elems * o->act_bytes), *c = o->alloc(o, elems * o->act_bytes);
+    float *b = o->alloc(o, bytes);
+    o->act_upload(o, a, host, elems);
     o->upload(o, b, host, bytes);
-    o->matmul_forward(o, c, a, b, n, n, n);
+    Wgt w;
+    void *copy = o->weight_bytes(o, WGT_FP32, n, n) ? o->alloc(o, o->weight_bytes(o, WGT_FP32, n, n)) : NULL;
+    wgt_bind(&w, o, b, n, n, WGT_FP32, copy);
+    o->weight_refresh(o, &w);
+    o->matmul_forward(o, c, a, &w, n, n, n);
     o->synchronize(o);
     long calls = 0;
     double t0 = now_seconds(), elapsed = 0.0;
     while (elapsed < 0.3) {
-        o->matmul_forward(o, c, a, b, n, n, n);
+        o->matmul_forward(o, c, a, &w, n, n, n);
         o->synchronize(o);
         calls++;
         elapsed = now_seconds() - t0;
@@ -157,6 +144,7 @@ double ops_measure_gemm_flops(Ops *o, int n)
     o->free(o, a);
     o->free(o, b);
     o->free(o, c);
+    if (copy) o->free(o, copy);
     free(host);
     return 2.0 * (double)n * n * n * (double)calls / elapsed;
 }

@@ -3,10 +3,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../runtime/common.h"
 #include "layers.h"
+#include "runtime/common.h"
 
-void dims_from_config(Dims *d, const ModelConfig *c, int B, int T)
+void dims_from_config(Dims *d, const ModelConfig *c, int B, int T, int act_bytes)
 {
     memset(d, 0, sizeof *d);
     d->B = B;
@@ -29,6 +29,7 @@ void dims_from_config(Dims *d, const ModelConfig *c, int B, int T)
     d->L = c->num_hidden_layers;
     d->D = c->num_nextn_predict_layers;
     d->R = d->N * d->K;
+    d->act_bytes = act_bytes;
 }
 
 static float *at(const ParamTable *t, float *base, int layer, const char *suffix)
@@ -37,96 +38,213 @@ static float *at(const ParamTable *t, float *base, int layer, const char *suffix
 }
 
 /* The fused [gate; up] GEMM needs up_proj right after gate_proj (params.h guarantees it). */
-static float *gate_up_at(const ParamTable *t, float *base, int layer, const char *prefix, size_t gate_numel)
+static size_t gate_up_offset(const ParamTable *t, int layer, const char *prefix, size_t gate_numel)
 {
     char g[PARAM_NAME_MAX], u[PARAM_NAME_MAX];
     snprintf(g, sizeof g, "%s.gate_proj.weight", prefix);
     snprintf(u, sizeof u, "%s.up_proj.weight", prefix);
     size_t og = params_offset(t, layer, g), ou = params_offset(t, layer, u);
     CHECK(ou == og + gate_numel);
-    return base + og;
+    return og;
 }
 
-void block_bind(BlockWeights *w, const ParamTable *t, const ModelConfig *c, float *base, int layer, int moe)
+/* Binding a Linear weight: rows [r0, r0 + rows) of the table entry `name` of this layer. */
+typedef struct Binder {
+    Ops *o;
+    const ParamTable *t;
+    float *params;
+    int layer;
+    Arena *copies;
+} Binder;
+
+static const Param *find(const Binder *b, const char *name)
 {
+    char full[PARAM_NAME_MAX + 32];
+    snprintf(full, sizeof full, "model.layers.%d.%s", b->layer, name);
+    const Param *p = params_find(b->t, full);
+    if (!p) BUG("parameter '%s' is not in the table", full);
+    return p;
+}
+
+/* rows x p->cols floats of the flat buffer from `offset`, with p's compute type. */
+static void bind_span(const Binder *b, Wgt *w, const Param *p, size_t offset, long rows)
+{
+    WgtType type = params_compute_type(p, b->o->precision);
+    void *copy = arena_take(b->copies, b->o->weight_bytes(b->o, type, (int)rows, (int)p->cols));
+    wgt_bind(w, b->o, b->params + offset, (int)rows, (int)p->cols, type, copy);
+}
+
+void param_bind_wgt(Wgt *w, Ops *o, const ParamTable *t, float *params, const char *name, Arena *copies)
+{
+    const Param *p = params_find(t, name);
+    if (!p) BUG("parameter '%s' is not in the table", name);
+    const Binder b = { o, t, params, -1, copies };
+    bind_span(&b, w, p, p->offset, p->rows);
+}
+
+static void bind_rows(const Binder *b, Wgt *w, const char *name, long r0, long rows)
+{
+    const Param *p = find(b, name);
+    CHECK(r0 >= 0 && r0 + rows <= p->rows);
+    bind_span(b, w, p, p->offset + (size_t)r0 * p->cols, rows);
+}
+
+static void bind_linear(const Binder *b, Wgt *w, const char *name)
+{
+    bind_rows(b, w, name, 0, find(b, name)->rows);
+}
+
+/* [gate; up] of a SwiGLU as one (2h, C) weight (up_proj follows gate_proj in the table), and
+ * its down_proj. */
+static void bind_swiglu(const Binder *b, Wgt *gate_up, Wgt *down, const char *prefix, long hidden, long C)
+{
+    char g[PARAM_NAME_MAX], d[PARAM_NAME_MAX];
+    snprintf(g, sizeof g, "%s.gate_proj.weight", prefix);
+    snprintf(d, sizeof d, "%s.down_proj.weight", prefix);
+    size_t og = gate_up_offset(b->t, b->layer, prefix, (size_t)hidden * C);
+    bind_span(b, gate_up, find(b, g), og, 2 * hidden);
+    bind_linear(b, down, d);
+}
+
+void block_bind(BlockWeights *w, Ops *o, const ParamTable *t, const ModelConfig *c, float *params, int layer,
+                int moe, Arena *copies)
+{
+    Wgt *egu = w->expert_gate_up, *edown = w->expert_down;
     memset(w, 0, sizeof *w);
-    const size_t C = (size_t)c->hidden_size, F = (size_t)c->moe_intermediate_size;
-    w->ln1 = at(t, base, layer, "input_layernorm.weight");
+    const Binder b = { o, t, params, layer, copies };
+    const long C = c->hidden_size, F = c->moe_intermediate_size, Rkv = c->kv_lora_rank;
+    w->ln1 = at(t, params, layer, "input_layernorm.weight");
     if (c->q_lora_rank > 0) {
-        w->q_a = at(t, base, layer, "self_attn.q_a_proj.weight");
-        w->q_a_norm = at(t, base, layer, "self_attn.q_a_layernorm.weight");
-        w->q_b = at(t, base, layer, "self_attn.q_b_proj.weight");
+        bind_linear(&b, &w->q_a, "self_attn.q_a_proj.weight");
+        w->q_a_norm = at(t, params, layer, "self_attn.q_a_layernorm.weight");
+        bind_linear(&b, &w->q_b, "self_attn.q_b_proj.weight");
     } else {
-        w->q_b = at(t, base, layer, "self_attn.q_proj.weight");
+        bind_linear(&b, &w->q_b, "self_attn.q_proj.weight");
     }
-    w->kv_a = at(t, base, layer, "self_attn.kv_a_proj_with_mqa.weight");
-    w->kv_a_norm = at(t, base, layer, "self_attn.kv_a_layernorm.weight");
-    w->kv_b = at(t, base, layer, "self_attn.kv_b_proj.weight");
-    w->o = at(t, base, layer, "self_attn.o_proj.weight");
-    w->ln2 = at(t, base, layer, "post_attention_layernorm.weight");
+    bind_rows(&b, &w->kv_a_lat, "self_attn.kv_a_proj_with_mqa.weight", 0, Rkv);
+    bind_rows(&b, &w->kv_a_rope, "self_attn.kv_a_proj_with_mqa.weight", Rkv, c->qk_rope_head_dim);
+    w->kv_a_norm = at(t, params, layer, "self_attn.kv_a_layernorm.weight");
+    bind_linear(&b, &w->kv_b, "self_attn.kv_b_proj.weight");
+    bind_linear(&b, &w->o, "self_attn.o_proj.weight");
+    w->ln2 = at(t, params, layer, "post_attention_layernorm.weight");
     if (!moe) {
-        w->ffn_gate_up = gate_up_at(t, base, layer, "mlp", (size_t)c->intermediate_size * C);
-        w->ffn_down = at(t, base, layer, "mlp.down_proj.weight");
+        bind_swiglu(&b, &w->ffn_gate_up, &w->ffn_down, "mlp", c->intermediate_size, C);
         return;
     }
-    w->router = at(t, base, layer, "mlp.gate.weight");
-    w->router_bias = at(t, base, layer, "mlp.gate.e_score_correction_bias");
-    if (c->n_shared_experts > 0) {
-        w->shared_gate_up = gate_up_at(t, base, layer, "mlp.shared_experts", (size_t)c->n_shared_experts * F * C);
-        w->shared_down = at(t, base, layer, "mlp.shared_experts.down_proj.weight");
+    bind_linear(&b, &w->router, "mlp.gate.weight");
+    w->router_bias = at(t, params, layer, "mlp.gate.e_score_correction_bias");
+    if (c->n_shared_experts > 0)
+        bind_swiglu(&b, &w->shared_gate_up, &w->shared_down, "mlp.shared_experts", (long)c->n_shared_experts * F, C);
+    CHECK(egu && edown);
+    w->expert_gate_up = egu;
+    w->expert_down = edown;
+    for (int e = 0; e < c->n_routed_experts; e++) {
+        char ex[PARAM_NAME_MAX];
+        snprintf(ex, sizeof ex, "mlp.experts.%d", e);
+        bind_swiglu(&b, &egu[e], &edown[e], ex, F, C);
     }
-    w->experts = gate_up_at(t, base, layer, "mlp.experts.0", F * C);
-    w->expert_stride = 3 * F * C;
-    CHECK(at(t, base, layer, "mlp.experts.0.down_proj.weight") == w->experts + 2 * F * C);
+}
+
+int block_wgts(BlockWeights *w, int E, Wgt **list)
+{
+    Wgt *fixed[] = { &w->q_a, &w->q_b, &w->kv_a_lat, &w->kv_a_rope, &w->kv_b, &w->o, &w->ffn_gate_up,
+                     &w->ffn_down, &w->router, &w->shared_gate_up, &w->shared_down };
+    int n = 0;
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (fixed[i]->master) {
+            if (list) list[n] = fixed[i];
+            n++;
+        }
+    for (int e = 0; w->expert_gate_up && e < E; e++) {
+        if (list) {
+            list[n] = &w->expert_gate_up[e];
+            list[n + 1] = &w->expert_down[e];
+        }
+        n += 2;
+    }
+    return n;
+}
+
+void block_bind_grads(BlockGrads *g, const ParamTable *t, const ModelConfig *c, float *base, int layer, int moe)
+{
+    memset(g, 0, sizeof *g);
+    const size_t C = (size_t)c->hidden_size, F = (size_t)c->moe_intermediate_size;
+    g->ln1 = at(t, base, layer, "input_layernorm.weight");
+    if (c->q_lora_rank > 0) {
+        g->q_a = at(t, base, layer, "self_attn.q_a_proj.weight");
+        g->q_a_norm = at(t, base, layer, "self_attn.q_a_layernorm.weight");
+        g->q_b = at(t, base, layer, "self_attn.q_b_proj.weight");
+    } else {
+        g->q_b = at(t, base, layer, "self_attn.q_proj.weight");
+    }
+    g->kv_a = at(t, base, layer, "self_attn.kv_a_proj_with_mqa.weight");
+    g->kv_a_norm = at(t, base, layer, "self_attn.kv_a_layernorm.weight");
+    g->kv_b = at(t, base, layer, "self_attn.kv_b_proj.weight");
+    g->o = at(t, base, layer, "self_attn.o_proj.weight");
+    g->ln2 = at(t, base, layer, "post_attention_layernorm.weight");
+    if (!moe) {
+        g->ffn_gate_up = base + gate_up_offset(t, layer, "mlp", (size_t)c->intermediate_size * C);
+        g->ffn_down = at(t, base, layer, "mlp.down_proj.weight");
+        return;
+    }
+    g->router = at(t, base, layer, "mlp.gate.weight");
+    if (c->n_shared_experts > 0) {
+        g->shared_gate_up = base + gate_up_offset(t, layer, "mlp.shared_experts", (size_t)c->n_shared_experts * F * C);
+        g->shared_down = at(t, base, layer, "mlp.shared_experts.down_proj.weight");
+    }
+    g->experts = base + gate_up_offset(t, layer, "mlp.experts.0", F * C);
+    g->expert_stride = 3 * F * C;
+    CHECK(at(t, base, layer, "mlp.experts.0.down_proj.weight") == g->experts + 2 * F * C);
     if (c->n_routed_experts > 1)
-        CHECK(at(t, base, layer, "mlp.experts.1.gate_proj.weight") == w->experts + w->expert_stride);
+        CHECK(at(t, base, layer, "mlp.experts.1.gate_proj.weight") == g->experts + g->expert_stride);
 }
 
 #define F32(n) ((size_t)(n) * sizeof(float))
+#define ACT(n) ((size_t)(n) * (size_t)d->act_bytes)
 #define I32(n) ((size_t)(n) * sizeof(int32_t))
 
 void block_acts_plan(BlockActs *a, const Dims *d, int moe, Arena *ar)
 {
     memset(a, 0, sizeof *a);
     const size_t N = (size_t)d->N, NK = N * (size_t)d->K;
-    a->ln1 = arena_take(ar, F32(N * d->C));
+    a->ln1 = arena_take(ar, ACT(N * d->C));
     a->ln1_rstd = arena_take(ar, F32(N));
     if (d->Rq > 0) {
-        a->cq_raw = arena_take(ar, F32(N * d->Rq));
-        a->cq = arena_take(ar, F32(N * d->Rq));
+        a->cq_raw = arena_take(ar, ACT(N * d->Rq));
+        a->cq = arena_take(ar, ACT(N * d->Rq));
         a->cq_rstd = arena_take(ar, F32(N));
     }
-    a->q = arena_take(ar, F32(N * d->H * d->Dqk));
-    a->ckv_raw = arena_take(ar, F32(N * d->Rkv));
-    a->ckv = arena_take(ar, F32(N * d->Rkv));
+    a->q = arena_take(ar, ACT(N * d->H * d->Dqk));
+    a->ckv_raw = arena_take(ar, ACT(N * d->Rkv));
+    a->ckv = arena_take(ar, ACT(N * d->Rkv));
     a->ckv_rstd = arena_take(ar, F32(N));
-    a->k_rope = arena_take(ar, F32(N * d->Dr));
-    a->kv = arena_take(ar, F32(N * d->H * (d->Dn + d->Dv)));
-    a->k = arena_take(ar, F32(N * d->H * d->Dqk));
-    a->v = arena_take(ar, F32(N * d->H * d->Dv));
-    a->att = arena_take(ar, F32(N * d->H * d->Dv));
+    a->k_rope = arena_take(ar, ACT(N * d->Dr));
+    a->kv = arena_take(ar, ACT(N * d->H * (d->Dn + d->Dv)));
+    a->k = arena_take(ar, ACT(N * d->H * d->Dqk));
+    a->v = arena_take(ar, ACT(N * d->H * d->Dv));
+    a->att = arena_take(ar, ACT(N * d->H * d->Dv));
     a->lse = arena_take(ar, F32((size_t)d->B * d->H * d->T));
-    a->x_mid = arena_take(ar, F32(N * d->C));
-    a->ln2 = arena_take(ar, F32(N * d->C));
+    a->x_mid = arena_take(ar, ACT(N * d->C));
+    a->ln2 = arena_take(ar, ACT(N * d->C));
     a->ln2_rstd = arena_take(ar, F32(N));
     int hidden = moe ? d->Fs : d->I;
     if (hidden > 0) {
-        a->gu = arena_take(ar, F32(N * 2 * hidden));
-        a->h = arena_take(ar, F32(N * hidden));
+        a->gu = arena_take(ar, ACT(N * 2 * hidden));
+        a->h = arena_take(ar, ACT(N * hidden));
     }
     if (moe) {
         a->s = arena_take(ar, F32(N * d->E));
         a->idx = arena_take(ar, I32(NK));
         a->w = arena_take(ar, F32(NK));
         const size_t R = (size_t)d->R;     /* rows in receive order, on the experts' rank */
-        a->xp = arena_take(ar, F32(R * d->C));
-        a->gup = arena_take(ar, F32(R * 2 * d->F));
-        a->hp = arena_take(ar, F32(R * d->F));
-        a->yp = arena_take(ar, F32(R * d->C));
+        a->xp = arena_take(ar, ACT(R * d->C));
+        a->gup = arena_take(ar, ACT(R * 2 * d->F));
+        a->hp = arena_take(ar, ACT(R * d->F));
+        a->yp = arena_take(ar, ACT(R * d->C));
         ep_handle_plan_group(&a->ep, d->ep, d->N, d->K, d->E, d->C, ar);
         CHECK(a->ep.recv_cap == d->R);
     }
-    a->x_out = arena_take(ar, F32(N * d->C));
+    a->x_out = arena_take(ar, ACT(N * d->C));
 }
 
 void scratch_plan(Scratch *s, const Dims *d, Arena *ar)
@@ -134,29 +252,29 @@ void scratch_plan(Scratch *s, const Dims *d, Arena *ar)
     memset(s, 0, sizeof *s);
     const size_t N = (size_t)d->N, NK = N * (size_t)d->K;
     const size_t hid = (size_t)(d->I > d->Fs ? d->I : d->Fs);
-    s->dln = arena_take(ar, F32(N * d->C));
-    s->dq = arena_take(ar, F32(N * d->H * d->Dqk));
-    s->dk = arena_take(ar, F32(N * d->H * d->Dqk));
-    s->dv = arena_take(ar, F32(N * d->H * d->Dv));
-    s->datt = arena_take(ar, F32(N * d->H * d->Dv));
-    s->dkv = arena_take(ar, F32(N * d->H * (d->Dn + d->Dv)));
-    s->dckv = arena_take(ar, F32(N * d->Rkv));
-    s->dckv_raw = arena_take(ar, F32(N * d->Rkv));
+    s->dln = arena_take(ar, ACT(N * d->C));
+    s->dq = arena_take(ar, ACT(N * d->H * d->Dqk));
+    s->dk = arena_take(ar, ACT(N * d->H * d->Dqk));
+    s->dv = arena_take(ar, ACT(N * d->H * d->Dv));
+    s->datt = arena_take(ar, ACT(N * d->H * d->Dv));
+    s->dkv = arena_take(ar, ACT(N * d->H * (d->Dn + d->Dv)));
+    s->dckv = arena_take(ar, ACT(N * d->Rkv));
+    s->dckv_raw = arena_take(ar, ACT(N * d->Rkv));
     if (d->Rq > 0) {
-        s->dcq = arena_take(ar, F32(N * d->Rq));
-        s->dcq_raw = arena_take(ar, F32(N * d->Rq));
+        s->dcq = arena_take(ar, ACT(N * d->Rq));
+        s->dcq_raw = arena_take(ar, ACT(N * d->Rq));
     }
-    s->dk_rope = arena_take(ar, F32(N * d->Dr));
-    s->dgu = arena_take(ar, F32(N * 2 * hid));
-    s->dh = arena_take(ar, F32(N * hid));
+    s->dk_rope = arena_take(ar, ACT(N * d->Dr));
+    s->dgu = arena_take(ar, ACT(N * 2 * hid));
+    s->dh = arena_take(ar, ACT(N * hid));
     s->ds = arena_take(ar, F32(N * d->E));
     s->dlogits_r = arena_take(ar, F32(N * d->E));
     s->dw = arena_take(ar, F32(NK));
     const size_t R = (size_t)d->R;
-    s->dxp = arena_take(ar, F32(R * d->C));
-    s->dgup = arena_take(ar, F32(R * 2 * d->F));
-    s->dhp = arena_take(ar, F32(R * d->F));
-    s->dyp = arena_take(ar, F32(R * d->C));
+    s->dxp = arena_take(ar, ACT(R * d->C));
+    s->dgup = arena_take(ar, ACT(R * 2 * d->F));
+    s->dhp = arena_take(ar, ACT(R * d->F));
+    s->dyp = arena_take(ar, ACT(R * d->C));
 }
 
 void block_acts_free(BlockActs *a)

@@ -5,13 +5,18 @@
 
 #include "layers.h"
 
-/* out (n,C) = (silu(gate) * up) W_down^T with [gate|up] = inp (n,C) W_gate_up^T (2h, C).
- * gu (n,2h) and h (n,hidden) are kept for backward. */
-void swiglu_mlp_forward(Ops *o, float *out, const float *inp, const float *gate_up, const float *down,
-                        float *gu, float *h, int n, int C, int hidden);
-/* dinp (n,C), dgate_up, ddown accumulate; dgu (n,2h) and dh (n,h) are scratch. */
-void swiglu_mlp_backward(Ops *o, float *dinp, float *dgate_up, float *ddown, const float *dout,
-                         const float *inp, const float *gate_up, const float *down, const float *gu,
-                         const float *h, float *dgu, float *dh, int n, int C, int hidden);
+/* One SwiGLU MLP over n rows: out (n,C) = (silu(gate) * up) W_down^T with
+ * [gate|up] = inp (n,C) W_gate_up^T (2h, C), h = hidden. */
+typedef struct SwigluMlp {
+    const Wgt *gate_up, *down;  /* (2h, C), (C, h) */
+    float *dgate_up, *ddown;    /* their gradients (backward; accumulated) */
+    act *gu, *h;                /* (n,2h), (n,h) written by forward, kept for backward */
+    act *dgu, *dh;              /* (n,2h), (n,h) backward scratch */
+    int n, C, hidden;
+} SwigluMlp;
+
+void swiglu_mlp_forward(Ops *o, const SwigluMlp *m, act *out, const act *inp);
+/* dinp (n,C) += the input gradient; dgate_up, ddown accumulate. */
+void swiglu_mlp_backward(Ops *o, const SwigluMlp *m, act *dinp, const act *dout, const act *inp);
 
 #endif

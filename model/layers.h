@@ -15,78 +15,113 @@
 
 #include <stdint.h>
 
-#include "../kernels/ops.h"
-#include "../runtime/common.h"
-#include "../comm/dispatch.h"
+#include "comm/dispatch.h"
+#include "kernels/ops.h"
+#include "runtime/common.h"
 #include "config.h"
 #include "params.h"
 
+/* The weights a block's forward and backward read: norm weights and the router bias as FP32
+ * masters, Linear weights as compute copies (kernels/ops.h Wgt) of their masters. */
 typedef struct BlockWeights {
     float *ln1;             /* (C) input_layernorm */
-    float *q_a, *q_a_norm;  /* (Rq,C), (Rq)        NULL when Rq == 0 */
-    float *q_b;             /* (H*Dqk, Rq) or q_proj (H*Dqk, C) when Rq == 0 */
-    float *kv_a;            /* (Rkv+Dr, C): rows [0,Rkv) latent, rows [Rkv,Rkv+Dr) rope key */
+    Wgt q_a;                /* (Rq,C)              unbound when Rq == 0 */
+    float *q_a_norm;        /* (Rq)                NULL when Rq == 0 */
+    Wgt q_b;                /* (H*Dqk, Rq) or q_proj (H*Dqk, C) when Rq == 0 */
+    Wgt kv_a_lat, kv_a_rope;   /* kv_a_proj_with_mqa (Rkv+Dr, C): rows [0,Rkv) latent, rows
+                                  [Rkv,Rkv+Dr) rope key, one compute copy each */
     float *kv_a_norm;       /* (Rkv) */
-    float *kv_b;            /* (H*(Dn+Dv), Rkv) */
-    float *o;               /* (C, H*Dv) */
+    Wgt kv_b;               /* (H*(Dn+Dv), Rkv) */
+    Wgt o;                  /* (C, H*Dv) */
     float *ln2;             /* (C) post_attention_layernorm */
     /* dense FFN: gate_up (2I, C) = [gate; up] adjacent in the table, down (C, I) */
-    float *ffn_gate_up, *ffn_down;
+    Wgt ffn_gate_up, ffn_down;
     /* MoE */
-    float *router;          /* (E, C) */
+    Wgt router;             /* (E, C), FP32 (SPEC.md section 6) */
     float *router_bias;     /* (E) selection bias: state, not trained */
-    float *shared_gate_up, *shared_down;   /* (2Fs, C), (C, Fs); NULL when Fs == 0 */
+    Wgt shared_gate_up, shared_down;   /* (2Fs, C), (C, Fs); unbound when Fs == 0 */
+    Wgt *expert_gate_up, *expert_down; /* (E) each: expert e's (2F, C) and (C, F) */
+} BlockWeights;
+
+/* A block's gradients, in the flat FP32 gradient buffer (the parameter table's offsets). */
+typedef struct BlockGrads {
+    float *ln1;
+    float *q_a, *q_a_norm;  /* NULL when Rq == 0 */
+    float *q_b;
+    float *kv_a;            /* (Rkv+Dr, C): latent rows, then rope rows */
+    float *kv_a_norm;
+    float *kv_b;
+    float *o;
+    float *ln2;
+    float *ffn_gate_up, *ffn_down;
+    float *router;
+    float *shared_gate_up, *shared_down;
     float *experts;         /* expert e: gate_up at experts + e*expert_stride (2F, C), then down (C, F) */
     size_t expert_stride;   /* floats between consecutive experts = 3*F*C */
-} BlockWeights;
+} BlockGrads;
 
 typedef struct BlockActs {
     /* MLA, N = B*T rows */
-    float *ln1, *ln1_rstd;      /* (N,C), (N) */
-    float *cq_raw, *cq, *cq_rstd;   /* (N,Rq) x2, (N) */
-    float *q;                   /* (N,H,Dqk), rope applied */
-    float *ckv_raw, *ckv, *ckv_rstd;   /* (N,Rkv) x2, (N) */
-    float *k_rope;              /* (N,Dr), rope applied */
-    float *kv;                  /* (N,H,Dn+Dv) */
-    float *k, *v;               /* (N,H,Dqk), (N,H,Dv) */
-    float *att, *lse;           /* (N,H*Dv), (B,H,T) */
-    float *x_mid;               /* (N,C) residual after attention */
+    act *ln1;                   /* (N,C) */
+    float *ln1_rstd;            /* (N) */
+    act *cq_raw, *cq;           /* (N,Rq) x2 */
+    float *cq_rstd;             /* (N) */
+    act *q;                     /* (N,H,Dqk), rope applied */
+    act *ckv_raw, *ckv;         /* (N,Rkv) x2 */
+    float *ckv_rstd;            /* (N) */
+    act *k_rope;                /* (N,Dr), rope applied */
+    act *kv;                    /* (N,H,Dn+Dv) */
+    act *k, *v;                 /* (N,H,Dqk), (N,H,Dv) */
+    act *att;                   /* (N,H*Dv) */
+    float *lse;                 /* (B,H,T) */
+    act *x_mid;                 /* (N,C) residual after attention */
     /* FFN */
-    float *ln2, *ln2_rstd;      /* (N,C), (N) */
-    float *gu, *h;              /* dense (N,2I),(N,I); shared expert (N,2Fs),(N,Fs) */
+    act *ln2;                   /* (N,C) */
+    float *ln2_rstd;            /* (N) */
+    act *gu, *h;                /* dense (N,2I),(N,I); shared expert (N,2Fs),(N,Fs) */
     /* MoE */
     float *s;                   /* (N,E) sigmoid router scores (logits are not kept) */
     int32_t *idx;               /* (N,K) chosen experts */
     float *w;                   /* (N,K) routing weights */
-    float *xp, *gup, *hp, *yp;  /* (R,C), (R,2F), (R,F), (R,C) rows of this rank's experts, in
+    act *xp, *gup, *hp, *yp;    /* (R,C), (R,2F), (R,F), (R,C) rows of this rank's experts, in
                                    receive order (Dims.R: N*K for one rank, P*N*K under EP) */
     EpHandle ep;                /* dispatch layout of this micro-batch */
-    float *x_out;               /* (N,C) block output = next block's input */
+    act *x_out;                 /* (N,C) block output = next block's input */
 } BlockActs;
 
 /* Backward temporaries, shared by every block (one block is in backward at a time). */
 typedef struct Scratch {
-    float *dln;                 /* (N,C) gradient of a sublayer's normed input */
-    float *dq, *dk, *dv, *datt; /* (N,H*Dqk) x2, (N,H*Dv) x2 */
-    float *dkv, *dckv, *dcq;    /* (N,H*(Dn+Dv)), (N,Rkv), (N,Rq) */
-    float *dckv_raw, *dcq_raw;  /* (N,Rkv), (N,Rq) */
-    float *dk_rope;             /* (N,Dr) */
-    float *dgu, *dh;            /* (N, 2*max(I,Fs)), (N, max(I,Fs)) */
+    act *dln;                   /* (N,C) gradient of a sublayer's normed input */
+    act *dq, *dk, *dv, *datt;   /* (N,H*Dqk) x2, (N,H*Dv) x2 */
+    act *dkv, *dckv, *dcq;      /* (N,H*(Dn+Dv)), (N,Rkv), (N,Rq) */
+    act *dckv_raw, *dcq_raw;    /* (N,Rkv), (N,Rq) */
+    act *dk_rope;               /* (N,Dr) */
+    act *dgu, *dh;              /* (N, 2*max(I,Fs)), (N, max(I,Fs)) */
     float *ds, *dlogits_r;      /* (N,E) router score / logit gradients */
     float *dw;                  /* (N,K) */
-    float *dxp, *dgup, *dhp, *dyp;   /* expert-major gradients as in BlockActs */
+    act *dxp, *dgup, *dhp, *dyp;     /* expert-major gradients as in BlockActs */
 } Scratch;
 
 typedef struct Dims {
     int B, T, N, C, H, Dn, Dr, Dv, Dqk, Rq, Rkv, E, K, F, Fs, I, V, L, D;
     EpGroup *ep;                /* the expert-parallel group (NULL: one rank holds every expert) */
     int R;                      /* expert rows a rank may hold: recv_cap = P*N*K (N*K for one rank) */
+    int act_bytes;              /* bytes of one activation element (Ops.act_bytes) */
 } Dims;
 
-void dims_from_config(Dims *d, const ModelConfig *c, int B, int T);
+void dims_from_config(Dims *d, const ModelConfig *c, int B, int T, int act_bytes);
 
-/* Binding weights by name; the same offsets serve params and grads. */
-void block_bind(BlockWeights *w, const ParamTable *t, const ModelConfig *c, float *base, int layer, int moe);
+/* Binding by name: a block's weights to the parameters (each Linear weight with its compute
+ * copy taken from the arena `copies`, its type from the parameter table for o's precision;
+ * expert_gate_up/expert_down must point at E Wgts each for an MoE block), and its gradients
+ * to the gradient buffer (the same offsets). */
+void block_bind(BlockWeights *w, Ops *o, const ParamTable *t, const ModelConfig *c, float *params, int layer,
+                int moe, Arena *copies);
+void block_bind_grads(BlockGrads *g, const ParamTable *t, const ModelConfig *c, float *grads, int layer, int moe);
+/* Binds the whole table entry `name` as a Linear weight (compute copy from `copies`). */
+void param_bind_wgt(Wgt *w, Ops *o, const ParamTable *t, float *params, const char *name, Arena *copies);
+/* The block's Linear weights that are bound (list NULL: only counted); returns the count. */
+int block_wgts(BlockWeights *w, int E, Wgt **list);
 
 /* Activation and scratch planning in an arena (runtime/common.h: count, then take). */
 void block_acts_plan(BlockActs *a, const Dims *d, int moe, Arena *ar);
@@ -108,9 +143,9 @@ typedef struct Ctx {
     float *logits_r;                    /* (N,E) router logits, a forward temporary */
 } Ctx;
 
-void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const float *x_in);
-void mla_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockActs *a, const float *x_in,
-                  float *dres);
+void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const act *x_in);
+void mla_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, const act *x_in,
+                  act *dres);
 
 /* FFN sublayer: a->x_mid -> a->x_out. MoE also writes expert counts (E) when counts != NULL
  * and the per-sequence balance loss (B) when bal_loss != NULL. */
@@ -125,9 +160,9 @@ typedef struct MoeStats {
 } MoeStats;
 
 void ffn_forward(const Ctx *x, const BlockWeights *w, BlockActs *a);
-void ffn_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockActs *a, float *dres);
+void ffn_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, act *dres);
 void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st);
-void moe_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockActs *a, MoeStats *st,
-                  float *dres);
+void moe_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, MoeStats *st,
+                  act *dres);
 
 #endif

@@ -12,7 +12,7 @@
  */
 #include "layers.h"
 
-void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const float *x_in)
+void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const act *x_in)
 {
     Ops *o = x->o;
     const Dims *d = x->d;
@@ -21,32 +21,32 @@ void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const float 
 
     o->rmsnorm_forward(o, a->ln1, a->ln1_rstd, x_in, w->ln1, N, C, eps);
     if (d->Rq > 0) {
-        o->matmul_forward(o, a->cq_raw, a->ln1, w->q_a, N, C, d->Rq);
+        o->matmul_forward(o, a->cq_raw, a->ln1, &w->q_a, N, C, d->Rq);
         o->rmsnorm_forward(o, a->cq, a->cq_rstd, a->cq_raw, w->q_a_norm, N, d->Rq, eps);
-        o->matmul_forward(o, a->q, a->cq, w->q_b, N, d->Rq, H * Dqk);
+        o->matmul_forward(o, a->q, a->cq, &w->q_b, N, d->Rq, H * Dqk);
     } else {
-        o->matmul_forward(o, a->q, a->ln1, w->q_b, N, C, H * Dqk);
+        o->matmul_forward(o, a->q, a->ln1, &w->q_b, N, C, H * Dqk);
     }
     RopeShape rq = { N, d->T, H, H * Dqk, Dqk, d->Dn, d->Dr };
     o->rope_forward(o, a->q, x->rope_cos, x->rope_sin, &rq);
 
-    o->matmul_forward(o, a->ckv_raw, a->ln1, w->kv_a, N, C, d->Rkv);
-    o->matmul_forward(o, a->k_rope, a->ln1, w->kv_a + (size_t)d->Rkv * C, N, C, d->Dr);
+    o->matmul_forward(o, a->ckv_raw, a->ln1, &w->kv_a_lat, N, C, d->Rkv);
+    o->matmul_forward(o, a->k_rope, a->ln1, &w->kv_a_rope, N, C, d->Dr);
     RopeShape rk = { N, d->T, 1, d->Dr, 0, 0, d->Dr };
     o->rope_forward(o, a->k_rope, x->rope_cos, x->rope_sin, &rk);
     o->rmsnorm_forward(o, a->ckv, a->ckv_rstd, a->ckv_raw, w->kv_a_norm, N, d->Rkv, eps);
-    o->matmul_forward(o, a->kv, a->ckv, w->kv_b, N, d->Rkv, H * (d->Dn + d->Dv));
+    o->matmul_forward(o, a->kv, a->ckv, &w->kv_b, N, d->Rkv, H * (d->Dn + d->Dv));
     MlaKvShape ks = { N, H, d->Dn, d->Dr, d->Dv };
     o->mla_kv_split(o, a->k, a->v, a->kv, a->k_rope, &ks);
 
     AttnShape as = { d->B, d->T, H, Dqk, d->Dv, x->attn_scale };
     o->attention_forward(o, a->att, a->lse, a->q, a->k, a->v, &as);
-    o->matmul_forward(o, a->x_mid, a->att, w->o, N, H * d->Dv, C);
+    o->matmul_forward(o, a->x_mid, a->att, &w->o, N, H * d->Dv, C);
     o->add(o, a->x_mid, x_in, (size_t)N * C);
 }
 
-void mla_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockActs *a, const float *x_in,
-                  float *dres)
+void mla_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, const act *x_in,
+                  act *dres)
 {
     Ops *o = x->o;
     const Dims *d = x->d;
@@ -55,50 +55,50 @@ void mla_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockAct
     const int Hkv = H * (d->Dn + d->Dv);
 
     /* output projection; dres (dL/dx_mid) is also the residual's gradient and stays */
-    o->zero(o, s->datt, sizeof(float) * N * HDv);
-    o->matmul_backward_input(o, s->datt, dres, w->o, N, HDv, C);
-    o->matmul_backward_weight(o, g->o, dres, a->att, N, HDv, C);
+    o->zero(o, s->datt, o->act_bytes * N * HDv);
+    o->matmul_backward_input(o, s->datt, dres, &w->o, N, HDv, C);
+    o->matmul_backward_weight(o, g->o, &w->o, dres, a->att, N, HDv, C);
 
-    o->zero(o, s->dq, sizeof(float) * N * H * Dqk);
-    o->zero(o, s->dk, sizeof(float) * N * H * Dqk);
-    o->zero(o, s->dv, sizeof(float) * N * HDv);
+    o->zero(o, s->dq, o->act_bytes * N * H * Dqk);
+    o->zero(o, s->dk, o->act_bytes * N * H * Dqk);
+    o->zero(o, s->dv, o->act_bytes * N * HDv);
     AttnShape as = { d->B, d->T, H, Dqk, d->Dv, x->attn_scale };
     o->attention_backward(o, s->dq, s->dk, s->dv, s->datt, a->q, a->k, a->v, a->att, a->lse, &as);
 
     /* keys and values back to the latent and the shared rope key */
-    o->zero(o, s->dkv, sizeof(float) * N * Hkv);
-    o->zero(o, s->dk_rope, sizeof(float) * N * d->Dr);
+    o->zero(o, s->dkv, o->act_bytes * N * Hkv);
+    o->zero(o, s->dk_rope, o->act_bytes * N * d->Dr);
     MlaKvShape ks = { N, H, d->Dn, d->Dr, d->Dv };
     o->mla_kv_split_backward(o, s->dkv, s->dk_rope, s->dk, s->dv, &ks);
-    o->zero(o, s->dckv, sizeof(float) * N * d->Rkv);
-    o->matmul_backward_input(o, s->dckv, s->dkv, w->kv_b, N, d->Rkv, Hkv);
-    o->matmul_backward_weight(o, g->kv_b, s->dkv, a->ckv, N, d->Rkv, Hkv);
-    o->zero(o, s->dckv_raw, sizeof(float) * N * d->Rkv);
+    o->zero(o, s->dckv, o->act_bytes * N * d->Rkv);
+    o->matmul_backward_input(o, s->dckv, s->dkv, &w->kv_b, N, d->Rkv, Hkv);
+    o->matmul_backward_weight(o, g->kv_b, &w->kv_b, s->dkv, a->ckv, N, d->Rkv, Hkv);
+    o->zero(o, s->dckv_raw, o->act_bytes * N * d->Rkv);
     o->rmsnorm_backward(o, s->dckv_raw, g->kv_a_norm, s->dckv, a->ckv_raw, w->kv_a_norm, a->ckv_rstd, N, d->Rkv);
     RopeShape rk = { N, d->T, 1, d->Dr, 0, 0, d->Dr };
     o->rope_backward(o, s->dk_rope, x->rope_cos, x->rope_sin, &rk);
 
-    o->zero(o, s->dln, sizeof(float) * N * C);
-    o->matmul_backward_input(o, s->dln, s->dckv_raw, w->kv_a, N, C, d->Rkv);
-    o->matmul_backward_weight(o, g->kv_a, s->dckv_raw, a->ln1, N, C, d->Rkv);
+    o->zero(o, s->dln, o->act_bytes * N * C);
+    o->matmul_backward_input(o, s->dln, s->dckv_raw, &w->kv_a_lat, N, C, d->Rkv);
+    o->matmul_backward_weight(o, g->kv_a, &w->kv_a_lat, s->dckv_raw, a->ln1, N, C, d->Rkv);
     const size_t rope_rows = (size_t)d->Rkv * C;
-    o->matmul_backward_input(o, s->dln, s->dk_rope, w->kv_a + rope_rows, N, C, d->Dr);
-    o->matmul_backward_weight(o, g->kv_a + rope_rows, s->dk_rope, a->ln1, N, C, d->Dr);
+    o->matmul_backward_input(o, s->dln, s->dk_rope, &w->kv_a_rope, N, C, d->Dr);
+    o->matmul_backward_weight(o, g->kv_a + rope_rows, &w->kv_a_rope, s->dk_rope, a->ln1, N, C, d->Dr);
 
     /* queries */
     RopeShape rq = { N, d->T, H, H * Dqk, Dqk, d->Dn, d->Dr };
     o->rope_backward(o, s->dq, x->rope_cos, x->rope_sin, &rq);
     if (d->Rq > 0) {
-        o->zero(o, s->dcq, sizeof(float) * N * d->Rq);
-        o->matmul_backward_input(o, s->dcq, s->dq, w->q_b, N, d->Rq, H * Dqk);
-        o->matmul_backward_weight(o, g->q_b, s->dq, a->cq, N, d->Rq, H * Dqk);
-        o->zero(o, s->dcq_raw, sizeof(float) * N * d->Rq);
+        o->zero(o, s->dcq, o->act_bytes * N * d->Rq);
+        o->matmul_backward_input(o, s->dcq, s->dq, &w->q_b, N, d->Rq, H * Dqk);
+        o->matmul_backward_weight(o, g->q_b, &w->q_b, s->dq, a->cq, N, d->Rq, H * Dqk);
+        o->zero(o, s->dcq_raw, o->act_bytes * N * d->Rq);
         o->rmsnorm_backward(o, s->dcq_raw, g->q_a_norm, s->dcq, a->cq_raw, w->q_a_norm, a->cq_rstd, N, d->Rq);
-        o->matmul_backward_input(o, s->dln, s->dcq_raw, w->q_a, N, C, d->Rq);
-        o->matmul_backward_weight(o, g->q_a, s->dcq_raw, a->ln1, N, C, d->Rq);
+        o->matmul_backward_input(o, s->dln, s->dcq_raw, &w->q_a, N, C, d->Rq);
+        o->matmul_backward_weight(o, g->q_a, &w->q_a, s->dcq_raw, a->ln1, N, C, d->Rq);
     } else {
-        o->matmul_backward_input(o, s->dln, s->dq, w->q_b, N, C, H * Dqk);
-        o->matmul_backward_weight(o, g->q_b, s->dq, a->ln1, N, C, H * Dqk);
+        o->matmul_backward_input(o, s->dln, s->dq, &w->q_b, N, C, H * Dqk);
+        o->matmul_backward_weight(o, g->q_b, &w->q_b, s->dq, a->ln1, N, C, H * Dqk);
     }
     o->rmsnorm_backward(o, dres, g->ln1, s->dln, x_in, w->ln1, a->ln1_rstd, N, C);
 }

@@ -17,12 +17,12 @@ static void plan_acts(Model *m, Arena *ar)
     const size_t N = (size_t)d->N;
     m->tokens = arena_take(ar, N * sizeof(int32_t));
     m->targets = arena_take(ar, N * sizeof(int32_t));
-    m->x0 = arena_take(ar, N * d->C * sizeof(float));
+    m->x0 = arena_take(ar, N * d->C * d->act_bytes);
     if (d->ep) ep_group_plan(d->ep, d->N, d->K, d->C, ar);
     for (int b = 0; b < m->nblocks; b++) block_acts_plan(&m->acts[b], d, m->is_moe[b], ar);
-    m->hf = arena_take(ar, N * d->C * sizeof(float));
+    m->hf = arena_take(ar, N * d->C * d->act_bytes);
     m->hf_rstd = arena_take(ar, N * sizeof(float));
-    m->logits = arena_take(ar, N * d->V * sizeof(float));
+    m->logits = arena_take(ar, N * d->V * d->act_bytes);
     m->losses = arena_take(ar, N * sizeof(float));
     m->dloss_main = arena_take(ar, N * sizeof(float));
     m->logits_r = arena_take(ar, N * (d->E > 0 ? d->E : 1) * sizeof(float));
@@ -37,7 +37,7 @@ static void plan_acts(Model *m, Arena *ar)
 static void plan_backward(Model *m, Arena *ar)
 {
     const Dims *d = &m->d;
-    const size_t NC = (size_t)d->N * d->C * sizeof(float);
+    const size_t NC = (size_t)d->N * d->C * d->act_bytes;
     scratch_plan(&m->s, d, ar);
     m->dres = arena_take(ar, NC);
     m->dhf = arena_take(ar, NC);
@@ -62,25 +62,53 @@ static char *arena_build(Model *m, void (*plan)(Model *, Arena *), size_t *bytes
     return ar.base;
 }
 
-static void bind_blocks(Model *m)
+/* Weights (Linear ones with their compute copies, planned in an arena like the activations)
+ * and the list of every Linear weight for the refresh. */
+static void plan_weights(Model *m, Arena *ar)
 {
     const ModelConfig *c = &m->cfg;
-    for (int b = 0; b < m->nblocks; b++) {
-        block_bind(&m->w[b], &m->table, c, m->params, b, m->is_moe[b]);
-        if (m->grads) block_bind(&m->g[b], &m->table, c, m->grads, b, m->is_moe[b]);
+    const int E = m->d.E;
+    for (int b = 0, slot = 0; b < m->nblocks; b++) {
+        if (m->is_moe[b]) {
+            m->w[b].expert_gate_up = m->expert_wgts + (size_t)slot * 2 * E;
+            m->w[b].expert_down = m->expert_wgts + (size_t)slot * 2 * E + E;
+            slot++;
+        }
+        block_bind(&m->w[b], m->o, &m->table, c, m->params, b, m->is_moe[b], ar);
     }
-    for (int k = 0; k < m->d.D; k++) {
-        mtp_bind(&m->mtp_w[k], &m->table, m->params, m->d.L + k);
-        if (m->grads) mtp_bind(&m->mtp_g[k], &m->table, m->grads, m->d.L + k);
-    }
+    for (int k = 0; k < m->d.D; k++) mtp_bind(&m->mtp_w[k], m->o, &m->table, m->params, m->d.L + k, ar);
     m->embed = m->params + params_offset(&m->table, -1, "model.embed_tokens.weight");
     m->final_norm = m->params + params_offset(&m->table, -1, "model.norm.weight");
-    m->head = m->params + params_offset(&m->table, -1, "lm_head.weight");
-    if (m->grads) {
-        m->g_embed = m->grads + (m->embed - m->params);
-        m->g_final_norm = m->grads + (m->final_norm - m->params);
-        m->g_head = m->grads + (m->head - m->params);
-    }
+    param_bind_wgt(&m->head, m->o, &m->table, m->params, "lm_head.weight", ar);
+}
+
+static void list_weights(Model *m)
+{
+    int n = 0;
+    for (int b = 0; b < m->nblocks; b++) n += block_wgts(&m->w[b], m->d.E, NULL);
+    m->wgts = xcalloc((size_t)n + m->d.D + 1, sizeof(Wgt *));
+    for (int b = 0; b < m->nblocks; b++) m->n_wgts += block_wgts(&m->w[b], m->d.E, m->wgts + m->n_wgts);
+    for (int k = 0; k < m->d.D; k++) m->wgts[m->n_wgts++] = &m->mtp_w[k].eh_proj;
+    m->wgts[m->n_wgts++] = &m->head;
+    m->wgts_stale = 1;
+}
+
+static void bind_grads(Model *m)
+{
+    const ModelConfig *c = &m->cfg;
+    for (int b = 0; b < m->nblocks; b++) block_bind_grads(&m->g[b], &m->table, c, m->grads, b, m->is_moe[b]);
+    for (int k = 0; k < m->d.D; k++) mtp_bind_grads(&m->mtp_g[k], &m->table, m->grads, m->d.L + k);
+    m->g_embed = m->grads + params_offset(&m->table, -1, "model.embed_tokens.weight");
+    m->g_final_norm = m->grads + params_offset(&m->table, -1, "model.norm.weight");
+    m->g_head = m->grads + params_offset(&m->table, -1, "lm_head.weight");
+}
+
+/* Compute copies from the masters, when the masters may have changed (model_params). */
+static void refresh_weights(Model *m)
+{
+    if (!m->wgts_stale) return;
+    for (int i = 0; i < m->n_wgts; i++) m->o->weight_refresh(m->o, m->wgts[i]);
+    m->wgts_stale = 0;
 }
 
 Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train)
@@ -101,7 +129,7 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
     m->cfg = *c;
     m->o = o;
     m->train = train;
-    dims_from_config(&m->d, c, B, T);
+    dims_from_config(&m->d, c, B, T, (int)o->act_bytes);
     if (ep_comm && ep_comm->size > 1 && m->d.E > 0) {
         ep_group_init(&m->ep, ep_comm, node, m->d.E);
         m->d.ep = &m->ep;
@@ -118,13 +146,16 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
         if (m->is_moe[b]) m->moe_block[m->n_moe++] = b;
     }
     m->w = xcalloc((size_t)m->nblocks, sizeof(BlockWeights));
-    m->g = xcalloc((size_t)m->nblocks, sizeof(BlockWeights));
+    m->g = xcalloc((size_t)m->nblocks, sizeof(BlockGrads));
+    m->expert_wgts = xcalloc((size_t)m->n_moe * 2 * m->d.E + 1, sizeof(Wgt));
     m->acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
 
     m->bytes_params = m->table.total * sizeof(float);
     m->params = o->alloc(o, m->bytes_params);
     if (train) m->grads = o->alloc(o, m->bytes_params);
-    bind_blocks(m);
+    m->copy_arena = arena_build(m, plan_weights, &m->bytes_copies);
+    list_weights(m);
+    if (m->grads) bind_grads(m);
     m->act_arena = arena_build(m, plan_acts, &m->bytes_acts);
     if (train) m->scratch_arena = arena_build(m, plan_backward, &m->bytes_scratch);
 
@@ -155,6 +186,7 @@ void model_destroy(Model *m)
     m->o->free(m->o, m->params);
     if (m->grads) m->o->free(m->o, m->grads);
     m->o->free(m->o, m->act_arena);
+    m->o->free(m->o, m->copy_arena);
     if (m->scratch_arena) m->o->free(m->o, m->scratch_arena);
     params_free(&m->table);
     free(m->is_moe);
@@ -162,6 +194,8 @@ void model_destroy(Model *m)
     free(m->moe_slot);
     free(m->w);
     free(m->g);
+    free(m->expert_wgts);
+    free(m->wgts);
     free(m->acts);
     free(m->host_tokens);
     free(m->host_losses);
@@ -175,7 +209,11 @@ void model_destroy(Model *m)
 
 const ParamTable *model_table(const Model *m) { return &m->table; }
 const ModelConfig *model_config(const Model *m) { return &m->cfg; }
-float *model_params(Model *m) { return m->params; }
+float *model_params(Model *m)
+{
+    m->wgts_stale = 1;
+    return m->params;
+}
 float *model_grads(Model *m) { return m->grads; }
 int model_n_moe_layers(const Model *m) { return m->n_moe; }
 
@@ -185,6 +223,7 @@ void model_print_memory(const Model *m, FILE *f)
     fprintf(f, "memory (%s):\n", m->o->name);
     fprintf(f, "  %-24s %10.1f MiB  (%zu parameters)\n", "parameters", m->bytes_params / MiB, m->table.total);
     fprintf(f, "  %-24s %10.1f MiB\n", "gradients", (m->grads ? m->bytes_params : 0) / MiB);
+    fprintf(f, "  %-24s %10.1f MiB\n", "weight compute copies", m->bytes_copies / MiB);
     fprintf(f, "  %-24s %10.1f MiB  (micro-batch %d x %d)\n", "activations", m->bytes_acts / MiB, m->d.B, m->d.T);
     fprintf(f, "  %-24s %10.1f MiB\n", "backward scratch", m->bytes_scratch / MiB);
 }
@@ -194,6 +233,7 @@ void model_init_params(Model *m, uint64_t seed)
     float *host = xmalloc(m->bytes_params);
     params_init(&m->table, &m->cfg, host, seed);
     m->o->upload(m->o, m->params, host, m->bytes_params);
+    m->wgts_stale = 1;
     free(host);
 }
 
@@ -249,7 +289,7 @@ MoeStats model_moe_stats(Model *m, int block, int train)
     return st;
 }
 
-void block_forward(Model *m, int b, const float *x_in, int train)
+void block_forward(Model *m, int b, const act *x_in, int train)
 {
     Ctx x = model_ctx(m);
     mla_forward(&x, &m->w[b], &m->acts[b], x_in);
@@ -261,7 +301,7 @@ void block_forward(Model *m, int b, const float *x_in, int train)
     }
 }
 
-void block_backward(Model *m, int b, const float *x_in, float *dres)
+void block_backward(Model *m, int b, const act *x_in, act *dres)
 {
     Ctx x = model_ctx(m);
     if (m->is_moe[b]) {
@@ -296,21 +336,22 @@ void model_forward(Model *m, const int32_t *window, int train, ModelLoss *loss)
         }
     o->upload(o, m->tokens, m->host_tokens, (size_t)d->N * sizeof(int32_t));
     o->upload(o, m->targets, m->host_tokens + d->N, (size_t)d->N * sizeof(int32_t));
+    refresh_weights(m);
 
     o->embedding_forward(o, m->x0, m->tokens, m->embed, d->N, d->C);
-    const float *x = m->x0;
+    const act *x = m->x0;
     for (int b = 0; b < d->L; b++) {
         block_forward(m, b, x, train);
         x = m->acts[b].x_out;
     }
     o->rmsnorm_forward(o, m->hf, m->hf_rstd, x, m->final_norm, d->N, d->C, (float)m->cfg.rms_norm_eps);
-    o->matmul_forward(o, m->logits, m->hf, m->head, d->N, d->C, d->V);
+    o->matmul_forward(o, m->logits, m->hf, &m->head, d->N, d->C, d->V);
     o->xent_forward(o, m->losses, m->logits, m->targets, d->N, d->V);
     loss->main = model_download_mean(m, m->losses, d->N, d->N);
     /* training: the logits buffer becomes its own gradient now (the fused GPU path) */
     if (train) o->xent_backward(o, m->logits, m->logits, m->targets, m->dloss_main, d->N, d->V);
 
-    const float *h_prev = m->hf;
+    const act *h_prev = m->hf;
     for (int k = 1; k <= d->D; k++) {
         loss->mtp[k - 1] = mtp_forward(m, k, window, h_prev, train);
         h_prev = m->acts[d->L + k - 1].x_out;
@@ -326,14 +367,15 @@ void model_backward(Model *m)
     Ops *o = m->o;
     const Dims *d = &m->d;
     CHECK(m->train);
-    o->zero(o, m->dhf, (size_t)d->N * d->C * sizeof(float));
-    o->zero(o, m->dh_chain, (size_t)d->N * d->C * sizeof(float));
+    const size_t NC = (size_t)d->N * d->C * o->act_bytes;
+    o->zero(o, m->dhf, NC);
+    o->zero(o, m->dh_chain, NC);
     for (int k = d->D; k >= 1; k--) mtp_backward(m, k);
 
-    o->matmul_backward_input(o, m->dhf, m->logits, m->head, d->N, d->C, d->V);
-    o->matmul_backward_weight(o, m->g_head, m->logits, m->hf, d->N, d->C, d->V);
-    const float *x_last = d->L > 0 ? m->acts[d->L - 1].x_out : m->x0;
-    o->zero(o, m->dres, (size_t)d->N * d->C * sizeof(float));
+    o->matmul_backward_input(o, m->dhf, m->logits, &m->head, d->N, d->C, d->V);
+    o->matmul_backward_weight(o, m->g_head, &m->head, m->logits, m->hf, d->N, d->C, d->V);
+    const act *x_last = d->L > 0 ? m->acts[d->L - 1].x_out : m->x0;
+    o->zero(o, m->dres, NC);
     o->rmsnorm_backward(o, m->dres, m->g_final_norm, m->dhf, x_last, m->final_norm, m->hf_rstd, d->N, d->C);
     for (int b = d->L - 1; b >= 0; b--)
         block_backward(m, b, b > 0 ? m->acts[b - 1].x_out : m->x0, m->dres);
@@ -343,7 +385,7 @@ void model_backward(Model *m)
 void model_logits(Model *m, int pos, float *out)
 {
     CHECK(pos >= 0 && pos < m->d.T);
-    m->o->download(m->o, out, m->logits + (size_t)pos * m->d.V, (size_t)m->d.V * sizeof(float));
+    m->o->act_download(m->o, out, act_at_c(m->o, m->logits, (size_t)pos * m->d.V), (size_t)m->d.V);
 }
 
 void model_expert_counts(Model *m, float *counts)

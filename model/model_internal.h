@@ -11,20 +11,28 @@
  * h^k = Block(h'), logits = head(RMSNorm(h^k)). The block itself is block L+k-1 of the model. */
 typedef struct MtpWeights {
     float *enorm, *hnorm;       /* (C) */
-    float *eh_proj;             /* (C, 2C) */
+    Wgt eh_proj;                /* (C, 2C) */
     float *head_norm;           /* (C) shared_head.norm */
 } MtpWeights;
+
+typedef struct MtpGrads {
+    float *enorm, *hnorm, *eh_proj, *head_norm;
+} MtpGrads;
 
 typedef struct MtpActs {
     int32_t *tokens;            /* (N) t_{i+k}, 0 past the window (those rows have no target) */
     int32_t *targets;           /* (N) t_{i+k+1}, -1 past the window */
     float *dloss;               /* (N) loss weight per row (0 where no target) */
-    float *e, *en, *en_rstd;    /* (N,C), (N,C), (N) */
-    float *hn, *hn_rstd;        /* (N,C), (N) */
-    float *cat;                 /* (N,2C) [en | hn] */
-    float *hprime;              /* (N,C) the block's input */
-    float *shn, *shn_rstd;      /* (N,C), (N) */
-    float *logits, *losses;     /* (N,V) (gradient in place when training), (N) */
+    act *e, *en;                /* (N,C), (N,C) */
+    float *en_rstd;             /* (N) */
+    act *hn;                    /* (N,C) */
+    float *hn_rstd;             /* (N) */
+    act *cat;                   /* (N,2C) [en | hn] */
+    act *hprime;                /* (N,C) the block's input */
+    act *shn;                   /* (N,C) */
+    float *shn_rstd;            /* (N) */
+    act *logits;                /* (N,V) (gradient in place when training) */
+    float *losses;              /* (N) */
 } MtpActs;
 
 struct Model {
@@ -41,20 +49,29 @@ struct Model {
     int *moe_slot;              /* (nblocks) MoE slot of each block, -1 for dense */
 
     float *params, *grads;      /* (table.total) */
-    BlockWeights *w, *g;        /* (nblocks) bound to params / grads */
-    MtpWeights mtp_w[MTP_MAX], mtp_g[MTP_MAX];
-    float *embed, *final_norm, *head;           /* into params */
+    BlockWeights *w;            /* (nblocks) bound to params (Linear weights: compute copies) */
+    BlockGrads *g;              /* (nblocks) bound to grads */
+    Wgt *expert_wgts;           /* (n_moe * 2E) the routed experts' Wgts, in BlockWeights order */
+    MtpWeights mtp_w[MTP_MAX];
+    MtpGrads mtp_g[MTP_MAX];
+    float *embed, *final_norm;  /* into params */
+    Wgt head;                   /* lm_head (V,C) */
     float *g_embed, *g_final_norm, *g_head;     /* into grads */
+    Wgt **wgts;                 /* (n_wgts) every bound Linear weight, refreshed together */
+    int n_wgts;
+    int wgts_stale;             /* the masters may have changed since the last refresh */
 
-    char *act_arena, *scratch_arena;
-    size_t bytes_params, bytes_acts, bytes_scratch;
+    char *act_arena, *scratch_arena, *copy_arena;
+    size_t bytes_params, bytes_acts, bytes_scratch, bytes_copies;
 
     /* activations (act_arena) */
     int32_t *tokens, *targets;  /* (N) */
-    float *x0;                  /* (N,C) embedding output */
+    act *x0;                    /* (N,C) embedding output */
     BlockActs *acts;            /* (nblocks) */
-    float *hf, *hf_rstd;        /* (N,C), (N) final norm output = h^0 */
-    float *logits, *losses;     /* (N,V), (N) */
+    act *hf;                    /* (N,C) final norm output = h^0 */
+    float *hf_rstd;             /* (N) */
+    act *logits;                /* (N,V) */
+    float *losses;              /* (N) */
     float *dloss_main;          /* (N) */
     float *logits_r;            /* (N,E) router logits temporary */
     float *rope_cos, *rope_sin; /* (T, Dr/2) */
@@ -66,7 +83,7 @@ struct Model {
 
     /* backward (scratch_arena) */
     Scratch s;
-    float *dres, *dhf, *dh_chain, *dcat, *den, *dhn, *de, *dshn;
+    act *dres, *dhf, *dh_chain, *dcat, *den, *dhn, *de, *dshn;     /* (N,C) each, dcat (N,2C) */
 
     double lambda, alpha;
     int32_t *host_tokens;       /* (2N) staging */
@@ -82,14 +99,15 @@ struct Model {
 
 Ctx model_ctx(Model *m);
 MoeStats model_moe_stats(Model *m, int block, int train);
-void block_forward(Model *m, int b, const float *x_in, int train);
-void block_backward(Model *m, int b, const float *x_in, float *dres);
+void block_forward(Model *m, int b, const act *x_in, int train);
+void block_backward(Model *m, int b, const act *x_in, act *dres);
 double model_download_mean(Model *m, const float *dev, int n, int valid);
 
-void mtp_bind(MtpWeights *w, const ParamTable *t, float *base, int layer);
+void mtp_bind(MtpWeights *w, Ops *o, const ParamTable *t, float *params, int layer, Arena *copies);
+void mtp_bind_grads(MtpGrads *g, const ParamTable *t, float *grads, int layer);
 void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar);
 /* Forward of module k (1-based) from h_prev (N,C); returns its mean loss. */
-double mtp_forward(Model *m, int k, const int32_t *window, const float *h_prev, int train);
+double mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, int train);
 /* Backward of module k; accumulates dL/dh_prev into m->dhf (k = 1) or m->dh_chain. */
 void mtp_backward(Model *m, int k);
 

@@ -29,15 +29,38 @@ static RouteShape route_shape(const Ctx *x)
     return r;
 }
 
+/* Routed expert e's MLP on its rows [r0, r0 + n) of the expert-major buffers (g: gradients,
+ * NULL in forward). */
+static SwigluMlp expert_mlp(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, int e, size_t r0, int n)
+{
+    Ops *o = x->o;
+    const size_t C = (size_t)x->d->C, F = (size_t)x->d->F;
+    Scratch *s = x->s;
+    float *ge = g ? g->experts + (size_t)e * g->expert_stride : NULL;
+    SwigluMlp m = { &w->expert_gate_up[e], &w->expert_down[e], ge, ge ? ge + 2 * F * C : NULL,
+                    act_at(o, a->gup, r0 * 2 * F), act_at(o, a->hp, r0 * F),
+                    s ? act_at(o, s->dgup, r0 * 2 * F) : NULL, s ? act_at(o, s->dhp, r0 * F) : NULL,
+                    n, (int)C, (int)F };
+    return m;
+}
+
+static SwigluMlp shared_mlp(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a)
+{
+    Scratch *s = x->s;
+    SwigluMlp m = { &w->shared_gate_up, &w->shared_down, g ? g->shared_gate_up : NULL, g ? g->shared_down : NULL,
+                    a->gu, a->h, s ? s->dgu : NULL, s ? s->dh : NULL, x->d->N, x->d->C, x->d->Fs };
+    return m;
+}
+
 void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st)
 {
     Ops *o = x->o;
     const Dims *d = x->d;
-    const int N = d->N, C = d->C, F = d->F;
+    const int N = d->N, C = d->C;
     const RouteShape r = route_shape(x);
 
     o->rmsnorm_forward(o, a->ln2, a->ln2_rstd, a->x_mid, w->ln2, N, C, (float)x->cfg->rms_norm_eps);
-    o->matmul_forward(o, x->logits_r, a->ln2, w->router, N, C, d->E);
+    o->router_forward(o, x->logits_r, a->ln2, &w->router, N, C, d->E);
     o->sigmoid_forward(o, a->s, x->logits_r, (size_t)N * d->E);
     o->moe_route(o, a->idx, a->w, a->s, w->router_bias, &r);
     if (st && st->counts) o->moe_count(o, st->counts, a->idx, N * d->K, d->E);
@@ -57,43 +80,42 @@ void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st
     for (int j = 0; j < a->ep.n_local; j++) {
         int n = off[j + 1] - off[j];
         if (n == 0) continue;
-        const float *we = w->experts + (size_t)(e0 + j) * w->expert_stride;
         size_t r0 = (size_t)off[j];
-        swiglu_mlp_forward(o, a->yp + r0 * C, a->xp + r0 * C, we, we + (size_t)2 * F * C,
-                           a->gup + r0 * 2 * F, a->hp + r0 * F, n, C, F);
+        SwigluMlp m = expert_mlp(x, w, NULL, a, e0 + j, r0, n);
+        swiglu_mlp_forward(o, &m, act_at(o, a->yp, r0 * C), act_at_c(o, a->xp, r0 * C));
     }
-    if (d->Fs > 0)
-        swiglu_mlp_forward(o, a->x_out, a->ln2, w->shared_gate_up, w->shared_down, a->gu, a->h, N, C, d->Fs);
-    else
-        o->zero(o, a->x_out, sizeof(float) * N * C);
+    if (d->Fs > 0) {
+        SwigluMlp m = shared_mlp(x, w, NULL, a);
+        swiglu_mlp_forward(o, &m, a->x_out, a->ln2);
+    } else {
+        o->zero(o, a->x_out, o->act_bytes * N * C);
+    }
     ep_combine(o, &a->ep, a->x_out, a->yp, a->w);
     o->add(o, a->x_out, a->x_mid, (size_t)N * C);
 }
 
 /* Routed experts backward: dxp (rows) from dyp (rows), per expert. */
-static void experts_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockActs *a)
+static void experts_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a)
 {
     Ops *o = x->o;
     const Dims *d = x->d;
     Scratch *s = x->s;
-    const int C = d->C, F = d->F;
+    const size_t C = (size_t)d->C;
     const int32_t *off = a->ep.recv_offsets_host;
     const int e0 = first_local_expert(&a->ep);
-    o->zero(o, s->dxp, sizeof(float) * (size_t)a->ep.recv_rows * C);
+    o->zero(o, s->dxp, o->act_bytes * (size_t)a->ep.recv_rows * C);
     for (int j = 0; j < a->ep.n_local; j++) {
         int n = off[j + 1] - off[j];
         if (n == 0) continue;
-        size_t r0 = (size_t)off[j], ex = (size_t)(e0 + j) * w->expert_stride;
-        const float *we = w->experts + ex;
-        float *ge = g->experts + ex;
-        swiglu_mlp_backward(o, s->dxp + r0 * C, ge, ge + (size_t)2 * F * C, s->dyp + r0 * C,
-                            a->xp + r0 * C, we, we + (size_t)2 * F * C, a->gup + r0 * 2 * F,
-                            a->hp + r0 * F, s->dgup + r0 * 2 * F, s->dhp + r0 * F, n, C, F);
+        size_t r0 = (size_t)off[j];
+        SwigluMlp m = expert_mlp(x, w, g, a, e0 + j, r0, n);
+        swiglu_mlp_backward(o, &m, act_at(o, s->dxp, r0 * C), act_at_c(o, s->dyp, r0 * C),
+                            act_at_c(o, a->xp, r0 * C));
     }
 }
 
-void moe_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockActs *a, MoeStats *st,
-                  float *dres)
+void moe_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, MoeStats *st,
+                  act *dres)
 {
     Ops *o = x->o;
     const Dims *d = x->d;
@@ -101,11 +123,12 @@ void moe_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockAct
     const int N = d->N, C = d->C, E = d->E, K = d->K;
     const RouteShape r = route_shape(x);
 
-    o->zero(o, s->dln, sizeof(float) * N * C);
-    if (d->Fs > 0)
-        swiglu_mlp_backward(o, s->dln, g->shared_gate_up, g->shared_down, dres, a->ln2, w->shared_gate_up,
-                            w->shared_down, a->gu, a->h, s->dgu, s->dh, N, C, d->Fs);
-    o->zero(o, s->dyp, sizeof(float) * (size_t)a->ep.recv_rows * C);
+    o->zero(o, s->dln, o->act_bytes * N * C);
+    if (d->Fs > 0) {
+        SwigluMlp m = shared_mlp(x, w, g, a);
+        swiglu_mlp_backward(o, &m, s->dln, dres, a->ln2);
+    }
+    o->zero(o, s->dyp, o->act_bytes * (size_t)a->ep.recv_rows * C);
     o->zero(o, s->dw, sizeof(float) * N * K);
     ep_combine_backward(o, &a->ep, s->dyp, s->dw, dres, a->yp, a->w);
     experts_backward(x, w, g, a);
@@ -118,7 +141,7 @@ void moe_backward(const Ctx *x, const BlockWeights *w, BlockWeights *g, BlockAct
         o->moe_balance_backward(o, s->ds, st->bal_dloss, a->s, a->idx, d->B, d->T, &r, st->alpha);
     o->zero(o, s->dlogits_r, sizeof(float) * N * E);
     o->sigmoid_backward(o, s->dlogits_r, s->ds, a->s, (size_t)N * E);
-    o->matmul_backward_input(o, s->dln, s->dlogits_r, w->router, N, C, E);
-    o->matmul_backward_weight(o, g->router, s->dlogits_r, a->ln2, N, C, E);
+    o->router_backward_input(o, s->dln, s->dlogits_r, &w->router, N, C, E);
+    o->router_backward_weight(o, g->router, s->dlogits_r, a->ln2, N, C, E);
     o->rmsnorm_backward(o, dres, g->ln2, s->dln, a->x_mid, w->ln2, a->ln2_rstd, N, C);
 }

@@ -8,17 +8,27 @@
  */
 #include "model_internal.h"
 
-void mtp_bind(MtpWeights *w, const ParamTable *t, float *base, int layer)
+void mtp_bind(MtpWeights *w, Ops *o, const ParamTable *t, float *params, int layer, Arena *copies)
 {
-    w->enorm = base + params_offset(t, layer, "enorm.weight");
-    w->hnorm = base + params_offset(t, layer, "hnorm.weight");
-    w->eh_proj = base + params_offset(t, layer, "eh_proj.weight");
-    w->head_norm = base + params_offset(t, layer, "shared_head.norm.weight");
+    char name[PARAM_NAME_MAX];
+    w->enorm = params + params_offset(t, layer, "enorm.weight");
+    w->hnorm = params + params_offset(t, layer, "hnorm.weight");
+    snprintf(name, sizeof name, "model.layers.%d.eh_proj.weight", layer);
+    param_bind_wgt(&w->eh_proj, o, t, params, name, copies);
+    w->head_norm = params + params_offset(t, layer, "shared_head.norm.weight");
+}
+
+void mtp_bind_grads(MtpGrads *g, const ParamTable *t, float *grads, int layer)
+{
+    g->enorm = grads + params_offset(t, layer, "enorm.weight");
+    g->hnorm = grads + params_offset(t, layer, "hnorm.weight");
+    g->eh_proj = grads + params_offset(t, layer, "eh_proj.weight");
+    g->head_norm = grads + params_offset(t, layer, "shared_head.norm.weight");
 }
 
 void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar)
 {
-    const size_t N = (size_t)d->N, NC = N * d->C * sizeof(float), F = sizeof(float);
+    const size_t N = (size_t)d->N, NC = N * d->C * d->act_bytes, F = sizeof(float);
     a->tokens = arena_take(ar, N * sizeof(int32_t));
     a->targets = arena_take(ar, N * sizeof(int32_t));
     a->dloss = arena_take(ar, N * F);
@@ -31,7 +41,7 @@ void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar)
     a->hprime = arena_take(ar, NC);
     a->shn = arena_take(ar, NC);
     a->shn_rstd = arena_take(ar, N * F);
-    a->logits = arena_take(ar, N * d->V * F);
+    a->logits = arena_take(ar, N * d->V * d->act_bytes);
     a->losses = arena_take(ar, N * F);
 }
 
@@ -54,7 +64,7 @@ static int mtp_stage_tokens(Model *m, int k, const int32_t *window)
     return valid;
 }
 
-double mtp_forward(Model *m, int k, const int32_t *window, const float *h_prev, int train)
+double mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, int train)
 {
     Ops *o = m->o;
     const Dims *d = &m->d;
@@ -68,10 +78,10 @@ double mtp_forward(Model *m, int k, const int32_t *window, const float *h_prev, 
     o->rmsnorm_forward(o, a->en, a->en_rstd, a->e, w->enorm, N, C, eps);
     o->rmsnorm_forward(o, a->hn, a->hn_rstd, h_prev, w->hnorm, N, C, eps);
     o->concat_forward(o, a->cat, a->en, a->hn, N, C, C);
-    o->matmul_forward(o, a->hprime, a->cat, w->eh_proj, N, 2 * C, C);
+    o->matmul_forward(o, a->hprime, a->cat, &w->eh_proj, N, 2 * C, C);
     block_forward(m, blk, a->hprime, train);
     o->rmsnorm_forward(o, a->shn, a->shn_rstd, m->acts[blk].x_out, w->head_norm, N, C, eps);
-    o->matmul_forward(o, a->logits, a->shn, m->head, N, C, d->V);
+    o->matmul_forward(o, a->logits, a->shn, &m->head, N, C, d->V);
     o->xent_forward(o, a->losses, a->logits, a->targets, N, d->V);
     double loss = model_download_mean(m, a->losses, N, valid);
     if (train) o->xent_backward(o, a->logits, a->logits, a->targets, a->dloss, N, d->V);
@@ -83,10 +93,10 @@ void mtp_backward(Model *m, int k)
     Ops *o = m->o;
     const Dims *d = &m->d;
     const int N = d->N, C = d->C, blk = d->L + k - 1;
-    const size_t NC = (size_t)N * C * sizeof(float);
+    const size_t NC = (size_t)N * C * o->act_bytes;
     MtpActs *a = &m->mtp[k - 1];
     const MtpWeights *w = &m->mtp_w[k - 1];
-    MtpWeights *g = &m->mtp_g[k - 1];
+    MtpGrads *g = &m->mtp_g[k - 1];
 
     /* dL/dh^k: from this module's head, plus module k+1's use of h^k (in dh_chain) */
     o->zero(o, m->dres, NC);
@@ -95,20 +105,20 @@ void mtp_backward(Model *m, int k)
         o->zero(o, m->dh_chain, NC);
     }
     o->zero(o, m->dshn, NC);
-    o->matmul_backward_input(o, m->dshn, a->logits, m->head, N, C, d->V);
-    o->matmul_backward_weight(o, m->g_head, a->logits, a->shn, N, C, d->V);
+    o->matmul_backward_input(o, m->dshn, a->logits, &m->head, N, C, d->V);
+    o->matmul_backward_weight(o, m->g_head, &m->head, a->logits, a->shn, N, C, d->V);
     o->rmsnorm_backward(o, m->dres, g->head_norm, m->dshn, m->acts[blk].x_out, w->head_norm, a->shn_rstd, N, C);
     block_backward(m, blk, a->hprime, m->dres);
 
     o->zero(o, m->dcat, 2 * NC);
-    o->matmul_backward_input(o, m->dcat, m->dres, w->eh_proj, N, 2 * C, C);
-    o->matmul_backward_weight(o, g->eh_proj, m->dres, a->cat, N, 2 * C, C);
+    o->matmul_backward_input(o, m->dcat, m->dres, &w->eh_proj, N, 2 * C, C);
+    o->matmul_backward_weight(o, g->eh_proj, &w->eh_proj, m->dres, a->cat, N, 2 * C, C);
     o->zero(o, m->den, NC);
     o->zero(o, m->dhn, NC);
     o->concat_backward(o, m->den, m->dhn, m->dcat, N, C, C);
     o->zero(o, m->de, NC);
     o->rmsnorm_backward(o, m->de, g->enorm, m->den, a->e, w->enorm, a->en_rstd, N, C);
     o->embedding_backward(o, m->g_embed, m->de, a->tokens, N, C);
-    const float *h_prev = k == 1 ? m->hf : m->acts[blk - 1].x_out;
+    const act *h_prev = k == 1 ? m->hf : m->acts[blk - 1].x_out;
     o->rmsnorm_backward(o, k == 1 ? m->dhf : m->dh_chain, g->hnorm, m->dhn, h_prev, w->hnorm, a->hn_rstd, N, C);
 }

@@ -193,6 +193,14 @@ const char *params_role_name(ParamRole role)
     return role < ROLE_COUNT ? names[role] : "?";
 }
 
+WgtType params_compute_type(const Param *p, Precision prec)
+{
+    if (prec == PREC_FP32 || p->role == ROLE_ROUTER || p->role == ROLE_NORM || p->role == ROLE_EMBED)
+        return WGT_FP32;
+    if (prec == PREC_BF16 || p->role == ROLE_HEAD) return WGT_BF16;
+    return WGT_FP8;
+}
+
 double params_active(const ParamTable *t, const ModelConfig *c)
 {
     double routed = (double)params_count(t, ROLE_ROUTED_EXPERT, -1);

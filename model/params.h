@@ -30,6 +30,7 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "kernels/ops.h"
 
 typedef enum {
     ROLE_EMBED, ROLE_HEAD, ROLE_ATTN, ROLE_DENSE_FFN, ROLE_SHARED_EXPERT, ROLE_ROUTED_EXPERT,
@@ -72,6 +73,11 @@ size_t params_offset(const ParamTable *t, int layer, const char *suffix);
  * mtp >= 0, the MTP flag. */
 size_t params_count(const ParamTable *t, ParamRole role, int mtp);
 const char *params_role_name(ParamRole role);
+/* Compute type of a Linear weight under a table precision (SPEC.md section 6): FP32 under
+ * fp32; BF16 under bf16; FP8 under fp8 for attention projections, dense FFN, shared and routed
+ * experts and the MTP projection, the output head in BF16; the router in FP32 always.
+ * Embedding and norm weights are read as FP32 masters (never Linear compute copies). */
+WgtType params_compute_type(const Param *p, Precision prec);
 /* Parameters one token touches: every tensor except routed experts counts fully, routed
  * experts count K/E of their size (each token reaches K of E experts per layer). */
 double params_active(const ParamTable *t, const ModelConfig *c);

@@ -84,64 +84,15 @@ size_t cpu_scratch_stride(Ops *o);
 /* Release the state's buffers (the table itself is freed by ops_destroy). */
 void cpu_state_free(Ops *o);
 
-/* cpu_dense.c */
-void *cpu_alloc(Ops *o, size_t bytes);
-void cpu_free(Ops *o, void *p);
-void cpu_zero(Ops *o, void *p, size_t bytes);
-void cpu_upload(Ops *o, void *dst, const void *src_host, size_t bytes);
-void cpu_download(Ops *o, void *dst_host, const void *src, size_t bytes);
-void cpu_synchronize(Ops *o);
-void cpu_matmul_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC);
-void cpu_matmul_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC);
-void cpu_matmul_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC,
-                                int OC);
-void cpu_rmsnorm_forward(Ops *o, float *out, float *rstd, const float *inp, const float *weight, int N, int C,
-                         float eps);
-void cpu_rmsnorm_backward(Ops *o, float *dinp, float *dweight, const float *dout, const float *inp,
-                          const float *weight, const float *rstd, int N, int C);
-void cpu_add(Ops *o, float *y, const float *x, size_t n);
-void cpu_scale(Ops *o, float *x, float s, size_t n);
-double cpu_sumsq(Ops *o, const float *x, size_t n);
-void cpu_concat_forward(Ops *o, float *out, const float *a, const float *b, int N, int A, int Bc);
-void cpu_concat_backward(Ops *o, float *da, float *db, const float *dout, int N, int A, int Bc);
-void cpu_swiglu_forward(Ops *o, float *out, const float *gu, int N, int F);
-void cpu_swiglu_backward(Ops *o, float *dgu, const float *dout, const float *gu, int N, int F);
-void cpu_embedding_forward(Ops *o, float *out, const int32_t *tokens, const float *table, int N, int C);
-void cpu_embedding_backward(Ops *o, float *dtable, const float *dout, const int32_t *tokens, int N, int C);
-void cpu_xent_forward(Ops *o, float *losses, const float *logits, const int32_t *targets, int N, int V);
-void cpu_xent_backward(Ops *o, float *dlogits, const float *logits, const int32_t *targets, const float *dloss,
-                       int N, int V);
-void cpu_adamw_update(Ops *o, float *param, const float *grad, float *m, float *v, size_t n, const AdamArgs *a);
+/* The entries of the table (kernels/ops.h OPS_ENTRIES), each cpu_<entry>: memory, Linear,
+ * norms, elementwise, embedding, loss and optimizer in cpu_dense.c; RoPE, MLA assembly and
+ * attention in cpu_attention.c; router, balance loss and permutation in cpu_moe.c. */
+#define CPU_DECLARE(ret, name, params) ret cpu_##name params;
+OPS_ENTRIES(CPU_DECLARE)
+#undef CPU_DECLARE
 
-/* cpu_attention.c */
-void cpu_rope_forward(Ops *o, float *x, const float *cos, const float *sin, const RopeShape *s);
-void cpu_rope_backward(Ops *o, float *dx, const float *cos, const float *sin, const RopeShape *s);
-void cpu_mla_kv_split(Ops *o, float *k, float *v, const float *kv, const float *k_rope, const MlaKvShape *s);
-void cpu_mla_kv_split_backward(Ops *o, float *dkv, float *dk_rope, const float *dk, const float *dv,
-                               const MlaKvShape *s);
-void cpu_attention_forward(Ops *o, float *out, float *lse, const float *q, const float *k, const float *v,
-                           const AttnShape *s);
-void cpu_attention_backward(Ops *o, float *dq, float *dk, float *dv, const float *dout, const float *q,
-                            const float *k, const float *v, const float *out, const float *lse,
-                            const AttnShape *s);
-
-/* cpu_moe.c */
-void cpu_sigmoid_forward(Ops *o, float *s, const float *logits, size_t n);
-void cpu_sigmoid_backward(Ops *o, float *dlogits, const float *ds, const float *s, size_t n);
-void cpu_moe_route(Ops *o, int32_t *idx, float *w, const float *s, const float *bias, const RouteShape *r);
-void cpu_moe_route_backward(Ops *o, float *ds, const float *dw, const float *s, const int32_t *idx,
-                            const RouteShape *r);
-void cpu_moe_count(Ops *o, float *counts, const int32_t *idx, int n, int E);
-void cpu_moe_balance_forward(Ops *o, float *loss, const float *s, const int32_t *idx, int B, int T,
-                             const RouteShape *r, float alpha);
-void cpu_moe_balance_backward(Ops *o, float *ds, const float *dloss, const float *s, const int32_t *idx, int B,
-                              int T, const RouteShape *r, float alpha);
-void cpu_moe_permute_layout(Ops *o, int32_t *pos, int32_t *offsets, int32_t *offsets_host, const int32_t *idx,
-                            int N, int K, int E);
-void cpu_moe_gather(Ops *o, float *xp, const float *x, const int32_t *pos, int N, int K, int C);
-void cpu_moe_gather_backward(Ops *o, float *dx, const float *dxp, const int32_t *pos, int N, int K, int C);
-void cpu_moe_combine(Ops *o, float *y, const float *yp, const float *w, const int32_t *pos, int N, int K, int C);
-void cpu_moe_combine_backward(Ops *o, float *dyp, float *dw, const float *dy, const float *yp, const float *w,
-                              const int32_t *pos, int N, int K, int C);
+/* Activations are FP32 containers on every CPU table (act_bytes = 4). */
+static inline float *cpu_f(act *p) { return (float *)p; }
+static inline const float *cpu_cf(const act *p) { return (const float *)p; }
 
 #endif

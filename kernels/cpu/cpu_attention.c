@@ -58,20 +58,20 @@ static void rope_rotate(Ops *o, float *x, const float *cos, const float *sin, co
     }
 }
 
-void cpu_rope_forward(Ops *o, float *x, const float *cos, const float *sin, const RopeShape *s)
+void cpu_rope_forward(Ops *o, act *x, const float *cos, const float *sin, const RopeShape *s)
 {
-    rope_rotate(o, x, cos, sin, s, 1.0f);
+    rope_rotate(o, cpu_f(x), cos, sin, s, 1.0f);
 }
 
 /* The rotation is orthogonal, so its gradient is the inverse rotation of dx. */
-void cpu_rope_backward(Ops *o, float *dx, const float *cos, const float *sin, const RopeShape *s)
+void cpu_rope_backward(Ops *o, act *dx, const float *cos, const float *sin, const RopeShape *s)
 {
-    rope_rotate(o, dx, cos, sin, s, -1.0f);
+    rope_rotate(o, cpu_f(dx), cos, sin, s, -1.0f);
 }
 
 /* ---- MLA: k = [k_nope_h | k_rope], v = v_h from kv = [k_nope_h | v_h] ---- */
 
-void cpu_mla_kv_split(Ops *o, float *k, float *v, const float *kv, const float *k_rope, const MlaKvShape *s)
+static void mla_kv_split_f32(Ops *o, float *k, float *v, const float *kv, const float *k_rope, const MlaKvShape *s)
 {
     int Dn = s->Dn, Dr = s->Dr, Dv = s->Dv, H = s->H;
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)s->N * H * (Dn + Dv) > 32768)
@@ -86,8 +86,8 @@ void cpu_mla_kv_split(Ops *o, float *k, float *v, const float *kv, const float *
     }
 }
 
-void cpu_mla_kv_split_backward(Ops *o, float *dkv, float *dk_rope, const float *dk, const float *dv,
-                               const MlaKvShape *s)
+static void mla_kv_split_backward_f32(Ops *o, float *dkv, float *dk_rope, const float *dk, const float *dv,
+                                      const MlaKvShape *s)
 {
     int Dn = s->Dn, Dr = s->Dr, Dv = s->Dv, H = s->H;
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)s->N * H * (Dn + Dv) > 32768)
@@ -102,6 +102,16 @@ void cpu_mla_kv_split_backward(Ops *o, float *dkv, float *dk_rope, const float *
             for (int d = 0; d < Dr; d++) dr[d] += g[Dn + d];
         }
     }
+}
+
+void cpu_mla_kv_split(Ops *o, act *k, act *v, const act *kv, const act *k_rope, const MlaKvShape *s)
+{
+    mla_kv_split_f32(o, cpu_f(k), cpu_f(v), cpu_cf(kv), cpu_cf(k_rope), s);
+}
+
+void cpu_mla_kv_split_backward(Ops *o, act *dkv, act *dk_rope, const act *dk, const act *dv, const MlaKvShape *s)
+{
+    mla_kv_split_backward_f32(o, cpu_f(dkv), cpu_f(dk_rope), cpu_cf(dk), cpu_cf(dv), s);
 }
 
 /* ---- causal attention ---- */
@@ -161,8 +171,8 @@ static void attention_forward_head(float *out, float *lse, const HeadView *hv, c
     }
 }
 
-void cpu_attention_forward(Ops *o, float *out, float *lse, const float *q, const float *k, const float *v,
-                           const AttnShape *s)
+static void attention_forward_f32(Ops *o, float *out, float *lse, const float *q, const float *k,
+                                  const float *v, const AttnShape *s)
 {
     if (s->B <= 0 || s->T <= 0 || s->H <= 0) return;
     CHECK(s->Dqk > 0 && s->Dv > 0);
@@ -213,9 +223,9 @@ static void attention_backward_tile(float *dq, float *dk, float *dv, const float
                 hv->q + (size_t)i0 * hv->ldqk, hv->ldqk, 1.0f, dk, hv->ldqk);
 }
 
-void cpu_attention_backward(Ops *o, float *dq, float *dk, float *dv, const float *dout, const float *q,
-                            const float *k, const float *v, const float *out, const float *lse,
-                            const AttnShape *s)
+static void attention_backward_f32(Ops *o, float *dq, float *dk, float *dv, const float *dout,
+                                   const float *q, const float *k, const float *v, const float *out,
+                                   const float *lse, const AttnShape *s)
 {
     if (s->B <= 0 || s->T <= 0 || s->H <= 0) return;
     CHECK(s->Dqk > 0 && s->Dv > 0);
@@ -234,4 +244,17 @@ void cpu_attention_backward(Ops *o, float *dq, float *dk, float *dv, const float
             attention_backward_tile(dq + hv.off_qk, dk + hv.off_qk, dv + hv.off_v, dout + hv.off_v,
                                     lse + (size_t)bh * s->T, &hv, s, i0, P, dP);
     }
+}
+
+void cpu_attention_forward(Ops *o, act *out, float *lse, const act *q, const act *k, const act *v,
+                           const AttnShape *s)
+{
+    attention_forward_f32(o, cpu_f(out), lse, cpu_cf(q), cpu_cf(k), cpu_cf(v), s);
+}
+
+void cpu_attention_backward(Ops *o, act *dq, act *dk, act *dv, const act *dout, const act *q, const act *k,
+                            const act *v, const act *out, const float *lse, const AttnShape *s)
+{
+    attention_backward_f32(o, cpu_f(dq), cpu_f(dk), cpu_f(dv), cpu_cf(dout), cpu_cf(q), cpu_cf(k), cpu_cf(v),
+                           cpu_cf(out), lse, s);
 }

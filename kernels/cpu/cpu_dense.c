@@ -69,10 +69,22 @@ void cpu_upload(Ops *o, void *dst, const void *src_host, size_t bytes) { if (byt
 void cpu_download(Ops *o, void *dst_host, const void *src, size_t bytes) { if (bytes) memcpy(dst_host, src, bytes); }
 void cpu_synchronize(Ops *o) {}
 
+void cpu_act_upload(Ops *o, act *dst, const float *src_host, size_t n)
+{
+    if (n) memcpy(dst, src_host, n * sizeof(float));
+}
+
+void cpu_act_download(Ops *o, float *dst_host, const act *src, size_t n)
+{
+    if (n) memcpy(dst_host, src, n * sizeof(float));
+}
+
 /* ---- elementwise ---- */
 
-void cpu_add(Ops *o, float *y, const float *x, size_t n)
+void cpu_add(Ops *o, act *y_, const act *x_, size_t n)
 {
+    float *y = cpu_f(y_);
+    const float *x = cpu_cf(x_);
     #pragma omp parallel for num_threads(cpu_threads(o)) if (n > CPU_PAR_MIN) schedule(static)
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
@@ -104,8 +116,10 @@ double cpu_sumsq(Ops *o, const float *x, size_t n)
     return total;
 }
 
-void cpu_concat_forward(Ops *o, float *out, const float *a, const float *b, int N, int A, int Bc)
+void cpu_concat_forward(Ops *o, act *out_, const act *a_, const act *b_, int N, int A, int Bc)
 {
+    float *out = cpu_f(out_);
+    const float *a = cpu_cf(a_), *b = cpu_cf(b_);
     size_t W = (size_t)A + (size_t)Bc;
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * W > CPU_PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -114,8 +128,10 @@ void cpu_concat_forward(Ops *o, float *out, const float *a, const float *b, int 
     }
 }
 
-void cpu_concat_backward(Ops *o, float *da, float *db, const float *dout, int N, int A, int Bc)
+void cpu_concat_backward(Ops *o, act *da_, act *db_, const act *dout_, int N, int A, int Bc)
 {
+    float *da = cpu_f(da_), *db = cpu_f(db_);
+    const float *dout = cpu_cf(dout_);
     size_t W = (size_t)A + (size_t)Bc;
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * W > CPU_PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -165,7 +181,8 @@ static void gemm_parallel(Ops *o, const Gemm *g)
     for (int i = 0; i < slabs; i++) gemm_slab(g, split_m, i * slab, i * slab + slab < dim ? i * slab + slab : dim);
 }
 
-void cpu_matmul_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC)
+/* The three Linear products on FP32 buffers. */
+static void gemm_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC)
 {
     if (N <= 0 || OC <= 0) return;
     if (IC <= 0) { memset(out, 0, (size_t)N * OC * sizeof(float)); return; }
@@ -173,25 +190,72 @@ void cpu_matmul_forward(Ops *o, float *out, const float *inp, const float *weigh
     gemm_parallel(o, &g);
 }
 
-void cpu_matmul_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC)
+static void gemm_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC)
 {
     if (N <= 0 || IC <= 0 || OC <= 0) return;
     Gemm g = { 0, 0, N, IC, OC, dout, weight, OC, IC, 1.0f, dinp, IC };
     gemm_parallel(o, &g);
 }
 
-void cpu_matmul_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC, int OC)
+static void gemm_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC, int OC)
 {
     if (N <= 0 || IC <= 0 || OC <= 0) return;
     Gemm g = { 1, 0, OC, IC, N, dout, inp, OC, IC, 1.0f, dweight, IC };
     gemm_parallel(o, &g);
 }
 
+/* Compute copies: on the FP32 table the master itself. */
+size_t cpu_weight_bytes(Ops *o, WgtType t, int rows, int cols)
+{
+    (void)t, (void)rows, (void)cols;
+    return 0;
+}
+
+void cpu_weight_refresh(Ops *o, Wgt *w)
+{
+    CHECK(w->data == w->master);
+}
+
+static const float *wgt_values(const Wgt *w) { return (const float *)w->data; }
+
+void cpu_matmul_forward(Ops *o, act *out, const act *inp, const Wgt *w, int N, int IC, int OC)
+{
+    gemm_forward(o, cpu_f(out), cpu_cf(inp), wgt_values(w), N, IC, OC);
+}
+
+void cpu_matmul_backward_input(Ops *o, act *dinp, const act *dout, const Wgt *w, int N, int IC, int OC)
+{
+    gemm_backward_input(o, cpu_f(dinp), cpu_cf(dout), wgt_values(w), N, IC, OC);
+}
+
+void cpu_matmul_backward_weight(Ops *o, float *dweight, const Wgt *w, const act *dout, const act *inp, int N, int IC,
+                                int OC)
+{
+    gemm_backward_weight(o, dweight, cpu_cf(dout), cpu_cf(inp), N, IC, OC);
+}
+
+void cpu_router_forward(Ops *o, float *logits, const act *inp, const Wgt *w, int N, int C, int E)
+{
+    gemm_forward(o, logits, cpu_cf(inp), wgt_values(w), N, C, E);
+}
+
+void cpu_router_backward_input(Ops *o, act *dinp, const float *dlogits, const Wgt *w, int N, int C, int E)
+{
+    gemm_backward_input(o, cpu_f(dinp), dlogits, wgt_values(w), N, C, E);
+}
+
+void cpu_router_backward_weight(Ops *o, float *dweight, const float *dlogits, const act *inp, int N, int C, int E)
+{
+    gemm_backward_weight(o, dweight, dlogits, cpu_cf(inp), N, C, E);
+}
+
 /* ---- RMSNorm: y = w * x * r, r = 1/sqrt(mean(x^2) + eps) ---- */
 
-void cpu_rmsnorm_forward(Ops *o, float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+void cpu_rmsnorm_forward(Ops *o, act *out_, float *rstd, const act *inp_, const float *weight, int N, int C,
                          float eps)
 {
+    float *out = cpu_f(out_);
+    const float *inp = cpu_cf(inp_);
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * C > CPU_PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;   /* (C) */
@@ -222,9 +286,11 @@ static void rmsnorm_dweight_block(float *dweight, const float *dout, const float
 }
 
 /* dx = r w dy - x r^3 <w dy, x> / C (differentiating r through mean(x^2)). */
-void cpu_rmsnorm_backward(Ops *o, float *dinp, float *dweight, const float *dout, const float *inp,
+void cpu_rmsnorm_backward(Ops *o, act *dinp_, float *dweight, const act *dout_, const act *inp_,
                           const float *weight, const float *rstd, int N, int C)
 {
+    float *dinp = cpu_f(dinp_);
+    const float *dout = cpu_cf(dout_), *inp = cpu_cf(inp_);
     int nt = cpu_threads(o);
     int par = (size_t)N * C > CPU_PAR_MIN;
     #pragma omp parallel for num_threads(nt) if (par)
@@ -248,8 +314,10 @@ void cpu_rmsnorm_backward(Ops *o, float *dinp, float *dweight, const float *dout
 
 /* ---- SwiGLU: out = silu(g) * u, silu(g) = g * sigmoid(g) ---- */
 
-void cpu_swiglu_forward(Ops *o, float *out, const float *gu, int N, int F)
+void cpu_swiglu_forward(Ops *o, act *out_, const act *gu_, int N, int F)
 {
+    float *out = cpu_f(out_);
+    const float *gu = cpu_cf(gu_);
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * F > CPU_PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *g = gu + (size_t)n * 2 * F, *u = g + F;   /* (F), (F) */
@@ -259,8 +327,10 @@ void cpu_swiglu_forward(Ops *o, float *out, const float *gu, int N, int F)
 }
 
 /* d/dg silu(g) = sig(g) (1 + g (1 - sig(g))). */
-void cpu_swiglu_backward(Ops *o, float *dgu, const float *dout, const float *gu, int N, int F)
+void cpu_swiglu_backward(Ops *o, act *dgu_, const act *dout_, const act *gu_, int N, int F)
 {
+    float *dgu = cpu_f(dgu_);
+    const float *dout = cpu_cf(dout_), *gu = cpu_cf(gu_);
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * F > CPU_PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *g = gu + (size_t)n * 2 * F, *u = g + F;    /* (F), (F) */
@@ -276,8 +346,9 @@ void cpu_swiglu_backward(Ops *o, float *dgu, const float *dout, const float *gu,
 
 /* ---- embedding ---- */
 
-void cpu_embedding_forward(Ops *o, float *out, const int32_t *tokens, const float *table, int N, int C)
+void cpu_embedding_forward(Ops *o, act *out_, const int32_t *tokens, const float *table, int N, int C)
 {
+    float *out = cpu_f(out_);
     for (int n = 0; n < N; n++)
         if (tokens[n] < 0) DIE("embedding: token id %d at position %d is negative", tokens[n], n);
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * C > CPU_PAR_MIN)
@@ -286,8 +357,9 @@ void cpu_embedding_forward(Ops *o, float *out, const int32_t *tokens, const floa
 }
 
 /* Column blocks: each column adds its rows in token order, so repeated tokens never race. */
-void cpu_embedding_backward(Ops *o, float *dtable, const float *dout, const int32_t *tokens, int N, int C)
+void cpu_embedding_backward(Ops *o, float *dtable, const act *dout_, const int32_t *tokens, int N, int C)
 {
+    const float *dout = cpu_cf(dout_);
     for (int n = 0; n < N; n++)
         if (tokens[n] < 0) DIE("embedding: token id %d at position %d is negative", tokens[n], n);
     int nt = cpu_threads(o);
@@ -325,8 +397,9 @@ static void xent_check_targets(const int32_t *targets, int N, int V)
                 targets[n], n, V);
 }
 
-void cpu_xent_forward(Ops *o, float *losses, const float *logits, const int32_t *targets, int N, int V)
+void cpu_xent_forward(Ops *o, float *losses, const act *logits_, const int32_t *targets, int N, int V)
 {
+    const float *logits = cpu_cf(logits_);
     xent_check_targets(targets, N, V);
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * V > CPU_PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -337,9 +410,11 @@ void cpu_xent_forward(Ops *o, float *losses, const float *logits, const int32_t 
 
 /* dlogits == logits: each element is read before it is written, so the row is overwritten
  * with the gradient (ignored rows become 0). Otherwise the gradient is added. */
-void cpu_xent_backward(Ops *o, float *dlogits, const float *logits, const int32_t *targets, const float *dloss,
+void cpu_xent_backward(Ops *o, act *dlogits_, const act *logits_, const int32_t *targets, const float *dloss,
                        int N, int V)
 {
+    float *dlogits = cpu_f(dlogits_);
+    const float *logits = cpu_cf(logits_);
     xent_check_targets(targets, N, V);
     int alias = dlogits == logits;
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * V > CPU_PAR_MIN)

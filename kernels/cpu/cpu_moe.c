@@ -240,16 +240,20 @@ void cpu_moe_permute_layout(Ops *o, int32_t *pos, int32_t *offsets, int32_t *off
     if (offsets_host && offsets_host != offsets) memcpy(offsets_host, offsets, (size_t)(E + 1) * sizeof(int32_t));
 }
 
-void cpu_moe_gather(Ops *o, float *xp, const float *x, const int32_t *pos, int N, int K, int C)
+void cpu_moe_gather(Ops *o, act *xp_, const act *x_, const int32_t *pos, int N, int K, int C)
 {
+    float *xp = cpu_f(xp_);
+    const float *x = cpu_cf(x_);
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * K * C > 32768)
     for (int n = 0; n < N; n++)
         for (int k = 0; k < K; k++)
             memcpy(xp + (size_t)pos[(size_t)n * K + k] * C, x + (size_t)n * C, (size_t)C * sizeof(float));
 }
 
-void cpu_moe_gather_backward(Ops *o, float *dx, const float *dxp, const int32_t *pos, int N, int K, int C)
+void cpu_moe_gather_backward(Ops *o, act *dx_, const act *dxp_, const int32_t *pos, int N, int K, int C)
 {
+    float *dx = cpu_f(dx_);
+    const float *dxp = cpu_cf(dxp_);
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * K * C > 32768)
     for (int n = 0; n < N; n++) {
         float *d = dx + (size_t)n * C;   /* (C) */
@@ -260,8 +264,10 @@ void cpu_moe_gather_backward(Ops *o, float *dx, const float *dxp, const int32_t 
     }
 }
 
-void cpu_moe_combine(Ops *o, float *y, const float *yp, const float *w, const int32_t *pos, int N, int K, int C)
+void cpu_moe_combine(Ops *o, act *y_, const act *yp_, const float *w, const int32_t *pos, int N, int K, int C)
 {
+    float *y = cpu_f(y_);
+    const float *yp = cpu_cf(yp_);
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * K * C > 32768)
     for (int n = 0; n < N; n++) {
         float *out = y + (size_t)n * C;   /* (C) */
@@ -274,9 +280,11 @@ void cpu_moe_combine(Ops *o, float *y, const float *yp, const float *w, const in
 }
 
 /* Each (n, k) owns its row pos[n, k], so rows of dyp never race. */
-void cpu_moe_combine_backward(Ops *o, float *dyp, float *dw, const float *dy, const float *yp, const float *w,
+void cpu_moe_combine_backward(Ops *o, act *dyp_, float *dw, const act *dy_, const act *yp_, const float *w,
                               const int32_t *pos, int N, int K, int C)
 {
+    float *dyp = cpu_f(dyp_);
+    const float *dy = cpu_cf(dy_), *yp = cpu_cf(yp_);
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * K * C > 32768)
     for (int n = 0; n < N; n++) {
         const float *g = dy + (size_t)n * C;   /* (C) */

@@ -58,15 +58,17 @@ static void rope_launch(Ops *o, float *x, const float *cos, const float *sin, co
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_rope_forward(Ops *o, float *x, const float *cos, const float *sin, const RopeShape *s)
+void cuda_rope_forward(Ops *o, act *x_, const float *cos, const float *sin, const RopeShape *s)
 {
+    float *x = cuda_f(x_);
     CUDA_PROF(o, "rope_forward", "elementwise");
     rope_launch(o, x, cos, sin, s, 1.0f);
 }
 
 /* The rotation is orthogonal: its gradient is the inverse rotation. */
-void cuda_rope_backward(Ops *o, float *dx, const float *cos, const float *sin, const RopeShape *s)
+void cuda_rope_backward(Ops *o, act *dx_, const float *cos, const float *sin, const RopeShape *s)
 {
+    float *dx = cuda_f(dx_);
     CUDA_PROF(o, "rope_backward", "elementwise");
     rope_launch(o, dx, cos, sin, s, -1.0f);
 }
@@ -110,8 +112,12 @@ __global__ void mla_kv_split_backward_kernel(float *dkv, float *dk_rope, const f
     }
 }
 
-void cuda_mla_kv_split(Ops *o, float *k, float *v, const float *kv, const float *k_rope, const MlaKvShape *s)
+void cuda_mla_kv_split(Ops *o, act *k_, act *v_, const act *kv_, const act *k_rope_, const MlaKvShape *s)
 {
+    float *k = cuda_f(k_);
+    float *v = cuda_f(v_);
+    const float *kv = cuda_cf(kv_);
+    const float *k_rope = cuda_cf(k_rope_);
     CUDA_PROF(o, "mla_kv_split", "elementwise");
     size_t n = (size_t)s->N * s->H * (s->Dn + s->Dr + s->Dv);
     if (!n || s->N <= 0 || s->H <= 0) return;
@@ -119,9 +125,12 @@ void cuda_mla_kv_split(Ops *o, float *k, float *v, const float *kv, const float 
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_mla_kv_split_backward(Ops *o, float *dkv, float *dk_rope, const float *dk, const float *dv,
-                                const MlaKvShape *s)
+void cuda_mla_kv_split_backward(Ops *o, act *dkv_, act *dk_rope_, const act *dk_, const act *dv_, const MlaKvShape *s)
 {
+    float *dkv = cuda_f(dkv_);
+    float *dk_rope = cuda_f(dk_rope_);
+    const float *dk = cuda_cf(dk_);
+    const float *dv = cuda_cf(dv_);
     CUDA_PROF(o, "mla_kv_split_backward", "elementwise");
     size_t n = (size_t)s->N * s->H * (s->Dn + s->Dv) + (size_t)s->N * s->Dr;
     if (!n || s->N <= 0) return;
@@ -214,13 +223,17 @@ static void attn_scores(Ops *o, float *P, const float *q, const float *k, const 
     const long long ldqk = (long long)s->H * s->Dqk, nk = i0 + nr;
     const size_t seq = (size_t)b * s->T * ldqk;
     CudaGemm g = { nr, (int)nk, s->Dqk, s->H, 0, 1, q + seq + (size_t)i0 * ldqk, ldqk, s->Dqk,
-                   k + seq, ldqk, s->Dqk, P, nk, (long long)nr * nk, s->scale, 0.0f };
+                   k + seq, ldqk, s->Dqk, P, nk, (long long)nr * nk, s->scale, 0.0f, 0 };
     cuda_gemm(o, &g);
 }
 
-void cuda_attention_forward(Ops *o, float *out, float *lse, const float *q, const float *k, const float *v,
+void cuda_attention_forward(Ops *o, act *out_, float *lse, const act *q_, const act *k_, const act *v_,
                             const AttnShape *s)
 {
+    float *out = cuda_f(out_);
+    const float *q = cuda_cf(q_);
+    const float *k = cuda_cf(k_);
+    const float *v = cuda_cf(v_);
     CUDA_PROF(o, "attention_forward", "attention");
     if (s->B <= 0 || s->T <= 0 || s->H <= 0) return;
     CHECK(s->Dqk > 0 && s->Dv > 0);
@@ -237,7 +250,7 @@ void cuda_attention_forward(Ops *o, float *out, float *lse, const float *q, cons
                 P, lse + (size_t)b * s->H * s->T, c);
             CUDA_LAUNCH_CHECK();
             CudaGemm pv = { nr, s->Dv, nk, s->H, 0, 0, P, nk, (long long)nr * nk, v + seq_v, ldv, s->Dv,
-                            out + seq_v + (size_t)i0 * ldv, ldv, s->Dv, 1.0f, 0.0f };
+                            out + seq_v + (size_t)i0 * ldv, ldv, s->Dv, 1.0f, 0.0f, 0 };
             cuda_gemm(o, &pv);
         }
     }
@@ -254,29 +267,36 @@ static void attn_backward_chunk(Ops *o, float *dq, float *dk, float *dv, const f
     const float *dO = dout + seq_v + (size_t)i0 * ldv;    /* (nr, H, Dv) */
     const float *Qc = q + seq_qk + (size_t)i0 * ldqk;     /* (nr, H, Dqk) */
     attn_scores(o, P, q, k, s, b, i0, nr);
-    CudaGemm dpg = { nr, nk, s->Dv, s->H, 0, 1, dO, ldv, s->Dv, v + seq_v, ldv, s->Dv, dP, nk, pstride, 1.0f, 0.0f };
+    CudaGemm dpg = { nr, nk, s->Dv, s->H, 0, 1, dO, ldv, s->Dv, v + seq_v, ldv, s->Dv, dP, nk, pstride, 1.0f, 0.0f, 0 };
     cuda_gemm(o, &dpg);
     AttnChunk c = { s->H, nr, nk, i0, s->T, s->Dv, ldv };
     attn_backward_rows_kernel<<<warp_rows_blocks((size_t)s->H * nr), THREADS, 0, cuda_stream(o)>>>(
         P, dP, lse + (size_t)b * s->H * s->T, dO, out + seq_v + (size_t)i0 * ldv, c);
     CUDA_LAUNCH_CHECK();
     /* dV[0:nk] += P^T dO */
-    CudaGemm dvg = { nk, s->Dv, nr, s->H, 1, 0, P, nk, pstride, dO, ldv, s->Dv, dv + seq_v, ldv, s->Dv, 1.0f, 1.0f };
+    CudaGemm dvg = { nk, s->Dv, nr, s->H, 1, 0, P, nk, pstride, dO, ldv, s->Dv, dv + seq_v, ldv, s->Dv, 1.0f, 1.0f, 0 };
     cuda_gemm(o, &dvg);
     /* dQ[i0:i0+nr] += scale dS K[0:nk] */
     CudaGemm dqg = { nr, s->Dqk, nk, s->H, 0, 0, dP, nk, pstride, k + seq_qk, ldqk, s->Dqk,
-                     dq + seq_qk + (size_t)i0 * ldqk, ldqk, s->Dqk, s->scale, 1.0f };
+                     dq + seq_qk + (size_t)i0 * ldqk, ldqk, s->Dqk, s->scale, 1.0f, 0 };
     cuda_gemm(o, &dqg);
     /* dK[0:nk] += scale dS^T Q[i0:i0+nr] */
     CudaGemm dkg = { nk, s->Dqk, nr, s->H, 1, 0, dP, nk, pstride, Qc, ldqk, s->Dqk, dk + seq_qk, ldqk, s->Dqk,
-                     s->scale, 1.0f };
+                     s->scale, 1.0f, 0 };
     cuda_gemm(o, &dkg);
 }
 
-void cuda_attention_backward(Ops *o, float *dq, float *dk, float *dv, const float *dout, const float *q,
-                             const float *k, const float *v, const float *out, const float *lse,
-                             const AttnShape *s)
+void cuda_attention_backward(Ops *o, act *dq_, act *dk_, act *dv_, const act *dout_, const act *q_, const act *k_,
+                             const act *v_, const act *out_, const float *lse, const AttnShape *s)
 {
+    float *dq = cuda_f(dq_);
+    float *dk = cuda_f(dk_);
+    float *dv = cuda_f(dv_);
+    const float *dout = cuda_cf(dout_);
+    const float *q = cuda_cf(q_);
+    const float *k = cuda_cf(k_);
+    const float *v = cuda_cf(v_);
+    const float *out = cuda_cf(out_);
     CUDA_PROF(o, "attention_backward", "attention");
     if (s->B <= 0 || s->T <= 0 || s->H <= 0) return;
     CHECK(s->Dqk > 0 && s->Dv > 0);

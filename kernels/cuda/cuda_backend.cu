@@ -73,7 +73,7 @@ static void device_free(CudaState *st, void *p)
     CUDA_CHECK(cudaFree(p));
 }
 
-static void *cuda_alloc(Ops *o, size_t bytes)
+void *cuda_alloc(Ops *o, size_t bytes)
 {
     CudaState *st = cuda_state(o);
     void *p = device_alloc(st, bytes);
@@ -81,21 +81,21 @@ static void *cuda_alloc(Ops *o, size_t bytes)
     return p;
 }
 
-static void cuda_free(Ops *o, void *p) { device_free(cuda_state(o), p); }
+void cuda_free(Ops *o, void *p) { device_free(cuda_state(o), p); }
 
-static void cuda_zero(Ops *o, void *p, size_t bytes)
+void cuda_zero(Ops *o, void *p, size_t bytes)
 {
     CUDA_PROF(o, "zero", "memory");
     if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda_stream(o)));
 }
 
-static void cuda_synchronize(Ops *o)
+void cuda_synchronize(Ops *o)
 {
     CUDA_CHECK(cudaStreamSynchronize(cuda_stream(o)));
     cuda_check_device_errors(o);
 }
 
-static void cuda_upload(Ops *o, void *dst, const void *src_host, size_t bytes)
+void cuda_upload(Ops *o, void *dst, const void *src_host, size_t bytes)
 {
     CUDA_PROF(o, "upload", "memory");
     if (!bytes) return;
@@ -103,13 +103,17 @@ static void cuda_upload(Ops *o, void *dst, const void *src_host, size_t bytes)
     cuda_synchronize(o);
 }
 
-static void cuda_download(Ops *o, void *dst_host, const void *src, size_t bytes)
+void cuda_download(Ops *o, void *dst_host, const void *src, size_t bytes)
 {
     CUDA_PROF(o, "download", "memory");
     if (!bytes) return;
     CUDA_CHECK(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(o)));
     cuda_synchronize(o);
 }
+
+/* Activations are FP32 on this backend (act_bytes = 4): byte copies. */
+void cuda_act_upload(Ops *o, act *dst, const float *src_host, size_t n) { cuda_upload(o, dst, src_host, n * 4); }
+void cuda_act_download(Ops *o, float *dst_host, const act *src, size_t n) { cuda_download(o, dst_host, src, n * 4); }
 
 void *cuda_scratch(Ops *o, CudaScratch slot, size_t bytes)
 {
@@ -281,49 +285,11 @@ extern "C" void cuda_fill_normal(Ops *o, float *p, size_t n, float std, uint64_t
 
 /* ---- the table ---- */
 
-static void cuda_fill_table(Ops *o)
+extern "C" void cuda_ops_fill(Ops *o)
 {
-    o->alloc = cuda_alloc;
-    o->free = cuda_free;
-    o->zero = cuda_zero;
-    o->upload = cuda_upload;
-    o->download = cuda_download;
-    o->synchronize = cuda_synchronize;
-    o->matmul_forward = cuda_matmul_forward;
-    o->matmul_backward_input = cuda_matmul_backward_input;
-    o->matmul_backward_weight = cuda_matmul_backward_weight;
-    o->rmsnorm_forward = cuda_rmsnorm_forward;
-    o->rmsnorm_backward = cuda_rmsnorm_backward;
-    o->add = cuda_add;
-    o->scale = cuda_scale;
-    o->sumsq = cuda_sumsq;
-    o->concat_forward = cuda_concat_forward;
-    o->concat_backward = cuda_concat_backward;
-    o->swiglu_forward = cuda_swiglu_forward;
-    o->swiglu_backward = cuda_swiglu_backward;
-    o->embedding_forward = cuda_embedding_forward;
-    o->embedding_backward = cuda_embedding_backward;
-    o->rope_forward = cuda_rope_forward;
-    o->rope_backward = cuda_rope_backward;
-    o->mla_kv_split = cuda_mla_kv_split;
-    o->mla_kv_split_backward = cuda_mla_kv_split_backward;
-    o->attention_forward = cuda_attention_forward;
-    o->attention_backward = cuda_attention_backward;
-    o->xent_forward = cuda_xent_forward;
-    o->xent_backward = cuda_xent_backward;
-    o->sigmoid_forward = cuda_sigmoid_forward;
-    o->sigmoid_backward = cuda_sigmoid_backward;
-    o->moe_route = cuda_moe_route;
-    o->moe_route_backward = cuda_moe_route_backward;
-    o->moe_count = cuda_moe_count;
-    o->moe_balance_forward = cuda_moe_balance_forward;
-    o->moe_balance_backward = cuda_moe_balance_backward;
-    o->moe_permute_layout = cuda_moe_permute_layout;
-    o->moe_gather = cuda_moe_gather;
-    o->moe_gather_backward = cuda_moe_gather_backward;
-    o->moe_combine = cuda_moe_combine;
-    o->moe_combine_backward = cuda_moe_combine_backward;
-    o->adamw_update = cuda_adamw_update;
+#define CUDA_FILL(ret, name, params) o->name = cuda_##name;
+    OPS_ENTRIES(CUDA_FILL)
+#undef CUDA_FILL
 }
 
 extern "C" Ops *cuda_ops_create(Precision precision)
@@ -350,8 +316,9 @@ extern "C" Ops *cuda_ops_create(Precision precision)
     Ops *o = (Ops *)xcalloc(1, sizeof *o);
     o->name = "cuda";
     o->precision = precision;
+    o->act_bytes = sizeof(float);
     o->state = st;
-    cuda_fill_table(o);
+    cuda_ops_fill(o);
     if (getenv("DSTRAIN_CUDA_PROFILE") && atoi(getenv("DSTRAIN_CUDA_PROFILE")) > 0) cuda_profile_enable(o, 1);
     cuda_synchronize(o);
     return o;

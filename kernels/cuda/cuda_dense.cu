@@ -30,8 +30,10 @@ __global__ void add_kernel(float *y, const float *x, size_t n) { GRID_STRIDE(i, 
 __global__ void scale_kernel(float *x, float s, size_t n) { GRID_STRIDE(i, n) x[i] *= s; }
 __global__ void fill_kernel(float *p, float v, size_t n) { GRID_STRIDE(i, n) p[i] = v; }
 
-void cuda_add(Ops *o, float *y, const float *x, size_t n)
+void cuda_add(Ops *o, act *y_, const act *x_, size_t n)
 {
+    float *y = cuda_f(y_);
+    const float *x = cuda_cf(x_);
     CUDA_PROF(o, "add", "elementwise");
     if (!n) return;
     add_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(y, x, n);
@@ -141,8 +143,11 @@ __global__ void concat_backward_kernel(float *da, float *db, const float *dout, 
     }
 }
 
-void cuda_concat_forward(Ops *o, float *out, const float *a, const float *b, int N, int A, int Bc)
+void cuda_concat_forward(Ops *o, act *out_, const act *a_, const act *b_, int N, int A, int Bc)
 {
+    float *out = cuda_f(out_);
+    const float *a = cuda_cf(a_);
+    const float *b = cuda_cf(b_);
     CUDA_PROF(o, "concat_forward", "elementwise");
     size_t n = (size_t)N * ((size_t)A + Bc);
     if (!n || N <= 0) return;
@@ -150,8 +155,11 @@ void cuda_concat_forward(Ops *o, float *out, const float *a, const float *b, int
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_concat_backward(Ops *o, float *da, float *db, const float *dout, int N, int A, int Bc)
+void cuda_concat_backward(Ops *o, act *da_, act *db_, const act *dout_, int N, int A, int Bc)
 {
+    float *da = cuda_f(da_);
+    float *db = cuda_f(db_);
+    const float *dout = cuda_cf(dout_);
     CUDA_PROF(o, "concat_backward", "elementwise");
     size_t n = (size_t)N * ((size_t)A + Bc);
     if (!n || N <= 0) return;
@@ -177,9 +185,11 @@ __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp
     }
 }
 
-void cuda_rmsnorm_forward(Ops *o, float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+void cuda_rmsnorm_forward(Ops *o, act *out_, float *rstd, const act *inp_, const float *weight, int N, int C,
                           float eps)
 {
+    float *out = cuda_f(out_);
+    const float *inp = cuda_cf(inp_);
     CUDA_PROF(o, "rmsnorm_forward", "norm");
     if (N <= 0 || C <= 0) return;
     rmsnorm_forward_kernel<<<cuda_blocks((size_t)N * THREADS, THREADS), THREADS, 0, cuda_stream(o)>>>(
@@ -226,9 +236,12 @@ __global__ void rmsnorm_dweight_final_kernel(float *dweight, const float *part, 
     dweight[c] += (float)acc;
 }
 
-void cuda_rmsnorm_backward(Ops *o, float *dinp, float *dweight, const float *dout, const float *inp,
-                           const float *weight, const float *rstd, int N, int C)
+void cuda_rmsnorm_backward(Ops *o, act *dinp_, float *dweight, const act *dout_, const act *inp_, const float *weight,
+                           const float *rstd, int N, int C)
 {
+    float *dinp = cuda_f(dinp_);
+    const float *dout = cuda_cf(dout_);
+    const float *inp = cuda_cf(inp_);
     CUDA_PROF(o, "rmsnorm_backward", "norm");
     if (N <= 0 || C <= 0) return;
     cudaStream_t s = cuda_stream(o);
@@ -269,16 +282,21 @@ __global__ void swiglu_backward_kernel(float *dgu, const float *dout, const floa
     }
 }
 
-void cuda_swiglu_forward(Ops *o, float *out, const float *gu, int N, int F)
+void cuda_swiglu_forward(Ops *o, act *out_, const act *gu_, int N, int F)
 {
+    float *out = cuda_f(out_);
+    const float *gu = cuda_cf(gu_);
     CUDA_PROF(o, "swiglu_forward", "elementwise");
     if (N <= 0 || F <= 0) return;
     swiglu_forward_kernel<<<cuda_blocks((size_t)N * F, THREADS), THREADS, 0, cuda_stream(o)>>>(out, gu, N, F);
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_swiglu_backward(Ops *o, float *dgu, const float *dout, const float *gu, int N, int F)
+void cuda_swiglu_backward(Ops *o, act *dgu_, const act *dout_, const act *gu_, int N, int F)
 {
+    float *dgu = cuda_f(dgu_);
+    const float *dout = cuda_cf(dout_);
+    const float *gu = cuda_cf(gu_);
     CUDA_PROF(o, "swiglu_backward", "elementwise");
     if (N <= 0 || F <= 0) return;
     swiglu_backward_kernel<<<cuda_blocks((size_t)N * F, THREADS), THREADS, 0, cuda_stream(o)>>>(dgu, dout, gu, N, F);
@@ -302,8 +320,9 @@ __global__ void embedding_forward_kernel(float *out, const int32_t *tokens, cons
     }
 }
 
-void cuda_embedding_forward(Ops *o, float *out, const int32_t *tokens, const float *table, int N, int C)
+void cuda_embedding_forward(Ops *o, act *out_, const int32_t *tokens, const float *table, int N, int C)
 {
+    float *out = cuda_f(out_);
     CUDA_PROF(o, "embedding_forward", "embedding");
     if (N <= 0 || C <= 0) return;
     CudaState *st = cuda_state(o);
@@ -361,8 +380,9 @@ __global__ void embedding_backward_kernel(float *dtable, const float *dout, cons
     }
 }
 
-void cuda_embedding_backward(Ops *o, float *dtable, const float *dout, const int32_t *tokens, int N, int C)
+void cuda_embedding_backward(Ops *o, float *dtable, const act *dout_, const int32_t *tokens, int N, int C)
 {
+    const float *dout = cuda_cf(dout_);
     CUDA_PROF(o, "embedding_backward", "embedding");
     if (N <= 0 || C <= 0) return;
     CudaState *st = cuda_state(o);
@@ -447,8 +467,9 @@ __global__ void xent_backward_kernel(float *dlogits, const float *logits, const 
     }
 }
 
-void cuda_xent_forward(Ops *o, float *losses, const float *logits, const int32_t *targets, int N, int V)
+void cuda_xent_forward(Ops *o, float *losses, const act *logits_, const int32_t *targets, int N, int V)
 {
+    const float *logits = cuda_cf(logits_);
     CUDA_PROF(o, "xent_forward", "xent");
     if (N <= 0) return;
     CudaState *st = cuda_state(o);
@@ -457,9 +478,11 @@ void cuda_xent_forward(Ops *o, float *losses, const float *logits, const int32_t
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_xent_backward(Ops *o, float *dlogits, const float *logits, const int32_t *targets, const float *dloss,
-                        int N, int V)
+void cuda_xent_backward(Ops *o, act *dlogits_, const act *logits_, const int32_t *targets, const float *dloss, int N,
+                        int V)
 {
+    float *dlogits = cuda_f(dlogits_);
+    const float *logits = cuda_cf(logits_);
     CUDA_PROF(o, "xent_backward", "xent");
     if (N <= 0) return;
     CudaState *st = cuda_state(o);

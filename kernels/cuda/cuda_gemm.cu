@@ -210,7 +210,7 @@ static LtOperands lt_operands(Ops *o, const CudaGemm *g)
     const int a_rows = g->ta ? g->K : g->M, a_cols = g->ta ? g->M : g->K;   /* A as stored */
     const int b_rows = g->tb ? g->N : g->K, b_cols = g->tb ? g->K : g->N;   /* B as stored */
     LtOperands L;
-    if (o->precision == PREC_BF16) {
+    if (o->precision != PREC_FP32 && !g->fp32) {
         L.ab_type = CUDA_R_16BF;
         L.A = to_bf16(o, SCR_GEMM_B, g->B, g->batch, b_rows, b_cols, g->ldb, g->sB);
         L.B = to_bf16(o, SCR_GEMM_A, g->A, g->batch, a_rows, a_cols, g->lda, g->sA);
@@ -258,7 +258,7 @@ void cuda_gemm(Ops *o, const CudaGemm *g)
     cublasLtMatrixLayout_t lc = make_layout(CUDA_R_32F, m, n, g->ldc, g->batch, g->sC);
     GemmKey key;
     memset(&key, 0, sizeof key);    /* padding bytes take part in hashing and comparing */
-    key.prec = o->precision;
+    key.prec = g->fp32 || o->precision == PREC_FP32 ? PREC_FP32 : PREC_BF16;
     key.transa = (int)opa;
     key.transb = (int)opb;
     key.m = (int)m;
@@ -287,28 +287,80 @@ void cuda_gemm(Ops *o, const CudaGemm *g)
 /* ---- Linear (kernels/ops.h): W (OC,IC), y = x W^T ---- */
 
 /* out (N,OC) = inp (N,IC) W^T: op(B) = W^T, W stored (OC,IC). IC = 0 gives zeros (CPU). */
-void cuda_matmul_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC)
+static void linear_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC,
+                           int fp32)
 {
-    CUDA_PROF(o, "matmul_forward", "gemm");
-    CudaGemm g = { N, OC, IC, 1, 0, 1, inp, IC, 0, weight, IC, 0, out, OC, 0, 1.0f, 0.0f };
+    CudaGemm g = { N, OC, IC, 1, 0, 1, inp, IC, 0, weight, IC, 0, out, OC, 0, 1.0f, 0.0f, fp32 };
     cuda_gemm(o, &g);
 }
 
 /* dinp (N,IC) += dout (N,OC) W (OC,IC). */
-void cuda_matmul_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC)
+static void linear_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC,
+                                  int OC, int fp32)
 {
-    CUDA_PROF(o, "matmul_backward_input", "gemm");
     if (OC <= 0) return;
-    CudaGemm g = { N, IC, OC, 1, 0, 0, dout, OC, 0, weight, IC, 0, dinp, IC, 0, 1.0f, 1.0f };
+    CudaGemm g = { N, IC, OC, 1, 0, 0, dout, OC, 0, weight, IC, 0, dinp, IC, 0, 1.0f, 1.0f, fp32 };
     cuda_gemm(o, &g);
 }
 
 /* dW (OC,IC) += dout^T (OC,N) inp (N,IC): op(A) = dout^T, dout stored (N,OC). */
-void cuda_matmul_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC,
+static void linear_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC,
+                                   int OC, int fp32)
+{
+    if (N <= 0) return;
+    CudaGemm g = { OC, IC, N, 1, 1, 0, dout, OC, 0, inp, IC, 0, dweight, IC, 0, 1.0f, 1.0f, fp32 };
+    cuda_gemm(o, &g);
+}
+
+/* Compute copies: not kept yet; the GEMMs read the FP32 master and round both operands per
+ * call under PREC_BF16 (lt_operands). */
+size_t cuda_weight_bytes(Ops *o, WgtType t, int rows, int cols)
+{
+    (void)o, (void)t, (void)rows, (void)cols;
+    return 0;
+}
+
+void cuda_weight_refresh(Ops *o, Wgt *w)
+{
+    CHECK(w->data == w->master);
+}
+
+static const float *wgt_f32(const Wgt *w) { return (const float *)w->data; }
+
+void cuda_matmul_forward(Ops *o, act *out, const act *inp, const Wgt *w, int N, int IC, int OC)
+{
+    CUDA_PROF(o, "matmul_forward", "gemm");
+    linear_forward(o, cuda_f(out), cuda_cf(inp), wgt_f32(w), N, IC, OC, 0);
+}
+
+void cuda_matmul_backward_input(Ops *o, act *dinp, const act *dout, const Wgt *w, int N, int IC, int OC)
+{
+    CUDA_PROF(o, "matmul_backward_input", "gemm");
+    linear_backward_input(o, cuda_f(dinp), cuda_cf(dout), wgt_f32(w), N, IC, OC, 0);
+}
+
+void cuda_matmul_backward_weight(Ops *o, float *dweight, const Wgt *w, const act *dout, const act *inp, int N, int IC,
                                  int OC)
 {
     CUDA_PROF(o, "matmul_backward_weight", "gemm");
-    if (N <= 0) return;
-    CudaGemm g = { OC, IC, N, 1, 1, 0, dout, OC, 0, inp, IC, 0, dweight, IC, 0, 1.0f, 1.0f };
-    cuda_gemm(o, &g);
+    linear_backward_weight(o, dweight, cuda_cf(dout), cuda_cf(inp), N, IC, OC, 0);
+}
+
+/* The router stays FP32 in every precision (SPEC.md section 6). */
+void cuda_router_forward(Ops *o, float *logits, const act *inp, const Wgt *w, int N, int C, int E)
+{
+    CUDA_PROF(o, "router_forward", "gemm");
+    linear_forward(o, logits, cuda_cf(inp), wgt_f32(w), N, C, E, 1);
+}
+
+void cuda_router_backward_input(Ops *o, act *dinp, const float *dlogits, const Wgt *w, int N, int C, int E)
+{
+    CUDA_PROF(o, "router_backward_input", "gemm");
+    linear_backward_input(o, cuda_f(dinp), dlogits, wgt_f32(w), N, C, E, 1);
+}
+
+void cuda_router_backward_weight(Ops *o, float *dweight, const float *dlogits, const act *inp, int N, int C, int E)
+{
+    CUDA_PROF(o, "router_backward_weight", "gemm");
+    linear_backward_weight(o, dweight, dlogits, cuda_cf(inp), N, C, E, 1);
 }

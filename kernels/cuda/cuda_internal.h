@@ -135,7 +135,7 @@ struct CudaProfScope {
 /* Row-major GEMM C (M,N) = alpha op(A) op(B) + beta C, batched with element strides;
  * op(A) is (M,K): A stored (M,K) with row stride lda, or (K,M) when ta (op(A) = A^T).
  * Same for B with (K,N) / (N,K). FP32 storage; the table's precision picks FP32 compute
- * (PREC_FP32) or BF16 operands with FP32 accumulation (PREC_BF16). Defined in cuda_gemm.cu. */
+ * (PREC_FP32, or fp32 set) or BF16 operands with FP32 accumulation. Defined in cuda_gemm.cu. */
 typedef struct CudaGemm {
     int M, N, K, batch;
     int ta, tb;
@@ -143,67 +143,25 @@ typedef struct CudaGemm {
     const float *B; long long ldb, sB;
     float *C; long long ldc, sC;
     float alpha, beta;
+    int fp32;                       /* 1: FP32 operands whatever the precision (the router) */
 } CudaGemm;
 void cuda_gemm(Ops *o, const CudaGemm *g);
 void cuda_gemm_cache_free(CudaState *st);
 
-/* cuda_gemm.cu: Linear */
-void cuda_matmul_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC);
-void cuda_matmul_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC);
-void cuda_matmul_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC,
-                                 int OC);
+/* The entries of the table (kernels/ops.h OPS_ENTRIES), each cuda_<entry>: memory in
+ * cuda_backend.cu, Linear and router in cuda_gemm.cu, norms, elementwise, embedding, loss and
+ * optimizer in cuda_dense.cu, RoPE, MLA assembly and attention in cuda_attention.cu, router
+ * selection, balance loss and permutation in cuda_moe.cu. */
+#define CUDA_DECLARE(ret, name, params) ret cuda_##name params;
+OPS_ENTRIES(CUDA_DECLARE)
+#undef CUDA_DECLARE
 
-/* cuda_dense.cu */
-void cuda_rmsnorm_forward(Ops *o, float *out, float *rstd, const float *inp, const float *weight, int N, int C,
-                          float eps);
-void cuda_rmsnorm_backward(Ops *o, float *dinp, float *dweight, const float *dout, const float *inp,
-                           const float *weight, const float *rstd, int N, int C);
-void cuda_add(Ops *o, float *y, const float *x, size_t n);
-void cuda_scale(Ops *o, float *x, float s, size_t n);
-double cuda_sumsq(Ops *o, const float *x, size_t n);
-void cuda_concat_forward(Ops *o, float *out, const float *a, const float *b, int N, int A, int Bc);
-void cuda_concat_backward(Ops *o, float *da, float *db, const float *dout, int N, int A, int Bc);
-void cuda_swiglu_forward(Ops *o, float *out, const float *gu, int N, int F);
-void cuda_swiglu_backward(Ops *o, float *dgu, const float *dout, const float *gu, int N, int F);
-void cuda_embedding_forward(Ops *o, float *out, const int32_t *tokens, const float *table, int N, int C);
-void cuda_embedding_backward(Ops *o, float *dtable, const float *dout, const int32_t *tokens, int N, int C);
-void cuda_xent_forward(Ops *o, float *losses, const float *logits, const int32_t *targets, int N, int V);
-void cuda_xent_backward(Ops *o, float *dlogits, const float *logits, const int32_t *targets, const float *dloss,
-                        int N, int V);
-void cuda_adamw_update(Ops *o, float *param, const float *grad, float *m, float *v, size_t n, const AdamArgs *a);
+/* Activations are FP32 on this backend for now (act_bytes = 4). */
+static inline float *cuda_f(act *p) { return (float *)p; }
+static inline const float *cuda_cf(const act *p) { return (const float *)p; }
+
 void cuda_fill(Ops *o, float *p, size_t n, float value);
 void cuda_fill_normal_dev(Ops *o, float *p, size_t n, float std, uint64_t seed);
-
-/* cuda_attention.cu */
-void cuda_rope_forward(Ops *o, float *x, const float *cos, const float *sin, const RopeShape *s);
-void cuda_rope_backward(Ops *o, float *dx, const float *cos, const float *sin, const RopeShape *s);
-void cuda_mla_kv_split(Ops *o, float *k, float *v, const float *kv, const float *k_rope, const MlaKvShape *s);
-void cuda_mla_kv_split_backward(Ops *o, float *dkv, float *dk_rope, const float *dk, const float *dv,
-                                const MlaKvShape *s);
-void cuda_attention_forward(Ops *o, float *out, float *lse, const float *q, const float *k, const float *v,
-                            const AttnShape *s);
-void cuda_attention_backward(Ops *o, float *dq, float *dk, float *dv, const float *dout, const float *q,
-                             const float *k, const float *v, const float *out, const float *lse,
-                             const AttnShape *s);
-
-/* cuda_moe.cu */
-void cuda_sigmoid_forward(Ops *o, float *s, const float *logits, size_t n);
-void cuda_sigmoid_backward(Ops *o, float *dlogits, const float *ds, const float *s, size_t n);
-void cuda_moe_route(Ops *o, int32_t *idx, float *w, const float *s, const float *bias, const RouteShape *r);
-void cuda_moe_route_backward(Ops *o, float *ds, const float *dw, const float *s, const int32_t *idx,
-                             const RouteShape *r);
-void cuda_moe_count(Ops *o, float *counts, const int32_t *idx, int n, int E);
-void cuda_moe_balance_forward(Ops *o, float *loss, const float *s, const int32_t *idx, int B, int T,
-                              const RouteShape *r, float alpha);
-void cuda_moe_balance_backward(Ops *o, float *ds, const float *dloss, const float *s, const int32_t *idx, int B,
-                               int T, const RouteShape *r, float alpha);
-void cuda_moe_permute_layout(Ops *o, int32_t *pos, int32_t *offsets, int32_t *offsets_host, const int32_t *idx,
-                             int N, int K, int E);
-void cuda_moe_gather(Ops *o, float *xp, const float *x, const int32_t *pos, int N, int K, int C);
-void cuda_moe_gather_backward(Ops *o, float *dx, const float *dxp, const int32_t *pos, int N, int K, int C);
-void cuda_moe_combine(Ops *o, float *y, const float *yp, const float *w, const int32_t *pos, int N, int K, int C);
-void cuda_moe_combine_backward(Ops *o, float *dyp, float *dw, const float *dy, const float *yp, const float *w,
-                               const int32_t *pos, int N, int K, int C);
 
 /* Block-wide sums for kernels of BLOCK threads (a multiple of 32, at most 1024); every
  * thread gets the total. The order is fixed by the block size: deterministic. */

@@ -427,8 +427,10 @@ __global__ void moe_combine_backward_kernel(float *dyp, float *dw, const float *
     }
 }
 
-void cuda_moe_gather(Ops *o, float *xp, const float *x, const int32_t *pos, int N, int K, int C)
+void cuda_moe_gather(Ops *o, act *xp_, const act *x_, const int32_t *pos, int N, int K, int C)
 {
+    float *xp = cuda_f(xp_);
+    const float *x = cuda_cf(x_);
     CUDA_PROF(o, "moe_gather", "permute");
     size_t n = (size_t)N * K * C;
     if (!n || N <= 0 || K <= 0 || C <= 0) return;
@@ -436,8 +438,10 @@ void cuda_moe_gather(Ops *o, float *xp, const float *x, const int32_t *pos, int 
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_moe_gather_backward(Ops *o, float *dx, const float *dxp, const int32_t *pos, int N, int K, int C)
+void cuda_moe_gather_backward(Ops *o, act *dx_, const act *dxp_, const int32_t *pos, int N, int K, int C)
 {
+    float *dx = cuda_f(dx_);
+    const float *dxp = cuda_cf(dxp_);
     CUDA_PROF(o, "moe_gather_backward", "permute");
     size_t n = (size_t)N * C;
     if (!n || N <= 0 || C <= 0) return;
@@ -445,8 +449,10 @@ void cuda_moe_gather_backward(Ops *o, float *dx, const float *dxp, const int32_t
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_moe_combine(Ops *o, float *y, const float *yp, const float *w, const int32_t *pos, int N, int K, int C)
+void cuda_moe_combine(Ops *o, act *y_, const act *yp_, const float *w, const int32_t *pos, int N, int K, int C)
 {
+    float *y = cuda_f(y_);
+    const float *yp = cuda_cf(yp_);
     CUDA_PROF(o, "moe_combine", "permute");
     size_t n = (size_t)N * C;
     if (!n || N <= 0 || C <= 0) return;
@@ -454,9 +460,12 @@ void cuda_moe_combine(Ops *o, float *y, const float *yp, const float *w, const i
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_moe_combine_backward(Ops *o, float *dyp, float *dw, const float *dy, const float *yp, const float *w,
+void cuda_moe_combine_backward(Ops *o, act *dyp_, float *dw, const act *dy_, const act *yp_, const float *w,
                                const int32_t *pos, int N, int K, int C)
 {
+    float *dyp = cuda_f(dyp_);
+    const float *dy = cuda_cf(dy_);
+    const float *yp = cuda_cf(yp_);
     CUDA_PROF(o, "moe_combine_backward", "permute");
     if (N <= 0 || K <= 0 || C <= 0) return;
     moe_combine_backward_kernel<<<cuda_blocks((size_t)N * K * 128, 128), 128, 0, cuda_stream(o)>>>(

@@ -32,6 +32,9 @@ extern "C" {
  * precision this backend does not run (fp8). */
 Ops *cuda_ops_create(Precision precision);
 void cuda_ops_destroy(Ops *o);
+/* Fills every entry of o with the CUDA backend's functions (no GPU needed: the test that no
+ * entry is left empty calls it). */
+void cuda_ops_fill(Ops *o);
 
 /* Number of CUDA devices; 0 when none is usable, with the runtime's reason in why. */
 int cuda_gpu_count(char *why, size_t why_len);

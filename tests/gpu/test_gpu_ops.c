@@ -53,10 +53,10 @@ static void test_matmul(Pair *p, Rng *r, int N, int IC, int OC, int offset)
     Buf dy = buf_new(p, hdy, (size_t)N * OC + offset);
     /* forward: out = x W^T */
     Buf out = buf_poison(p, (size_t)N * OC);
-    c->matmul_forward(c, out.c, x.c + offset, w.c + offset, N, IC, OC);
-    p->gpu->matmul_forward(p->gpu, out.g, x.g + offset, w.g + offset, N, IC, OC);
+    c->matmul_forward(c, A(out.c), CA(x.c + offset), WG(w.c + offset, OC, IC), N, IC, OC);
+    p->gpu->matmul_forward(p->gpu, A(out.g), CA(x.g + offset), WG(w.g + offset, OC, IC), N, IC, OC);
     float *prod = xcalloc((size_t)N * OC, sizeof(float));
-    c->matmul_forward(c, prod, ax, aw, N, IC, OC);
+    c->matmul_forward(c, A(prod), CA(ax), WG(aw, OC, IC), N, IC, OC);
     float *bud = gemm_budget(p, prod, (size_t)N * OC, IC);
     snprintf(what, sizeof what, "matmul_forward %dx%dx%d%s", N, IC, OC, offset ? " unaligned" : "");
     EXPECT(check_bound(p, what, &out, bud, 2 * U32, gemm_norm(p)), "%s", what);
@@ -65,10 +65,10 @@ static void test_matmul(Pair *p, Rng *r, int N, int IC, int OC, int offset)
     /* backward input: dinp (random start) += dy W */
     float *h0 = host_uniform(r, (size_t)N * IC, -1, 1);
     Buf dinp = buf_new(p, h0, (size_t)N * IC);
-    c->matmul_backward_input(c, dinp.c, dy.c + offset, w.c + offset, N, IC, OC);
-    p->gpu->matmul_backward_input(p->gpu, dinp.g, dy.g + offset, w.g + offset, N, IC, OC);
+    c->matmul_backward_input(c, A(dinp.c), CA(dy.c + offset), WG(w.c + offset, OC, IC), N, IC, OC);
+    p->gpu->matmul_backward_input(p->gpu, A(dinp.g), CA(dy.g + offset), WG(w.g + offset, OC, IC), N, IC, OC);
     prod = xcalloc((size_t)N * IC, sizeof(float));
-    c->matmul_backward_input(c, prod, ady, aw, N, IC, OC);
+    c->matmul_backward_input(c, A(prod), CA(ady), WG(aw, OC, IC), N, IC, OC);
     bud = gemm_budget(p, prod, (size_t)N * IC, OC);
     snprintf(what, sizeof what, "matmul_backward_input %dx%dx%d", N, IC, OC);
     EXPECT(check_bound(p, what, &dinp, bud, 2 * U32, gemm_norm(p)), "%s", what);
@@ -78,10 +78,11 @@ static void test_matmul(Pair *p, Rng *r, int N, int IC, int OC, int offset)
     /* backward weight: dW (random start) += dy^T x */
     h0 = host_uniform(r, (size_t)OC * IC, -1, 1);
     Buf dw = buf_new(p, h0, (size_t)OC * IC);
-    c->matmul_backward_weight(c, dw.c, dy.c + offset, x.c + offset, N, IC, OC);
-    p->gpu->matmul_backward_weight(p->gpu, dw.g, dy.g + offset, x.g + offset, N, IC, OC);
+    c->matmul_backward_weight(c, dw.c, WG(w.c + offset, OC, IC), CA(dy.c + offset), CA(x.c + offset), N, IC, OC);
+    p->gpu->matmul_backward_weight(p->gpu, dw.g, WG(w.g + offset, OC, IC), CA(dy.g + offset), CA(x.g + offset), N,
+                                   IC, OC);
     prod = xcalloc((size_t)OC * IC, sizeof(float));
-    c->matmul_backward_weight(c, prod, ady, ax, N, IC, OC);
+    c->matmul_backward_weight(c, prod, WG(aw, OC, IC), CA(ady), CA(ax), N, IC, OC);
     bud = gemm_budget(p, prod, (size_t)OC * IC, N);
     snprintf(what, sizeof what, "matmul_backward_weight %dx%dx%d", N, IC, OC);
     EXPECT(check_bound(p, what, &dw, bud, 2 * U32, gemm_norm(p)), "%s", what);
@@ -111,8 +112,8 @@ static void test_rmsnorm(Pair *p, Rng *r, int N, int C)
     Buf x = buf_new(p, hx, (size_t)N * C), w = buf_new(p, hw, C), dy = buf_new(p, hdy, (size_t)N * C);
     Buf y = buf_poison(p, (size_t)N * C), rs = buf_poison(p, N);
     Buf dx = buf_new(p, h0, (size_t)N * C), dw = buf_new(p, hw0, C);
-    p->cpu->rmsnorm_forward(p->cpu, y.c, rs.c, x.c, w.c, N, C, 1e-6f);
-    p->gpu->rmsnorm_forward(p->gpu, y.g, rs.g, x.g, w.g, N, C, 1e-6f);
+    p->cpu->rmsnorm_forward(p->cpu, A(y.c), rs.c, CA(x.c), w.c, N, C, 1e-6f);
+    p->gpu->rmsnorm_forward(p->gpu, A(y.g), rs.g, CA(x.g), w.g, N, C, 1e-6f);
     snprintf(what, sizeof what, "rmsnorm_forward %dx%d", N, C);
     EXPECT(check_close(p, what, &y, 1e-30, 1e-5, 0), "%s", what);
     snprintf(what, sizeof what, "rmsnorm_forward rstd %dx%d", N, C);
@@ -121,8 +122,8 @@ static void test_rmsnorm(Pair *p, Rng *r, int N, int C)
     float *hr = buf_host_cpu(p, &rs);
     Buf r0 = buf_new(p, hr, N);
     free(hr);
-    p->cpu->rmsnorm_backward(p->cpu, dx.c, dw.c, dy.c, x.c, w.c, r0.c, N, C);
-    p->gpu->rmsnorm_backward(p->gpu, dx.g, dw.g, dy.g, x.g, w.g, r0.g, N, C);
+    p->cpu->rmsnorm_backward(p->cpu, A(dx.c), dw.c, CA(dy.c), CA(x.c), w.c, r0.c, N, C);
+    p->gpu->rmsnorm_backward(p->gpu, A(dx.g), dw.g, CA(dy.g), CA(x.g), w.g, r0.g, N, C);
     buf_free(p, &r0);
     float *ref = buf_host_cpu(p, &dx);
     double scale = host_max_abs(ref, (size_t)N * C);
@@ -148,8 +149,8 @@ static void test_elementwise(Pair *p, Rng *r, size_t n)
     char what[96];
     float *hx = host_normal(r, n, 1), *hy = host_normal(r, n, 1);
     Buf x = buf_new(p, hx, n), y = buf_new(p, hy, n);
-    p->cpu->add(p->cpu, y.c, x.c, n);
-    p->gpu->add(p->gpu, y.g, x.g, n);
+    p->cpu->add(p->cpu, A(y.c), CA(x.c), n);
+    p->gpu->add(p->gpu, A(y.g), CA(x.g), n);
     snprintf(what, sizeof what, "add %zu", n);
     EXPECT(check_exact(p, what, &y), "%s", what);
     p->cpu->scale(p->cpu, y.c, -0.37f, n);
@@ -173,12 +174,12 @@ static void test_concat_swiglu(Pair *p, Rng *r, int N, int A, int Bc, int F)
     float *hd = host_normal(r, (size_t)N * (A + Bc), 1);
     Buf a = buf_new(p, ha, (size_t)N * A), b = buf_new(p, hb, (size_t)N * Bc);
     Buf out = buf_poison(p, (size_t)N * (A + Bc)), dout = buf_new(p, hd, (size_t)N * (A + Bc));
-    p->cpu->concat_forward(p->cpu, out.c, a.c, b.c, N, A, Bc);
-    p->gpu->concat_forward(p->gpu, out.g, a.g, b.g, N, A, Bc);
+    p->cpu->concat_forward(p->cpu, A(out.c), CA(a.c), CA(b.c), N, A, Bc);
+    p->gpu->concat_forward(p->gpu, A(out.g), CA(a.g), CA(b.g), N, A, Bc);
     snprintf(what, sizeof what, "concat_forward %dx(%d+%d)", N, A, Bc);
     EXPECT(check_exact(p, what, &out), "%s", what);
-    p->cpu->concat_backward(p->cpu, a.c, b.c, dout.c, N, A, Bc);
-    p->gpu->concat_backward(p->gpu, a.g, b.g, dout.g, N, A, Bc);
+    p->cpu->concat_backward(p->cpu, A(a.c), A(b.c), CA(dout.c), N, A, Bc);
+    p->gpu->concat_backward(p->gpu, A(a.g), A(b.g), CA(dout.g), N, A, Bc);
     snprintf(what, sizeof what, "concat_backward %dx(%d+%d)", N, A, Bc);
     EXPECT(check_exact(p, what, &a) && check_exact(p, what, &b), "%s", what);
     /* SwiGLU: expf on the GPU and the CPU's polynomial are each within 2 ulp, so sigmoid
@@ -188,12 +189,12 @@ static void test_concat_swiglu(Pair *p, Rng *r, int N, int A, int Bc, int F)
     float *h0 = host_normal(r, (size_t)N * 2 * F, 1);
     Buf gu = buf_new(p, hg, (size_t)N * 2 * F), h = buf_poison(p, (size_t)N * F);
     Buf dy = buf_new(p, hdy, (size_t)N * F), dgu = buf_new(p, h0, (size_t)N * 2 * F);
-    p->cpu->swiglu_forward(p->cpu, h.c, gu.c, N, F);
-    p->gpu->swiglu_forward(p->gpu, h.g, gu.g, N, F);
+    p->cpu->swiglu_forward(p->cpu, A(h.c), CA(gu.c), N, F);
+    p->gpu->swiglu_forward(p->gpu, A(h.g), CA(gu.g), N, F);
     snprintf(what, sizeof what, "swiglu_forward %dx%d", N, F);
     EXPECT(check_close(p, what, &h, 1e-30, 16 * U32, 0), "%s", what);
-    p->cpu->swiglu_backward(p->cpu, dgu.c, dy.c, gu.c, N, F);
-    p->gpu->swiglu_backward(p->gpu, dgu.g, dy.g, gu.g, N, F);
+    p->cpu->swiglu_backward(p->cpu, A(dgu.c), CA(dy.c), CA(gu.c), N, F);
+    p->gpu->swiglu_backward(p->gpu, A(dgu.g), CA(dy.g), CA(gu.g), N, F);
     float *ref = buf_host_cpu(p, &dgu);
     double scale = host_max_abs(ref, (size_t)N * 2 * F);
     free(ref);
@@ -214,12 +215,12 @@ static void test_embedding(Pair *p, Rng *r, int N, int C, int V)
     float *htab = host_normal(r, (size_t)V * C, 1), *hd = host_normal(r, (size_t)N * C, 1);
     IBuf tok = ibuf_new(p, ht, N);
     Buf tab = buf_new(p, htab, (size_t)V * C), out = buf_poison(p, (size_t)N * C), d = buf_new(p, hd, (size_t)N * C);
-    p->cpu->embedding_forward(p->cpu, out.c, tok.c, tab.c, N, C);
-    p->gpu->embedding_forward(p->gpu, out.g, tok.g, tab.g, N, C);
+    p->cpu->embedding_forward(p->cpu, A(out.c), tok.c, tab.c, N, C);
+    p->gpu->embedding_forward(p->gpu, A(out.g), tok.g, tab.g, N, C);
     snprintf(what, sizeof what, "embedding_forward %dx%d V=%d", N, C, V);
     EXPECT(check_exact(p, what, &out), "%s", what);
-    p->cpu->embedding_backward(p->cpu, tab.c, d.c, tok.c, N, C);
-    p->gpu->embedding_backward(p->gpu, tab.g, d.g, tok.g, N, C);
+    p->cpu->embedding_backward(p->cpu, tab.c, CA(d.c), tok.c, N, C);
+    p->gpu->embedding_backward(p->gpu, tab.g, CA(d.g), tok.g, N, C);
     snprintf(what, sizeof what, "embedding_backward %dx%d V=%d", N, C, V);
     EXPECT(check_exact(p, what, &tab), "%s", what);
     ibuf_free(p, &tok);
@@ -248,16 +249,16 @@ static void test_xent(Pair *p, Rng *r, int N, int V)
     Buf lg = buf_new(p, hl, (size_t)N * V), dl = buf_new(p, hdl, N), loss = buf_poison(p, N);
     Buf acc = buf_new(p, h0, (size_t)N * V);
     double k = (double)V / 512 + 16;
-    p->cpu->xent_forward(p->cpu, loss.c, lg.c, tg.c, N, V);
-    p->gpu->xent_forward(p->gpu, loss.g, lg.g, tg.g, N, V);
+    p->cpu->xent_forward(p->cpu, loss.c, CA(lg.c), tg.c, N, V);
+    p->gpu->xent_forward(p->gpu, loss.g, CA(lg.g), tg.g, N, V);
     snprintf(what, sizeof what, "xent_forward %dx%d", N, V);
     EXPECT(check_close(p, what, &loss, k * U32, 2 * U32, 0), "%s", what);
-    p->cpu->xent_backward(p->cpu, acc.c, lg.c, tg.c, dl.c, N, V);
-    p->gpu->xent_backward(p->gpu, acc.g, lg.g, tg.g, dl.g, N, V);
+    p->cpu->xent_backward(p->cpu, A(acc.c), CA(lg.c), tg.c, dl.c, N, V);
+    p->gpu->xent_backward(p->gpu, A(acc.g), CA(lg.g), tg.g, dl.g, N, V);
     snprintf(what, sizeof what, "xent_backward (accumulate) %dx%d", N, V);
     EXPECT(check_close(p, what, &acc, (k + 8) * U32, (k + 8) * U32, 0), "%s", what);
-    p->cpu->xent_backward(p->cpu, lg.c, lg.c, tg.c, dl.c, N, V);
-    p->gpu->xent_backward(p->gpu, lg.g, lg.g, tg.g, dl.g, N, V);
+    p->cpu->xent_backward(p->cpu, A(lg.c), CA(lg.c), tg.c, dl.c, N, V);
+    p->gpu->xent_backward(p->gpu, A(lg.g), CA(lg.g), tg.g, dl.g, N, V);
     float *ref = buf_host_cpu(p, &lg);
     double scale = host_max_abs(ref, (size_t)N * V);
     free(ref);
@@ -288,12 +289,12 @@ static void test_rope_kv(Pair *p, Rng *r, int B, int T, int H, int Dn, int Dr, i
     Buf cs = buf_new(p, hc, (size_t)T * half), sn = buf_new(p, hs, (size_t)T * half), q = buf_new(p, hq, (size_t)N * H * Dqk);
     RopeShape rq = { N, T, H, H * Dqk, Dqk, Dn, Dr };
     double tol = 8 * U32 * host_max_abs(hq, (size_t)N * H * Dqk);
-    p->cpu->rope_forward(p->cpu, q.c, cs.c, sn.c, &rq);
-    p->gpu->rope_forward(p->gpu, q.g, cs.g, sn.g, &rq);
+    p->cpu->rope_forward(p->cpu, A(q.c), cs.c, sn.c, &rq);
+    p->gpu->rope_forward(p->gpu, A(q.g), cs.g, sn.g, &rq);
     snprintf(what, sizeof what, "rope_forward %dx%dx%d rope %d", N, H, Dqk, Dr);
     EXPECT(check_close(p, what, &q, tol, 0, 0), "%s", what);
-    p->cpu->rope_backward(p->cpu, q.c, cs.c, sn.c, &rq);
-    p->gpu->rope_backward(p->gpu, q.g, cs.g, sn.g, &rq);
+    p->cpu->rope_backward(p->cpu, A(q.c), cs.c, sn.c, &rq);
+    p->gpu->rope_backward(p->gpu, A(q.g), cs.g, sn.g, &rq);
     snprintf(what, sizeof what, "rope_backward %dx%dx%d rope %d", N, H, Dqk, Dr);
     EXPECT(check_close(p, what, &q, 2 * tol, 0, 0), "%s", what);
     /* k (N,H,Dqk), v (N,H,Dv) from kv and k_rope: copies, exact; the backward adds single
@@ -304,12 +305,12 @@ static void test_rope_kv(Pair *p, Rng *r, int B, int T, int H, int Dn, int Dr, i
     Buf k = buf_poison(p, (size_t)N * H * Dqk), v = buf_poison(p, (size_t)N * H * Dv);
     Buf dk = buf_new(p, hdk, (size_t)N * H * Dqk), dv = buf_new(p, hdv, (size_t)N * H * Dv);
     MlaKvShape ks = { N, H, Dn, Dr, Dv };
-    p->cpu->mla_kv_split(p->cpu, k.c, v.c, kv.c, kr.c, &ks);
-    p->gpu->mla_kv_split(p->gpu, k.g, v.g, kv.g, kr.g, &ks);
+    p->cpu->mla_kv_split(p->cpu, A(k.c), A(v.c), CA(kv.c), CA(kr.c), &ks);
+    p->gpu->mla_kv_split(p->gpu, A(k.g), A(v.g), CA(kv.g), CA(kr.g), &ks);
     snprintf(what, sizeof what, "mla_kv_split %dx%d (%d+%d, %d)", N, H, Dn, Dr, Dv);
     EXPECT(check_exact(p, what, &k) && check_exact(p, what, &v), "%s", what);
-    p->cpu->mla_kv_split_backward(p->cpu, kv.c, kr.c, dk.c, dv.c, &ks);
-    p->gpu->mla_kv_split_backward(p->gpu, kv.g, kr.g, dk.g, dv.g, &ks);
+    p->cpu->mla_kv_split_backward(p->cpu, A(kv.c), A(kr.c), CA(dk.c), CA(dv.c), &ks);
+    p->gpu->mla_kv_split_backward(p->gpu, A(kv.g), A(kr.g), CA(dk.g), CA(dv.g), &ks);
     snprintf(what, sizeof what, "mla_kv_split_backward %dx%d", N, H);
     EXPECT(check_exact(p, what, &kv) && check_exact(p, what, &kr), "%s", what);
     Buf *all[] = { &cs, &sn, &q, &kv, &kr, &k, &v, &dk, &dv };
@@ -364,8 +365,8 @@ static void test_attention(Pair *p, Rng *r, int B, int T, int H, int Dqk, int Dv
     Buf q = buf_new(p, hq, nqk), k = buf_new(p, hk, nqk), v = buf_new(p, hv, nv), dout = buf_new(p, hdo, nv);
     Buf out = buf_poison(p, nv), lse = buf_poison(p, nl);
     AttnShape as = { B, T, H, Dqk, Dv, (float)(1.0 / sqrt((double)Dqk)) };
-    p->cpu->attention_forward(p->cpu, out.c, lse.c, q.c, k.c, v.c, &as);
-    p->gpu->attention_forward(p->gpu, out.g, lse.g, q.g, k.g, v.g, &as);
+    p->cpu->attention_forward(p->cpu, A(out.c), lse.c, CA(q.c), CA(k.c), CA(v.c), &as);
+    p->gpu->attention_forward(p->gpu, A(out.g), lse.g, CA(q.g), CA(k.g), CA(v.g), &as);
     double delta = 2.0 * Dqk * Dqk * U32 * as.scale + (bf ? 2 * U16 * Dqk * as.scale : 0);
     double lse_tol = delta + (T + 2) * U32, out_tol = 2 * delta + (T + 2) * U32 + (bf ? 2 * U16 + U16 * U16 : 0);
     snprintf(what, sizeof what, "attention_forward %dx%dx%d (%d, %d)%s", B, T, H, Dqk, Dv, note);
@@ -377,8 +378,10 @@ static void test_attention(Pair *p, Rng *r, int B, int T, int H, int Dqk, int Dv
     Buf o0 = buf_new(p, ho, nv), l0 = buf_new(p, hl, nl);
     float *h0q = host_uniform(r, nqk, 0.5f, 1), *h0k = host_uniform(r, nqk, 0.5f, 1), *h0v = host_uniform(r, nv, 0.5f, 1);
     Buf dq = buf_new(p, h0q, nqk), dk = buf_new(p, h0k, nqk), dv = buf_new(p, h0v, nv);
-    p->cpu->attention_backward(p->cpu, dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, o0.c, l0.c, &as);
-    p->gpu->attention_backward(p->gpu, dq.g, dk.g, dv.g, dout.g, q.g, k.g, v.g, o0.g, l0.g, &as);
+    p->cpu->attention_backward(p->cpu, A(dq.c), A(dk.c), A(dv.c), CA(dout.c), CA(q.c), CA(k.c), CA(v.c), CA(o0.c),
+                               l0.c, &as);
+    p->gpu->attention_backward(p->gpu, A(dq.g), A(dk.g), A(dv.g), CA(dout.g), CA(q.g), CA(k.g), CA(v.g), CA(o0.g),
+                               l0.g, &as);
     const Buf *g[3] = { &dq, &dk, &dv };
     const float *base[3] = { h0q, h0k, h0v };
     const char *name[3] = { "dq", "dk", "dv" };
@@ -487,8 +490,8 @@ static int child_main(const char *mode)
     if (!strcmp(mode, "xent-target")) bad[2] = 8;
     if (!strcmp(mode, "permute-index")) bad[2] = 8;
     o->upload(o, t, bad, sizeof bad);
-    if (!strcmp(mode, "embed-negative")) o->embedding_forward(o, y, t, x, 4, 8);
-    if (!strcmp(mode, "xent-target")) o->xent_forward(o, y, x, t, 4, 8);
+    if (!strcmp(mode, "embed-negative")) o->embedding_forward(o, A(y), t, x, 4, 8);
+    if (!strcmp(mode, "xent-target")) o->xent_forward(o, y, CA(x), t, 4, 8);
     if (!strcmp(mode, "permute-index")) o->moe_permute_layout(o, pos, off, host, t, 4, 1, 8);
     o->synchronize(o);
     return 0;

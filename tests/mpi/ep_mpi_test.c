@@ -82,7 +82,7 @@ typedef struct Out {
 static void run(Ops *o, EpHandle *h, int first, const Src *d, Out *r, float *yp, float *drecv)
 {
     ep_layout(o, h, d->idx);
-    ep_dispatch(o, h, r->recv, d->x);
+    ep_dispatch(o, h, (act *)r->recv, (const act *)d->x);   /* cpu: FP32 act */
     const int32_t *off = h->recv_offsets_host;
     for (int j = 0; j < h->n_local; j++)
         for (int row = off[j]; row < off[j + 1]; row++)
@@ -93,9 +93,9 @@ static void run(Ops *o, EpHandle *h, int first, const Src *d, Out *r, float *yp,
     for (int i = 0; i < N * C; i++) r->y[i] = r->dx[i] = 0.5f;
     for (int i = 0; i < h->recv_cap * C; i++) r->dexp[i] = 0.25f;
     for (int i = 0; i < N * K; i++) r->dw[i] = 0.125f;
-    ep_combine(o, h, r->y, yp, d->w);
-    ep_combine_backward(o, h, r->dexp, r->dw, d->dy, yp, d->w);
-    ep_dispatch_backward(o, h, r->dx, drecv);
+    ep_combine(o, h, (act *)r->y, (const act *)yp, d->w);
+    ep_combine_backward(o, h, (act *)r->dexp, r->dw, (const act *)d->dy, (const act *)yp, d->w);
+    ep_dispatch_backward(o, h, (act *)r->dx, (const act *)drecv);
 }
 
 /* Every received row and every gradient row against the (source, token, slot) list of each

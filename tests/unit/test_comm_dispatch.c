@@ -55,7 +55,7 @@ static void run(Ops *o, EpHandle *h, const int32_t *idx, const float *x, const f
 {
     static float yp[N * K * C], drecv[N * K * C];
     ep_layout(o, h, idx);
-    ep_dispatch(o, h, r->recv, x);
+    ep_dispatch(o, h, (act *)r->recv, (const act *)x);   /* cpu: FP32 act */
     const int32_t *off = h->recv_offsets_host;
     for (int e = 0; e < h->n_local; e++)
         for (int row = off[e]; row < off[e + 1]; row++)
@@ -66,9 +66,9 @@ static void run(Ops *o, EpHandle *h, const int32_t *idx, const float *x, const f
     for (int i = 0; i < N * C; i++) r->y[i] = r->dx[i] = 0.5f;
     for (int i = 0; i < N * K * C; i++) r->dexp[i] = 0.25f;
     for (int i = 0; i < N * K; i++) r->dw[i] = 0.125f;
-    ep_combine(o, h, r->y, yp, w);
-    ep_combine_backward(o, h, r->dexp, r->dw, dy, yp, w);
-    ep_dispatch_backward(o, h, r->dx, drecv);
+    ep_combine(o, h, (act *)r->y, (const act *)yp, w);
+    ep_combine_backward(o, h, (act *)r->dexp, r->dw, (const act *)dy, (const act *)yp, w);
+    ep_dispatch_backward(o, h, (act *)r->dx, (const act *)drecv);
     memcpy(r->pos, h->pos, sizeof r->pos);
     memcpy(r->off, h->offsets_host, sizeof r->off);
 }

@@ -35,9 +35,18 @@
 #include <unistd.h>
 
 #include "kernels/ops.h"
+#ifdef DSTRAIN_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 #include "runtime/common.h"
 #include "tests/unit/testing.h"
 #include "tests/unit/fd.h"
+
+/* The CPU-FP32 table keeps activations as FP32 (kernels/ops.h "Roles") and the compute copy of
+ * a Linear weight is its master, so host float buffers serve as act and Wgt directly. */
+#define A(p) ((act *)(p))
+#define CA(p) ((const act *)(p))
+#define WG(p, rows, cols) (&(const Wgt){ (p), (rows), (cols), WGT_FP32, (p) })
 
 static Ops *ops;      /* 2 threads: the table under test */
 static Ops *ops1;     /* 1 thread: for the thread-count equality checks */
@@ -62,7 +71,7 @@ typedef struct { float *out, *inp, *w; int N, IC, OC; } MatmulCtx;
 static void matmul_fwd(void *c)
 {
     MatmulCtx *m = c;
-    ops->matmul_forward(ops, m->out, m->inp, m->w, m->N, m->IC, m->OC);
+    ops->matmul_forward(ops, A(m->out), CA(m->inp), WG(m->w, m->OC, m->IC), m->N, m->IC, m->OC);
 }
 
 static void test_matmul(int N, int IC, int OC)
@@ -87,8 +96,8 @@ static void test_matmul(int N, int IC, int OC)
     float *R = randn((size_t)N * OC, 1);
     float *dinp0 = randn((size_t)N * IC, 1), *dinp = fcopy(dinp0, (size_t)N * IC);
     float *dw0 = randn((size_t)OC * IC, 1), *dw = fcopy(dw0, (size_t)OC * IC);
-    ops->matmul_backward_input(ops, dinp, R, m.w, N, IC, OC);
-    ops->matmul_backward_weight(ops, dw, R, m.inp, N, IC, OC);
+    ops->matmul_backward_input(ops, A(dinp), CA(R), WG(m.w, OC, IC), N, IC, OC);
+    ops->matmul_backward_weight(ops, dw, WG(m.w, OC, IC), CA(R), CA(m.inp), N, IC, OC);
     /* floor: an output's error is relative to sum_k |x_k w_k| <= IC max|x| max|w|; the
      * gradients sum OC (dinp) or N (dweight) products with R */
     double mx = maxabs(m.inp, (size_t)N * IC), mw = maxabs(m.w, (size_t)OC * IC), mr = maxabs(R, (size_t)N * OC);
@@ -107,7 +116,7 @@ typedef struct { float *out, *rstd, *inp, *w; int N, C; float eps; } NormCtx;
 static void norm_fwd(void *c)
 {
     NormCtx *m = c;
-    ops->rmsnorm_forward(ops, m->out, m->rstd, m->inp, m->w, m->N, m->C, m->eps);
+    ops->rmsnorm_forward(ops, A(m->out), m->rstd, CA(m->inp), m->w, m->N, m->C, m->eps);
 }
 
 static void test_rmsnorm(int N, int C)
@@ -138,7 +147,7 @@ static void test_rmsnorm(int N, int C)
     expect_close("rstd vs double", m.rstd, rref, rbound, N);
 
     float *R = randn(nc, 1), *dx0 = randn(nc, 1), *dx = fcopy(dx0, nc), *dw0 = randn(C, 1), *dw = fcopy(dw0, C);
-    ops->rmsnorm_backward(ops, dx, dw, R, m.inp, m.w, m.rstd, N, C);
+    ops->rmsnorm_backward(ops, A(dx), dw, CA(R), CA(m.inp), m.w, m.rstd, N, C);
     /* gradient terms: r |w dy| and |x r| r^2 |sum w dy x| / C, each <= max r |w| |R| sqrt(C)
      * since |x r| <= sqrt(C); dweight sums N terms |dy x r| <= |R| sqrt(C) */
     double gf = sqrt(C) * maxabs(R, nc) * fmax(2 * maxabs(m.rstd, N) * maxabs(m.w, C), N);
@@ -154,7 +163,7 @@ typedef struct { float *out, *in; int N, F; } SwiCtx;
 static void swiglu_fwd(void *c)
 {
     SwiCtx *m = c;
-    ops->swiglu_forward(ops, m->out, m->in, m->N, m->F);
+    ops->swiglu_forward(ops, A(m->out), CA(m->in), m->N, m->F);
 }
 
 static void test_swiglu(int N, int F)
@@ -173,7 +182,7 @@ static void test_swiglu(int N, int F)
         }
     expect_close("forward vs double", m.out, ref, bound, nf);
     float *R = randn(nf, 1), *d0 = randn(2 * nf, 1), *d = fcopy(d0, 2 * nf);
-    ops->swiglu_backward(ops, d, R, m.in, N, F);
+    ops->swiglu_backward(ops, A(d), CA(R), CA(m.in), N, F);
     double mg = maxabs(m.in, 2 * nf);   /* terms dy u sig (1 + g (1 - sig)) and dy g sig */
     Probe p = { swiglu_fwd, &m, 1, { m.out }, { R }, { nf }, 0.0, 8, maxabs(R, nf) * mg * (1 + mg) };
     fd_check("backward (+=)", &p, m.in, 2 * nf, d, d0);
@@ -184,7 +193,7 @@ typedef struct { float *out, *a, *b; int N, A, Bc; } CatCtx;
 static void concat_fwd(void *c)
 {
     CatCtx *m = c;
-    ops->concat_forward(ops, m->out, m->a, m->b, m->N, m->A, m->Bc);
+    ops->concat_forward(ops, A(m->out), CA(m->a), CA(m->b), m->N, m->A, m->Bc);
 }
 
 static void test_concat(int N, int A, int Bc)
@@ -200,7 +209,7 @@ static void test_concat(int N, int A, int Bc)
     EXPECT(bad == 0, "concat forward: %d elements are not the copied inputs", bad);
     float *R = randn(N * W, 1), *da0 = randn((size_t)N * A, 1), *db0 = randn((size_t)N * Bc, 1);
     float *da = fcopy(da0, (size_t)N * A), *db = fcopy(db0, (size_t)N * Bc);
-    ops->concat_backward(ops, da, db, R, N, A, Bc);
+    ops->concat_backward(ops, A(da), A(db), CA(R), N, A, Bc);
     Probe p = { concat_fwd, &m, 1, { m.out }, { R }, { N * W }, 0.0, 1, maxabs(R, N * W) };   /* copies */
     fd_check("backward da (+=)", &p, m.a, (size_t)N * A, da, da0);
     fd_check("backward db (+=)", &p, m.b, (size_t)N * Bc, db, db0);
@@ -211,7 +220,7 @@ typedef struct { float *out, *table; int32_t *tok; int N, C; } EmbCtx;
 static void emb_fwd(void *c)
 {
     EmbCtx *m = c;
-    ops->embedding_forward(ops, m->out, m->tok, m->table, m->N, m->C);
+    ops->embedding_forward(ops, A(m->out), m->tok, m->table, m->N, m->C);
 }
 
 static void test_embedding(int N, int C, int V)
@@ -224,7 +233,7 @@ static void test_embedding(int N, int C, int V)
     for (int n = 0; n < N; n++) bad += memcmp(m.out + n * C, m.table + m.tok[n] * C, C * sizeof(float)) != 0;
     EXPECT(bad == 0, "embedding forward: %d rows are not the table rows", bad);
     float *R = randn((size_t)N * C, 1), *d0 = randn((size_t)V * C, 1), *d = fcopy(d0, (size_t)V * C);
-    ops->embedding_backward(ops, d, R, m.tok, N, C);
+    ops->embedding_backward(ops, d, CA(R), m.tok, N, C);
     Probe p = { emb_fwd, &m, 1, { m.out }, { R }, { (size_t)N * C }, 0.0, 1, N * maxabs(R, (size_t)N * C) };
     fd_check("backward dtable (+=, repeats)", &p, m.table, (size_t)V * C, d, d0);
     tfree_all();
@@ -257,7 +266,7 @@ static void rope_fwd(void *c)
 {
     RopeCtx *m = c;
     memcpy(m->out, m->in, m->n * sizeof(float));
-    ops->rope_forward(ops, m->out, m->cos, m->sin, &m->s);
+    ops->rope_forward(ops, A(m->out), m->cos, m->sin, &m->s);
 }
 
 /* x laid out like the model's q: (N, H, Dn+Dr) with the rope part at offset Dn. */
@@ -289,7 +298,7 @@ static void test_rope(int N, int T, int H, int Dn, int Dr)
             }
     expect_close("forward vs double (strided)", m.out, ref, bound, n);
     float *R = randn(n, 1), *d = fcopy(R, n);
-    ops->rope_backward(ops, d, m.cos, m.sin, &m.s);
+    ops->rope_backward(ops, A(d), m.cos, m.sin, &m.s);
     Probe p = { rope_fwd, &m, 1, { m.out }, { R }, { n }, maxabs(m.in, n), 3, maxabs(R, n) };
     fd_check("backward (in place)", &p, m.in, n, d, NULL);
     tfree_all();
@@ -299,7 +308,7 @@ typedef struct { float *k, *v, *kv, *kr; MlaKvShape s; } KvCtx;
 static void kv_fwd(void *c)
 {
     KvCtx *m = c;
-    ops->mla_kv_split(ops, m->k, m->v, m->kv, m->kr, &m->s);
+    ops->mla_kv_split(ops, A(m->k), A(m->v), CA(m->kv), CA(m->kr), &m->s);
 }
 
 static void test_kv_split(int N, int H, int Dn, int Dr, int Dv)
@@ -320,7 +329,7 @@ static void test_kv_split(int N, int H, int Dn, int Dr, int Dv)
     float *Rk = randn(nk, 1), *Rv = randn(nv, 1);
     float *dkv0 = randn(nkv, 1), *dkv = fcopy(dkv0, nkv), *dr0 = randn((size_t)N * Dr, 1);
     float *dr = fcopy(dr0, (size_t)N * Dr);
-    ops->mla_kv_split_backward(ops, dkv, dr, Rk, Rv, &m.s);
+    ops->mla_kv_split_backward(ops, A(dkv), A(dr), CA(Rk), CA(Rv), &m.s);
     Probe p = { kv_fwd, &m, 2, { m.k, m.v }, { Rk, Rv }, { nk, nv }, 0.0, 1, H * fmax(maxabs(Rk, nk), maxabs(Rv, nv)) };
     fd_check("backward dkv (+=)", &p, m.kv, nkv, dkv, dkv0);
     fd_check("backward dk_rope (+=, heads summed)", &p, m.kr, (size_t)N * Dr, dr, dr0);
@@ -333,7 +342,7 @@ typedef struct { float *out, *lse, *q, *k, *v; AttnShape s; } AttnCtx;
 static void attn_fwd(void *c)
 {
     AttnCtx *m = c;
-    ops->attention_forward(ops, m->out, m->lse, m->q, m->k, m->v, &m->s);
+    ops->attention_forward(ops, A(m->out), m->lse, CA(m->q), CA(m->k), CA(m->v), &m->s);
 }
 
 /* Reference of one (b, h, i) in double; returns lse, fills out (Dv), pv (Dv) = sum_j p_j |v_j|
@@ -429,7 +438,7 @@ static void test_attention(int B, int T, int H, int Dqk, int Dv, int fd)
     float *R = randn(no, 1);
     float *dq0 = randn(nq, 1), *dk0 = randn(nq, 1), *dv0 = randn(no, 1);
     float *dq = fcopy(dq0, nq), *dk = fcopy(dk0, nq), *dv = fcopy(dv0, no);
-    ops->attention_backward(ops, dq, dk, dv, R, m.q, m.k, m.v, m.out, m.lse, &m.s);
+    ops->attention_backward(ops, A(dq), A(dk), A(dv), CA(R), CA(m.q), CA(m.k), CA(m.v), CA(m.out), m.lse, &m.s);
     /* amax: the largest A of any row; colmax: the largest column sum of p (how many query rows
      * a key's gradient collects, in probability mass) */
     double amax = 0.0, colmax = 0.0, row[512], pv[512], a, *col = talloc((size_t)T * sizeof(double));
@@ -458,7 +467,7 @@ typedef struct { float *loss, *logits; int32_t *tgt; int N, V; } XentCtx;
 static void xent_fwd(void *c)
 {
     XentCtx *m = c;
-    ops->xent_forward(ops, m->loss, m->logits, m->tgt, m->N, m->V);
+    ops->xent_forward(ops, m->loss, CA(m->logits), m->tgt, m->N, m->V);
 }
 
 static void test_xent(int N, int V)
@@ -482,15 +491,15 @@ static void test_xent(int N, int V)
     expect_close("forward vs double (ignored = 0)", m.loss, ref, bound, N);
 
     float *R = randn(N, 1), *d0 = randn(nv, 1), *d = fcopy(d0, nv);
-    ops->xent_backward(ops, d, m.logits, m.tgt, R, N, V);
+    ops->xent_backward(ops, A(d), CA(m.logits), m.tgt, R, N, V);
     /* gradient dl (p - onehot): p - 1 cancels relative to |dl| */
     Probe p = { xent_fwd, &m, 1, { m.loss }, { R }, { N }, maxabs(m.logits, nv) + 1, V + 4, maxabs(R, N) };
     fd_check("backward (+=)", &p, m.logits, nv, d, d0);
 
     /* dlogits == logits overwrites: equal (as values; 0 + -0 is +0) to the gradient added to zeros */
     float *fresh = talloc(nv * sizeof(float)), *inplace = fcopy(m.logits, nv);
-    ops->xent_backward(ops, fresh, m.logits, m.tgt, R, N, V);
-    ops->xent_backward(ops, inplace, inplace, m.tgt, R, N, V);
+    ops->xent_backward(ops, A(fresh), CA(m.logits), m.tgt, R, N, V);
+    ops->xent_backward(ops, A(inplace), CA(inplace), m.tgt, R, N, V);
     int bad = 0;
     for (size_t i = 0; i < nv; i++) bad += fresh[i] != inplace[i];
     EXPECT(bad == 0, "xent backward in place differs from out of place in %d elements", bad);
@@ -556,7 +565,7 @@ static void test_reductions(size_t n)
 {
     printf("add/scale/sumsq n=%zu\n", n);
     float *x = randn(n, 1), *y = randn(n, 1), *y0 = fcopy(y, n);
-    ops->add(ops, y, x, n);
+    ops->add(ops, A(y), CA(x), n);
     ops->scale(ops, y, 0.5f, n);
     int bad = 0;
     for (size_t i = 0; i < n; i++) bad += y[i] != (y0[i] + x[i]) * 0.5f;   /* one rounding each: exact */
@@ -582,9 +591,10 @@ static void test_thread_equality(void)
     Ops *tab[2] = { ops1, ops };
     for (int t = 0; t < 2; t++) {
         float *out = buf[t][0] = talloc(no * 4), *lse = buf[t][1] = talloc(nl * 4);
-        tab[t]->attention_forward(tab[t], out, lse, q, k, v, &s);
+        tab[t]->attention_forward(tab[t], A(out), lse, CA(q), CA(k), CA(v), &s);
         buf[t][2] = talloc(nq * 4); buf[t][3] = talloc(nq * 4); buf[t][4] = talloc(no * 4);
-        tab[t]->attention_backward(tab[t], buf[t][2], buf[t][3], buf[t][4], dout, q, k, v, out, lse, &s);
+        tab[t]->attention_backward(tab[t], A(buf[t][2]), A(buf[t][3]), A(buf[t][4]), CA(dout), CA(q), CA(k), CA(v),
+                                   CA(out), lse, &s);
     }
     size_t sz[5] = { no, nl, nq, nq, no };
     int bad = 0;
@@ -598,14 +608,44 @@ static void test_thread_equality(void)
     float *g[2][3];
     for (int t = 0; t < 2; t++) {
         g[t][0] = talloc((size_t)N * C * 4); g[t][1] = talloc(C * 4); g[t][2] = talloc((size_t)V * C * 4);
-        tab[t]->rmsnorm_forward(tab[t], g[t][0], r, x, w, N, C, 1e-6f);
-        tab[t]->rmsnorm_backward(tab[t], g[t][0], g[t][1], dy, x, w, r, N, C);
-        tab[t]->embedding_backward(tab[t], g[t][2], dy, tok, N, C);
+        tab[t]->rmsnorm_forward(tab[t], A(g[t][0]), r, CA(x), w, N, C, 1e-6f);
+        tab[t]->rmsnorm_backward(tab[t], A(g[t][0]), g[t][1], CA(dy), CA(x), w, r, N, C);
+        tab[t]->embedding_backward(tab[t], g[t][2], CA(dy), tok, N, C);
     }
     EXPECT(memcmp(g[0][0], g[1][0], (size_t)N * C * 4) == 0, "rmsnorm dinp differs between thread counts");
     EXPECT(memcmp(g[0][1], g[1][1], C * 4) == 0, "rmsnorm dweight differs between thread counts");
     EXPECT(memcmp(g[0][2], g[1][2], (size_t)V * C * 4) == 0, "embedding dtable differs between thread counts");
     tfree_all();
+}
+
+/* ---- the op list: no backend leaves an entry empty ---- */
+
+/* Every entry of OPS_ENTRIES is filled in the CPU tables (each precision) and in the CUDA
+ * backend's compiled-in fill (checked without a GPU); and the check finds an emptied entry. */
+static void test_entries_filled(void)
+{
+    const Precision precs[] = { PREC_FP32 };
+    for (size_t i = 0; i < sizeof precs / sizeof precs[0]; i++) {
+        Ops *o = ops_cpu_create(1, precs[i]);
+        const char *e = ops_first_empty(o);
+        EXPECT(e == NULL, "cpu table (precision %d) leaves '%s' empty", (int)precs[i], e);
+        ops_destroy(o);
+    }
+    const char *empty;
+#ifdef DSTRAIN_HAVE_CUDA
+    Ops cuda;
+    memset(&cuda, 0, sizeof cuda);
+    cuda_ops_fill(&cuda);
+    empty = ops_first_empty(&cuda);
+    EXPECT(empty == NULL, "cuda table leaves '%s' empty", empty);
+    printf("  %-34s cpu and cuda tables filled\n", "op entries");
+#else
+    printf("  %-34s cpu table filled (cuda not built)\n", "op entries");
+#endif
+    Ops copy = *ops;
+    copy.moe_combine = NULL;
+    empty = ops_first_empty(&copy);
+    EXPECT(empty && strcmp(empty, "moe_combine") == 0, "an emptied entry is not found (got '%s')", empty);
 }
 
 /* ---- DIE paths: run in a child, check its exit status and stderr ---- */
@@ -657,6 +697,7 @@ int main(void)
     test_reductions(1);
     test_reductions(200003);                  /* several fixed chunks of the sumsq reduction */
     test_thread_equality();
+    test_entries_filled();
 
     expect_die("cpu with bf16", die_bf16, "supports precision 'fp32' only");
 #ifndef DSTRAIN_HAVE_CUDA

@@ -281,13 +281,13 @@ typedef struct { float *xp, *x, *y, *y0, *yp, *w; int32_t *pos; int N, K, C; } P
 static void gather_fwd(void *c)
 {
     PermCtx *m = c;
-    ops->moe_gather(ops, m->xp, m->x, m->pos, m->N, m->K, m->C);
+    ops->moe_gather(ops, (act *)m->xp, (const act *)m->x, m->pos, m->N, m->K, m->C);   /* cpu: FP32 act */
 }
 static void combine_fwd(void *c)
 {
     PermCtx *m = c;
     memcpy(m->y, m->y0, (size_t)m->N * m->C * sizeof(float));
-    ops->moe_combine(ops, m->y, m->yp, m->w, m->pos, m->N, m->K, m->C);
+    ops->moe_combine(ops, (act *)m->y, (const act *)m->yp, m->w, m->pos, m->N, m->K, m->C);
 }
 
 static void test_gather_combine(int N, int K, int E, int C)
@@ -321,8 +321,8 @@ static void test_gather_combine(int N, int K, int E, int C)
     float *Rx = randn(pc, 1), *Ry = randn(nc, 1);
     float *dx0 = randn(nc, 1), *dx = fcopy(dx0, nc), *dyp0 = randn(pc, 1), *dyp = fcopy(dyp0, pc);
     float *dw0 = randn((size_t)N * K, 1), *dw = fcopy(dw0, (size_t)N * K);
-    ops->moe_gather_backward(ops, dx, Rx, m.pos, N, K, C);
-    ops->moe_combine_backward(ops, dyp, dw, Ry, m.yp, m.w, m.pos, N, K, C);
+    ops->moe_gather_backward(ops, (act *)dx, (const act *)Rx, m.pos, N, K, C);
+    ops->moe_combine_backward(ops, (act *)dyp, dw, (const act *)Ry, (const act *)m.yp, m.w, m.pos, N, K, C);
     double ma = fmax(maxabs(m.yp, pc), maxabs(m.w, (size_t)N * K)) + maxabs(m.y0, nc);
     Probe pg = { gather_fwd, &m, 1, { m.xp }, { Rx }, { pc }, 0.0, 1, K * maxabs(Rx, pc) };
     Probe pcb = { combine_fwd, &m, 1, { m.y }, { Ry }, { nc }, 0.0, 2 * K + C + 1, C * maxabs(Ry, nc) * ma };
