@@ -58,7 +58,9 @@ static void train_usage(FILE *f)
             "  --resume latest           continue from the newest checkpoint of the run that verifies\n"
             "  --resume DIR              continue from checkpoint directory DIR\n"
             "  --init-from HF_DIR        start from the weights of a Hugging Face DeepseekV3 directory\n"
-            "                            (dstrain export output: safetensors, mtp.safetensors for MTP)\n"
+            "                            (dstrain export or transformers save_pretrained); its\n"
+            "                            config.json must match the [model] keys; MTP modules it\n"
+            "                            lacks start fresh (a transformers save has none)\n"
             "\nconfig keys (section, key, type, default, meaning):\n");
     config_print_help(f);
 }
