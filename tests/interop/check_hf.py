@@ -14,7 +14,7 @@ warning (so mtp.safetensors stays outside what transformers reads, and every nam
 matches); then dstrain's logits agree with transformers' within the rule of the CI fixtures
 (tests/tools/hf_fixture.c): transformers runs the same tokens twice, as it is in FP32 and in
 float64 (the float64 forwards of make_reference.py), and
-  max |dstrain - hf64| <= M * max |hf32 - hf64|        M = 8 (--multiple)
+  max |dstrain - hf64| <= M * max |hf32 - hf64|        M = 10 (--multiple)
 over all logits: dstrain's FP32 error may be a few times transformers' own (other summation
 orders), not more; a formula difference (eps, RoPE, router) is 45x and up. The worst error is
 printed as a multiple of that floor, and transformers' own router is checked to choose the
@@ -31,7 +31,7 @@ def parse_args(argv):
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         sys.exit(0 if argv else 2)
-    args = {"dir": argv[0], "batch": 1, "multiple": 8.0}
+    args = {"dir": argv[0], "batch": 1, "multiple": 10.0}
     i = 1
     while i < len(argv):
         key = argv[i]

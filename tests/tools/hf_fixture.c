@@ -14,12 +14,15 @@
  * same float64 reference (max |fp32 - fp64| over the logits; per loss; per gradient tensor).
  * dstrain computes in FP32 as transformers does, in other summation orders (BLAS blocking,
  * fused kernels), so its error is a rounding error of the same size; a few times the floor
- * covers the different order and a different CPU's BLAS: measured at most 1.25x on the logits
- * and 2.4x on any of 409 gradient tensors of the three fixtures (x86-64, OpenBLAS), so 8x leaves
- * a 3x margin, while the formula differences this test exists for gave 45-77x (the latent
- * norms' eps with rms_norm_eps 1e-5) and 10^5x or more (a dropped MTP embedding gradient, a
- * routing tie broken the other way). A floor of exactly 0 (both runs agreeing bit for bit, e.g. a zero gradient) is replaced
- * by one FP32 ulp of the tensor's largest value, 2^-24 * max|ref|. And the chosen experts of
+ * covers the different order and a different CPU's BLAS. Measured over the three fixtures
+ * (409 gradient tensors) with each of OpenBLAS's Prescott, Sandybridge, Haswell, SkylakeX and
+ * Zen kernels (OPENBLAS_CORETYPE): logits at most 1.35x, losses 0.75x, gradients 3.98x; so 10x
+ * leaves a 2.5x margin, while the formula differences this test exists for gave 45-77x on the
+ * logits and up to 230x on the gradients, 288 of 291 tensors beyond 10x (the latent norms' eps
+ * with rms_norm_eps 1e-5), and 10^5x or more (a dropped MTP embedding gradient, a routing tie
+ * broken the other way). A floor of
+ * exactly 0 (both runs agreeing bit for bit, e.g. a zero gradient) is replaced by one FP32 ulp
+ * of the tensor's largest value, 2^-24 * max|ref|. And the chosen experts of
  * every token of every MoE layer (main and MTP) must be the same sets, 100%.
  * Prints one line per check with the worst error as a multiple of the floor; exits 1 on a
  * failure.
@@ -35,7 +38,7 @@
 #include "model/model_internal.h"
 #include "runtime/config.h"
 
-#define HF_FLOOR_MULTIPLE 8.0
+#define HF_FLOOR_MULTIPLE 10.0
 #define ULP_FLOOR 5.9604644775390625e-08   /* 2^-24 */
 
 typedef struct Fixture {
