@@ -387,6 +387,8 @@ def write_fixture(out, name, spec):
     d = os.path.join(out, name)
     os.makedirs(d, exist_ok=True)
     model.save_pretrained(d)
+    if os.path.exists(os.path.join(d, "generation_config.json")):   # not a model file
+        os.remove(os.path.join(d, "generation_config.json"))
     weights = dstrain_tensors(cfg, model, mtp, False)
     L = cfg.num_hidden_layers
     mtp_w = {k: v.contiguous() for k, v in weights.items()
