@@ -130,7 +130,8 @@ static void compare_experts(Fixture *f, Model *m)
             tokens++;
         }
     }
-    if (li != json_array_size(list)) DIE("'%s': %zu expert lists for %zu MoE layers", f->dir, json_array_size(list), li);
+    if (li != json_array_size(list))
+        DIE("'%s': %zu expert lists for %zu MoE layers", f->dir, json_array_size(list), li);
     if (differ) f->failures++;
     printf("experts: %zu of %zu token sets equal (%zu MoE layers)\n", tokens - differ, tokens, li);
     free(idx);
@@ -145,7 +146,8 @@ static Model *load_model(Fixture *f, Config *c, Ops *o)
     config_validate(c);
     const int B = (int)json_integer_value(json_object_get(f->ref, "B"));
     const int T = (int)json_integer_value(json_object_get(f->ref, "T"));
-    if (B != c->train.micro_batch_size || T != c->train.seq_len) DIE("'%s': ref.json's B x T is not the toml's", f->dir);
+    if (B != c->train.micro_batch_size || T != c->train.seq_len)
+        DIE("'%s': ref.json's B x T is not the toml's", f->dir);
     if (hf_check_router("init-from", &c->model, err, sizeof err) || hf_config_check(json, &c->model, err, sizeof err))
         DIE("%s", err);
     Model *m = model_create(&c->model, o, B, T, 1);
