@@ -29,6 +29,7 @@ check "tiny trained" "[ -d $ckpt ]"
 "$BIN" export --ckpt $ckpt --out hf > export.txt 2>&1
 check "export ($(tail -c 200 export.txt))" "[ -s hf/config.json ]"
 "$PY" "$SRC/tests/interop/check_h5py.py" $ckpt --export hf > h5py.txt 2>&1
-check "h5py reads every dataset ($(tail -1 h5py.txt))" "[ \$? -eq 0 ] && ! grep -q SKIP h5py.txt"
+rc=$?   # taken at once: the $(...) in check's description would reset $?
+check "h5py reads every dataset ($(tail -1 h5py.txt))" "[ $rc -eq 0 ] && ! grep -q SKIP h5py.txt"
 tail -3 h5py.txt
 finish
