@@ -38,6 +38,9 @@ static json_t *rope_scaling_json(const RopeScaling *r)
 #define HF_ROPE_KEY(type, key, def, help) if (strcmp(#key, "type")) set_##type(o, #key, r->key);
     ROPE_SCALING_KEYS(HF_ROPE_KEY)
 #undef HF_ROPE_KEY
+    /* the cos/sin scale, explicit: transformers derives another one when mscale or
+     * mscale_all_dim is 0 (SPEC.md section 3) */
+    set_F64(o, "attention_factor", rope_yarn_table_scale(r));
     return o;
 }
 
@@ -217,20 +220,20 @@ static int write_mtp(const char *dir, const ParamTable *t, const float *params, 
  * as DeepSeek-V3's K = 8 over topk_group = 4 gives); dstrain by its K / topk_group best
  * (SPEC.md section 4). They agree when that is 2 or when no group is ever dropped
  * (topk_group = n_group), and transformers needs groups of at least 2 experts. */
-static int check_router(const ModelConfig *c, char *err, size_t errlen)
+int hf_check_router(const char *verb, const ModelConfig *c, char *err, size_t errlen)
 {
     int moe = c->first_k_dense_replace < c->num_hidden_layers || c->num_nextn_predict_layers > 0;
     if (!moe) return 0;
     int group = c->n_routed_experts / c->n_group, m = c->num_experts_per_tok / c->topk_group;
     if (group < 2)
-        return ckpt_fail(err, errlen, "export: groups of %d expert (n_routed_experts / n_group = %d / %d) cannot "
-                         "run in transformers' DeepseekV3, which takes the top 2 of each group", group,
+        return ckpt_fail(err, errlen, "%s: groups of %d expert (n_routed_experts / n_group = %d / %d) cannot "
+                         "run in transformers' DeepseekV3, which takes the top 2 of each group", verb, group,
                          c->n_routed_experts, c->n_group);
     if (c->topk_group < c->n_group && m != 2)
-        return ckpt_fail(err, errlen, "export: this model scores an expert group by its %d best experts "
+        return ckpt_fail(err, errlen, "%s: this model scores an expert group by its %d best experts "
                          "(num_experts_per_tok / topk_group = %d / %d), transformers' DeepseekV3 by its 2 best, so "
                          "it would route tokens differently (use num_experts_per_tok = 2 * topk_group, or "
-                         "topk_group = n_group)", m, c->num_experts_per_tok, c->topk_group);
+                         "topk_group = n_group)", verb, m, c->num_experts_per_tok, c->topk_group);
     return 0;
 }
 
@@ -242,7 +245,7 @@ int hf_export(const char *out_dir, const ModelConfig *c, const ParamTable *t, co
         return ckpt_fail(err, errlen, "export: 'model.attention' = '%s' has no DeepseekV3 form (only mla)",
                          c->attention);
     if (c->tie_word_embeddings) return ckpt_fail(err, errlen, "export: tied embeddings are not supported");
-    if (check_router(c, err, errlen)) return -1;
+    if (hf_check_router("export", c, err, errlen)) return -1;
     if (shard_bytes == 0) shard_bytes = HF_DEFAULT_SHARD_BYTES;
     if (snprintf(path, sizeof path, "%s/config.json", out_dir) >= (int)sizeof path)
         return ckpt_fail(err, errlen, "path too long: '%s'", out_dir);

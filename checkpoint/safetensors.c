@@ -307,9 +307,14 @@ static int list_files(const char *dir, char names[][128], int cap, int *n, char 
     return 0;
 }
 
-static int import_tensors(const char *dir, const ParamTable *t, float *params, Found *all, int n, char *err,
-                          size_t errlen)
+/* mtp_missing NULL: every table tensor must be there. Otherwise MTP tensors may be absent, all
+ * of them or none (a transformers save has none): then they stay as params holds them and
+ * *mtp_missing = 1. */
+static int import_tensors(const char *dir, const ParamTable *t, float *params, Found *all, int n,
+                          int *mtp_missing, char *err, size_t errlen)
 {
+    int n_mtp = 0, absent = 0;
+    const char *first_absent = NULL;
     qsort(all, (size_t)n, sizeof *all, cmp_found);
     for (int i = 1; i < n; i++)
         if (!strcmp(all[i].e->name, all[i - 1].e->name))
@@ -320,6 +325,12 @@ static int import_tensors(const char *dir, const ParamTable *t, float *params, F
         snprintf(key.name, sizeof key.name, "%s", p->name);
         Found probe = { &key, NULL };
         const Found *hit = bsearch(&probe, all, (size_t)n, sizeof *all, cmp_found);
+        n_mtp += p->mtp;
+        if (!hit && mtp_missing && p->mtp) {
+            if (!first_absent) first_absent = p->name;
+            absent++;
+            continue;
+        }
         if (!hit) return ckpt_fail(err, errlen, "'%s': tensor '%s' is missing", dir, p->name);
         const StEntry *e = hit->e;
         int same = e->ndim == p->ndim && e->shape[0] == p->rows && (p->ndim == 1 || e->shape[1] == p->cols);
@@ -328,7 +339,10 @@ static int import_tensors(const char *dir, const ParamTable *t, float *params, F
                              hit->f->path, p->name, p->rows, p->cols);
         if (st_read_f32(hit->f, e, params + p->offset, err, errlen)) return -1;
     }
-    if (n != t->n) {
+    if (absent > 0 && absent < n_mtp)
+        return ckpt_fail(err, errlen, "'%s': MTP tensor '%s' is missing while others are there", dir, first_absent);
+    if (mtp_missing) *mtp_missing = absent > 0;
+    if (n != t->n - absent) {
         for (int i = 0; i < n; i++)
             if (!params_find(t, all[i].e->name))
                 return ckpt_fail(err, errlen, "'%s': tensor '%s' is not in the model (config differs?)", dir,
@@ -338,6 +352,12 @@ static int import_tensors(const char *dir, const ParamTable *t, float *params, F
 }
 
 int hf_import(const char *dir, const ParamTable *t, float *params, char *err, size_t errlen)
+{
+    return hf_import_tensors(dir, t, params, NULL, err, errlen);
+}
+
+int hf_import_tensors(const char *dir, const ParamTable *t, float *params, int *mtp_missing, char *err,
+                      size_t errlen)
 {
     enum { MAX_FILES = 1024 };
     char (*names)[128] = calloc(MAX_FILES, 128);
@@ -363,7 +383,7 @@ int hf_import(const char *dir, const ParamTable *t, float *params, char *err, si
     int k = 0;
     for (int i = 0; i < n_files; i++)
         for (int j = 0; j < files[i].n; j++) all[k++] = (Found){ &files[i].entries[j], &files[i] };
-    rc = import_tensors(dir, t, params, all, total, err, errlen);
+    rc = import_tensors(dir, t, params, all, total, mtp_missing, err, errlen);
 done:
     for (int i = 0; files && i < opened; i++) st_close(&files[i]);
     free(all);

@@ -21,7 +21,8 @@
  *                                     the index: transformers ignores unexpected weights only
  *                                     at layer 61, so they must not be in what it loads
  * Import (hf_import) reads such a directory (index or single file, plus mtp.safetensors when
- * present), F32 or BF16, into a flat buffer in table order.
+ * present), F32 or BF16, into a flat buffer in table order; hf_config_check (hf_config.c)
+ * holds its config.json against the model's config.
  */
 #ifndef DSTRAIN_SAFETENSORS_H
 #define DSTRAIN_SAFETENSORS_H
@@ -85,5 +86,23 @@ int hf_export(const char *out_dir, const ModelConfig *c, const ParamTable *t, co
 /* Read every table tensor from an HF directory into params (t->total floats); a missing
  * tensor, a shape mismatch or a tensor the table lacks is an error naming it. */
 int hf_import(const char *dir, const ParamTable *t, float *params, char *err, size_t errlen);
+/* The same, but with mtp_missing non-NULL a directory without any MTP tensor (a transformers
+ * save_pretrained: its config says num_nextn_predict_layers but it never holds those weights)
+ * is accepted: the MTP tensors keep what params held and *mtp_missing = 1. Some but not all
+ * of them missing is still an error. */
+int hf_import_tensors(const char *dir, const ParamTable *t, float *params, int *mtp_missing, char *err,
+                      size_t errlen);
+/* The rule hf_export applies to routing (above), for export and import alike; verb starts the
+ * message ("export", "init-from"). */
+int hf_check_router(const char *verb, const ModelConfig *c, char *err, size_t errlen);
+/* Compares the config.json at path with c: every [model] hyper-parameter that decides what
+ * the model computes (shapes, routing, rope and YaRN, eps; not initializer_range, which only
+ * decides a fresh initialisation, nor the gqa-only keys), plus the transformers fields whose
+ * other values dstrain does not compute (hidden_act, scoring_func, topk_method,
+ * rope_interleave, attention_bias). The first difference is an error naming the key and both
+ * values; so is a missing key. For YaRN the compared quantities are the ones transformers
+ * computes with: the cos/sin scale (attention_factor, or what transformers derives without
+ * it) and the softmax scale's mscale_all_dim (absent means 0 there). */
+int hf_config_check(const char *path, const ModelConfig *c, char *err, size_t errlen);
 
 #endif

@@ -75,6 +75,10 @@
 
 typedef struct RopeScaling { ROPE_SCALING_KEYS(CONFIG_FIELD) } RopeScaling;
 
+/* YaRN's cos/sin table scale, mscale(factor, mscale) / mscale(factor, mscale_all_dim)
+ * (model/rope.c; export writes it as rope_scaling.attention_factor). */
+double rope_yarn_table_scale(const RopeScaling *rs);
+
 typedef struct ModelConfig {
     MODEL_KEYS(CONFIG_FIELD)
     RopeScaling rope_scaling;

@@ -12,6 +12,11 @@
  */
 #include "layers.h"
 
+/* The two latent norms (q_a_layernorm, kv_a_layernorm) use 1e-6 whatever rms_norm_eps says,
+ * as DeepSeek's reference code and transformers' DeepseekV3 hard-code it (SPEC.md section 3);
+ * the block and final norms use rms_norm_eps. Backward needs no eps (it reuses the rstd). */
+#define MLA_LATENT_NORM_EPS 1e-6f
+
 void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const act *x_in)
 {
     Ops *o = x->o;
@@ -22,7 +27,7 @@ void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const act *x
     o->rmsnorm_forward(o, a->ln1, a->ln1_rstd, x_in, w->ln1, N, C, eps);
     if (d->Rq > 0) {
         o->matmul_forward(o, a->cq_raw, a->ln1, &w->q_a, N, C, d->Rq);
-        o->rmsnorm_forward(o, a->cq, a->cq_rstd, a->cq_raw, w->q_a_norm, N, d->Rq, eps);
+        o->rmsnorm_forward(o, a->cq, a->cq_rstd, a->cq_raw, w->q_a_norm, N, d->Rq, MLA_LATENT_NORM_EPS);
         o->matmul_forward(o, a->q, a->cq, &w->q_b, N, d->Rq, H * Dqk);
     } else {
         o->matmul_forward(o, a->q, a->ln1, &w->q_b, N, C, H * Dqk);
@@ -34,7 +39,7 @@ void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const act *x
     o->matmul_forward(o, a->k_rope, a->ln1, &w->kv_a_rope, N, C, d->Dr);
     RopeShape rk = { N, d->T, 1, d->Dr, 0, 0, d->Dr };
     o->rope_forward(o, a->k_rope, x->rope_cos, x->rope_sin, &rk);
-    o->rmsnorm_forward(o, a->ckv, a->ckv_rstd, a->ckv_raw, w->kv_a_norm, N, d->Rkv, eps);
+    o->rmsnorm_forward(o, a->ckv, a->ckv_rstd, a->ckv_raw, w->kv_a_norm, N, d->Rkv, MLA_LATENT_NORM_EPS);
     o->matmul_forward(o, a->kv, a->ckv, &w->kv_b, N, d->Rkv, H * (d->Dn + d->Dv));
     MlaKvShape ks = { N, H, d->Dn, d->Dr, d->Dv };
     o->mla_kv_split(o, a->k, a->v, a->kv, a->k_rope, &ks);

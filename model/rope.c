@@ -7,7 +7,8 @@
  * mscale^2 with mscale = 0.1 * mscale_all_dim * ln(factor) + 1. Applied whenever
  * rope_scaling.type = "yarn" (as transformers does; DeepSeek's inference code applies it only
  * when the sequence exceeds the original length). The cos/sin tables carry the ratio
- * mscale(factor, mscale) / mscale(factor, mscale_all_dim) as transformers does (1 for V3).
+ * mscale(factor, mscale) / mscale(factor, mscale_all_dim) as DeepSeek's code does (1 for V3;
+ * transformers agrees only when both are non-zero or attention_factor is given).
  */
 #include <math.h>
 #include <string.h>
@@ -17,6 +18,13 @@
 static double yarn_mscale(double factor, double m)
 {
     return factor <= 1.0 ? 1.0 : 0.1 * m * log(factor) + 1.0;
+}
+
+double rope_yarn_table_scale(const RopeScaling *rs)
+{
+    /* DeepSeek's ratio, also when mscale or mscale_all_dim is 0 (yarn_mscale(f, 0) = 1);
+     * transformers takes it only when both are non-zero, hence export's attention_factor */
+    return yarn_mscale(rs->factor, rs->mscale) / yarn_mscale(rs->factor, rs->mscale_all_dim);
 }
 
 /* The dimension index (in [0, Dr)) at which a frequency completes num_rot rotations over the
@@ -40,7 +48,7 @@ void rope_tables(const ModelConfig *c, int T, float *cos_host, float *sin_host, 
         if (low < 0) low = 0;
         if (high > Dr - 1) high = Dr - 1;
         if (high == low) high += 0.001;   /* avoid a zero-width ramp */
-        table_scale = yarn_mscale(rs->factor, rs->mscale) / yarn_mscale(rs->factor, rs->mscale_all_dim);
+        table_scale = rope_yarn_table_scale(rs);
     }
     for (int j = 0; j < half; j++) {
         double f = pow(base, -2.0 * j / Dr);

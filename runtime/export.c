@@ -28,7 +28,8 @@ static void export_usage(FILE *f)
                "(DeepseekV3Config) and model.safetensors (FP32), split into\n"
                "model-0000k-of-0000n.safetensors + model.safetensors.index.json when the weights\n"
                "exceed --shard-bytes (default %zu = 2 GiB). Multi-token-prediction modules go to\n"
-               "mtp.safetensors, outside what transformers loads. The checkpoint is verified first.\n",
+               "mtp.safetensors, outside what transformers loads. Under YaRN, config.json gives the\n"
+               "cos/sin scale as rope_scaling.attention_factor. The checkpoint is verified first.\n",
             HF_DEFAULT_SHARD_BYTES);
 }
 

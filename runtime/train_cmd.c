@@ -62,7 +62,9 @@ static void train_usage(FILE *f)
             "  --resume latest           continue from the newest checkpoint of the run that verifies\n"
             "  --resume DIR              continue from checkpoint directory DIR\n"
             "  --init-from HF_DIR        start from the weights of a Hugging Face DeepseekV3 directory\n"
-            "                            (dstrain export output: safetensors, mtp.safetensors for MTP)\n"
+            "                            (dstrain export or transformers save_pretrained); its\n"
+            "                            config.json must match the [model] keys; MTP modules it\n"
+            "                            lacks start fresh (a transformers save has none)\n"
             "\nconfig keys (section, key, type, default, meaning):\n");
     config_print_help(f);
 }
@@ -282,13 +284,29 @@ void trainer_resume(Trainer *t, const char *ckpt_dir)
 }
 
 /* Weights from a Hugging Face directory (safetensors by parameter name); the optimizer and
- * the schedules start fresh. Every tensor of the table must be there (hf_import names the
- * first one missing). */
+ * the schedules start fresh. Its config.json, when there, must describe the same model as the
+ * TOML (hf_config_check names the first key that differs), and the routing must be one
+ * transformers computes as dstrain does (the export rule). Every tensor of the table must be
+ * there (hf_import names the first one missing), except the MTP modules, which a transformers
+ * save_pretrained never holds: without any of them they start from the table's init rules
+ * (the weights a fresh run of this seed would have). */
 void trainer_init_from(Trainer *t, const char *hf_dir)
 {
     const ParamTable *pt = model_table(t->model);
-    char err[1024];
-    if (hf_import(hf_dir, pt, t->host_params, err, sizeof err) != 0) DIE("init-from: %s", err);
+    const ModelConfig *mc = &t->cfg.model;
+    char err[1024], *json = xasprintf("%s/config.json", hf_dir);
+    if (hf_check_router("init-from", mc, err, sizeof err) != 0) DIE("%s", err);
+    int has_json = access(json, F_OK) == 0;
+    if (has_json && hf_config_check(json, mc, err, sizeof err) != 0) DIE("%s", err);
+    params_init(pt, mc, t->host_params, (unsigned long long)t->cfg.train.seed);
+    int mtp_fresh = 0;
+    if (hf_import_tensors(hf_dir, pt, t->host_params, &mtp_fresh, err, sizeof err) != 0) DIE("init-from: %s", err);
     t->o->upload(t->o, model_params(t->model), t->host_params, pt->total * sizeof(float));
-    printf("init-from: %zu parameters from '%s'\n", pt->total, hf_dir);
+    printf("init-from: %zu parameters from '%s'%s\n", pt->total, hf_dir,
+           has_json ? ", config.json matches the config" : " (no config.json to compare)");
+    if (mtp_fresh)
+        printf("init-from: '%s' holds no MTP weights (a transformers save never does): the %d MTP module%s "
+               "start fresh (init std %g, seed %lld)\n", hf_dir, mc->num_nextn_predict_layers,
+               mc->num_nextn_predict_layers == 1 ? "" : "s", mc->initializer_range, (long long)t->cfg.train.seed);
+    free(json);
 }

@@ -1,18 +1,23 @@
-# tests/interop/test_interop.sh - dstrain's files read by the Python ecosystem (issue 4,
+# tests/interop/test_interop.sh - dstrain's checkpoint read by the Python ecosystem (issue 4,
 # acceptance 4): a tiny model trained with MTP, its checkpoint read by h5py + hdf5plugin (every
-# dataset, bit for bit against the export), and its export loaded by transformers'
-# DeepseekV3ForCausalLM with no missing or unexpected weights, logits on a fixed batch equal
-# to dstrain's within FP32 rounding. Exits 77 (ctest: skipped) when Python lacks h5py,
-# hdf5plugin, numpy, torch or transformers.
-# Usage: bash test_interop.sh DSTRAIN_BINARY SOURCE_DIR SCRATCH_DIR   (PYTHON overrides python3)
+# dataset, bit for bit against the export). Python is ${DSTRAIN_TEST_PYTHON:-python3}; `./build.sh
+# test` points DSTRAIN_TEST_PYTHON at a venv with tests/requirements.txt, and there a missing
+# package is a failure. Outside it (DSTRAIN_TEST_PYTHON unset) a python3 without h5py,
+# hdf5plugin or numpy makes the test report skipped (exit 77).
+# Hugging Face parity is not here: the interop.hf_* fixture tests hold it on every run without
+# torch, and check_transformers.sh runs transformers itself on an export, by hand.
+# Usage: bash test_interop.sh DSTRAIN_BINARY SOURCE_DIR SCRATCH_DIR
 set -u
 BIN=${1:?usage: test_interop.sh DSTRAIN_BINARY SOURCE_DIR SCRATCH_DIR}
 SRC=${2:?}
 SCRATCH=${3:?}
-PY=${PYTHON:-python3}
-TOOLS=$(cd "$(dirname "$BIN")" && pwd)/tests
-if ! "$PY" -c "import h5py, hdf5plugin, numpy, torch, transformers" 2> /dev/null; then
-    echo "SKIP: $PY cannot import h5py, hdf5plugin, numpy, torch and transformers"
+PY=${DSTRAIN_TEST_PYTHON:-python3}
+if ! "$PY" -c "import h5py, hdf5plugin, numpy" 2> /dev/null; then
+    if [ -n "${DSTRAIN_TEST_PYTHON:-}" ]; then
+        echo "FAIL: $PY cannot import h5py, hdf5plugin and numpy (pip install -r tests/requirements.txt)"
+        exit 1
+    fi
+    echo "SKIP: $PY cannot import h5py, hdf5plugin and numpy (./build.sh test installs them)"
     exit 77
 fi
 . "$SRC/tests/cli/lib.sh"
@@ -24,10 +29,7 @@ check "tiny trained" "[ -d $ckpt ]"
 "$BIN" export --ckpt $ckpt --out hf > export.txt 2>&1
 check "export ($(tail -c 200 export.txt))" "[ -s hf/config.json ]"
 "$PY" "$SRC/tests/interop/check_h5py.py" $ckpt --export hf > h5py.txt 2>&1
-check "h5py reads every dataset ($(tail -1 h5py.txt))" "[ \$? -eq 0 ]"
-"$TOOLS/dump_logits" $ckpt tokens.bin logits.bin 2 > dump.txt 2>&1
-check "dstrain's logits dumped" "[ -s logits.bin ]"
-"$PY" "$SRC/tests/interop/check_hf.py" hf --tokens tokens.bin --logits logits.bin --batch 2 > hf.txt 2>&1
-check "transformers loads the export and matches the logits ($(tail -1 hf.txt))" "[ \$? -eq 0 ]"
-cat h5py.txt hf.txt | tail -6
+rc=$?   # taken at once: the $(...) in check's description would reset $?
+check "h5py reads every dataset ($(tail -1 h5py.txt))" "[ $rc -eq 0 ] && ! grep -q SKIP h5py.txt"
+tail -3 h5py.txt
 finish
