@@ -321,9 +321,12 @@ static void map_shard(Shard *s, int vocab_size, int T)
 static void open_shards(DataLoader *d, const char *dir, const char *split, int vocab_size)
 {
     struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    if (stat(dir, &st) != 0)
         DIE("data: directory '%s' does not exist; make token shards with: dstrain prepare "
             "--synthetic --out %s (or --text FILE --out %s)", dir, dir, dir);
+    if (!S_ISDIR(st.st_mode))
+        DIE("data: 'data.dir' = '%s' is not a directory (a %s)", dir,
+            S_ISREG(st.st_mode) ? "regular file" : file_kind(st.st_mode));
     int *idx = NULL;
     int n = list_shards(dir, split, &idx);
     if (n < 0) DIE("data: cannot read directory '%s': %s", dir, strerror(errno));
