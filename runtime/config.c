@@ -388,8 +388,8 @@ static void read_section_line(LoadState *st, char *s, char *out, int size)
             nearest_section(name));
     /* a second [name] would silently override the first one's keys */
     if (st->section_line[sec])
-        DIE("config: section '[%s]' appears twice (%s:%d and line %d); merge them", name, st->path,
-            st->section_line[sec], st->lineno);
+        DIE("config: section '[%s]' appears twice (%s); first at line %d, merge them", name, st->where,
+            st->section_line[sec]);
     st->section_line[sec] = st->lineno;
     snprintf(out, (size_t)size, "[%s]\n", name);
 }
@@ -443,8 +443,7 @@ static int load_handler(void *user, const char *section, const char *name, const
      * factor`): the later would silently win */
     int *seen = &st->key_line[k - key_table()];
     if (*seen)
-        DIE("config: '%s' is set twice (%s:%d and line %d); keep one", k->full, st->path, *seen,
-            st->lineno);
+        DIE("config: '%s' is set twice (%s); first set at line %d, keep one", k->full, st->where, *seen);
     *seen = st->lineno;
     set_value(st->c, k, lex_value(st->value, 1, k->full, st->where), st->where);
     return 1;
