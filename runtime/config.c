@@ -677,11 +677,9 @@ static void validate_moe(const Config *c)
     need_divides("parallel.ep", c->parallel.ep, "model.n_routed_experts", m->n_routed_experts);
 }
 
-/* Token counts in 64 bits, bounded so that every product the trainer forms stays exact: the
- * model indexes a micro-batch's tokens (and their top-K expert rows) with an int, and the run's
- * token counter (steps x tokens per step) is a signed 64-bit integer. A step of more than
- * 2^32 tokens is no real batch (the largest published one is 6.3e7) but a typo that would
- * otherwise train for days before its first line of output. */
+/* Token counts, bounded so every product the trainer forms is exact: the model indexes a
+ * micro-batch's tokens (and their top-K rows) with an int, the run's token counter is int64.
+ * Over 2^32 tokens a step is a typo (the largest published batch is 6.3e7), not a batch. */
 static void validate_batch(const Config *c)
 {
     const TrainConfig *t = &c->train;
@@ -692,8 +690,7 @@ static void validate_batch(const Config *c)
             "= %d x %.0f x %d = %.4g exceeds %d; use a smaller micro-batch", t->micro_batch_size,
             t->seq_len + 1.0, k, rows, INT_MAX);
     const int dp = c->parallel.dp > 1 ? c->parallel.dp : 1;   /* dp < 1 is validate_parallel's */
-    /* in double: every factor is >= 1, so each partial product is at most the total, and a
-     * total below 2^53 is exact */
+    /* double: factors >= 1, so partial products <= the total, exact below 2^53 */
     const double per_step_f = (double)t->grad_accum * t->micro_batch_size * t->seq_len * dp;
     if (per_step_f > CONFIG_MAX_STEP_TOKENS)
         DIE("config: 'train.grad_accum' x 'micro_batch_size' x 'seq_len' x 'parallel.dp' = %d x %d x %d "
@@ -725,8 +722,7 @@ static void validate_train(const Config *c)
             t->seq_len, c->model.max_position_embeddings);
     need_one_of("train.device", t->device, DEVICES);
     need_one_of("train.precision", t->precision, PRECISIONS);
-    /* an OpenMP team of 100000 threads overflows the runtime's stacks (a crash, not an
-     * error); 1024 is far above the cores of any one machine */
+    /* 100000 OpenMP threads overflow the runtime's stacks (a crash); 1024 > any machine's cores */
     if (t->threads < 0 || t->threads > CONFIG_MAX_THREADS)
         DIE("config: 'train.threads' = %d is not in [0, %d] (0: all cores)", t->threads,
             CONFIG_MAX_THREADS);
