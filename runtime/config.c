@@ -32,8 +32,7 @@
 
 #include "common.h"
 
-/* Limits beyond which a value is refused though its type holds it (see validate_train). */
-#define CONFIG_MAX_THREADS 1024
+#define CONFIG_MAX_THREADS 1024                    /* upper limits of validate_train */
 #define CONFIG_MAX_GRAD_ACCUM 1048576               /* 2^20 micro-batches per step and rank */
 #define CONFIG_MAX_STEP_TOKENS 4294967296.0        /* 2^32: 68x DeepSeek-V3's 15360 x 4096 */
 #define CONFIG_MAX_RUN_TOKENS 4611686018427387904.0 /* 2^62: the token counter is int64 */
@@ -413,12 +412,15 @@ static char *load_reader(char *out, int size, void *stream)
 {
     LoadState *st = stream;
     errno = 0;
-    if (getline(&st->line, &st->cap, st->f) < 0) {
+    ssize_t len = getline(&st->line, &st->cap, st->f);
+    if (len < 0) {
         if (ferror(st->f)) DIE("config: cannot read '%s': %s", st->path, strerror(errno));
         return NULL;
     }
     st->lineno++;
     snprintf(st->where, sizeof st->where, "%s:%d", st->path, st->lineno);
+    if (strlen(st->line) != (size_t)len)   /* the text after a NUL would be dropped unseen */
+        syntax_error(st, "the line holds a NUL byte (is this a text file?)");
     char *s = st->line;
     if (st->lineno == 1 && !strncmp(s, "\xEF\xBB\xBF", 3)) s += 3;   /* UTF-8 byte-order mark */
     s = skip_space(s);
@@ -439,8 +441,7 @@ static int load_handler(void *user, const char *section, const char *name, const
                      : snprintf(full, sizeof full, "%s", name);
     CHECK(n > 0 && n < (int)sizeof full);
     const ConfigKey *k = lookup_key(full, st->where);
-    /* the same key twice (also as `[model] rope_scaling.factor` and `[model.rope_scaling]
-     * factor`): the later would silently win */
+    /* a key twice (also `[model] rope_scaling.factor` + `[model.rope_scaling] factor`) */
     int *seen = &st->key_line[k - key_table()];
     if (*seen)
         DIE("config: '%s' is set twice (%s); first set at line %d, keep one", k->full, st->where, *seen);
@@ -689,8 +690,8 @@ static void validate_batch(const Config *c)
         DIE("config: 'train.micro_batch_size' x ('train.seq_len' + 1) x 'model.num_experts_per_tok' "
             "= %d x %.0f x %d = %.4g exceeds %d; use a smaller micro-batch", t->micro_batch_size,
             t->seq_len + 1.0, k, rows, INT_MAX);
-    const int dp = c->parallel.dp > 1 ? c->parallel.dp : 1;   /* dp < 1 is validate_parallel's */
-    /* double: factors >= 1, so partial products <= the total, exact below 2^53 */
+    const int dp = c->parallel.dp > 1 ? c->parallel.dp : 1;   /* dp < 1: validate_parallel */
+    /* double: factors >= 1, so partial products <= the total: exact below 2^53 */
     const double per_step_f = (double)t->grad_accum * t->micro_batch_size * t->seq_len * dp;
     if (per_step_f > CONFIG_MAX_STEP_TOKENS)
         DIE("config: 'train.grad_accum' x 'micro_batch_size' x 'seq_len' x 'parallel.dp' = %d x %d x %d "
@@ -724,8 +725,7 @@ static void validate_train(const Config *c)
     need_one_of("train.precision", t->precision, PRECISIONS);
     /* 100000 OpenMP threads overflow the runtime's stacks (a crash); 1024 > any machine's cores */
     if (t->threads < 0 || t->threads > CONFIG_MAX_THREADS)
-        DIE("config: 'train.threads' = %d is not in [0, %d] (0: all cores)", t->threads,
-            CONFIG_MAX_THREADS);
+        DIE("config: 'train.threads' = %d is not in [0, %d] (0: all cores)", t->threads, CONFIG_MAX_THREADS);
     need_at_least("train.log_every", t->log_every, 1);
     need_at_least("train.val_every", t->val_every, 0);
     /* validation always runs at the end of the run (val_every = 0 means only there), so 0
