@@ -113,6 +113,18 @@ while IFS= read -r line; do
     run_case "$cat" "$want" "$args"
 done < "$CASES"
 
+# --resume latest that skips a damaged newer checkpoint: the reason is a warning on stderr
+# (it was printed on stdout), and the older checkpoint is used
+ck_copy runs/mixed/ckpt-1 && cp -r ck/flip runs/mixed/ckpt-2
+"$BIN" train "$TINY" "${R[@]}" --set train.name=mixed --set train.steps=1 --resume latest \
+    > out.txt 2> err.txt
+rc=$?
+check "resume latest past a damaged checkpoint: exit 0 (got $rc)" "[ $rc -eq 0 ]"
+check "resume latest: the skip reason is on stderr" \
+    "grep -qF \"resume: skipping checkpoint 'runs/mixed/ckpt-2'\" err.txt"
+check "resume latest: no skip reason on stdout" "! grep -q skipping out.txt"
+check "resume latest: resumed from ckpt-1" "grep -qF \"from 'runs/mixed/ckpt-1'\" out.txt"
+
 for c in "${!n_cat[@]}"; do echo "cases [$c]: ${n_cat[$c]}"; done | sort
 check "at least 100 cases ($total)" "[ $total -ge 100 ]"
 finish
