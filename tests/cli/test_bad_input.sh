@@ -77,6 +77,28 @@ ck_copy runs/other/ckpt-1 && ck_copy ck/symlink && rm ck/symlink/$RANK \
     && ln -s "$PWD/runs/other/ckpt-1/$RANK" ck/symlink/$RANK
 # a run whose only checkpoint is damaged, for --resume latest
 ck_copy runs/damaged/ckpt-1 && printf 'x' | dd of=runs/damaged/ckpt-1/$RANK bs=1 seek=5000 conv=notrunc 2> /dev/null
+# damaged behind the checksum gate: re-signed, so the HDF5, shape and state readers must refuse
+PY=${DSTRAIN_TEST_PYTHON:-python3}
+RESIGN="$SRC/tests/cli/resign_manifest.py"
+check "resign_manifest.py reproduces a real manifest's checksums" "$PY '$RESIGN' --check $CK > /dev/null"
+"$BIN" train "$TINY" "${R[@]}" --set train.name=wide --set model.hidden_size=64 --set train.steps=1 \
+    --set train.val_every=0 --set train.val_batches=1 > /dev/null 2>&1 || { echo "FAIL: fixture run"; exit 1; }
+rs_copy() { ck_copy "rs/$1" && shift && "$@"; }
+resign() { "$PY" "$RESIGN" "$@" > /dev/null || { failed=$((failed + 1)); echo "FAIL: resign_manifest.py $*"; }; }
+rs_copy trunc truncate -s 300000 rs/trunc/$RANK && resign rs/trunc
+rs_copy zero truncate -s 0 rs/zero/$RANK && resign rs/zero
+rs_copy text cp text.txt rs/text/$RANK && resign rs/text
+rs_copy chunk dd if=/dev/zero of=rs/chunk/$RANK bs=1 seek=100000 count=20000 conv=notrunc 2> /dev/null \
+    && resign rs/chunk
+rs_copy wide cp runs/wide/ckpt-1/$RANK rs/wide/ && resign rs/wide
+rs_copy version true && resign format_version=99 rs/version
+rs_copy nomoments true && resign optimizer_moments=false rs/nomoments
+rs_copy badconfig true && resign 'config="[bogus]\n"' rs/badconfig
+rs_copy emptyconfig true && resign 'config=""' rs/emptyconfig
+rs_copy step true && resign step=5 rs/step
+rs_copy tokens true && resign tokens=-1 rs/tokens
+rs_copy layout true && resign 'layout={"world_size": 2, "pp": 1, "dp": 2, "ep": 1}' rs/layout
+
 mkdir -p hf_empty hf_short hf_fifo
 printf 'abc' > hf_short/model.safetensors
 mkfifo hf_fifo/model.safetensors
