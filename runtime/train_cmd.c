@@ -129,15 +129,16 @@ static int config_compare(const Config *a, const Config *b)
     return changed;
 }
 
-static char *resolve_resume(const char *resume, const char *run_dir)
+static char *resolve_resume(const char *resume, const char *run_dir, int root)
 {
     if (strcmp(resume, "latest") != 0) {
         char err[1024];
         if (ckpt_verify(resume, err, sizeof err) != 0) DIE("resume: %s", err);
         return xstrdup(resume);
     }
-    /* Why each newer checkpoint was skipped is a warning on stderr when an older one is used,
-     * and the one error line (every reason joined by "; ") when none verifies. */
+    /* Why each newer checkpoint was skipped is a warning on stderr (root only: every rank
+     * looks) when an older one is used, and the one error line (every reason joined by "; ")
+     * when none verifies. */
     char dir[4096], *log = NULL;
     size_t log_len = 0;
     FILE *f = open_memstream(&log, &log_len);
@@ -145,7 +146,7 @@ static char *resolve_resume(const char *resume, const char *run_dir)
     int rc = ckpt_find_latest(run_dir, dir, sizeof dir, f);
     fclose(f);
     if (rc == 0) {
-        for (char *save = NULL, *line = strtok_r(log, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+        for (char *save = NULL, *line = strtok_r(log, "\n", &save); root && line; line = strtok_r(NULL, "\n", &save))
             fprintf(stderr, "resume: %s\n", line);
         free(log);
         return xstrdup(dir);
@@ -206,7 +207,7 @@ int cmd_train(int argc, char **argv)
     char *run_dir = xasprintf("%s/%s", cfg.train.run_dir, cfg.train.name);
     if (root) mkdir_p(run_dir);
     comm_barrier(g->dp_comm);
-    char *ckpt_dir = a.resume ? resolve_resume(a.resume, run_dir) : NULL;
+    char *ckpt_dir = a.resume ? resolve_resume(a.resume, run_dir, root) : NULL;
     if (ckpt_dir) {
         char err[1024];
         Config old;
