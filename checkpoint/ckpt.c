@@ -311,7 +311,11 @@ static int verify_files(const char *dir, const CkptManifest *m, char *err, size_
         uint64_t sum;
         long long bytes;
         if (join(path, dir, f->name, err, errlen)) return -1;
-        if (stat(path, &st) != 0) return ckpt_fail(err, errlen, "'%s' is missing", f->name);
+        /* lstat: a symlink could point into another run, whose bytes would then be loaded as
+         * this checkpoint's (the checksum only proves they are the bytes saved there) */
+        if (lstat(path, &st) != 0) return ckpt_fail(err, errlen, "'%s' is missing", f->name);
+        if (S_ISLNK(st.st_mode))
+            return ckpt_fail(err, errlen, "'%s' is a symbolic link; a checkpoint's files must be its own", f->name);
         if (!S_ISREG(st.st_mode)) return ckpt_fail(err, errlen, "'%s' is not a regular file", f->name);
         if ((long long)st.st_size != f->bytes)
             return ckpt_fail(err, errlen, "'%s' is %lld bytes, the manifest says %lld (file truncated?)", f->name,

@@ -73,7 +73,8 @@ int fsio_hash_file(const char *path, uint64_t *sum, long long *bytes, char *err,
 {
     int rc = -1;
     unsigned char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not block the open (fstat refuses it); no effect on files */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         ckpt_fail(err, errlen, "cannot open '%s': %s", path, strerror(errno));
         goto done;
@@ -155,7 +156,8 @@ int fsio_write_durable(const char *path, const void *data, size_t len, char *err
 char *fsio_read_file(const char *path, size_t max_bytes, size_t *len, char *err, size_t errlen)
 {
     char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not block the open (fstat refuses it); no effect on files */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         ckpt_fail(err, errlen, "cannot open '%s': %s", path, strerror(errno));
         return NULL;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "fsio.h"
 #include "hash.h"
@@ -273,9 +274,14 @@ int ckpt_manifest_read(const char *dir, CkptManifest *m, char *err, size_t errle
     memset(m, 0, sizeof *m);
     if (snprintf(path, sizeof path, "%s/%s", dir, CKPT_MANIFEST_NAME) >= (int)sizeof path)
         return ckpt_fail(err, errlen, "path too long: '%s'", dir);
-    FILE *probe = fopen(path, "r");
-    if (!probe) return ckpt_fail(err, errlen, "no '%s' (an interrupted save, or not a checkpoint)", CKPT_MANIFEST_NAME);
-    fclose(probe);
+    /* lstat, not open: a FIFO would block the open, and a symlink could bring another run's
+     * manifest (and with it that run's file list) into this directory */
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return ckpt_fail(err, errlen, "no '%s' (an interrupted save, or not a checkpoint)", CKPT_MANIFEST_NAME);
+    if (!S_ISREG(st.st_mode))
+        return ckpt_fail(err, errlen, "'%s' is not a regular file%s", CKPT_MANIFEST_NAME,
+                         S_ISLNK(st.st_mode) ? " (a symbolic link)" : "");
     size_t len;
     char *text = fsio_read_file(path, CKPT_MANIFEST_MAX_BYTES, &len, err, errlen);
     if (!text) return -1;

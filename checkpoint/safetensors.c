@@ -182,7 +182,7 @@ int st_open(const char *path, StFile *f, char *err, size_t errlen)
     json_t *root = NULL;
     struct stat st;
     unsigned char n8[8];
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block; refused below */
     if (f->fd < 0 || fstat(f->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         ckpt_fail(err, errlen, "cannot open '%s': %s", path, f->fd < 0 ? strerror(errno) : "not a regular file");
         goto done;

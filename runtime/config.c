@@ -33,6 +33,11 @@
 #include "common.h"
 #include "runtime/pipeline/schedule.h"
 
+#define CONFIG_MAX_THREADS 1024                    /* upper limits of validate_train */
+#define CONFIG_MAX_GRAD_ACCUM 1048576               /* 2^20 micro-batches per step and rank */
+#define CONFIG_MAX_STEP_TOKENS 4294967296.0        /* 2^32: 68x DeepSeek-V3's 15360 x 4096 */
+#define CONFIG_MAX_RUN_TOKENS 4611686018427387904.0 /* 2^62: the token counter is int64 */
+
 typedef enum { CT_INT, CT_I64, CT_F64, CT_BOOL, CT_STR } ConfigType;
 
 static const char *const TYPE_NAMES[] = { "int", "int64", "float", "bool", "string" };
@@ -357,6 +362,8 @@ typedef struct LoadState {
     int lineno;
     char *value;            /* right-hand side of the current key line, inside line */
     char where[512];        /* "path:line" of the current line */
+    int key_line[N_KEYS];   /* line that set each key of the key table (0: not yet) */
+    int section_line[N_SECTIONS]; /* line of each section's `[name]` header (0: not yet) */
 } LoadState;
 
 static _Noreturn void syntax_error(const LoadState *st, const char *hint)
@@ -375,9 +382,15 @@ static void read_section_line(LoadState *st, char *s, char *out, int size)
     char *name = skip_space(s + 1);
     trim_end(name);
     if (!is_name(name, strlen(name))) syntax_error(st, "expected '[section]' with a plain name");
-    if (find_section(name) < 0)
+    int sec = find_section(name);
+    if (sec < 0)
         DIE("config: unknown section '%s' (%s); did you mean '%s'?", name, st->where,
             nearest_section(name));
+    /* a second [name] would silently override the first one's keys */
+    if (st->section_line[sec])
+        DIE("config: section '[%s]' appears twice (%s); first at line %d, merge them", name, st->where,
+            st->section_line[sec]);
+    st->section_line[sec] = st->lineno;
     snprintf(out, (size_t)size, "[%s]\n", name);
 }
 
@@ -400,12 +413,15 @@ static char *load_reader(char *out, int size, void *stream)
 {
     LoadState *st = stream;
     errno = 0;
-    if (getline(&st->line, &st->cap, st->f) < 0) {
+    ssize_t len = getline(&st->line, &st->cap, st->f);
+    if (len < 0) {
         if (ferror(st->f)) DIE("config: cannot read '%s': %s", st->path, strerror(errno));
         return NULL;
     }
     st->lineno++;
     snprintf(st->where, sizeof st->where, "%s:%d", st->path, st->lineno);
+    if (strlen(st->line) != (size_t)len)   /* the text after a NUL would be dropped unseen */
+        syntax_error(st, "the line holds a NUL byte (is this a text file?)");
     char *s = st->line;
     if (st->lineno == 1 && !strncmp(s, "\xEF\xBB\xBF", 3)) s += 3;   /* UTF-8 byte-order mark */
     s = skip_space(s);
@@ -426,6 +442,11 @@ static int load_handler(void *user, const char *section, const char *name, const
                      : snprintf(full, sizeof full, "%s", name);
     CHECK(n > 0 && n < (int)sizeof full);
     const ConfigKey *k = lookup_key(full, st->where);
+    /* a key twice (also `[model] rope_scaling.factor` + `[model.rope_scaling] factor`) */
+    int *seen = &st->key_line[k - key_table()];
+    if (*seen)
+        DIE("config: '%s' is set twice (%s); first set at line %d, keep one", k->full, st->where, *seen);
+    *seen = st->lineno;
     set_value(st->c, k, lex_value(st->value, 1, k->full, st->where), st->where);
     return 1;
 }
@@ -658,6 +679,31 @@ static void validate_moe(const Config *c)
     need_divides("parallel.ep", c->parallel.ep, "model.n_routed_experts", m->n_routed_experts);
 }
 
+/* Token counts, bounded so every product the trainer forms is exact: the model indexes a
+ * micro-batch's tokens (and their top-K rows) with an int, the run's token counter is int64.
+ * Over 2^32 tokens a step is a typo (the largest published batch is 6.3e7), not a batch. */
+static void validate_batch(const Config *c)
+{
+    const TrainConfig *t = &c->train;
+    const int k = c->model.num_experts_per_tok > 1 ? c->model.num_experts_per_tok : 1;
+    const double rows = (double)t->micro_batch_size * (t->seq_len + 1.0) * k;   /* exact < 2^53 */
+    if (rows > INT_MAX)
+        DIE("config: 'train.micro_batch_size' x ('train.seq_len' + 1) x 'model.num_experts_per_tok' "
+            "= %d x %.0f x %d = %.4g exceeds %d; use a smaller micro-batch", t->micro_batch_size,
+            t->seq_len + 1.0, k, rows, INT_MAX);
+    const int dp = c->parallel.dp > 1 ? c->parallel.dp : 1;   /* dp < 1: validate_parallel */
+    /* double: factors >= 1, so partial products <= the total: exact below 2^53 */
+    const double per_step_f = (double)t->grad_accum * t->micro_batch_size * t->seq_len * dp;
+    if (per_step_f > CONFIG_MAX_STEP_TOKENS)
+        DIE("config: 'train.grad_accum' x 'micro_batch_size' x 'seq_len' x 'parallel.dp' = %d x %d x %d "
+            "x %d = %.4g tokens per step exceeds %.4g", t->grad_accum, t->micro_batch_size, t->seq_len,
+            dp, per_step_f, CONFIG_MAX_STEP_TOKENS);
+    const long long per_step = (long long)per_step_f;
+    if ((double)per_step * t->steps > CONFIG_MAX_RUN_TOKENS)
+        DIE("config: 'train.steps' x tokens per step = %d x %lld = %.4g tokens exceeds %.4g", t->steps,
+            per_step, (double)per_step * t->steps, CONFIG_MAX_RUN_TOKENS);
+}
+
 static void validate_train(const Config *c)
 {
     static const char *const DEVICES[] = { "cpu", "cuda", NULL };
@@ -670,16 +716,22 @@ static void validate_train(const Config *c)
     need_at_least("train.steps", t->steps, 1);
     need_at_least("train.micro_batch_size", t->micro_batch_size, 1);
     need_at_least("train.seq_len", t->seq_len, 1);
-    need_at_least("train.grad_accum", t->grad_accum, 1);
+    if (t->grad_accum < 1 || t->grad_accum > CONFIG_MAX_GRAD_ACCUM)
+        DIE("config: 'train.grad_accum' = %d is not in [1, %d]", t->grad_accum, CONFIG_MAX_GRAD_ACCUM);
+    validate_batch(c);
     if (t->seq_len > c->model.max_position_embeddings)
         DIE("config: 'train.seq_len' = %d exceeds 'model.max_position_embeddings' = %d",
             t->seq_len, c->model.max_position_embeddings);
     need_one_of("train.device", t->device, DEVICES);
     need_one_of("train.precision", t->precision, PRECISIONS);
-    need_at_least("train.threads", t->threads, 0);
+    /* 100000 OpenMP threads overflow the runtime's stacks (a crash); 1024 > any machine's cores */
+    if (t->threads < 0 || t->threads > CONFIG_MAX_THREADS)
+        DIE("config: 'train.threads' = %d is not in [0, %d] (0: all cores)", t->threads, CONFIG_MAX_THREADS);
     need_at_least("train.log_every", t->log_every, 1);
     need_at_least("train.val_every", t->val_every, 0);
-    need_at_least("train.val_batches", t->val_batches, 0);
+    /* validation always runs at the end of the run (val_every = 0 means only there), so 0
+     * batches would report the mean of nothing as a loss of 0 */
+    need_at_least("train.val_batches", t->val_batches, 1);
     need_at_least("train.checkpoint_every", t->checkpoint_every, 0);
     need_at_least("train.keep_checkpoints", t->keep_checkpoints, 1);
 }

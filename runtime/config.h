@@ -29,13 +29,13 @@
     X(INT, steps, "100", "optimizer steps to run") \
     X(INT, micro_batch_size, "4", "sequences per micro-batch B") \
     X(INT, seq_len, "64", "tokens per sequence T") \
-    X(INT, grad_accum, "1", "micro-batches per optimizer step (per data-parallel rank)") \
+    X(INT, grad_accum, "1", "micro-batches per optimizer step (per data-parallel rank), at most 2^20") \
     X(STR, device, "cpu", "compute backend: cpu or cuda") \
     X(STR, precision, "fp32", "fp32 (cpu), bf16, fp8") \
-    X(INT, threads, "0", "CPU threads (0: all cores)") \
+    X(INT, threads, "0", "CPU threads, at most 1024 (0: all cores)") \
     X(INT, log_every, "1", "print a metrics line every N steps") \
     X(INT, val_every, "50", "validation loss every N steps (0: only at the end)") \
-    X(INT, val_batches, "8", "micro-batches per validation") \
+    X(INT, val_batches, "8", "micro-batches per validation (>= 1)") \
     X(BOOL, bf16_moments, "false", "store AdamW moments rounded to BF16") \
     X(INT, checkpoint_every, "0", "save a checkpoint every N steps (0: only at the end)") \
     X(INT, keep_checkpoints, "3", "checkpoints kept in the run directory")

@@ -251,12 +251,24 @@ int data_write_split(const char *dir, const char *split, long long n_tokens,
 
 /* ---- opening and validating ---- */
 
+/* What a non-regular file is, for messages. */
+static const char *file_kind(mode_t mode)
+{
+    return S_ISDIR(mode) ? "directory" : S_ISFIFO(mode) ? "FIFO" : S_ISCHR(mode) ? "character device"
+         : S_ISBLK(mode) ? "block device" : S_ISSOCK(mode) ? "socket" : "special file";
+}
+
 static void map_shard(Shard *s, int vocab_size, int T)
 {
-    int fd = open(s->path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO for reading would wait for a writer forever; it is refused
+     * below like every other file that is not a regular one (no effect on regular files) */
+    int fd = open(s->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) DIE("data: cannot open '%s': %s", s->path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) DIE("data: cannot stat '%s': %s", s->path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        DIE("data: '%s' is not a regular file (a %s); a shard must be a file written by dstrain "
+            "prepare", s->path, file_kind(st.st_mode));
     size_t size = (size_t)st.st_size;
     if (size < HEADER_BYTES)
         DIE("data: '%s' is truncated: %zu bytes, shorter than the %d-byte header", s->path,
@@ -276,6 +288,12 @@ static void map_shard(Shard *s, int vocab_size, int T)
         DIE("data: '%s' has unknown shard version %u (known: 1 = uint16, 2 = uint32 tokens)",
             s->path, version);
     if (count < 0) DIE("data: '%s' has a negative token count %d in its header", s->path, count);
+    /* the writer's vocabulary: a shard made for a larger one holds ids this model cannot
+     * embed, even where the ids of this file happen to fit (a smaller one is fine: a model
+     * may pad its vocabulary) */
+    if (writer_vocab < 0 || writer_vocab > vocab_size)
+        DIE("data: '%s' was written for vocab_size %d (shard header), but 'model.vocab_size' is %d",
+            s->path, writer_vocab, vocab_size);
     s->width = version == 1 ? 2 : 4;
     s->n = count;
     size_t want = HEADER_BYTES + (size_t)s->n * (size_t)s->width;
@@ -303,9 +321,12 @@ static void map_shard(Shard *s, int vocab_size, int T)
 static void open_shards(DataLoader *d, const char *dir, const char *split, int vocab_size)
 {
     struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    if (stat(dir, &st) != 0)
         DIE("data: directory '%s' does not exist; make token shards with: dstrain prepare "
             "--synthetic --out %s (or --text FILE --out %s)", dir, dir, dir);
+    if (!S_ISDIR(st.st_mode))
+        DIE("data: 'data.dir' = '%s' is not a directory (a %s)", dir,
+            S_ISREG(st.st_mode) ? "regular file" : file_kind(st.st_mode));
     int *idx = NULL;
     int n = list_shards(dir, split, &idx);
     if (n < 0) DIE("data: cannot read directory '%s': %s", dir, strerror(errno));
@@ -538,6 +559,11 @@ int data_read_meta(const char *dir, DataMeta *m)
         free(path);
         return -1;
     }
+    struct stat st;
+    if (stat(path, &st) != 0) DIE("data: cannot stat '%s': %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))   /* a FIFO would block json_load_file forever */
+        DIE("data: '%s' is not a regular file (a %s); prepare the directory again", path,
+            file_kind(st.st_mode));
     json_error_t err;
     json_t *root = json_load_file(path, 0, &err);
     if (!root) DIE("data: '%s' is not valid JSON: %s (line %d)", path, err.text, err.line);

@@ -21,7 +21,8 @@
  *     header[0] = DATA_SHARD_MAGIC (20240520)
  *     header[1] = version: 1 = tokens are uint16, 2 = tokens are uint32
  *     header[2] = number of tokens n (the file is exactly 1024 + n * width bytes)
- *     header[3] = vocabulary size of the writer (0 if unknown); informative only
+ *     header[3] = vocabulary size of the writer (0 if unknown); a reader refuses a shard
+ *                 written for a larger vocabulary than its model's
  *     header[4..255] = 0
  *   then n token ids, little-endian, each of the version's width.
  * Version 1 is used whenever every id fits in 16 bits (vocab_size <= 65535), 2 otherwise.
@@ -90,9 +91,10 @@ typedef struct DataLoader DataLoader;
 /* Open the `split` ("train" or "val") shards of `dir` for batches of B sequences of T+1
  * tokens, for data-parallel rank `rank` of `nranks`. Maps every shard and checks all of it;
  * DIEs with one line naming the file when: the directory or its `<split>_*.bin` shards are
- * missing (with a hint to run dstrain prepare), a shard index is missing, the magic or
- * version is wrong, the size does not match the header's count, a token id is >= vocab_size
- * (shard, position and value named), or a shard is shorter than T+1 tokens.
+ * missing (with a hint to run dstrain prepare), a shard index is missing, a shard is not a
+ * regular file (a FIFO, a directory), the magic or version is wrong, the header's writer
+ * vocabulary exceeds vocab_size, the size does not match the header's count, a token id is
+ * >= vocab_size (shard, position and value named), or a shard is shorter than T+1 tokens.
  * Requires B >= 1, T >= 1, vocab_size >= 1, 0 <= rank < nranks. The state starts at
  * {seed, 0}. */
 DataLoader *data_open(const char *dir, const char *split, int B, int T, int vocab_size,

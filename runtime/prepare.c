@@ -193,9 +193,12 @@ static void print_shortest(const DataMeta *m)
 
 static int prepare_text(const PrepareArgs *a)
 {
+    struct stat st;
+    /* before the open: opening a FIFO would wait for a writer forever */
+    if (stat(a->text, &st) == 0 && !S_ISREG(st.st_mode))
+        DIE("prepare: text file '%s' is not a regular file", a->text);
     FILE *f = fopen(a->text, "rb");
     if (!f) DIE("prepare: cannot open text file '%s': %s", a->text, strerror(errno));
-    struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode))
         DIE("prepare: text file '%s' is not a regular file", a->text);
     long long n = (long long)st.st_size;

@@ -57,7 +57,8 @@ static void parse_args(int argc, char **argv, SampleArgs *a)
         else if (!strcmp(s, "--temperature")) {
             char *end;
             a->temperature = strtod(v, &end);
-            if (*end || !(a->temperature >= 0)) DIE("sample: '--temperature' = '%s' is not a number >= 0", v);
+            if (!*v || *end || !isfinite(a->temperature) || a->temperature < 0)
+                DIE("sample: '--temperature' = '%s' is not a finite number >= 0", v);
         } else DIE("sample: unknown option '%s' (see dstrain sample --help)", s);
     }
     if (!a->ckpt) DIE("sample: '--ckpt DIR' is required");

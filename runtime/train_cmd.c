@@ -135,17 +135,33 @@ static int config_compare(const Config *a, const Config *b)
     return changed;
 }
 
-static char *resolve_resume(const char *resume, const char *run_dir)
+static char *resolve_resume(const char *resume, const char *run_dir, int root)
 {
     if (strcmp(resume, "latest") != 0) {
         char err[1024];
         if (ckpt_verify(resume, err, sizeof err) != 0) DIE("resume: %s", err);
         return xstrdup(resume);
     }
-    char dir[4096];
-    if (ckpt_find_latest(run_dir, dir, sizeof dir, stdout) != 0)
-        DIE("resume: no checkpoint in '%s' verifies (train without --resume to start fresh)", run_dir);
-    return xstrdup(dir);
+    /* Why each newer checkpoint was skipped is a warning on stderr (root only: every rank
+     * looks) when an older one is used, and the one error line (every reason joined by "; ")
+     * when none verifies. */
+    char dir[4096], *log = NULL;
+    size_t log_len = 0;
+    FILE *f = open_memstream(&log, &log_len);
+    if (!f) DIE("out of memory");
+    int rc = ckpt_find_latest(run_dir, dir, sizeof dir, f);
+    fclose(f);
+    if (rc == 0) {
+        for (char *save = NULL, *line = strtok_r(log, "\n", &save); root && line; line = strtok_r(NULL, "\n", &save))
+            fprintf(stderr, "resume: %s\n", line);
+        free(log);
+        return xstrdup(dir);
+    }
+    char joined[1800] = "";   /* fatal() holds 2048 bytes; a longer list is cut */
+    for (char *save = NULL, *line = strtok_r(log, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+        snprintf(joined + strlen(joined), sizeof joined - strlen(joined), "%s%s", *joined ? "; " : "", line);
+    free(log);
+    DIE("resume: %s (train without --resume to start fresh)", joined);
 }
 
 /* The MFU denominator of one rank. cuda: the device's datasheet dense BF16 peak
@@ -191,9 +207,10 @@ static void print_banner(Trainer *t)
     if (dp > 1)
         printf("parallel: %d ranks | dp %d | ep %d (%d routed experts per rank)\n", dp, dp, t->groups->ep,
                c->model.n_routed_experts / t->groups->ep);
-    printf("batch: %d micro-batches x %d sequences x %d tokens x %d dp ranks = %d tokens/step\n",
+    /* 64-bit: config_validate bounds the product by 2^32, past an int */
+    printf("batch: %d micro-batches x %d sequences x %d tokens x %d dp ranks = %lld tokens/step\n",
            c->train.grad_accum, c->train.micro_batch_size, c->train.seq_len, dp,
-           c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp);
+           (long long)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp);
     model_print_memory(t->model, stdout);
     printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
            2.0 * (t->hi - t->lo) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
@@ -227,7 +244,7 @@ int cmd_train(int argc, char **argv)
     char *run_dir = xasprintf("%s/%s", cfg.train.run_dir, cfg.train.name);
     if (root) mkdir_p(run_dir);
     comm_barrier(g->dp_comm);
-    char *ckpt_dir = a.resume ? resolve_resume(a.resume, run_dir) : NULL;
+    char *ckpt_dir = a.resume ? resolve_resume(a.resume, run_dir, root) : NULL;
     if (ckpt_dir) {
         char err[1024];
         Config old;

@@ -173,8 +173,7 @@ static void test_load(void)
         "steps = 1_000\r\n"
         "bf16_moments = true\n"
         "[optim]\n"
-        "lr = 3e-4\n"
-        "lr = 5e-4        # a duplicate: the last wins\n"
+        "lr = 5e-4        # exponent\n"
         "[data]\n"
         "dir = plain words#comment without a space\n"
         "[mtp]\n"
@@ -195,7 +194,7 @@ static void test_load(void)
     EXPECT(c.train.seed == -5, "seed %lld", c.train.seed);
     EXPECT(c.train.steps == 1000, "steps %d (underscores, CRLF)", c.train.steps);
     EXPECT(c.train.bf16_moments == 1, "bf16_moments %d", c.train.bf16_moments);
-    EXPECT(c.optim.lr == 5e-4, "lr %g (last duplicate wins)", c.optim.lr);
+    EXPECT(c.optim.lr == 5e-4, "lr %g", c.optim.lr);
     EXPECT(!strcmp(c.data.dir, "plain words"), "dir '%s'", c.data.dir);
     EXPECT(c.mtp.lambda_switch_tokens == 9000000000000LL, "lambda_switch_tokens %lld",
            c.mtp.lambda_switch_tokens);
@@ -410,6 +409,14 @@ static void test_input_errors(void)
     run_case("syntax: open section", &(Case){ .text = "[train\n", .expect = "syntax error", .line = 1 });
     run_case("syntax: text after section", &(Case){ .text = "[train] x\n",
              .expect = "syntax error", .line = 1 });
+    /* a repeated key or section would silently override the earlier one (issue 12) */
+    run_case("duplicate key", &(Case){ .text = "[optim]\nlr = 3e-4\n\nlr = 5e-4\n",
+             .expect = "'optim.lr' is set twice", .expect2 = "first set at line 2", .line = 4 });
+    run_case("duplicate section", &(Case){ .text = "[optim]\nlr = 3e-4\n[train]\n[optim]\n",
+             .expect = "section '[optim]' appears twice", .expect2 = "first at line 1", .line = 4 });
+    run_case("duplicate key, dotted", &(Case){
+             .text = "[model]\nrope_scaling.factor = 2\n[model.rope_scaling]\nfactor = 3\n",
+             .expect = "'model.rope_scaling.factor' is set twice", .expect2 = "first set at line 2", .line = 4 });
     run_case("unterminated string", &(Case){ .text = "[train]\nname = \"abc\n",
              .expect = "'train.name' has an unterminated string", .line = 2 });
     run_case("no value", &(Case){ .text = "[train]\nname =   # nothing\n",
@@ -455,6 +462,16 @@ static void test_validation_errors(void)
         { { "train.name=.hidden" }, "'train.name' = '.hidden' must be one directory name" },
         { { "train.keep_checkpoints=0" }, "'train.keep_checkpoints' = 0 must be >= 1" },
         { { "train.steps=0" }, "'train.steps' = 0 must be >= 1" },
+        /* issue 12: 100000 threads crashed OpenMP; 1e8 micro-batches overflowed an int */
+        { { "train.threads=100000" }, "'train.threads' = 100000 is not in [0, 1024]" },
+        { { "train.threads=-1" }, "'train.threads' = -1 is not in [0, 1024]" },
+        { { "train.grad_accum=100000000" }, "'train.grad_accum' = 100000000 is not in [1, 1048576]" },
+        { { "train.val_batches=0" }, "'train.val_batches' = 0 must be >= 1" },
+        { { "train.grad_accum=1048576", "train.micro_batch_size=65", "train.seq_len=64" },
+          "= 4.362e+09 tokens per step exceeds 4.295e+09" },
+        { { "train.micro_batch_size=100000000" }, "use a smaller micro-batch" },
+        { { "train.steps=2147483647", "train.grad_accum=1048576", "train.micro_batch_size=64",
+            "train.seq_len=64" }, "'train.steps' x tokens per step = 2147483647 x 4294967296" },
         { { "optim.lr_min=0.01" }, "'optim.lr_min' = 0.01 exceeds 'optim.lr' = 0.001" },
         { { "optim.beta2=1" }, "'optim.beta2' = 1 is not in [0, 1)" },
         { { "optim.eps=0" }, "'optim.eps' = 0 must be > 0" },
@@ -488,6 +505,8 @@ static void test_validation_errors(void)
              "model.num_nextn_predict_layers=0", "model.n_group=3" } });
     run_case("zero-allowed sizes", &(Case){ .validate = 1, .sets = { "model.q_lora_rank=0",
              "model.n_shared_experts=0", "model.num_nextn_predict_layers=0" } });
+    run_case("limits at their bounds", &(Case){ .validate = 1, .sets = { "train.threads=1024",
+             "train.grad_accum=1048576", "train.micro_batch_size=64", "train.seq_len=64" } });
     run_case("dualpipev odd grad_accum", &(Case){ .validate = 1, .sets = { "parallel.schedule=dualpipev",
              "parallel.pp=2", "train.grad_accum=5" } });
     run_case("gqa head_dim", &(Case){ .validate = 1, .sets = { "model.attention=gqa",
