@@ -188,7 +188,8 @@ static int pci_distance(const char *gpu, const char *nic)
 static void print_pairing(const TopoRank *r)
 {
     if (r->n_gpus == 0 || r->n_ports == 0) {
-        printf("  pairing: none (%s)\n", r->n_gpus == 0 ? "no GPU" : "no RDMA devices");
+        printf("  pairing: none (%s%s%s)\n", r->n_gpus == 0 ? "no GPU" : "", r->n_gpus + r->n_ports == 0 ? ", " : "",
+               r->n_ports == 0 ? "no RDMA devices" : "");
         return;
     }
     int used[TOPO_MAX_PORTS] = { 0 };
