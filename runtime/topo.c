@@ -72,7 +72,7 @@ static void find_gpus(TopoRank *r)
     for (int i = 0; i < n && i < TOPO_MAX_GPUS; i++) {
         TopoGpu *g = &r->gpus[r->n_gpus++];
         struct cudaDeviceProp prop;
-        if (cudaGetDeviceProperties(&prop, i) == cudaSuccess) snprintf(g->name, sizeof g->name, "%s", prop.name);
+        if (cudaGetDeviceProperties(&prop, i) == cudaSuccess) snprintf(g->name, sizeof g->name, "%.63s", prop.name);
         else snprintf(g->name, sizeof g->name, "?");
         if (cudaDeviceGetPCIBusId(g->pci, (int)sizeof g->pci, i) != cudaSuccess) snprintf(g->pci, sizeof g->pci, "?");
         lower(g->pci);
