@@ -17,8 +17,9 @@ cd "$(dirname "$0")"
 PACKAGES="build-essential cmake pkg-config libopenblas-openmp-dev libopenmpi-dev openmpi-bin
 libhdf5-dev libzstd-dev libibverbs-dev libinih-dev libjansson-dev python3 procps"
 # what only the tests need: the one-machine Slurm cluster of tests/cli/test_slurm.sh, the venv
-# of tests/requirements.txt, rsvg-convert for the SVG test
-TEST_PACKAGES="slurm-wlm munge python3-venv librsvg2-bin"
+# of tests/requirements.txt (pip fetches over HTTPS: the system CA bundle), rsvg-convert for
+# the SVG test
+TEST_PACKAGES="slurm-wlm munge python3-venv ca-certificates librsvg2-bin"
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 missing_packages() {  # missing_packages [PACKAGES]: those of the list (default: the runtime set) not installed

@@ -11,6 +11,8 @@
 # folder under /tmp; the root inside it is removed at the end, on every exit path, after its
 # mounts (/proc, /sys, /dev, /dev/pts, a tmpfs on /dev/shm for MPI's shared memory) are undone
 # and any process still running inside it is stopped.
+# The host's resolver, local CA certificates and /etc/pip.conf are copied in (the site's network
+# setup, not the project's), so the root reaches the mirrors the host reaches.
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), FRESH_KEEP_ROOT=1 keeps the
 # root (unmounted) for a look afterwards.
 set -uo pipefail
@@ -84,8 +86,16 @@ mkdir -p "$ROOT$HOME_IN"
 git clone -q --no-hardlinks "$REPO" "$ROOT$HOME_IN/dstrain" || die "git clone failed"
 echo "fresh: cloned $(git -C "$ROOT$HOME_IN/dstrain" log -1 --format='%h %s')"
 if [ -d "$REPO/../shared" ]; then cp -a "$REPO/../shared" "$ROOT$HOME_IN/shared"; fi
+# the site's network setup, as any machine of this site has it: the resolver, and where egress
+# goes through a TLS-inspecting proxy, its local CA certificates (added to the system bundle
+# when ca-certificates is installed inside) and pip's site config that points pip at that bundle
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 cp /etc/hosts "$ROOT/etc/hosts"
+if compgen -G "/usr/local/share/ca-certificates/*.crt" > /dev/null; then
+    mkdir -p "$ROOT/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+fi
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOT/etc/pip.conf"
 
 mnt "$ROOT/proc" -t proc proc
 mnt "$ROOT/sys" -t sysfs sysfs
