@@ -53,8 +53,10 @@ build() {
         *) echo "build.sh: unknown mode '$mode' (release, debug, sanitize)" >&2; exit 2 ;;
     esac
     [ -z "$(missing_packages)" ] || deps
-    cmake -S . -B "build/$mode" -DCMAKE_BUILD_TYPE="$type" >/dev/null
-    cmake --build "build/$mode" -j "$JOBS"
+    # (the || returns keep a failed step failing where a caller tests the status, which turns
+    # set -e off inside the function)
+    cmake -S . -B "build/$mode" -DCMAKE_BUILD_TYPE="$type" >/dev/null || return 1
+    cmake --build "build/$mode" -j "$JOBS" || return 1
 }
 
 # The tests' Python: a venv in build/venv with tests/requirements.txt installed. pip runs only
@@ -63,7 +65,7 @@ test_venv() {
     local venv=build/venv req=tests/requirements.txt sum
     sum=$(sha256sum "$req" | cut -d' ' -f1)
     if [ ! -x "$venv/bin/python3" ] || [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$sum" ]; then
-        echo "test venv: installing $(tr '\n' ' ' < "$req")into $venv"
+        echo "test venv: installing $(grep -v '^#' "$req" | tr '\n' ' ')into $venv"
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
         echo "$sum" > "$venv/.requirements.sha256"
@@ -105,7 +107,7 @@ skipped_report() {
 
 run_tests() {
     local mode=$1 rc=0 start=$SECONDS
-    build "$mode"
+    build "$mode" || { echo "== $mode build failed: its tests not run =="; return 1; }
     echo "== test suite ($mode) =="
     # the sanitizer suite leaves out tests labelled slow: long trainings whose code paths the
     # quick end-to-end tests already take under ASan + UBSan
