@@ -258,7 +258,7 @@ static void xml_text(FILE *f, const char *s)
 
 static void fmt_value(char *buf, size_t len, double v)
 {
-    if (v != 0 && (fabs(v) < 1e-3 || fabs(v) >= 1e5)) snprintf(buf, len, "%.0e", v);
+    if (fabs(v) >= 1e5) snprintf(buf, len, "%.0e", v);
     else snprintf(buf, len, "%g", v);
 }
 
