@@ -9,8 +9,8 @@
 # Not part of `./build.sh test`: it needs root (debootstrap, chroot, mounts), the network (the
 # Debian mirror, PyPI) and a long while (tens of minutes on 2 cores). WORK_DIR defaults to a new
 # folder under /tmp; the root inside it is removed at the end, on every exit path, after its
-# mounts (/proc, /sys, /dev, /dev/pts, a tmpfs on /dev/shm for MPI's shared memory) are undone
-# and any process still running inside it is stopped.
+# mounts (/proc, /sys, the host's /sys/fs/cgroup tree, /dev, /dev/pts, a tmpfs on /dev/shm for
+# MPI's shared memory) are undone and any process still running inside it is stopped.
 # The host's resolver, local CA certificates and /etc/pip.conf are copied in (the site's network
 # setup, not the project's), so the root reaches the mirrors the host reaches.
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), FRESH_KEEP_ROOT=1 keeps the
@@ -50,7 +50,7 @@ cleanup() {
     sleep 1
     for p in $(inside_pids); do kill -9 "$p" 2> /dev/null; done
     for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
-        umount "${MOUNTS[i]}" 2> /dev/null || umount -l "${MOUNTS[i]}" 2> /dev/null \
+        umount -R "${MOUNTS[i]}" 2> /dev/null || umount -R -l "${MOUNTS[i]}" 2> /dev/null \
             || echo "fresh: could not unmount ${MOUNTS[i]}" >&2
     done
     left=$(awk -v r="$ROOT" 'index($2, r) == 1' /proc/mounts)
@@ -99,14 +99,24 @@ fi
 
 mnt "$ROOT/proc" -t proc proc
 mnt "$ROOT/sys" -t sysfs sysfs
+# the host's cgroup tree (slurmd will not start without one, and every booted machine has it),
+# with its submounts, made a slave so that unmounting it here never reaches the host
+if mountpoint -q /sys/fs/cgroup; then
+    mnt "$ROOT/sys/fs/cgroup" --rbind /sys/fs/cgroup
+    mount --make-rslave "$ROOT/sys/fs/cgroup"
+fi
 mnt "$ROOT/dev" --bind /dev
 mnt "$ROOT/dev/pts" --bind /dev/pts
 mnt "$ROOT/dev/shm" -t tmpfs -o mode=1777,size=50% tmpfs
 
-run_inside() {  # run_inside LOG COMMAND: COMMAND in the repository inside the root, clean env
+# COMMAND in the repository inside the root, in a clean environment. In the background with a
+# wait, so that a signal to this script ends it at once (bash runs a trap only after a
+# foreground child ends); the cleanup then stops what still runs inside the root.
+run_inside() {  # run_inside LOG COMMAND
     chroot "$ROOT" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        /bin/bash -c "cd $HOME_IN/dstrain && $2" > "$1" 2>&1
+        /bin/bash -c "cd $HOME_IN/dstrain && $2" > "$1" 2>&1 &
+    wait $!
 }
 
 run_inside "$WORK/logs/nvcc.log" "command -v nvcc || ls -d /usr/local/cuda* 2> /dev/null"
