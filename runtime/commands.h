@@ -11,5 +11,7 @@ int cmd_eval(int argc, char **argv);      /* runtime/eval.c */
 int cmd_plan(int argc, char **argv);      /* runtime/plan.c */
 int cmd_inspect(int argc, char **argv);   /* runtime/inspect.c */
 int cmd_export(int argc, char **argv);    /* runtime/export.c */
+int cmd_plot(int argc, char **argv);      /* runtime/plot.c */
+int cmd_topo(int argc, char **argv);      /* runtime/topo.c */
 
 #endif

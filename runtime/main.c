@@ -8,6 +8,7 @@
 
 #include "../comm/world.h"
 #include "commands.h"
+#include "topo.h"
 #include "train.h"
 
 typedef struct Command {
@@ -25,6 +26,8 @@ static const Command COMMANDS[] = {
     { "plan", cmd_plan, "plan CONFIG [--set ...] [--json]", "FLOPs, memory, communication, bubble" },
     { "inspect", cmd_inspect, "inspect CKPT", "tensors of a checkpoint; verify it" },
     { "export", cmd_export, "export --ckpt DIR --out DIR", "Hugging Face safetensors + config.json" },
+    { "plot", cmd_plot, "plot RUN_DIR [--out FILE]", "a run's curves as an SVG (loss.svg)" },
+    { "topo", cmd_topo, "topo", "ranks, hosts, GPUs, RDMA NICs and their pairing" },
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 
@@ -90,6 +93,7 @@ int main(int argc, char **argv)
     prefer_passive_openmp(argv);
     World *w = world_init(argc, argv);
     train_set_world(w);
+    topo_set_world(w);
     int rc = dispatch(argc, argv);
     world_free(w);
     return rc;

@@ -13,6 +13,7 @@
 
 #include "../model/flops.h"
 #include "common.h"
+#include "runtime/plot.h"
 #include "synth.h"
 
 static Precision parse_precision(const char *s)
@@ -272,6 +273,7 @@ static void save_checkpoint(Trainer *t)
     metrics_log(t->metrics, "checkpoint: ckpt-%d saving in the background; training stalled %.1f ms "
                             "(%.1f ms of it waiting for the previous save, %.3f s to write)\n",
                 t->step, 1e3 * (now_seconds() - t0), 1e3 * ckpt_writer_wait_seconds(t->ckpt), write_s);
+    plot_refresh(t->run_dir);   /* loss.svg at each checkpoint and at the end (runtime/plot.h) */
 }
 
 static void validate_and_log(Trainer *t)
@@ -292,6 +294,7 @@ static void report_final(Trainer *t)
         unigram = meta.unigram_entropy_nats;
     }
     metrics_final(t->metrics, t->step, t->last_val, rate, floor, unigram);
+    plot_refresh(t->run_dir);   /* again, with the final record's loss floor */
 }
 
 void train_run(Trainer *t)
