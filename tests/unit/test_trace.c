@@ -47,7 +47,7 @@ static Scan check_lines(const char *text)
 {
     Scan s = { 0 };
     double last[8][TRACE_TRACKS];
-    char stack[8][TRACE_TRACKS][TRACE_DEPTH][TRACE_NAME_MAX + 8];
+    char stack[8][TRACE_TRACKS][TRACE_DEPTH][64];
     int depth[8][TRACE_TRACKS] = { { 0 } };
     for (int p = 0; p < 8; p++)
         for (int k = 0; k < TRACE_TRACKS; k++) last[p][k] = -1;
@@ -75,10 +75,11 @@ static Scan check_lines(const char *text)
         s.problems += ts < last[pid][tid];
         last[pid][tid] = ts;
         if (ph == 'i') s.instants++;
-        if (ph == 'B') {
+        if (ph == 'B' && depth[pid][tid] == TRACE_DEPTH) s.problems++;
+        else if (ph == 'B') {
             s.begins++;
             s.spans[pid][tid]++;
-            snprintf(stack[pid][tid][depth[pid][tid]++], sizeof stack[0][0][0], "%s", name);
+            memcpy(stack[pid][tid][depth[pid][tid]++], name, sizeof name);
         }
         if (ph == 'E') {
             s.ends++;
@@ -282,7 +283,8 @@ enum { BAD_END, BAD_DEPTH, BAD_TRACK, BAD_OPEN };
 static void misuse_child(void *arg)
 {
     const int kind = *(const int *)arg;
-    Trace *t = trace_create(0, 100);
+    static Trace *t;   /* static: reachable when the BUG exits (no leak report) */
+    t = trace_create(0, 100);
     char err[256], path[128];
     snprintf(path, sizeof path, "%s/misuse.json", dir);
     switch (kind) {
