@@ -79,6 +79,7 @@ static void check_track(int track)
 
 static TraceEvent *push(Trace *t, char ph, int track, const char *name, char phase, int mb, int chunk)
 {
+    CHECK(name);
     TraceEvent *e = &t->ev[t->n++];
     e->ns = mono_ns();
     e->ph = ph;
