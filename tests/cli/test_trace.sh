@@ -2,8 +2,9 @@
 # names steps 2 and 3 writes <run>/trace.json, which tests/tools/check_trace.py accepts
 # (valid JSON, every event's fields, begin/end matched and times monotonic per track, rank 0's
 # process and its compute track, exactly one span per traced step and one forward and one
-# backward per micro-batch of them); a run naming no step writes none; the checker rejects
-# broken files (so it can fail); bad values of the key are one-line errors.
+# backward per micro-batch of them, the optimizer inside the step); a run naming no step
+# writes none; the checker rejects broken files (so it can fail); bad values of the key are
+# one-line errors.
 # Usage: bash test_trace.sh DSTRAIN_BINARY SOURCE_DIR SCRATCH_DIR
 set -u
 BIN=${1:?usage: test_trace.sh DSTRAIN_BINARY SOURCE_DIR SCRATCH_DIR}
@@ -20,7 +21,7 @@ SET=(--set train.run_dir=runs --set data.dir=data --set data.synthetic=true --se
 check "a traced run exits 0 ($(head -c 300 err.txt))" "[ -s runs/tiny/trace.json ]"
 check "it says where the trace went" "grep -q 'trace: wrote runs/tiny/trace.json (steps 2..3)' out.txt"
 "$PY" "$CHECK" runs/tiny/trace.json --ranks 1 --track compute --span "step 2=1" --span "step 3=1" \
-    --span forward=4 --span backward=4 --span optimizer=2 > check.txt 2>&1
+    --span forward=4 --span backward=4 --span optimizer=2 --contains "step 2/optimizer" > check.txt 2>&1
 check "check_trace accepts it: $(tail -n 3 check.txt)" "grep -q '^check_trace: ok' check.txt"
 check "no other step is traced" "! grep -q '\"step 1\"\\|\"step 4\"' runs/tiny/trace.json"
 check "every traced event says its step" \
@@ -64,6 +65,7 @@ expect_reject bad_ph.json "is not one of"
 expect_reject runs/tiny/trace.json "expected 0..1" --ranks 2
 expect_reject runs/tiny/trace.json "has no track named 'ep lane F'" --track "ep lane F"
 expect_reject runs/tiny/trace.json "has 4 span(s) named 'forward', expected 5" --span forward=5
+expect_reject runs/tiny/trace.json "span 'forward' at .* holds no span 'optimizer'" --contains forward/optimizer
 
 # bad values: one line naming the key, the value and what is wrong
 expect_error "'train.trace_steps' = \"0\": step 0: steps count from 1" \

@@ -14,8 +14,11 @@ Expectations (options):
                      "process_name" metadata event
   --track NAME       every rank has a track named NAME ("thread_name") carrying events
   --span NAME=K      every rank has exactly K spans (B or X) named NAME (NAME=K+ : at least K)
+  --contains A/B     every span named A (any track) holds in its time a whole span named B of the
+                     same rank (any track): e.g. a forward's dispatch (comm lane) around the
+                     backward's compute phase it overlaps
 Prints one line "check_trace: ok ..." and exits 0, or the problems (at most 20) and exits 1.
-Usage: check_trace.py TRACE.json [--ranks N] [--track NAME ...] [--span NAME=K ...]
+Usage: check_trace.py TRACE.json [--ranks N] [--track NAME ...] [--span NAME=K ...] [--contains A/B ...]
 """
 import argparse
 import json
@@ -59,11 +62,12 @@ def event_problems(i, e):
 
 
 def track_problems(events):
-    """Time order and begin/end matching per (pid, tid); returns (problems, spans)."""
+    """Time order and begin/end matching per (pid, tid); returns (problems, spans, intervals)."""
     out = []
     last = {}      # (pid, tid) -> ts of its previous event
-    open_ = {}     # (pid, tid) -> stack of open span names
+    open_ = {}     # (pid, tid) -> stack of open spans (name, begin ts)
     spans = {}     # (pid, name) -> count
+    intervals = {} # (pid, name) -> [(begin, end)]
     for i, e in enumerate(events):
         if e["ph"] == "M":
             continue
@@ -75,19 +79,36 @@ def track_problems(events):
         stack = open_.setdefault(key, [])
         if e["ph"] in ("B", "X"):
             spans[(e["pid"], e["name"])] = spans.get((e["pid"], e["name"]), 0) + 1
+        if e["ph"] == "X":
+            intervals.setdefault((e["pid"], e["name"]), []).append((e["ts"], e["ts"] + e["dur"]))
         if e["ph"] == "B":
-            stack.append(e["name"])
+            stack.append((e["name"], e["ts"]))
         elif e["ph"] == "E":
             if not stack:
                 out.append("event %d (%s): an end with no open span on pid %d tid %d" % (i, e["name"], *key))
             else:
-                begun = stack.pop()
+                begun, t0 = stack.pop()
                 if e["name"] and e["name"] != begun:
                     out.append("event %d: end '%s' closes '%s' on pid %d tid %d" % (i, e["name"], begun, *key))
+                intervals.setdefault((e["pid"], begun), []).append((t0, e["ts"]))
     for key, stack in open_.items():
         if stack:
-            out.append("pid %d tid %d: %d span(s) never ended (%s)" % (key[0], key[1], len(stack), ", ".join(stack)))
-    return out, spans
+            out.append("pid %d tid %d: %d span(s) never ended (%s)" % (key[0], key[1], len(stack),
+                                                                      ", ".join(n for n, _ in stack)))
+    return out, spans, intervals
+
+
+def containment_problems(intervals, ranks, specs):
+    """--contains A/B: every span A of a rank holds a whole span B of that rank."""
+    out = []
+    for spec in specs:
+        outer, _, inner = spec.partition("/")
+        for r in ranks:
+            inside = intervals.get((r, inner), [])
+            for b, e in intervals.get((r, outer), []):
+                if not any(b <= ib and ie <= e for ib, ie in inside):
+                    out.append("rank %d: span '%s' at %.3f..%.3f us holds no span '%s'" % (r, outer, b, e, inner))
+    return out
 
 
 def expectation_problems(events, spans, args):
@@ -128,6 +149,7 @@ def main():
     ap.add_argument("--ranks", type=int)
     ap.add_argument("--track", action="append", default=[])
     ap.add_argument("--span", action="append", default=[])
+    ap.add_argument("--contains", action="append", default=[])
     args = ap.parse_args()
     try:
         with open(args.trace) as f:
@@ -143,10 +165,10 @@ def main():
     for i, e in enumerate(events):
         problems += event_problems(i, e)
     if not problems:
-        found, spans = track_problems(events)
+        found, spans, intervals = track_problems(events)
         problems += found
         more, ranks = expectation_problems(events, spans, args)
-        problems += more
+        problems += more + containment_problems(intervals, ranks, args.contains)
     if problems:
         for p in problems[:20]:
             print("check_trace: " + p)
