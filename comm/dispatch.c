@@ -4,12 +4,12 @@
  * (isend/irecv per chunk, the local copy for a rank's own rows), so the same code serves the
  * mpi and (issue 6) nccl backends. Not here: routing or the experts (model/moe.c).
  */
-#include "dispatch.h"
+#include "comm/dispatch.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "../runtime/common.h"
+#include "runtime/common.h"
 
 /* The group's buffers are planned at 4 bytes an element (ep_group_plan has no table), enough
  * for every activation type (kernels/ops.h act). */
@@ -37,8 +37,13 @@ void ep_group_init(EpGroup *g, Comm *comm, int node, int E)
     g->cnt_send = xcalloc((size_t)E, sizeof(int32_t));
     g->cnt_recv = xcalloc((size_t)E, sizeof(int32_t));
     g->a2a = xcalloc((size_t)4 * P, sizeof(size_t));
-    /* an exchange posts a receive and a send per (peer, local expert) and a copy per local expert */
-    g->req = comm_request_create(comm, (2 * P - 1) * g->n_local);
+    for (int l = 0; l < EP_LANES; l++) {
+        EpLane *ln = &g->lane[l];
+        ln->comm = comm;
+        /* an exchange posts a receive and a send per (peer, local expert) and a copy per local expert */
+        ln->req = comm_request_create(comm, (2 * P - 1) * g->n_local);
+        ln->tag0 = l * g->n_local;
+    }
 }
 
 void ep_group_plan(EpGroup *g, int N, int K, int C, Arena *ar)
@@ -48,13 +53,19 @@ void ep_group_plan(EpGroup *g, int N, int K, int C, Arena *ar)
     g->C = C;
     if (g->size == 1) return;
     const size_t NK = (size_t)N * K;
-    g->send = arena_take(ar, NK * C * sizeof(float));
-    g->grad = arena_take(ar, (size_t)g->size * NK * C * sizeof(float));
+    for (int l = 0; l < EP_LANES; l++) {
+        g->lane[l].send = arena_take(ar, NK * C * sizeof(float));
+        g->lane[l].grad = arena_take(ar, (size_t)g->size * NK * C * sizeof(float));
+    }
 }
 
 void ep_group_free(EpGroup *g)
 {
-    comm_request_free(g->req);
+    for (int l = 0; l < EP_LANES; l++) {
+        if (g->lane[l].busy)
+            BUG("ep: the EP group is freed while lane %d has a %s in flight", l, ep_exchange_name(g->lane[l].busy));
+        comm_request_free(g->lane[l].req);
+    }
     free(g->node_of);
     free(g->cnt_send);
     free(g->cnt_recv);
@@ -91,6 +102,7 @@ void ep_handle_plan(EpHandle *h, int N, int K, int E, int C, Arena *ar)
 
 void ep_handle_free(EpHandle *h)
 {
+    if (h->busy) BUG("ep: a handle is freed with its %s in flight on lane %d", ep_exchange_name(h->busy), h->lane);
     if (h->recv_offsets_host != h->offsets_host) free(h->recv_offsets_host);
     free(h->offsets_host);
     free(h->recv_counts);
@@ -128,6 +140,9 @@ static void count_exchange(EpHandle *h)
 
 void ep_layout(Ops *o, EpHandle *h, const int32_t *idx)
 {
+    if (h->busy)
+        BUG("ep: layout of a handle whose %s is in flight on lane %d (wait for it first)", ep_exchange_name(h->busy),
+            h->lane);
     o->moe_permute_layout(o, h->pos, h->offsets, h->offsets_host, idx, h->N, h->K, h->E);
     CHECK(h->offsets_host[h->E] == h->N * h->K);
     if (multi(o, h)) {
@@ -141,11 +156,12 @@ void ep_layout(Ops *o, EpHandle *h, const int32_t *idx)
     }
 }
 
-/* Rows in send order (every rank) -> rows in receive order (their experts' ranks). Peers are
- * visited from rank + 1 on, so the ranks do not all start with rank 0. */
-static void exchange_to_experts(Ops *o, const EpHandle *h, act *recv_, const act *send_)
+/* Rows in send order (every rank) -> rows in receive order (their experts' ranks), posted
+ * into the lane's request. Peers are visited from rank + 1 on, so the ranks do not all start
+ * with rank 0. */
+static void post_to_experts(Ops *o, const EpHandle *h, EpLane *ln, act *recv_, const act *send_)
 {
-    EpGroup *g = h->g;
+    const EpGroup *g = h->g;
     const int P = g->size, me = g->rank, nl = h->n_local;
     const size_t C = (size_t)h->C * o->act_bytes;   /* bytes of a row */
     char *recv = (char *)recv_;
@@ -154,27 +170,28 @@ static void exchange_to_experts(Ops *o, const EpHandle *h, act *recv_, const act
         int s = (me + P - i) % P;
         for (int j = 0; j < nl; j++) {
             int32_t n = h->recv_counts[j * P + s];
-            if (n) comm_irecv(g->comm, recv + h->recv_starts[j * P + s] * C, n * C, COMM_BYTE, s, j, g->req);
+            if (n)
+                comm_irecv(ln->comm, recv + h->recv_starts[j * P + s] * C, n * C, COMM_BYTE, s, ln->tag0 + j, ln->req);
         }
     }
     for (int i = 1; i < P; i++) {
         int p = (me + i) % P;
         for (int j = 0; j < nl; j++) {
             int32_t a = h->offsets_host[p * nl + j], n = h->offsets_host[p * nl + j + 1] - a;
-            if (n) comm_isend(g->comm, send + a * C, n * C, COMM_BYTE, p, j, g->req);
+            if (n) comm_isend(ln->comm, send + a * C, n * C, COMM_BYTE, p, ln->tag0 + j, ln->req);
         }
     }
     for (int j = 0; j < nl; j++) {
         int32_t a = h->offsets_host[me * nl + j], n = h->offsets_host[me * nl + j + 1] - a;
-        if (n) comm_icopy(g->comm, recv + h->recv_starts[j * P + me] * C, send + a * C, n * C, g->req);
+        if (n) comm_icopy(ln->comm, recv + h->recv_starts[j * P + me] * C, send + a * C, n * C, ln->req);
     }
-    comm_wait(g->req);
 }
 
-/* The reverse: rows in receive order (experts' ranks) -> rows in send order (their tokens' ranks). */
-static void exchange_to_sources(Ops *o, const EpHandle *h, act *back_, const act *rows_)
+/* The reverse: rows in receive order (experts' ranks) -> rows in send order (their tokens'
+ * ranks), posted into the lane's request. */
+static void post_to_sources(Ops *o, const EpHandle *h, EpLane *ln, act *back_, const act *rows_)
 {
-    EpGroup *g = h->g;
+    const EpGroup *g = h->g;
     const int P = g->size, me = g->rank, nl = h->n_local;
     const size_t C = (size_t)h->C * o->act_bytes;   /* bytes of a row */
     char *back = (char *)back_;
@@ -183,66 +200,165 @@ static void exchange_to_sources(Ops *o, const EpHandle *h, act *back_, const act
         int p = (me + P - i) % P;
         for (int j = 0; j < nl; j++) {
             int32_t a = h->offsets_host[p * nl + j], n = h->offsets_host[p * nl + j + 1] - a;
-            if (n) comm_irecv(g->comm, back + a * C, n * C, COMM_BYTE, p, j, g->req);
+            if (n) comm_irecv(ln->comm, back + a * C, n * C, COMM_BYTE, p, ln->tag0 + j, ln->req);
         }
     }
     for (int i = 1; i < P; i++) {
         int s = (me + i) % P;
         for (int j = 0; j < nl; j++) {
             int32_t n = h->recv_counts[j * P + s];
-            if (n) comm_isend(g->comm, rows + h->recv_starts[j * P + s] * C, n * C, COMM_BYTE, s, j, g->req);
+            if (n)
+                comm_isend(ln->comm, rows + h->recv_starts[j * P + s] * C, n * C, COMM_BYTE, s, ln->tag0 + j, ln->req);
         }
     }
     for (int j = 0; j < nl; j++) {
         int32_t a = h->offsets_host[me * nl + j], n = h->offsets_host[me * nl + j + 1] - a;
-        if (n) comm_icopy(g->comm, back + a * C, rows + h->recv_starts[j * P + me] * C, n * C, g->req);
+        if (n) comm_icopy(ln->comm, back + a * C, rows + h->recv_starts[j * P + me] * C, n * C, ln->req);
     }
-    comm_wait(g->req);
 }
 
-void ep_dispatch(Ops *o, const EpHandle *h, act *recv, const act *x)
+const char *ep_exchange_name(EpExchange x)
 {
+    static const char *names[] = { "idle", "dispatch", "dispatch backward", "combine", "combine backward" };
+    CHECK(x >= EP_IDLE && x <= EP_COMBINE_BACKWARD);
+    return names[x];
+}
+
+/* Marks x in flight on h and (with a group) on its lane; the lane, or NULL without a group.
+ * A busy lane or handle is the caller's bug: the lists that post must wait first. */
+static EpLane *claim(EpHandle *h, int lane, EpExchange x)
+{
+    if (lane < 0 || lane >= EP_LANES)
+        BUG("ep: %s posted on lane %d, outside 0..%d", ep_exchange_name(x), lane, EP_LANES - 1);
+    if (h->busy)
+        BUG("ep: %s posted on lane %d for a handle whose %s is still in flight on lane %d (wait for it first)",
+            ep_exchange_name(x), lane, ep_exchange_name(h->busy), h->lane);
+    h->busy = x;
+    h->lane = lane;
+    if (!h->g) return NULL;
+    EpLane *ln = &h->g->lane[lane];
+    if (ln->busy)
+        BUG("ep: lane %d reused while its %s is in flight: %s posted on it before the wait (wait first, or use "
+            "the other lane)", lane, ep_exchange_name(ln->busy), ep_exchange_name(x));
+    ln->busy = x;
+    ln->h = h;
+    ln->out = NULL;
+    ln->w = NULL;
+    return ln;
+}
+
+/* Ends x on h: completes its lane's messages (P > 1) and frees the lane; the lane, or NULL
+ * without a group. */
+static EpLane *release(EpHandle *h, EpExchange x)
+{
+    if (h->busy != x)
+        BUG("ep: waiting for a %s of a handle that has %s in flight", ep_exchange_name(x),
+            h->busy ? ep_exchange_name(h->busy) : "nothing");
+    h->busy = EP_IDLE;
+    if (!h->g) return NULL;
+    EpLane *ln = &h->g->lane[h->lane];
+    CHECK(ln->busy == x && ln->h == h);
+    comm_wait(ln->req);
+    ln->busy = EP_IDLE;
+    ln->h = NULL;
+    return ln;
+}
+
+void ep_dispatch_post(Ops *o, EpHandle *h, int lane, act *recv, const act *x)
+{
+    EpLane *ln = claim(h, lane, EP_DISPATCH);
     if (!multi(o, h)) {
         o->moe_gather(o, recv, x, h->pos, h->N, h->K, h->C);
         return;
     }
-    o->moe_gather(o, h->g->send, x, h->pos, h->N, h->K, h->C);
-    exchange_to_experts(o, h, recv, h->g->send);
+    o->moe_gather(o, ln->send, x, h->pos, h->N, h->K, h->C);
+    post_to_experts(o, h, ln, recv, ln->send);
 }
 
-void ep_dispatch_backward(Ops *o, const EpHandle *h, act *dx, const act *drecv)
+void ep_dispatch_wait(Ops *o, EpHandle *h)
 {
+    release(h, EP_DISPATCH);
+}
+
+void ep_dispatch_backward_post(Ops *o, EpHandle *h, int lane, act *dx, const act *drecv)
+{
+    EpLane *ln = claim(h, lane, EP_DISPATCH_BACKWARD);
     if (!multi(o, h)) {
         o->moe_gather_backward(o, dx, drecv, h->pos, h->N, h->K, h->C);
         return;
     }
-    exchange_to_sources(o, h, h->g->send, drecv);
-    o->moe_gather_backward(o, dx, h->g->send, h->pos, h->N, h->K, h->C);
+    ln->out = dx;
+    post_to_sources(o, h, ln, ln->send, drecv);
 }
 
-void ep_combine(Ops *o, const EpHandle *h, act *y, const act *expert_out, const float *w)
+void ep_dispatch_backward_wait(Ops *o, EpHandle *h)
 {
+    EpLane *ln = release(h, EP_DISPATCH_BACKWARD);
+    if (multi(o, h)) o->moe_gather_backward(o, ln->out, ln->send, h->pos, h->N, h->K, h->C);
+}
+
+void ep_combine_post(Ops *o, EpHandle *h, int lane, act *y, const act *expert_out, const float *w)
+{
+    EpLane *ln = claim(h, lane, EP_COMBINE);
     if (!multi(o, h)) {
         o->moe_combine(o, y, expert_out, w, h->pos, h->N, h->K, h->C);
         return;
     }
-    exchange_to_sources(o, h, h->ret, expert_out);
-    o->moe_combine(o, y, h->ret, w, h->pos, h->N, h->K, h->C);
+    ln->out = y;
+    ln->w = w;
+    post_to_sources(o, h, ln, h->ret, expert_out);
 }
 
-void ep_combine_backward(Ops *o, const EpHandle *h, act *dexpert_out, float *dw, const act *dy,
-                         const act *expert_out, const float *w)
+void ep_combine_wait(Ops *o, EpHandle *h)
 {
+    EpLane *ln = release(h, EP_COMBINE);
+    if (multi(o, h)) o->moe_combine(o, ln->out, h->ret, ln->w, h->pos, h->N, h->K, h->C);
+}
+
+void ep_combine_backward_post(Ops *o, EpHandle *h, int lane, act *dexpert_out, float *dw, const act *dy,
+                              const act *expert_out, const float *w)
+{
+    EpLane *ln = claim(h, lane, EP_COMBINE_BACKWARD);
     if (!multi(o, h)) {
         o->moe_combine_backward(o, dexpert_out, dw, dy, expert_out, w, h->pos, h->N, h->K, h->C);
         return;
     }
-    EpGroup *g = h->g;
     const size_t NKC = (size_t)h->N * h->K * h->C;
-    o->zero(o, g->send, NKC * o->act_bytes);
-    o->moe_combine_backward(o, g->send, dw, dy, h->ret, w, h->pos, h->N, h->K, h->C);
-    exchange_to_experts(o, h, g->grad, g->send);
-    o->add(o, dexpert_out, g->grad, (size_t)h->recv_rows * h->C);
+    o->zero(o, ln->send, NKC * o->act_bytes);
+    o->moe_combine_backward(o, ln->send, dw, dy, h->ret, w, h->pos, h->N, h->K, h->C);
+    ln->out = dexpert_out;
+    post_to_experts(o, h, ln, ln->grad, ln->send);
+}
+
+void ep_combine_backward_wait(Ops *o, EpHandle *h)
+{
+    EpLane *ln = release(h, EP_COMBINE_BACKWARD);
+    if (multi(o, h)) o->add(o, ln->out, ln->grad, (size_t)h->recv_rows * h->C);
+}
+
+void ep_dispatch(Ops *o, EpHandle *h, act *recv, const act *x)
+{
+    ep_dispatch_post(o, h, EP_LANE_F, recv, x);
+    ep_dispatch_wait(o, h);
+}
+
+void ep_dispatch_backward(Ops *o, EpHandle *h, act *dx, const act *drecv)
+{
+    ep_dispatch_backward_post(o, h, EP_LANE_F, dx, drecv);
+    ep_dispatch_backward_wait(o, h);
+}
+
+void ep_combine(Ops *o, EpHandle *h, act *y, const act *expert_out, const float *w)
+{
+    ep_combine_post(o, h, EP_LANE_F, y, expert_out, w);
+    ep_combine_wait(o, h);
+}
+
+void ep_combine_backward(Ops *o, EpHandle *h, act *dexpert_out, float *dw, const act *dy,
+                         const act *expert_out, const float *w)
+{
+    ep_combine_backward_post(o, h, EP_LANE_F, dexpert_out, dw, dy, expert_out, w);
+    ep_combine_backward_wait(o, h);
 }
 
 int ep_max_nodes(const int32_t *idx, int N, int K, int E, int P, const int32_t *node_of)

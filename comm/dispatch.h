@@ -45,8 +45,36 @@
  *             ep_dispatch_backward(o, &h, dx, dxp);
  *   ep_handle_free(&h); ep_group_free(&g);
  * Every call of layout, dispatch and combine is collective over the EP group, in the same
- * order on every rank. One exchange is in flight per group at a time (the group's send buffer
- * and request are shared by its handles).
+ * order on every rank. The blocking calls are a post and its wait on lane 0.
+ *
+ * Post/wait halves and lanes (DESIGN.md sections 3-4). Each of the four exchanges has a post
+ * half (the local op that feeds it, then its messages posted) and a wait half (the messages
+ * completed, then the local op that consumes them). A group has EP_LANES = 2 lanes, each with
+ * its own send and gradient buffers, request and tags (lane l uses tags l*n_local + j), so two
+ * exchanges can be in flight together: by convention lane EP_LANE_F carries a forward's
+ * dispatch/combine and lane EP_LANE_B a backward's, as the executor's FB instruction needs.
+ * The handle remembers what was posted for it and on which lane; its wait names the same kind.
+ * The count exchange (ep_layout) stays a short blocking collective; it may run while lanes
+ * are in flight (it uses neither lane), but not on a handle whose exchange is in flight.
+ *
+ *   F phase "gate" (micro-batch i):  ep_layout(o, &hi, idx); ep_dispatch_post(o, &hi, EP_LANE_F, xp, x);
+ *   B phase "out"  (micro-batch j):  ep_combine_backward_post(o, &hj, EP_LANE_B, dyp, dw, dy, yp, w);
+ *   F phase "experts":  ep_dispatch_wait(o, &hi);  experts -> yp;  ep_combine_post(o, &hi, EP_LANE_F, y, yp, w);
+ *   B phase "experts":  ep_combine_backward_wait(o, &hj);  experts backward;
+ *                       ep_dispatch_backward_post(o, &hj, EP_LANE_B, dx, dxp);
+ *   F phase "out":      ep_combine_wait(o, &hi);  residual ...
+ *   B phase "gate":     ep_dispatch_backward_wait(o, &hj);  router backward ...
+ *
+ * Rules, per exchange from its post to its wait: the layouts and the posts on one lane come in
+ * the same order on every rank of the group; the two lanes' posts may interleave differently
+ * on different ranks (their tags differ) and waits may come in any order; the inputs named in
+ * the post stay unchanged and the outputs are neither read nor written (they are final after
+ * the wait; the one-rank path does all its work in the post); a lane carries one exchange and
+ * a handle one exchange at a time. Breaking the last rule is a BUG naming the lane, the
+ * exchange in flight and the one asked for (with no group, only the handle is checked). Lanes
+ * share the group's comm (comm_nccl.h: NCCL needs one comm per lane to run them concurrently;
+ * EpLane.comm is where it goes when NCCL reaches the model). Two lanes double the group's
+ * buffers: 2 * (N*K + P*N*K) rows of C floats for P > 1.
  *
  * Not here: routing (the op table's moe_route), the experts' GEMMs (model/moe.c).
  */
@@ -56,22 +84,40 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../kernels/ops.h"
-#include "../runtime/common.h"
-#include "comm.h"
+#include "kernels/ops.h"
+#include "runtime/common.h"
+#include "comm/comm.h"
+
+#define EP_LANES 2
+enum { EP_LANE_F = 0, EP_LANE_B = 1 };   /* lane 0: forward exchanges, lane 1: backward ones */
+
+/* What a lane or a handle has in flight. */
+typedef enum { EP_IDLE = 0, EP_DISPATCH, EP_DISPATCH_BACKWARD, EP_COMBINE, EP_COMBINE_BACKWARD } EpExchange;
+
+struct EpHandle;
+
+typedef struct EpLane {
+    Comm *comm;                 /* the comm its messages go over (the group's); not owned */
+    CommRequest *req;           /* its exchange's messages */
+    int tag0;                   /* its tags: tag0 + local expert */
+    act *send;                  /* (N*K, C) backend: rows in send order (P > 1) */
+    act *grad;                  /* (P*N*K, C) backend: received w*dy rows before they are added (P > 1) */
+    EpExchange busy;            /* the exchange in flight (EP_IDLE: none) */
+    const struct EpHandle *h;   /* its handle */
+    act *out;                   /* where its wait writes: y (combine), dx, dexpert_out */
+    const float *w;             /* combine: the routing weights its wait reads */
+} EpLane;
 
 typedef struct EpGroup {
     Comm *comm;                 /* the EP group (Groups.ep_comm); not owned */
     int size, rank;             /* P ranks; this rank's position = its ep_rank */
     int E, n_local;             /* experts; experts per rank = E / P */
     int32_t *node_of;           /* (P) host: node index of each EP rank */
-    int N, K, C;                /* shape the shared buffers are planned for */
-    act *send;                  /* (N*K, C) backend: rows in send order (P > 1) */
-    act *grad;                  /* (P*N*K, C) backend: received w*dy rows before they are added (P > 1) */
+    int N, K, C;                /* shape the lanes' buffers are planned for */
     int32_t *cnt_send;          /* (E) host: rows this rank sends to each expert */
     int32_t *cnt_recv;          /* (P, n_local) host: rows each rank sends to each local expert */
     size_t *a2a;                /* (4, P) host: alltoallv counts/offsets of the count exchange */
-    CommRequest *req;           /* the exchange in flight */
+    EpLane lane[EP_LANES];
 } EpGroup;
 
 typedef struct EpHandle {
@@ -89,13 +135,15 @@ typedef struct EpHandle {
     int32_t *recv_starts;       /* (n_local, P) host: first receive row of that chunk */
     act *ret;                   /* (N*K, C) backend: expert outputs of this rank's rows, in send
                                    order, kept from combine for its backward (P > 1) */
+    EpExchange busy;            /* the exchange posted for this handle and not yet waited */
+    int lane;                   /* the lane it went on */
 } EpHandle;
 
 /* Collective over comm: records the EP group (P = comm->size ranks), gathers the node of each
- * rank, creates the exchange's request. DIE when P does not divide E. */
+ * rank, creates each lane's request. DIE when P does not divide E. */
 void ep_group_init(EpGroup *g, Comm *comm, int node, int E);
-/* Plans the group's shared buffers for micro-batches of N tokens, K slots, C wide in an arena
- * (runtime/common.h two passes). Nothing is taken for P == 1. */
+/* Plans the lanes' buffers for micro-batches of N tokens, K slots, C wide in an arena
+ * (runtime/common.h two passes): per lane (N*K + P*N*K) rows of C. Nothing is taken for P == 1. */
 void ep_group_plan(EpGroup *g, int N, int K, int C, Arena *ar);
 void ep_group_free(EpGroup *g);
 
@@ -108,22 +156,42 @@ void ep_handle_plan(EpHandle *h, int N, int K, int E, int C, Arena *ar);
 void ep_handle_free(EpHandle *h);
 
 /* Layout and count exchange from idx (N,K) backend memory; fills pos, offsets, the receive
- * layout and recv_rows. */
+ * layout and recv_rows. BUG while an exchange of h is in flight. */
 void ep_layout(Ops *o, EpHandle *h, const int32_t *idx);
-/* recv (recv_cap, C): rows [0, recv_rows) <- the rows of x (N,C) routed to this rank's
- * experts, in receive order (overwritten). */
-void ep_dispatch(Ops *o, const EpHandle *h, act *recv, const act *x);
+
+/* The blocking exchanges (a post on lane EP_LANE_F and its wait; BUG when that lane is busy).
+ * ep_dispatch: recv (recv_cap, C) rows [0, recv_rows) <- the rows of x (N,C) routed to this
+ * rank's experts, in receive order (overwritten). */
+void ep_dispatch(Ops *o, EpHandle *h, act *recv, const act *x);
 /* dx (N,C) += sum over each token's slots of its rows of drecv (recv_rows, C). */
-void ep_dispatch_backward(Ops *o, const EpHandle *h, act *dx, const act *drecv);
+void ep_dispatch_backward(Ops *o, EpHandle *h, act *dx, const act *drecv);
 /* y (N,C) += sum_k w[n,k] * expert_out[row of (n,k)], expert_out (recv_rows, C) in receive
  * order; for P > 1 the rows come back into h->ret and are summed in slot order, as for one
  * rank. */
-void ep_combine(Ops *o, const EpHandle *h, act *y, const act *expert_out, const float *w);
+void ep_combine(Ops *o, EpHandle *h, act *y, const act *expert_out, const float *w);
 /* dexpert_out (recv_rows, C) += w * dy (per row, delivered to the experts' ranks);
  * dw (N,K) += <dy[n], expert_out[row of (n,k)]>. For P > 1 the expert outputs are read from
  * h->ret (kept by ep_combine) and expert_out is not used. */
-void ep_combine_backward(Ops *o, const EpHandle *h, act *dexpert_out, float *dw, const act *dy,
+void ep_combine_backward(Ops *o, EpHandle *h, act *dexpert_out, float *dw, const act *dy,
                          const act *expert_out, const float *w);
+
+/* The halves: the same results as the blocking call of the same name, final after the wait
+ * (rules in the header comment). lane: EP_LANE_F or EP_LANE_B. Where the work happens for
+ * P > 1: dispatch: gather in the post; dispatch backward: the summation in the wait; combine:
+ * the weighted sum in the wait (it reads w then); combine backward: dw and the w*dy rows in the
+ * post, the addition into dexpert_out in the wait. */
+void ep_dispatch_post(Ops *o, EpHandle *h, int lane, act *recv, const act *x);
+void ep_dispatch_wait(Ops *o, EpHandle *h);
+void ep_dispatch_backward_post(Ops *o, EpHandle *h, int lane, act *dx, const act *drecv);
+void ep_dispatch_backward_wait(Ops *o, EpHandle *h);
+void ep_combine_post(Ops *o, EpHandle *h, int lane, act *y, const act *expert_out, const float *w);
+void ep_combine_wait(Ops *o, EpHandle *h);
+void ep_combine_backward_post(Ops *o, EpHandle *h, int lane, act *dexpert_out, float *dw, const act *dy,
+                              const act *expert_out, const float *w);
+void ep_combine_backward_wait(Ops *o, EpHandle *h);
+
+/* "dispatch", "combine backward", ... ("idle" for EP_IDLE). */
+const char *ep_exchange_name(EpExchange x);
 
 /* Node-limited routing report: the largest number of distinct nodes any token's K experts
  * live on. idx (N,K) host; expert e on EP rank e / (E / P); node_of (P) per EP rank. */

@@ -32,6 +32,7 @@
 
 #include "common.h"
 #include "runtime/pipeline/schedule.h"
+#include "runtime/pipeline/trace.h"
 
 #define CONFIG_MAX_THREADS 1024                    /* upper limits of validate_train */
 #define CONFIG_MAX_GRAD_ACCUM 1048576               /* 2^20 micro-batches per step and rank */
@@ -734,6 +735,13 @@ static void validate_train(const Config *c)
     need_at_least("train.val_batches", t->val_batches, 1);
     need_at_least("train.checkpoint_every", t->checkpoint_every, 0);
     need_at_least("train.keep_checkpoints", t->keep_checkpoints, 1);
+    int traced[TRACE_MAX_STEPS], n_traced;
+    char why[256];
+    if ((n_traced = trace_steps_parse(t->trace_steps, traced, TRACE_MAX_STEPS, why, sizeof why)) < 0)
+        DIE("config: 'train.trace_steps' = \"%s\": %s", t->trace_steps, why);
+    if (n_traced > 0 && traced[n_traced - 1] > t->steps)
+        DIE("config: 'train.trace_steps' = \"%s\" names step %d, past 'train.steps' = %d", t->trace_steps,
+            traced[n_traced - 1], t->steps);
 }
 
 static void validate_optim(const OptimConfig *o)

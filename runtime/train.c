@@ -114,6 +114,9 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     optim_init_shard(&t->opt, t->o, pt, &cfg->optim, tc->bf16_moments, t->lo, t->hi);
     rng_seed(&t->rng, (uint64_t)tc->seed ^ 0x7261696e696e67ull);
     t->metrics = t->root ? metrics_open(run_dir) : NULL;
+    /* room for a span per layer and phase of every micro-batch, when an executor records them */
+    t->trace = trace_create_steps(w->rank, tc->trace_steps,
+                                  (size_t)64 * (tc->grad_accum + 1) * (cfg->model.num_hidden_layers + 4), w->comm);
     t->ckpt = ckpt_writer_create();
     t->host_params = xmalloc(pt->total * sizeof(float));
     t->host_counts = xcalloc((size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1, sizeof(float));
@@ -128,6 +131,7 @@ void trainer_free(Trainer *t)
     if (ckpt_writer_finish(t->ckpt, err, sizeof err) != 0) fprintf(stderr, "dstrain: %s\n", err);
     ckpt_writer_destroy(t->ckpt);
     if (t->metrics) metrics_close(t->metrics);
+    trace_free(t->trace);
     optim_free(&t->opt);
     if (t->grad_slice) t->o->free(t->o, t->grad_slice);
     free(t->zero_full);
@@ -201,13 +205,18 @@ static void train_step(Trainer *t, StepMetrics *s)
     for (int i = 0; i < M; i++) {
         ModelLoss l;
         data_next(t->train, t->window);
+        trace_begin_phase(t->trace, TRACE_COMPUTE, "forward", 'F', i, 0);
         model_forward(m, t->window, 1, &l);
+        trace_end(t->trace, TRACE_COMPUTE);
+        trace_begin_phase(t->trace, TRACE_COMPUTE, "backward", 'B', i, 0);
         model_backward(m);
+        trace_end(t->trace, TRACE_COMPUTE);
         s->loss += l.main / M;
         s->balance += l.balance / M;
         for (int k = 0; k < D; k++) s->mtp[k] += l.mtp[k] / M;
     }
     s->n_mtp = D;
+    trace_begin(t->trace, TRACE_COMPUTE, "optimizer", -1, -1);
     const int dp = t->groups->dp;
     double losses[2 + MTP_MAX] = { s->loss, s->balance };
     for (int k = 0; k < D; k++) losses[2 + k] = s->mtp[k];
@@ -241,6 +250,7 @@ static void train_step(Trainer *t, StepMetrics *s)
     s->maxvio = ls.maxvio_mean;
     s->maxvio_max = ls.maxvio_max;
     model_bias_update(m, gamma, c->moe.bias_zero_mean);
+    trace_end(t->trace, TRACE_COMPUTE);
     t->step++;
     t->tokens += (long long)M * c->train.micro_batch_size * c->train.seq_len * dp;
 }
@@ -307,7 +317,9 @@ void train_run(Trainer *t)
         StepMetrics s;
         memset(&s, 0, sizeof s);
         double t0 = now_seconds();
+        trace_step_begin(t->trace, t->step + 1);
         train_step(t, &s);
+        trace_step_end(t->trace);
         s.step_s = now_seconds() - t0;
         s.step = t->step;
         s.steps = tc->steps;
@@ -323,4 +335,5 @@ void train_run(Trainer *t)
     validate_and_log(t);
     save_checkpoint(t);
     report_final(t);
+    trace_finish(t->trace, t->run_dir);
 }

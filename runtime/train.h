@@ -37,6 +37,7 @@
 #include "data.h"
 #include "metrics.h"
 #include "optim.h"
+#include "runtime/pipeline/trace.h"
 
 typedef struct Trainer {
     Config cfg;
@@ -65,6 +66,7 @@ typedef struct Trainer {
     double peak_flops;          /* measured GEMM FLOP/s of this backend */
     double flops_per_token;     /* training FLOPs per token (model/flops.h) */
     double last_val;            /* last validation loss (NAN before the first) */
+    Trace *trace;               /* the steps train.trace_steps names (NULL: none) */
 } Trainer;
 
 /* g: the job's groups (kept, not owned). Collective over g->dp_comm (rank 0 writes the

@@ -164,7 +164,7 @@ static void bench_time(Bench *b, double *t)
         d[T_RAW] = slowest(MPI_Wtime() - t0);
         MPI_Barrier(MPI_COMM_WORLD);
         t0 = MPI_Wtime();
-        o->moe_gather(o, b->g.send, (const act *)b->x, h->pos, b->N, b->K, b->C);
+        o->moe_gather(o, b->g.lane[EP_LANE_F].send, (const act *)b->x, h->pos, b->N, b->K, b->C);
         double t1 = MPI_Wtime();
         o->moe_combine(o, (act *)b->y, h->ret, b->wt, h->pos, b->N, b->K, b->C);
         d[T_SUM] = slowest(MPI_Wtime() - t1);

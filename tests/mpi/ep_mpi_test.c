@@ -12,6 +12,13 @@
  * others nothing), empty (no token to expert 0 nor to EP rank 1's experts).
  * combine(dispatch(x)) and both backwards are also run through a one-rank handle with all E
  * experts on the same data and must agree bit for bit.
+ * Post/wait halves on two lanes: micro-batch A's forward and backward interleaved with B's
+ * combine and backward (lane 0 posts A's dispatch while lane 1 posts B's combine, and so on:
+ * two exchanges in flight at every step), the waits in either order, or in opposite orders on
+ * even and odd ranks, whose posts are also in opposite orders (the lanes' tags tell them apart
+ * and chunks of the two micro-batches differ in size); A's and B's results (received rows,
+ * gradient rows, y, dx, dw) must equal the blocking calls' bit for bit and pass the same route
+ * checks.
  *
  * Tolerances: none. Payloads are small integers and weights k/8, so every value is exact in
  * FP32; results are compared with ==.
@@ -79,10 +86,8 @@ typedef struct Out {
 
 /* Forward and backward through h: the experts are expert_fn / expert_grad of global expert
  * first + j on the rows of local expert j. */
-static void run(Ops *o, EpHandle *h, int first, const Src *d, Out *r, float *yp, float *drecv)
+static void experts(const EpHandle *h, int first, const Out *r, float *yp, float *drecv)
 {
-    ep_layout(o, h, d->idx);
-    ep_dispatch(o, h, (act *)r->recv, (const act *)d->x);   /* cpu: FP32 act */
     const int32_t *off = h->recv_offsets_host;
     for (int j = 0; j < h->n_local; j++)
         for (int row = off[j]; row < off[j + 1]; row++)
@@ -90,9 +95,21 @@ static void run(Ops *o, EpHandle *h, int first, const Src *d, Out *r, float *yp,
                 yp[row * C + c] = expert_fn(first + j, r->recv[row * C + c]);
                 drecv[row * C + c] = expert_grad(first + j, r->recv[row * C + c]);
             }
+}
+
+static void out_init(const EpHandle *h, Out *r)
+{
     for (int i = 0; i < N * C; i++) r->y[i] = r->dx[i] = 0.5f;
     for (int i = 0; i < h->recv_cap * C; i++) r->dexp[i] = 0.25f;
     for (int i = 0; i < N * K; i++) r->dw[i] = 0.125f;
+}
+
+static void run(Ops *o, EpHandle *h, int first, const Src *d, Out *r, float *yp, float *drecv)
+{
+    ep_layout(o, h, d->idx);
+    ep_dispatch(o, h, (act *)r->recv, (const act *)d->x);   /* cpu: FP32 act */
+    experts(h, first, r, yp, drecv);
+    out_init(h, r);
     ep_combine(o, h, (act *)r->y, (const act *)yp, d->w);
     ep_combine_backward(o, h, (act *)r->dexp, r->dw, (const act *)d->dy, (const act *)yp, d->w);
     ep_dispatch_backward(o, h, (act *)r->dx, (const act *)drecv);
@@ -219,6 +236,135 @@ static void test_layout(World *w, Ops *o, int ep, uint64_t seed, int rpn)
     groups_free(gr);
 }
 
+typedef void (*WaitFn)(Ops *, EpHandle *);
+
+/* Waits for A's exchange then B's (order 0), B's then A's (1), or by rank parity (2: even
+ * ranks A first, odd ranks B first). */
+static void wait_both(Ops *o, int order, int rank, WaitFn wa, EpHandle *ha, WaitFn wb, EpHandle *hb)
+{
+    if (order == 2) order = rank % 2;
+    if (order == 0) { wa(o, ha); wb(o, hb); }
+    else { wb(o, hb); wa(o, ha); }
+}
+
+/* One micro-batch in the overlap test: its sources' data, handle, results and expert rows. */
+typedef struct Mb {
+    Src *all;                   /* (P) every source's micro-batch */
+    EpHandle h;
+    Out r, ref;                 /* overlapped, blocking */
+    float *yp, *drecv;          /* (recv_cap, C) */
+} Mb;
+
+/* A's forward and backward interleaved with B's combine and backward, two exchanges in flight
+ * at every step (B's layout and dispatch are blocking first). Order 2 also posts B's exchange
+ * before A's on odd ranks: the lanes' tags keep the two apart. */
+static void run_overlapped(Ops *o, Mb *a, Mb *b, int me, int first, int order)
+{
+    const Src *da = &a->all[me], *db = &b->all[me];
+    const int b_first = order == 2 && me % 2;
+    out_init(&a->h, &a->r);
+    out_init(&b->h, &b->r);
+    ep_layout(o, &b->h, db->idx);
+    ep_dispatch(o, &b->h, (act *)b->r.recv, (const act *)db->x);
+    experts(&b->h, first, &b->r, b->yp, b->drecv);
+
+    ep_layout(o, &a->h, da->idx);
+    if (b_first) ep_combine_post(o, &b->h, EP_LANE_B, (act *)b->r.y, (const act *)b->yp, db->w);
+    ep_dispatch_post(o, &a->h, EP_LANE_F, (act *)a->r.recv, (const act *)da->x);
+    if (!b_first) ep_combine_post(o, &b->h, EP_LANE_B, (act *)b->r.y, (const act *)b->yp, db->w);
+    wait_both(o, order, me, ep_dispatch_wait, &a->h, ep_combine_wait, &b->h);
+
+    experts(&a->h, first, &a->r, a->yp, a->drecv);
+    if (b_first)
+        ep_combine_backward_post(o, &b->h, EP_LANE_B, (act *)b->r.dexp, b->r.dw, (const act *)db->dy,
+                                 (const act *)b->yp, db->w);
+    ep_combine_post(o, &a->h, EP_LANE_F, (act *)a->r.y, (const act *)a->yp, da->w);
+    if (!b_first)
+        ep_combine_backward_post(o, &b->h, EP_LANE_B, (act *)b->r.dexp, b->r.dw, (const act *)db->dy,
+                                 (const act *)b->yp, db->w);
+    wait_both(o, order, me, ep_combine_wait, &a->h, ep_combine_backward_wait, &b->h);
+
+    /* lanes swapped: a lane is a lane, whatever it carries */
+    if (b_first) ep_dispatch_backward_post(o, &b->h, EP_LANE_F, (act *)b->r.dx, (const act *)b->drecv);
+    ep_combine_backward_post(o, &a->h, EP_LANE_B, (act *)a->r.dexp, a->r.dw, (const act *)da->dy,
+                             (const act *)a->yp, da->w);
+    if (!b_first) ep_dispatch_backward_post(o, &b->h, EP_LANE_F, (act *)b->r.dx, (const act *)b->drecv);
+    wait_both(o, order, me, ep_combine_backward_wait, &a->h, ep_dispatch_backward_wait, &b->h);
+
+    ep_dispatch_backward_post(o, &a->h, EP_LANE_F, (act *)a->r.dx, (const act *)a->drecv);
+    ep_dispatch_backward_wait(o, &a->h);
+}
+
+/* Overlapped results equal the blocking ones: every received row, gradient row and token value. */
+static int same_out(const EpHandle *h, const Out *a, const Out *b)
+{
+    size_t rows = (size_t)h->recv_rows * C * sizeof(float);
+    return !memcmp(a->recv, b->recv, rows) && !memcmp(a->dexp, b->dexp, rows) && !memcmp(a->y, b->y, sizeof a->y) &&
+           !memcmp(a->dx, b->dx, sizeof a->dx) && !memcmp(a->dw, b->dw, sizeof a->dw);
+}
+
+static void mb_alloc(Mb *m, EpGroup *g, Arena *ar, int P)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        ep_handle_plan_group(&m->h, g, N, K, E, C, ar);
+        if (pass == 0) *ar = (Arena){ xcalloc(1, ar->used), 0 };
+    }
+    m->all = xcalloc((size_t)P, sizeof(Src));
+    out_alloc(&m->r, m->h.recv_cap);
+    out_alloc(&m->ref, m->h.recv_cap);
+    m->yp = xcalloc((size_t)m->h.recv_cap * C, sizeof(float));
+    m->drecv = xcalloc((size_t)m->h.recv_cap * C, sizeof(float));
+}
+
+static void mb_free(Mb *m, Arena *ar)
+{
+    ep_handle_free(&m->h);
+    free(m->all);
+    free(m->r.recv), free(m->r.dexp), free(m->ref.recv), free(m->ref.dexp);
+    free(m->yp), free(m->drecv);
+    free(ar->base);
+}
+
+static void test_overlap(World *w, Ops *o, int ep, uint64_t seed)
+{
+    Groups *gr = groups_create(w, 1, w->size, ep);
+    EpGroup g;
+    ep_group_init(&g, gr->ep_comm, w->node, E);
+    Arena arg = { 0 }, ara = { 0 }, arb = { 0 };
+    for (int pass = 0; pass < 2; pass++) {
+        ep_group_plan(&g, N, K, C, &arg);
+        if (pass == 0) arg = (Arena){ xcalloc(1, arg.used), 0 };
+    }
+    const int P = g.size, gi = gr->ep_index, me = g.rank, first = me * g.n_local;
+    Mb a, b;
+    mb_alloc(&a, &g, &ara, P);
+    mb_alloc(&b, &g, &arb, P);
+    for (int load = 0; load < N_LOADS; load++) {
+        const int load_b = (load + 2) % N_LOADS;
+        for (int s = 0; s < P; s++) {
+            gen(&a.all[s], load, seed, gi, s, P);
+            gen(&b.all[s], load_b, seed ^ 0x5bd1e995u, gi, s, P);
+        }
+        run(o, &a.h, first, &a.all[me], &a.ref, a.yp, a.drecv);
+        run(o, &b.h, first, &b.all[me], &b.ref, b.yp, b.drecv);
+        for (int order = 0; order < 3; order++) {
+            run_overlapped(o, &a, &b, me, first, order);
+            int bad = check_received(&a.h, &g, a.all, &a.r, gi) + check_received(&b.h, &g, b.all, &b.r, gi) +
+                      check_tokens(&a.all[me], &a.r) + check_tokens(&b.all[me], &b.r);
+            MEXPECT(bad == 0, "ep %d, loads %s/%s, wait order %d: %d values off their route or formula", ep,
+                    LOAD_NAMES[load], LOAD_NAMES[load_b], order, bad);
+            MEXPECT(same_out(&a.h, &a.r, &a.ref) && same_out(&b.h, &b.r, &b.ref),
+                    "ep %d, loads %s/%s, wait order %d: overlapped halves differ from the blocking calls", ep,
+                    LOAD_NAMES[load], LOAD_NAMES[load_b], order);
+        }
+    }
+    mb_free(&a, &ara);
+    mb_free(&b, &arb);
+    ep_group_free(&g);
+    free(arg.base);
+    groups_free(gr);
+}
+
 int main(int argc, char **argv)
 {
     World *w = world_init(argc, argv);
@@ -230,7 +376,10 @@ int main(int argc, char **argv)
     const int rpn = rpn_s ? atoi(rpn_s) : w->size;
     Ops *o = ops_cpu_create(1, PREC_FP32);
     for (int ep = 1; ep <= w->size; ep++)
-        if (w->size % ep == 0 && E % ep == 0) test_layout(w, o, ep, (uint64_t)seed, rpn);
+        if (w->size % ep == 0 && E % ep == 0) {
+            test_layout(w, o, ep, (uint64_t)seed, rpn);
+            test_overlap(w, o, ep, (uint64_t)seed);
+        }
     ops_destroy(o);
     int rc = mpi_test_finish(w, "ep dispatch/combine");
     world_free(w);

@@ -1,7 +1,11 @@
 /* tests/unit/test_comm_dispatch.c - MoE dispatch/combine over an EP group of one rank
  * (comm/dispatch.h): the one-rank path is the op-table permutation, a group of one rank gives
  * bit-identical results, every received row proves its route (its values encode the token),
- * and the node-limited routing report counts nodes. Multi-rank groups: tests/mpi/ep_mpi_test.c.
+ * and the node-limited routing report counts nodes. The post/wait halves on two lanes, two
+ * micro-batches interleaved (lane 0 a forward's dispatch and combine, lane 1 another's combine
+ * and backward, waits in both orders), equal the blocking calls bit for bit; posting on a busy
+ * lane or handle, or waiting for what was not posted, is a BUG with a clear message (forked
+ * children). Multi-rank groups: tests/mpi/ep_mpi_test.c.
  *
  * Tolerances: none. Payloads are small integers and weights dyadic (k/8), so every product and
  * sum below is exact in FP32 and results are compared with ==.
@@ -153,8 +157,8 @@ static void test_load(Ops *o, int load, Comm *self)
         if (pass == 0) ar2 = (Arena){ xcalloc(1, ar2.used), 0 };
     }
     run(o, &h2, idx, x, w, dy, &b);
-    EXPECT(g.n_local == E && g.node_of[0] == 0 && !g.send && h2.ret == NULL, "%s: group of one rank, no buffers",
-           LOAD_NAMES[load]);
+    EXPECT(g.n_local == E && g.node_of[0] == 0 && !g.lane[0].send && !g.lane[1].send && h2.ret == NULL,
+           "%s: group of one rank, no buffers", LOAD_NAMES[load]);
     EXPECT(!memcmp(&a, &b, sizeof a), "%s: a group of one rank differs from no group", LOAD_NAMES[load]);
     ep_handle_free(&h1);
     ep_handle_free(&h2);
@@ -186,6 +190,204 @@ static void test_max_nodes(Ops *o)
     }
 }
 
+/* One micro-batch's inputs. */
+typedef struct Mb {
+    int32_t idx[N * K];
+    float x[N * C], w[N * K], dy[N * C];
+} Mb;
+
+static void mb_make(Mb *m, int load, float shift)
+{
+    route(load, m->idx);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            m->x[n * C + c] = (float)(n * C + c + 1) + shift;
+            m->dy[n * C + c] = (float)((n + 2 * c) % 5 - 2);
+        }
+    for (int i = 0; i < N * K; i++) m->w[i] = (float)(1 + (i + (int)shift) % 4) / 8;
+}
+
+/* The experts of run(): yp and drecv (rows) from the received rows. */
+static void experts(const EpHandle *h, const float *recv, float *yp, float *drecv)
+{
+    const int32_t *off = h->recv_offsets_host;
+    for (int e = 0; e < h->n_local; e++)
+        for (int row = off[e]; row < off[e + 1]; row++)
+            for (int c = 0; c < C; c++) {
+                yp[row * C + c] = expert_fn(e, recv[row * C + c]);
+                drecv[row * C + c] = recv[row * C + c] * 2 - (float)e;
+            }
+}
+
+static void result_init(Result *r)
+{
+    for (int i = 0; i < N * C; i++) r->y[i] = r->dx[i] = 0.5f;
+    for (int i = 0; i < N * K * C; i++) r->dexp[i] = 0.25f;
+    for (int i = 0; i < N * K; i++) r->dw[i] = 0.125f;
+}
+
+typedef void (*WaitFn)(Ops *, EpHandle *);
+
+/* Waits for a's exchange and b's, in that order (order 0) or the other (order 1). */
+static void wait_both(Ops *o, int order, WaitFn wa, EpHandle *ha, WaitFn wb, EpHandle *hb)
+{
+    if (order == 0) { wa(o, ha); wb(o, hb); }
+    else { wb(o, hb); wa(o, ha); }
+}
+
+/* Micro-batch a's forward and backward interleaved with b's combine and backward, the way an
+ * FB instruction would run them: two exchanges in flight at every step, on different lanes. */
+static void run_overlapped(Ops *o, EpHandle *ha, EpHandle *hb, const Mb *a, const Mb *b, Result *ra, Result *rb,
+                           int order)
+{
+    static float ypa[N * K * C], dra[N * K * C], ypb[N * K * C], drb[N * K * C];
+    result_init(ra);
+    result_init(rb);
+    ep_layout(o, hb, b->idx);
+    ep_dispatch(o, hb, (act *)rb->recv, (const act *)b->x);
+    experts(hb, rb->recv, ypb, drb);
+
+    ep_layout(o, ha, a->idx);
+    ep_dispatch_post(o, ha, EP_LANE_F, (act *)ra->recv, (const act *)a->x);
+    ep_combine_post(o, hb, EP_LANE_B, (act *)rb->y, (const act *)ypb, b->w);
+    wait_both(o, order, ep_dispatch_wait, ha, ep_combine_wait, hb);
+
+    experts(ha, ra->recv, ypa, dra);
+    ep_combine_post(o, ha, EP_LANE_F, (act *)ra->y, (const act *)ypa, a->w);
+    ep_combine_backward_post(o, hb, EP_LANE_B, (act *)rb->dexp, rb->dw, (const act *)b->dy, (const act *)ypb, b->w);
+    wait_both(o, order, ep_combine_wait, ha, ep_combine_backward_wait, hb);
+
+    /* lanes swapped: a lane is a lane, whatever it carries */
+    ep_combine_backward_post(o, ha, EP_LANE_B, (act *)ra->dexp, ra->dw, (const act *)a->dy, (const act *)ypa, a->w);
+    ep_dispatch_backward_post(o, hb, EP_LANE_F, (act *)rb->dx, (const act *)drb);
+    wait_both(o, order, ep_combine_backward_wait, ha, ep_dispatch_backward_wait, hb);
+
+    ep_dispatch_backward_post(o, ha, EP_LANE_F, (act *)ra->dx, (const act *)dra);
+    ep_dispatch_backward_wait(o, ha);
+    memcpy(ra->pos, ha->pos, sizeof ra->pos);
+    memcpy(ra->off, ha->offsets_host, sizeof ra->off);
+    memcpy(rb->pos, hb->pos, sizeof rb->pos);
+    memcpy(rb->off, hb->offsets_host, sizeof rb->off);
+}
+
+/* Group (or NULL) and two handles planned in one arena. */
+typedef struct Pair {
+    EpGroup g;
+    EpHandle ha, hb;
+    Arena ar;
+    int grouped;
+} Pair;
+
+static void pair_init(Pair *p, Comm *self)
+{
+    p->ar = (Arena){ 0 };
+    if (p->grouped) ep_group_init(&p->g, self, 0, E);
+    EpGroup *g = p->grouped ? &p->g : NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        if (g) ep_group_plan(g, N, K, C, &p->ar);
+        ep_handle_plan_group(&p->ha, g, N, K, E, C, &p->ar);
+        ep_handle_plan_group(&p->hb, g, N, K, E, C, &p->ar);
+        if (pass == 0) p->ar = (Arena){ xcalloc(1, p->ar.used), 0 };
+    }
+}
+
+static void pair_free(Pair *p)
+{
+    ep_handle_free(&p->ha);
+    ep_handle_free(&p->hb);
+    if (p->grouped) ep_group_free(&p->g);
+    free(p->ar.base);
+}
+
+static void test_overlap(Ops *o, Comm *self)
+{
+    static Mb a, b;
+    static Result ra, rb, oa, ob;
+    for (int grouped = 0; grouped < 2; grouped++) {
+        Pair p = { .grouped = grouped };
+        pair_init(&p, self);
+        for (int load = 0; load < N_LOADS; load++) {
+            mb_make(&a, load, 0);
+            mb_make(&b, (load + 1) % N_LOADS, 3);
+            run(o, &p.ha, a.idx, a.x, a.w, a.dy, &ra);
+            run(o, &p.hb, b.idx, b.x, b.w, b.dy, &rb);
+            for (int order = 0; order < 2; order++) {
+                run_overlapped(o, &p.ha, &p.hb, &a, &b, &oa, &ob, order);
+                EXPECT(!memcmp(&ra, &oa, sizeof ra) && !memcmp(&rb, &ob, sizeof rb),
+                       "%s, %s, lane %d waited first: the overlapped halves differ from the blocking calls",
+                       grouped ? "group of one rank" : "no group", LOAD_NAMES[load], order);
+                EXPECT(!p.ha.busy && !p.hb.busy && (!grouped || (!p.g.lane[0].busy && !p.g.lane[1].busy)),
+                       "%s: every handle and lane idle after the waits", LOAD_NAMES[load]);
+            }
+            check_routes(&p.ha, a.idx, oa.recv, "overlapped");
+        }
+        pair_free(&p);
+    }
+}
+
+/* Misuse, each in a forked child (status 70 and the message on stderr). */
+typedef struct Misuse {
+    const char *what, *words;
+    int grouped, kind;
+} Misuse;
+
+enum { MIS_LANE_REUSE, MIS_BLOCKING_ON_BUSY, MIS_HANDLE_TWICE, MIS_WAIT_UNPOSTED, MIS_WAIT_WRONG, MIS_LAYOUT_BUSY,
+       MIS_BAD_LANE };
+
+static void misuse_child(void *arg)
+{
+    const Misuse *m = arg;
+    /* static: what the child holds when the BUG exits stays reachable (no leak report) */
+    static Mb a;
+    static Result r;
+    static Pair p;
+    static Ops *o;
+    static Comm *self;
+    o = ops_cpu_create(1, PREC_FP32);
+    self = m->grouped ? comm_single_create() : NULL;
+    p = (Pair){ .grouped = m->grouped };
+    pair_init(&p, self);
+    mb_make(&a, LOAD_RANDOM, 0);
+    ep_layout(o, &p.ha, a.idx);
+    ep_layout(o, &p.hb, a.idx);
+    if (m->kind != MIS_WAIT_UNPOSTED && m->kind != MIS_BAD_LANE)
+        ep_dispatch_post(o, &p.ha, EP_LANE_F, (act *)r.recv, (const act *)a.x);
+    switch (m->kind) {
+    case MIS_LANE_REUSE: ep_dispatch_post(o, &p.hb, EP_LANE_F, (act *)r.recv, (const act *)a.x); break;
+    case MIS_BLOCKING_ON_BUSY: ep_combine(o, &p.hb, (act *)r.y, (const act *)r.recv, a.w); break;
+    case MIS_HANDLE_TWICE: ep_combine_post(o, &p.ha, EP_LANE_B, (act *)r.y, (const act *)r.recv, a.w); break;
+    case MIS_WAIT_UNPOSTED: ep_combine_wait(o, &p.ha); break;
+    case MIS_WAIT_WRONG: ep_combine_wait(o, &p.ha); break;
+    case MIS_LAYOUT_BUSY: ep_layout(o, &p.ha, a.idx); break;
+    case MIS_BAD_LANE: ep_dispatch_post(o, &p.ha, 2, (act *)r.recv, (const act *)a.x); break;
+    }
+}
+
+static void test_misuse(void)
+{
+    static const Misuse cases[] = {
+        { "lane reused in flight", "lane 0 reused while its dispatch is in flight: dispatch posted on it", 1,
+          MIS_LANE_REUSE },
+        { "blocking call on a busy lane", "lane 0 reused while its dispatch is in flight: combine posted on it", 1,
+          MIS_BLOCKING_ON_BUSY },
+        { "handle posted twice", "combine posted on lane 1 for a handle whose dispatch is still in flight on lane 0",
+          0, MIS_HANDLE_TWICE },
+        { "handle posted twice, group", "for a handle whose dispatch is still in flight", 1, MIS_HANDLE_TWICE },
+        { "wait with nothing posted", "waiting for a combine of a handle that has nothing in flight", 0,
+          MIS_WAIT_UNPOSTED },
+        { "wait for the wrong exchange", "waiting for a combine of a handle that has dispatch in flight", 1,
+          MIS_WAIT_WRONG },
+        { "layout in flight", "layout of a handle whose dispatch is in flight on lane 0", 1, MIS_LAYOUT_BUSY },
+        { "lane out of range", "dispatch posted on lane 2, outside 0..1", 0, MIS_BAD_LANE },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[4096];
+        int st = test_run_child(misuse_child, (void *)&cases[i], err, sizeof err);
+        EXPECT(st == 70 && strstr(err, "internal error: ep: ") && strstr(err, cases[i].words),
+               "%s: exit %d, stderr '%s' (want exit 70 and '%s')", cases[i].what, st, err, cases[i].words);
+    }
+}
+
 int main(void)
 {
     rng_seed(&rng, test_seed());
@@ -193,6 +395,8 @@ int main(void)
     World *w = world_init(0, NULL);
     for (int load = 0; load < N_LOADS; load++) test_load(o, load, w->comm);
     test_max_nodes(o);
+    test_overlap(o, w->comm);
+    test_misuse();
     world_free(w);
     ops_destroy(o);
     return test_finish();
