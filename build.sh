@@ -92,7 +92,8 @@ skipped_report() {
         file == 1 && /^[0-9]+\/[0-9]+ Testing: / { name = $3; next }
         file == 1 && /^SKIP/ && name != "" && !(name in reason) { reason[name] = $0 }
         file == 2 && /^The following tests did not run:/ { listing = 1; next }
-        file == 2 && listing && / - .* \(.*\)$/ { sub(/^[^-]*- /, ""); notrun[++n] = $0 }
+        file == 2 && listing && !/^[ \t]*[0-9]+ - / { listing = 0 }
+        file == 2 && listing { sub(/^[^-]*- /, ""); notrun[++n] = $0 }
         END {
             bad = 0
             print "skipped: " n + 0 " test(s)"
