@@ -58,10 +58,9 @@ void wgt_bind(Wgt *w, Ops *o, float *master, int rows, int cols, WgtType type, v
 
 Ops *ops_cpu_create(int threads, Precision precision)
 {
-    if (precision != PREC_FP32)
-        DIE("device 'cpu': precision '%s' is not available, the cpu backend currently supports precision "
-            "'fp32' only (bf16/fp8 emulation is not implemented yet; use fp32, or device 'cuda')",
-            precision_name(precision));
+    if (precision == PREC_FP8)
+        DIE("device 'cpu': precision '%s' is not available, the cpu backend emulates 'fp32' and 'bf16' only "
+            "(use one of those, or device 'cuda')", precision_name(precision));
     if (threads < 0) DIE("device 'cpu': thread count %d is negative (use 0 for all cores)", threads);
     if (threads == 0) threads = omp_get_num_procs();
     Ops *o = xcalloc(1, sizeof *o);

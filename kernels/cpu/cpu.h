@@ -1,7 +1,13 @@
 /* kernels/cpu/cpu.h - internal header of the CPU backend: its private state and the entry
  * points that kernels/backend.c puts into the op table.
  *
- * What it is: the FP32 reference backend (host memory, OpenMP over rows, OpenBLAS for GEMMs).
+ * What it is: the reference backend (host memory, OpenMP over rows, OpenBLAS for GEMMs) in
+ * three precisions. PREC_FP32: FP32 everywhere. PREC_BF16 emulates a BF16 GPU table: every
+ * entry computes in FP32 as before, then rounds every activation it stores to BF16 (round to
+ * nearest even, cpu_act_round), kept in FP32 containers (act_bytes = 4, so the values are
+ * exactly what a BF16 buffer would hold); Linear weights are read from BF16 compute copies
+ * (FP32 containers, rounded from the master by weight_refresh); GEMMs accumulate in FP32.
+ * Gradients, moments, norm statistics and router values stay FP32 (kernels/ops.h "Roles").
  * What it is not: a public API. Everything outside kernels/ goes through kernels/ops.h; the
  * semantics of each entry (shapes, overwrite vs accumulate) are documented there.
  *
@@ -90,6 +96,23 @@ void cpu_state_free(Ops *o);
 #define CPU_DECLARE(ret, name, params) ret cpu_##name params;
 OPS_ENTRIES(CPU_DECLARE)
 #undef CPU_DECLARE
+
+/* x rounded to BF16 (round to nearest, ties to even, on the bits), returned as FP32: the top
+ * 16 bits of the result are the BF16 value. Overflow rounds to +-inf as IEEE says; NaN stays
+ * NaN (quiet bit set, sign and top payload kept). Branch-free so the loops calling it
+ * vectorise. The same numbers as bf16_from_float of SPEC.md section 6. */
+static inline float cpu_bf16(float x)
+{
+    union { float f; uint32_t u; } v = { x };
+    uint32_t r = (v.u + 0x7FFFu + ((v.u >> 16) & 1u)) & 0xFFFF0000u;
+    uint32_t nan = -(uint32_t)((v.u & 0x7FFFFFFFu) > 0x7F800000u);
+    v.u = (r & ~nan) | ((v.u | 0x00400000u) & 0xFFFF0000u & nan);
+    return v.f;
+}
+
+/* Rounds n stored activations to the table's activation type: BF16 on the BF16 and FP8
+ * tables, nothing on the FP32 table. Every entry calls it on what it wrote. */
+void cpu_act_round(Ops *o, float *p, size_t n);
 
 /* Activations are FP32 containers on every CPU table (act_bytes = 4). */
 static inline float *cpu_f(act *p) { return (float *)p; }
