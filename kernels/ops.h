@@ -243,8 +243,8 @@ const char *ops_first_empty(const Ops *o);
  * Backends call it at the top of moe_route (kernels/backend.c). */
 void route_shape_check(const RouteShape *r);
 
-/* CPU backend (kernels/cpu/). threads = 0: all cores. precision: fp32, or bf16 emulated
- * (kernels/cpu/cpu.h). */
+/* CPU backend (kernels/cpu/). threads = 0: all cores. precision: fp32, or bf16 / fp8
+ * emulated (kernels/cpu/cpu.h). */
 Ops *ops_cpu_create(int threads, Precision precision);
 /* CUDA backend (kernels/cuda/); DIE when built without CUDA or when no GPU is present. */
 Ops *ops_cuda_create(Precision precision);

@@ -33,6 +33,17 @@ void cpu_blas_threads(int n)
 
 size_t cpu_scratch_stride(Ops *o) { return ((CpuState *)o->state)->scratch_stride; }
 
+float *cpu_gemm_scratch(Ops *o, size_t floats)
+{
+    CpuState *st = o->state;
+    if (floats > st->gemm_n) {
+        free(st->gemm);
+        st->gemm = cpu_alloc(o, floats * sizeof(float));
+        st->gemm_n = floats;
+    }
+    return st->gemm;
+}
+
 float *cpu_scratch(Ops *o, size_t floats)
 {
     CpuState *st = o->state;
@@ -50,6 +61,7 @@ void cpu_state_free(Ops *o)
     CpuState *st = o->state;
     if (!st) return;
     free(st->scratch);
+    free(st->gemm);
     free(st);
     o->state = NULL;
 }
@@ -196,8 +208,8 @@ static void gemm_parallel(Ops *o, const Gemm *g)
     for (int i = 0; i < slabs; i++) gemm_slab(g, split_m, i * slab, i * slab + slab < dim ? i * slab + slab : dim);
 }
 
-/* The three Linear products on FP32 buffers. */
-static void gemm_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC)
+/* The three Linear products on FP32 buffers (cpu.h). */
+void cpu_gemm_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC)
 {
     if (N <= 0 || OC <= 0) return;
     if (IC <= 0) { memset(out, 0, (size_t)N * OC * sizeof(float)); return; }
@@ -205,14 +217,14 @@ static void gemm_forward(Ops *o, float *out, const float *inp, const float *weig
     gemm_parallel(o, &g);
 }
 
-static void gemm_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC)
+void cpu_gemm_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC)
 {
     if (N <= 0 || IC <= 0 || OC <= 0) return;
     Gemm g = { 0, 0, N, IC, OC, dout, weight, OC, IC, 1.0f, dinp, IC };
     gemm_parallel(o, &g);
 }
 
-static void gemm_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC, int OC)
+void cpu_gemm_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC, int OC)
 {
     if (N <= 0 || IC <= 0 || OC <= 0) return;
     Gemm g = { 1, 0, OC, IC, N, dout, inp, OC, IC, 1.0f, dweight, IC };
@@ -226,9 +238,9 @@ size_t cpu_weight_bytes(Ops *o, WgtType t, int rows, int cols)
     switch (t) {
     case WGT_FP32: return 0;
     case WGT_BF16: return (size_t)rows * cols * sizeof(float);
-    case WGT_FP8: break;
+    case WGT_FP8: return cpu_fp8_weight_bytes(rows, cols);
     }
-    DIE("device 'cpu': FP8 weights are not emulated yet (use precision 'bf16' or 'fp32')");
+    BUG("cpu_weight_bytes: weight type %d", (int)t);
 }
 
 void cpu_weight_refresh(Ops *o, Wgt *w)
@@ -244,7 +256,9 @@ void cpu_weight_refresh(Ops *o, Wgt *w)
         #pragma omp parallel for num_threads(cpu_threads(o)) if (n > CPU_PAR_MIN) schedule(static)
         for (size_t i = 0; i < n; i++) dst[i] = cpu_bf16(src[i]);
         return;
-    case WGT_FP8: break;
+    case WGT_FP8:
+        cpu_fp8_weight_refresh(o, w);
+        return;
     }
     BUG("cpu_weight_refresh: weight type %d", (int)w->type);
 }
@@ -253,36 +267,39 @@ static const float *wgt_values(const Wgt *w) { return (const float *)w->data; }
 
 void cpu_matmul_forward(Ops *o, act *out, const act *inp, const Wgt *w, int N, int IC, int OC)
 {
-    gemm_forward(o, cpu_f(out), cpu_cf(inp), wgt_values(w), N, IC, OC);
+    if (w->type == WGT_FP8) cpu_fp8_matmul_forward(o, cpu_f(out), cpu_cf(inp), wgt_values(w), N, IC, OC);
+    else cpu_gemm_forward(o, cpu_f(out), cpu_cf(inp), wgt_values(w), N, IC, OC);
     cpu_act_round(o, cpu_f(out), (size_t)N * OC);
 }
 
 void cpu_matmul_backward_input(Ops *o, act *dinp, const act *dout, const Wgt *w, int N, int IC, int OC)
 {
-    gemm_backward_input(o, cpu_f(dinp), cpu_cf(dout), wgt_values(w), N, IC, OC);
+    if (w->type == WGT_FP8) cpu_fp8_matmul_backward_input(o, cpu_f(dinp), cpu_cf(dout), wgt_values(w), N, IC, OC);
+    else cpu_gemm_backward_input(o, cpu_f(dinp), cpu_cf(dout), wgt_values(w), N, IC, OC);
     cpu_act_round(o, cpu_f(dinp), (size_t)N * IC);
 }
 
 void cpu_matmul_backward_weight(Ops *o, float *dweight, const Wgt *w, const act *dout, const act *inp, int N, int IC,
                                 int OC)
 {
-    gemm_backward_weight(o, dweight, cpu_cf(dout), cpu_cf(inp), N, IC, OC);
+    if (w->type == WGT_FP8) cpu_fp8_matmul_backward_weight(o, dweight, cpu_cf(dout), cpu_cf(inp), N, IC, OC);
+    else cpu_gemm_backward_weight(o, dweight, cpu_cf(dout), cpu_cf(inp), N, IC, OC);
 }
 
 void cpu_router_forward(Ops *o, float *logits, const act *inp, const Wgt *w, int N, int C, int E)
 {
-    gemm_forward(o, logits, cpu_cf(inp), wgt_values(w), N, C, E);
+    cpu_gemm_forward(o, logits, cpu_cf(inp), wgt_values(w), N, C, E);
 }
 
 void cpu_router_backward_input(Ops *o, act *dinp, const float *dlogits, const Wgt *w, int N, int C, int E)
 {
-    gemm_backward_input(o, cpu_f(dinp), dlogits, wgt_values(w), N, C, E);
+    cpu_gemm_backward_input(o, cpu_f(dinp), dlogits, wgt_values(w), N, C, E);
     cpu_act_round(o, cpu_f(dinp), (size_t)N * C);
 }
 
 void cpu_router_backward_weight(Ops *o, float *dweight, const float *dlogits, const act *inp, int N, int C, int E)
 {
-    gemm_backward_weight(o, dweight, dlogits, cpu_cf(inp), N, C, E);
+    cpu_gemm_backward_weight(o, dweight, dlogits, cpu_cf(inp), N, C, E);
 }
 
 /* ---- RMSNorm: y = w * x * r, r = 1/sqrt(mean(x^2) + eps) ---- */
