@@ -14,7 +14,8 @@
  * always FP32 (weight gradients, norm statistics, lse, losses, router values) must agree with
  * the FP32 table bit for bit. Linear weights: the BF16 table reads compute copies rounded from
  * FP32 masters by weight_refresh, so it is given unrounded masters and the FP32 table the
- * rounded ones. A tiny model trained a step on the BF16 table stores only BF16 values (logits).
+ * rounded ones. A tiny model trained a step on the BF16 and on the FP8 table stores only BF16
+ * values (logits) and computes with refreshed copies after its masters are rewritten.
  * Both tables run one thread, so their GEMMs block identically.
  * What it is not: a test of the FP32 arithmetic itself (test_ops.c).
  */
@@ -302,11 +303,11 @@ static void test_moe_rows(int N, int K, int C)
     pairs_free();
 }
 
-/* One training step of a tiny model on the BF16 table: the logits it stores are BF16 values,
- * the losses finite. */
-static void test_model_step(void)
+/* One training step of a tiny model on table t (bf16 or fp8): the logits it stores are BF16
+ * values, the losses finite, and rewritten masters reach the compute copies. */
+static void test_model_step(Ops *t)
 {
-    printf("tiny model on the bf16 table\n");
+    printf("tiny model on the %s table\n", t->precision == PREC_FP8 ? "fp8" : "bf16");
     Config full;
     config_defaults(&full);
     ModelConfig c = full.model;
@@ -329,7 +330,7 @@ static void test_model_step(void)
     c.v_head_dim = 4;
     c.num_nextn_predict_layers = 1;
     const int B = 2, T = 6;
-    Model *m = model_create(&c, b16, B, T, 1);
+    Model *m = model_create(&c, t, B, T, 1);
     model_init_params(m, 5);
     model_set_loss_weights(m, 0.3, 1e-3, 1);
     int32_t window[B * (T + 1)];
@@ -352,13 +353,13 @@ static void test_model_step(void)
      * computes what a model created with those masters computes, bit for bit */
     const size_t total = model_table(m)->total;
     float *host = xcalloc(total, sizeof(float)), again[24];
-    b16->download(b16, host, model_params(m), total * sizeof(float));
+    t->download(t, host, model_params(m), total * sizeof(float));
     for (size_t i = 0; i < total; i++) host[i] *= 1.5f;
-    b16->upload(b16, model_params(m), host, total * sizeof(float));
+    t->upload(t, model_params(m), host, total * sizeof(float));
     model_forward(m, window, 0, &loss);
     model_logits(m, T - 1, logits);
-    Model *fresh = model_create(&c, b16, B, T, 0);
-    b16->upload(b16, model_params(fresh), host, total * sizeof(float));
+    Model *fresh = model_create(&c, t, B, T, 0);
+    t->upload(t, model_params(fresh), host, total * sizeof(float));
     model_forward(fresh, window, 0, &loss);
     model_logits(fresh, T - 1, again);
     int same = memcmp(logits, again, sizeof logits) == 0;
@@ -385,7 +386,10 @@ int main(void)
     test_attention(1, 70, 1, 3, 2, 2);   /* crosses the CPU kernel's 64-row tile */
     test_moe_rows(1, 1, 3);
     test_moe_rows(6, 2, 5);
-    test_model_step();
+    test_model_step(b16);
+    Ops *fp8 = ops_cpu_create(1, PREC_FP8);
+    test_model_step(fp8);
+    ops_destroy(fp8);
     ops_destroy(f32);
     ops_destroy(b16);
     return test_finish();
