@@ -20,16 +20,6 @@ extern Ops *cuda_ops_create(Precision precision);
 extern void cuda_ops_destroy(Ops *o);
 #endif
 
-static const char *precision_name(Precision p)
-{
-    switch (p) {
-    case PREC_FP32: return "fp32";
-    case PREC_BF16: return "bf16";
-    case PREC_FP8: return "fp8";
-    }
-    return "unknown";
-}
-
 static void cpu_fill_table(Ops *o)
 {
 #define CPU_FILL(ret, name, params) o->name = cpu_##name;
@@ -58,10 +48,6 @@ void wgt_bind(Wgt *w, Ops *o, float *master, int rows, int cols, WgtType type, v
 
 Ops *ops_cpu_create(int threads, Precision precision)
 {
-    if (precision != PREC_FP32)
-        DIE("device 'cpu': precision '%s' is not available, the cpu backend currently supports precision "
-            "'fp32' only (bf16/fp8 emulation is not implemented yet; use fp32, or device 'cuda')",
-            precision_name(precision));
     if (threads < 0) DIE("device 'cpu': thread count %d is negative (use 0 for all cores)", threads);
     if (threads == 0) threads = omp_get_num_procs();
     Ops *o = xcalloc(1, sizeof *o);

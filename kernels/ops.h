@@ -10,7 +10,8 @@
  *                on the CPU-FP32 table; BF16 values on the CPU-BF16 and CPU-FP8 tables (the
  *                CPU keeps them in FP32 containers, act_bytes = 4, and rounds every stored
  *                value to BF16, round to nearest even, which defines the values a BF16 GPU
- *                table stores op by op). Opaque outside kernels/: code outside plans
+ *                table stores op by op; the CUDA table still stores FP32, act_bytes = 4, and
+ *                rounds GEMM operands per call). Opaque outside kernels/: code outside plans
  *                act_bytes per element, offsets with act_at, and moves values with
  *                act_upload/act_download.
  *   float *      what is always FP32: master weights, gradients, optimizer moments (BF16
@@ -58,7 +59,9 @@ typedef enum { WGT_FP32 = 0, WGT_BF16, WGT_FP8 } WgtType;
  * compute copy in `data`, laid out by the backend in o->weight_bytes(o, type, rows, cols)
  * bytes (BF16 values; or FP8 codes, their 128x128 block scales and the transposed copy that
  * Dgrad reads). When weight_bytes is 0 the copy is the master itself (data == master: the
- * CPU-FP32 table). The copy is stale after the master changes until weight_refresh. */
+ * CPU-FP32 table, and the CUDA table for now). The CPU keeps its copies as FP32 values: BF16
+ * values, or the dequantised values of the FP8 blocks. The copy is stale after the master
+ * changes until weight_refresh. */
 typedef struct Wgt {
     float *master;          /* (rows, cols) FP32, backend memory */
     int rows, cols;
@@ -243,7 +246,8 @@ const char *ops_first_empty(const Ops *o);
  * Backends call it at the top of moe_route (kernels/backend.c). */
 void route_shape_check(const RouteShape *r);
 
-/* CPU backend (kernels/cpu/). threads = 0: all cores. */
+/* CPU backend (kernels/cpu/). threads = 0: all cores. precision: fp32, or bf16 / fp8
+ * emulated (kernels/cpu/cpu.h). */
 Ops *ops_cpu_create(int threads, Precision precision);
 /* CUDA backend (kernels/cuda/); DIE when built without CUDA or when no GPU is present. */
 Ops *ops_cuda_create(Precision precision);

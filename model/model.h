@@ -58,7 +58,9 @@ void model_destroy(Model *m);
 
 const ParamTable *model_table(const Model *m);
 const ModelConfig *model_config(const Model *m);
-float *model_params(Model *m);          /* backend memory, table order */
+/* The FP32 masters (backend memory, table order), writable: the Linear weights' compute
+ * copies (kernels/ops.h Wgt) are rebuilt from them before the next model_forward. */
+float *model_params(Model *m);
 float *model_grads(Model *m);           /* backend memory, table order; NULL if !train */
 /* Bytes per lifetime class, for the start-up memory table. */
 void model_print_memory(const Model *m, FILE *f);

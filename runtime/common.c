@@ -101,17 +101,6 @@ float rng_normal(Rng *r)
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
-float bf16_round(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return x; /* inf / nan unchanged */
-    u += 0x7fffu + ((u >> 16) & 1u);                 /* round to nearest even */
-    u &= 0xffff0000u;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
 void *arena_take(Arena *a, size_t bytes)
 {
     size_t at = (a->used + 255) & ~(size_t)255;

@@ -46,9 +46,6 @@ uint32_t rng_u32(Rng *r);
 float rng_uniform(Rng *r);              /* [0, 1) */
 float rng_normal(Rng *r);               /* standard normal (Box-Muller, one value a call) */
 
-/* Round an FP32 value to BF16 (round-to-nearest-even), returned as FP32. */
-float bf16_round(float x);
-
 /* printf-style string into a fresh allocation. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

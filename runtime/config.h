@@ -31,7 +31,7 @@
     X(INT, seq_len, "64", "tokens per sequence T") \
     X(INT, grad_accum, "1", "micro-batches per optimizer step (per data-parallel rank), at most 2^20") \
     X(STR, device, "cpu", "compute backend: cpu or cuda") \
-    X(STR, precision, "fp32", "fp32 (cpu), bf16, fp8") \
+    X(STR, precision, "fp32", "fp32, bf16 or fp8 (emulated on cpu; fp8 not on cuda yet)") \
     X(INT, threads, "0", "CPU threads, at most 1024 (0: all cores)") \
     X(INT, log_every, "1", "print a metrics line every N steps") \
     X(INT, val_every, "50", "validation loss every N steps (0: only at the end)") \

@@ -1,7 +1,13 @@
 /* kernels/cpu/cpu.h - internal header of the CPU backend: its private state and the entry
  * points that kernels/backend.c puts into the op table.
  *
- * What it is: the FP32 reference backend (host memory, OpenMP over rows, OpenBLAS for GEMMs).
+ * What it is: the reference backend (host memory, OpenMP over rows, OpenBLAS for GEMMs) in
+ * three precisions. PREC_FP32: FP32 everywhere. PREC_BF16 emulates a BF16 GPU table: every
+ * entry computes in FP32 as before, then rounds every activation it stores to BF16 (round to
+ * nearest even, cpu_act_round), kept in FP32 containers (act_bytes = 4, so the values are
+ * exactly what a BF16 buffer would hold); Linear weights are read from BF16 compute copies
+ * (FP32 containers, rounded from the master by weight_refresh); GEMMs accumulate in FP32.
+ * Gradients, moments, norm statistics and router values stay FP32 (kernels/ops.h "Roles").
  * What it is not: a public API. Everything outside kernels/ goes through kernels/ops.h; the
  * semantics of each entry (shapes, overwrite vs accumulate) are documented there.
  *
@@ -17,7 +23,10 @@
  * (column blocks, fixed chunks, one head per thread), so 1 and 2 threads give identical bits;
  * the one exception is the Linear GEMMs, whose slab split may change OpenBLAS's blocking.
  *
+ * PREC_FP8 is PREC_BF16 with the Linear GEMMs of FP8 weights emulated in FP8 (cpu_fp8.c).
+ *
  * Files: cpu_dense.c (memory, elementwise, Linear, norms, embedding, loss, optimizer),
+ *        cpu_fp8.c (FP8 emulation of the Linear GEMMs),
  *        cpu_attention.c (RoPE, MLA key/value assembly, causal attention),
  *        cpu_moe.c (router, balance loss, token permutation).
  */
@@ -32,6 +41,8 @@ typedef struct CpuState {
     int threads;            /* OpenMP threads of every region (OpenBLAS: always 1) */
     float *scratch;         /* threads * scratch_stride floats, 64-byte aligned slots */
     size_t scratch_stride;  /* floats per thread slot (a multiple of 16) */
+    float *gemm;            /* gemm_n floats: quantised GEMM operands (cpu_fp8.c) */
+    size_t gemm_n;
 } CpuState;
 
 /* e^x in FP32, written so that loops calling it vectorise (glibc's expf has a vector variant
@@ -81,6 +92,9 @@ void cpu_blas_threads(int n);
  * regions, before the region that uses it. Contents are undefined. */
 float *cpu_scratch(Ops *o, size_t floats);
 size_t cpu_scratch_stride(Ops *o);
+/* One buffer of at least `floats` floats for a GEMM's quantised operands; grows on first
+ * need, contents undefined, one user at a time (outside OpenMP regions). */
+float *cpu_gemm_scratch(Ops *o, size_t floats);
 /* Release the state's buffers (the table itself is freed by ops_destroy). */
 void cpu_state_free(Ops *o);
 
@@ -90,6 +104,43 @@ void cpu_state_free(Ops *o);
 #define CPU_DECLARE(ret, name, params) ret cpu_##name params;
 OPS_ENTRIES(CPU_DECLARE)
 #undef CPU_DECLARE
+
+/* x rounded to BF16 (round to nearest, ties to even, on the bits), returned as FP32: the top
+ * 16 bits of the result are the BF16 value. Overflow rounds to +-inf as IEEE says; NaN stays
+ * NaN (quiet bit set, sign and top payload kept). Branch-free so the loops calling it
+ * vectorise. The same numbers as bf16_from_float of SPEC.md section 6. */
+static inline float cpu_bf16(float x)
+{
+    union { float f; uint32_t u; } v = { x };
+    uint32_t r = (v.u + 0x7FFFu + ((v.u >> 16) & 1u)) & 0xFFFF0000u;
+    uint32_t nan = -(uint32_t)((v.u & 0x7FFFFFFFu) > 0x7F800000u);
+    v.u = (r & ~nan) | ((v.u | 0x00400000u) & 0xFFFF0000u & nan);
+    return v.f;
+}
+
+/* Rounds n stored activations to the table's activation type: BF16 on the BF16 and FP8
+ * tables, nothing on the FP32 table. Every entry calls it on what it wrote. */
+void cpu_act_round(Ops *o, float *p, size_t n);
+
+/* The Linear products on FP32 buffers (cpu_dense.c): out (N,OC) = inp W^T (overwrites);
+ * dinp (N,IC) += dout W; dweight (OC,IC) += dout^T inp. */
+void cpu_gemm_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC);
+void cpu_gemm_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC);
+void cpu_gemm_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC, int OC);
+
+/* FP8 emulation (cpu_fp8.c): the compute copy of an FP8 weight (bytes, refresh) and the three
+ * products with quantised operands; wq is that compute copy (dequantised block values). */
+size_t cpu_fp8_weight_bytes(int rows, int cols);
+/* xq (n,K) = x quantised and dequantised: rows in 1x128 tiles along K (scales amax / 448, or
+ * powers of two when pow2); cols: columns in 128x1 tiles along the n tokens, power-of-two
+ * scales. Bit for bit kernels/fp8.h's fp8_quantize_tile + fp8_dequantize_tile. */
+void cpu_fp8_quantize_rows(Ops *o, float *xq, const float *x, int n, int K, int pow2);
+void cpu_fp8_quantize_cols(Ops *o, float *xq, const float *x, int n, int K);
+void cpu_fp8_weight_refresh(Ops *o, Wgt *w);
+void cpu_fp8_matmul_forward(Ops *o, float *out, const float *inp, const float *wq, int N, int IC, int OC);
+void cpu_fp8_matmul_backward_input(Ops *o, float *dinp, const float *dout, const float *wq, int N, int IC, int OC);
+void cpu_fp8_matmul_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC,
+                                    int OC);
 
 /* Activations are FP32 containers on every CPU table (act_bytes = 4). */
 static inline float *cpu_f(act *p) { return (float *)p; }

@@ -58,15 +58,26 @@ static void rope_rotate(Ops *o, float *x, const float *cos, const float *sin, co
     }
 }
 
+/* Rounds the span the rotation touched (values in it it did not write are stored
+ * activations already, and rounding is idempotent). */
+static void rope_round(Ops *o, act *x, const RopeShape *s)
+{
+    if (s->N <= 0 || s->H <= 0) return;
+    size_t end = (size_t)(s->N - 1) * s->row_stride + (size_t)(s->H - 1) * s->head_stride + s->offset + s->Dr;
+    cpu_act_round(o, cpu_f(x), end);
+}
+
 void cpu_rope_forward(Ops *o, act *x, const float *cos, const float *sin, const RopeShape *s)
 {
     rope_rotate(o, cpu_f(x), cos, sin, s, 1.0f);
+    rope_round(o, x, s);
 }
 
 /* The rotation is orthogonal, so its gradient is the inverse rotation of dx. */
 void cpu_rope_backward(Ops *o, act *dx, const float *cos, const float *sin, const RopeShape *s)
 {
     rope_rotate(o, cpu_f(dx), cos, sin, s, -1.0f);
+    rope_round(o, dx, s);
 }
 
 /* ---- MLA: k = [k_nope_h | k_rope], v = v_h from kv = [k_nope_h | v_h] ---- */
@@ -106,12 +117,14 @@ static void mla_kv_split_backward_f32(Ops *o, float *dkv, float *dk_rope, const 
 
 void cpu_mla_kv_split(Ops *o, act *k, act *v, const act *kv, const act *k_rope, const MlaKvShape *s)
 {
-    mla_kv_split_f32(o, cpu_f(k), cpu_f(v), cpu_cf(kv), cpu_cf(k_rope), s);
+    mla_kv_split_f32(o, cpu_f(k), cpu_f(v), cpu_cf(kv), cpu_cf(k_rope), s);   /* copies: no rounding */
 }
 
 void cpu_mla_kv_split_backward(Ops *o, act *dkv, act *dk_rope, const act *dk, const act *dv, const MlaKvShape *s)
 {
     mla_kv_split_backward_f32(o, cpu_f(dkv), cpu_f(dk_rope), cpu_cf(dk), cpu_cf(dv), s);
+    cpu_act_round(o, cpu_f(dkv), (size_t)s->N * s->H * (s->Dn + s->Dv));
+    cpu_act_round(o, cpu_f(dk_rope), (size_t)s->N * s->Dr);
 }
 
 /* ---- causal attention ---- */
@@ -250,6 +263,7 @@ void cpu_attention_forward(Ops *o, act *out, float *lse, const act *q, const act
                            const AttnShape *s)
 {
     attention_forward_f32(o, cpu_f(out), lse, cpu_cf(q), cpu_cf(k), cpu_cf(v), s);
+    if (s->B > 0 && s->T > 0 && s->H > 0) cpu_act_round(o, cpu_f(out), (size_t)s->B * s->T * s->H * s->Dv);
 }
 
 void cpu_attention_backward(Ops *o, act *dq, act *dk, act *dv, const act *dout, const act *q, const act *k,
@@ -257,4 +271,9 @@ void cpu_attention_backward(Ops *o, act *dq, act *dk, act *dv, const act *dout, 
 {
     attention_backward_f32(o, cpu_f(dq), cpu_f(dk), cpu_f(dv), cpu_cf(dout), cpu_cf(q), cpu_cf(k), cpu_cf(v),
                            cpu_cf(out), lse, s);
+    if (s->B <= 0 || s->T <= 0 || s->H <= 0) return;
+    const size_t rows = (size_t)s->B * s->T * s->H;
+    cpu_act_round(o, cpu_f(dq), rows * s->Dqk);
+    cpu_act_round(o, cpu_f(dk), rows * s->Dqk);
+    cpu_act_round(o, cpu_f(dv), rows * s->Dv);
 }

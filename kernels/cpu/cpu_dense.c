@@ -10,6 +10,7 @@
  * thread count or the block split.
  */
 #include "kernels/cpu/cpu.h"
+#include "kernels/fp8.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -33,6 +34,17 @@ void cpu_blas_threads(int n)
 
 size_t cpu_scratch_stride(Ops *o) { return ((CpuState *)o->state)->scratch_stride; }
 
+float *cpu_gemm_scratch(Ops *o, size_t floats)
+{
+    CpuState *st = o->state;
+    if (floats > st->gemm_n) {
+        free(st->gemm);
+        st->gemm = cpu_alloc(o, floats * sizeof(float));
+        st->gemm_n = floats;
+    }
+    return st->gemm;
+}
+
 float *cpu_scratch(Ops *o, size_t floats)
 {
     CpuState *st = o->state;
@@ -50,6 +62,7 @@ void cpu_state_free(Ops *o)
     CpuState *st = o->state;
     if (!st) return;
     free(st->scratch);
+    free(st->gemm);
     free(st);
     o->state = NULL;
 }
@@ -72,6 +85,14 @@ void cpu_synchronize(Ops *o) {}
 void cpu_act_upload(Ops *o, act *dst, const float *src_host, size_t n)
 {
     if (n) memcpy(dst, src_host, n * sizeof(float));
+    cpu_act_round(o, cpu_f(dst), n);
+}
+
+void cpu_act_round(Ops *o, float *p, size_t n)
+{
+    if (o->precision == PREC_FP32) return;
+    #pragma omp parallel for num_threads(cpu_threads(o)) if (n > CPU_PAR_MIN) schedule(static)
+    for (size_t i = 0; i < n; i++) p[i] = cpu_bf16(p[i]);
 }
 
 void cpu_act_download(Ops *o, float *dst_host, const act *src, size_t n)
@@ -85,8 +106,13 @@ void cpu_add(Ops *o, act *y_, const act *x_, size_t n)
 {
     float *y = cpu_f(y_);
     const float *x = cpu_cf(x_);
+    if (o->precision == PREC_FP32) {
+        #pragma omp parallel for num_threads(cpu_threads(o)) if (n > CPU_PAR_MIN) schedule(static)
+        for (size_t i = 0; i < n; i++) y[i] += x[i];
+        return;
+    }
     #pragma omp parallel for num_threads(cpu_threads(o)) if (n > CPU_PAR_MIN) schedule(static)
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    for (size_t i = 0; i < n; i++) y[i] = cpu_bf16(y[i] + x[i]);
 }
 
 void cpu_scale(Ops *o, float *x, float s, size_t n)
@@ -125,7 +151,7 @@ void cpu_concat_forward(Ops *o, act *out_, const act *a_, const act *b_, int N, 
     for (int n = 0; n < N; n++) {
         if (A) memcpy(out + n * W, a + (size_t)n * A, (size_t)A * sizeof(float));
         if (Bc) memcpy(out + n * W + A, b + (size_t)n * Bc, (size_t)Bc * sizeof(float));
-    }
+    }   /* copies of stored activations: already in the table's type */
 }
 
 void cpu_concat_backward(Ops *o, act *da_, act *db_, const act *dout_, int N, int A, int Bc)
@@ -139,6 +165,8 @@ void cpu_concat_backward(Ops *o, act *da_, act *db_, const act *dout_, int N, in
         for (int i = 0; i < A; i++) da[(size_t)n * A + i] += row[i];
         for (int i = 0; i < Bc; i++) db[(size_t)n * Bc + i] += row[A + i];
     }
+    cpu_act_round(o, da, (size_t)N * A);
+    cpu_act_round(o, db, (size_t)N * Bc);
 }
 
 /* ---- Linear: out = inp W^T with W (OC,IC), row-major sgemm ---- */
@@ -181,8 +209,8 @@ static void gemm_parallel(Ops *o, const Gemm *g)
     for (int i = 0; i < slabs; i++) gemm_slab(g, split_m, i * slab, i * slab + slab < dim ? i * slab + slab : dim);
 }
 
-/* The three Linear products on FP32 buffers. */
-static void gemm_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC)
+/* The three Linear products on FP32 buffers (cpu.h). */
+void cpu_gemm_forward(Ops *o, float *out, const float *inp, const float *weight, int N, int IC, int OC)
 {
     if (N <= 0 || OC <= 0) return;
     if (IC <= 0) { memset(out, 0, (size_t)N * OC * sizeof(float)); return; }
@@ -190,63 +218,89 @@ static void gemm_forward(Ops *o, float *out, const float *inp, const float *weig
     gemm_parallel(o, &g);
 }
 
-static void gemm_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC)
+void cpu_gemm_backward_input(Ops *o, float *dinp, const float *dout, const float *weight, int N, int IC, int OC)
 {
     if (N <= 0 || IC <= 0 || OC <= 0) return;
     Gemm g = { 0, 0, N, IC, OC, dout, weight, OC, IC, 1.0f, dinp, IC };
     gemm_parallel(o, &g);
 }
 
-static void gemm_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC, int OC)
+void cpu_gemm_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC, int OC)
 {
     if (N <= 0 || IC <= 0 || OC <= 0) return;
     Gemm g = { 1, 0, OC, IC, N, dout, inp, OC, IC, 1.0f, dweight, IC };
     gemm_parallel(o, &g);
 }
 
-/* Compute copies: on the FP32 table the master itself. */
+/* Compute copies: FP32 weights are their masters; BF16 copies hold the rounded values in
+ * FP32 containers (rows, cols). */
 size_t cpu_weight_bytes(Ops *o, WgtType t, int rows, int cols)
 {
-    (void)t, (void)rows, (void)cols;
-    return 0;
+    switch (t) {
+    case WGT_FP32: return 0;
+    case WGT_BF16: return (size_t)rows * cols * sizeof(float);
+    case WGT_FP8: return cpu_fp8_weight_bytes(rows, cols);
+    }
+    BUG("cpu_weight_bytes: weight type %d", (int)t);
 }
 
 void cpu_weight_refresh(Ops *o, Wgt *w)
 {
-    CHECK(w->data == w->master);
+    const size_t n = (size_t)w->rows * w->cols;
+    const float *src = w->master;
+    float *dst = w->data;
+    switch (w->type) {
+    case WGT_FP32:
+        CHECK(w->data == w->master);
+        return;
+    case WGT_BF16:
+        #pragma omp parallel for num_threads(cpu_threads(o)) if (n > CPU_PAR_MIN) schedule(static)
+        for (size_t i = 0; i < n; i++) dst[i] = cpu_bf16(src[i]);
+        return;
+    case WGT_FP8:
+        cpu_fp8_weight_refresh(o, w);
+        return;
+    }
+    BUG("cpu_weight_refresh: weight type %d", (int)w->type);
 }
 
 static const float *wgt_values(const Wgt *w) { return (const float *)w->data; }
 
 void cpu_matmul_forward(Ops *o, act *out, const act *inp, const Wgt *w, int N, int IC, int OC)
 {
-    gemm_forward(o, cpu_f(out), cpu_cf(inp), wgt_values(w), N, IC, OC);
+    if (w->type == WGT_FP8) cpu_fp8_matmul_forward(o, cpu_f(out), cpu_cf(inp), wgt_values(w), N, IC, OC);
+    else cpu_gemm_forward(o, cpu_f(out), cpu_cf(inp), wgt_values(w), N, IC, OC);
+    cpu_act_round(o, cpu_f(out), (size_t)N * OC);
 }
 
 void cpu_matmul_backward_input(Ops *o, act *dinp, const act *dout, const Wgt *w, int N, int IC, int OC)
 {
-    gemm_backward_input(o, cpu_f(dinp), cpu_cf(dout), wgt_values(w), N, IC, OC);
+    if (w->type == WGT_FP8) cpu_fp8_matmul_backward_input(o, cpu_f(dinp), cpu_cf(dout), wgt_values(w), N, IC, OC);
+    else cpu_gemm_backward_input(o, cpu_f(dinp), cpu_cf(dout), wgt_values(w), N, IC, OC);
+    cpu_act_round(o, cpu_f(dinp), (size_t)N * IC);
 }
 
 void cpu_matmul_backward_weight(Ops *o, float *dweight, const Wgt *w, const act *dout, const act *inp, int N, int IC,
                                 int OC)
 {
-    gemm_backward_weight(o, dweight, cpu_cf(dout), cpu_cf(inp), N, IC, OC);
+    if (w->type == WGT_FP8) cpu_fp8_matmul_backward_weight(o, dweight, cpu_cf(dout), cpu_cf(inp), N, IC, OC);
+    else cpu_gemm_backward_weight(o, dweight, cpu_cf(dout), cpu_cf(inp), N, IC, OC);
 }
 
 void cpu_router_forward(Ops *o, float *logits, const act *inp, const Wgt *w, int N, int C, int E)
 {
-    gemm_forward(o, logits, cpu_cf(inp), wgt_values(w), N, C, E);
+    cpu_gemm_forward(o, logits, cpu_cf(inp), wgt_values(w), N, C, E);
 }
 
 void cpu_router_backward_input(Ops *o, act *dinp, const float *dlogits, const Wgt *w, int N, int C, int E)
 {
-    gemm_backward_input(o, cpu_f(dinp), dlogits, wgt_values(w), N, C, E);
+    cpu_gemm_backward_input(o, cpu_f(dinp), dlogits, wgt_values(w), N, C, E);
+    cpu_act_round(o, cpu_f(dinp), (size_t)N * C);
 }
 
 void cpu_router_backward_weight(Ops *o, float *dweight, const float *dlogits, const act *inp, int N, int C, int E)
 {
-    gemm_backward_weight(o, dweight, dlogits, cpu_cf(inp), N, C, E);
+    cpu_gemm_backward_weight(o, dweight, dlogits, cpu_cf(inp), N, C, E);
 }
 
 /* ---- RMSNorm: y = w * x * r, r = 1/sqrt(mean(x^2) + eps) ---- */
@@ -266,6 +320,7 @@ void cpu_rmsnorm_forward(Ops *o, act *out_, float *rstd, const act *inp_, const 
         for (int c = 0; c < C; c++) y[c] = weight[c] * (x[c] * r);
         rstd[n] = r;
     }
+    cpu_act_round(o, out, (size_t)N * C);
 }
 
 /* Column block [c0, c1) of dweight += sum_n dy * x * r, rows in order. */
@@ -303,6 +358,7 @@ void cpu_rmsnorm_backward(Ops *o, act *dinp_, float *dweight, const act *dout_, 
         float k = (float)((double)r * r * r * dot / C);
         for (int c = 0; c < C; c++) dx[c] += r * weight[c] * dy[c] - x[c] * k;
     }
+    cpu_act_round(o, dinp, (size_t)N * C);
     int blocks = par ? nt : 1;
     int width = (C + blocks - 1) / blocks;
     #pragma omp parallel for num_threads(nt) if (par)
@@ -324,6 +380,7 @@ void cpu_swiglu_forward(Ops *o, act *out_, const act *gu_, int N, int F)
         float *y = out + (size_t)n * F;                        /* (F) */
         for (int f = 0; f < F; f++) y[f] = g[f] / (1.0f + cpu_exp(-g[f])) * u[f];
     }
+    cpu_act_round(o, out, (size_t)N * F);
 }
 
 /* d/dg silu(g) = sig(g) (1 + g (1 - sig(g))). */
@@ -342,6 +399,7 @@ void cpu_swiglu_backward(Ops *o, act *dgu_, const act *dout_, const act *gu_, in
             du[f] += dy[f] * g[f] * sg;
         }
     }
+    cpu_act_round(o, dgu, (size_t)N * 2 * F);
 }
 
 /* ---- embedding ---- */
@@ -354,6 +412,7 @@ void cpu_embedding_forward(Ops *o, act *out_, const int32_t *tokens, const float
     #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * C > CPU_PAR_MIN)
     for (int n = 0; n < N; n++)
         memcpy(out + (size_t)n * C, table + (size_t)tokens[n] * C, (size_t)C * sizeof(float));
+    cpu_act_round(o, out, (size_t)N * C);
 }
 
 /* Column blocks: each column adds its rows in token order, so repeated tokens never race. */
@@ -436,6 +495,7 @@ void cpu_xent_backward(Ops *o, act *dlogits_, const act *logits_, const int32_t 
         }
         dx[t] -= dl;
     }
+    cpu_act_round(o, dlogits, (size_t)N * V);
 }
 
 /* ---- AdamW ---- */

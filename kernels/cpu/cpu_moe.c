@@ -248,7 +248,7 @@ void cpu_moe_gather(Ops *o, act *xp_, const act *x_, const int32_t *pos, int N, 
     for (int n = 0; n < N; n++)
         for (int k = 0; k < K; k++)
             memcpy(xp + (size_t)pos[(size_t)n * K + k] * C, x + (size_t)n * C, (size_t)C * sizeof(float));
-}
+}   /* copies of stored activations: already in the table's type */
 
 void cpu_moe_gather_backward(Ops *o, act *dx_, const act *dxp_, const int32_t *pos, int N, int K, int C)
 {
@@ -262,6 +262,7 @@ void cpu_moe_gather_backward(Ops *o, act *dx_, const act *dxp_, const int32_t *p
             for (int c = 0; c < C; c++) d[c] += g[c];
         }
     }
+    cpu_act_round(o, dx, (size_t)N * C);
 }
 
 void cpu_moe_combine(Ops *o, act *y_, const act *yp_, const float *w, const int32_t *pos, int N, int K, int C)
@@ -277,6 +278,7 @@ void cpu_moe_combine(Ops *o, act *y_, const act *yp_, const float *w, const int3
             for (int c = 0; c < C; c++) out[c] += wk * src[c];
         }
     }
+    cpu_act_round(o, y, (size_t)N * C);
 }
 
 /* Each (n, k) owns its row pos[n, k], so rows of dyp never race. */
@@ -299,4 +301,5 @@ void cpu_moe_combine_backward(Ops *o, act *dyp_, float *dw, const act *dy_, cons
             dw[(size_t)n * K + k] += (float)dot;
         }
     }
+    cpu_act_round(o, dyp, (size_t)N * K * C);
 }

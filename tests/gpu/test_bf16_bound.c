@@ -15,6 +15,7 @@
  * order, which the bounds cover like any other.
  */
 #include <math.h>
+#include "kernels/fp8.h"
 #include <stdio.h>
 #include <stdlib.h>
 

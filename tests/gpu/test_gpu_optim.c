@@ -7,6 +7,7 @@
  * Without a GPU: "SKIP: no CUDA GPU (...)", exit 77.
  */
 #include <cuda_runtime.h>
+#include "kernels/fp8.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -16,6 +16,7 @@
  * trainer's tests), h5py / transformers interop (tests/interop/). */
 #define _GNU_SOURCE
 #include <hdf5.h>
+#include "kernels/fp8.h"
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>

@@ -29,6 +29,7 @@
  * O(|g|) ~ 0.1..1, so the check can fail.
  */
 #include <math.h>
+#include "kernels/fp8.h"
 #include <stdint.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -624,7 +625,7 @@ static void test_thread_equality(void)
  * backend's compiled-in fill (checked without a GPU); and the check finds an emptied entry. */
 static void test_entries_filled(void)
 {
-    const Precision precs[] = { PREC_FP32 };
+    const Precision precs[] = { PREC_FP32, PREC_BF16, PREC_FP8 };
     for (size_t i = 0; i < sizeof precs / sizeof precs[0]; i++) {
         Ops *o = ops_cpu_create(1, precs[i]);
         const char *e = ops_first_empty(o);
@@ -650,7 +651,7 @@ static void test_entries_filled(void)
 
 /* ---- DIE paths: run in a child, check its exit status and stderr ---- */
 
-static void die_bf16(void) { ops_cpu_create(1, PREC_BF16); }
+static void die_threads(void) { ops_cpu_create(-1, PREC_FP32); }
 #ifndef DSTRAIN_HAVE_CUDA /* with CUDA built in, tests/gpu checks the no-GPU message */
 static void die_cuda(void) { ops_destroy(ops_cuda_create(PREC_FP32)); }
 #endif
@@ -699,7 +700,7 @@ int main(void)
     test_thread_equality();
     test_entries_filled();
 
-    expect_die("cpu with bf16", die_bf16, "supports precision 'fp32' only");
+    expect_die("cpu with -1 threads", die_threads, "thread count -1 is negative");
 #ifndef DSTRAIN_HAVE_CUDA
     expect_die("cuda without CUDA", die_cuda,
                "device 'cuda': this dstrain was built without CUDA (nvcc was not found at build time)");
