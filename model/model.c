@@ -39,14 +39,20 @@ static void plan_backward(Model *m, Arena *ar)
     const Dims *d = &m->d;
     const size_t NC = (size_t)d->N * d->C * d->act_bytes;
     scratch_plan(&m->s, d, ar);
+    if (m->train == MODEL_TRAIN_SPLIT) {
+        for (int b = 0; b < m->nblocks; b++) block_bwd_plan(&m->bw[b], d, m->is_moe[b], ar);
+        for (int k = 0; k < d->D; k++) mtp_bwd_plan(&m->mtp_bw[k], d, ar);
+    } else {
+        /* W follows B block by block: one set serves every block and module in turn */
+        block_bwd_plan(&m->bw[0], d, -1, ar);
+        for (int b = 1; b < m->nblocks; b++) m->bw[b] = m->bw[0];
+        mtp_bwd_plan(&m->mtp_bw[0], d, ar);
+        for (int k = 1; k < d->D; k++) m->mtp_bw[k] = m->mtp_bw[0];
+    }
     m->dres = arena_take(ar, NC);
     m->dhf = arena_take(ar, NC);
     m->dh_chain = arena_take(ar, NC);
     m->dcat = arena_take(ar, 2 * NC);
-    m->den = arena_take(ar, NC);
-    m->dhn = arena_take(ar, NC);
-    m->de = arena_take(ar, NC);
-    m->dshn = arena_take(ar, NC);
 }
 
 /* Two-pass arena: count, allocate once, take again in the same order. */
@@ -125,6 +131,7 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
         DIE("model: 'train.seq_len' = %d leaves no position for MTP depth %d", T, c->num_nextn_predict_layers);
     if (strcmp(c->attention, "mla") != 0)
         DIE("model: 'model.attention' = '%s' can be planned but not trained; training supports 'mla'", c->attention);
+    CHECK(train == MODEL_EVAL || train == MODEL_TRAIN || train == MODEL_TRAIN_SPLIT);
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *c;
     m->o = o;
@@ -149,6 +156,7 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
     m->g = xcalloc((size_t)m->nblocks, sizeof(BlockGrads));
     m->expert_wgts = xcalloc((size_t)m->n_moe * 2 * m->d.E + 1, sizeof(Wgt));
     m->acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
+    m->bw = xcalloc((size_t)m->nblocks, sizeof(BlockBwd));
 
     m->bytes_params = m->table.total * sizeof(float);
     m->params = o->alloc(o, m->bytes_params);
@@ -197,6 +205,7 @@ void model_destroy(Model *m)
     free(m->expert_wgts);
     free(m->wgts);
     free(m->acts);
+    free(m->bw);
     free(m->host_tokens);
     free(m->host_losses);
     free(m->host_counts);
@@ -301,16 +310,26 @@ void block_forward(Model *m, int b, const act *x_in, int train)
     }
 }
 
-void block_backward(Model *m, int b, const act *x_in, act *dres)
+void block_backward_input(Model *m, int b, const act *x_in, act *dres)
 {
     Ctx x = model_ctx(m);
     if (m->is_moe[b]) {
         MoeStats st = model_moe_stats(m, b, 1);
-        moe_backward(&x, &m->w[b], &m->g[b], &m->acts[b], &st, dres);
+        moe_backward_input(&x, &m->w[b], &m->bw[b], &m->acts[b], &st, dres);
     } else {
-        ffn_backward(&x, &m->w[b], &m->g[b], &m->acts[b], dres);
+        ffn_backward_input(&x, &m->w[b], &m->bw[b], &m->acts[b], dres);
     }
-    mla_backward(&x, &m->w[b], &m->g[b], &m->acts[b], x_in, dres);
+    mla_backward_input(&x, &m->w[b], &m->bw[b], &m->acts[b], x_in, dres);
+}
+
+void block_backward_weight(Model *m, int b, const act *x_in)
+{
+    Ctx x = model_ctx(m);
+    if (m->is_moe[b])
+        moe_backward_weight(&x, &m->w[b], &m->g[b], &m->bw[b], &m->acts[b]);
+    else
+        ffn_backward_weight(&x, &m->w[b], &m->g[b], &m->bw[b], &m->acts[b]);
+    mla_backward_weight(&x, &m->w[b], &m->g[b], &m->bw[b], &m->acts[b], x_in);
 }
 
 /* Mean of the first n host losses over the rows whose weight mask is set. */
@@ -362,24 +381,76 @@ void model_forward(Model *m, const int32_t *window, int train, ModelLoss *loss)
     }
 }
 
-void model_backward(Model *m)
+static const act *block_input(const Model *m, int b)
+{
+    return b > 0 ? m->acts[b - 1].x_out : m->x0;
+}
+
+static void backward_start(Model *m)
+{
+    const size_t NC = (size_t)m->d.N * m->d.C * m->o->act_bytes;
+    CHECK(m->train);
+    m->o->zero(m->o, m->dhf, NC);
+    m->o->zero(m->o, m->dh_chain, NC);
+}
+
+/* Head and final norm, B: dhf (dL/dh^0, MTP module 1's share already in) gets the head's
+ * share; dres becomes dL/d(last block's output). */
+static void head_backward_input(Model *m)
 {
     Ops *o = m->o;
     const Dims *d = &m->d;
-    CHECK(m->train);
-    const size_t NC = (size_t)d->N * d->C * o->act_bytes;
-    o->zero(o, m->dhf, NC);
-    o->zero(o, m->dh_chain, NC);
-    for (int k = d->D; k >= 1; k--) mtp_backward(m, k);
-
     o->matmul_backward_input(o, m->dhf, m->logits, &m->head, d->N, d->C, d->V);
+    o->zero(o, m->dres, (size_t)d->N * d->C * o->act_bytes);
+    o->rmsnorm_backward_input(o, m->dres, m->dhf, block_input(m, d->L), m->final_norm, m->hf_rstd, d->N, d->C);
+}
+
+static void head_backward_weight(Model *m)
+{
+    Ops *o = m->o;
+    const Dims *d = &m->d;
     o->matmul_backward_weight(o, m->g_head, &m->head, m->logits, m->hf, d->N, d->C, d->V);
-    const act *x_last = d->L > 0 ? m->acts[d->L - 1].x_out : m->x0;
-    o->zero(o, m->dres, NC);
-    o->rmsnorm_backward(o, m->dres, m->g_final_norm, m->dhf, x_last, m->final_norm, m->hf_rstd, d->N, d->C);
-    for (int b = d->L - 1; b >= 0; b--)
-        block_backward(m, b, b > 0 ? m->acts[b - 1].x_out : m->x0, m->dres);
-    o->embedding_backward(o, m->g_embed, m->dres, m->tokens, d->N, d->C);
+    o->rmsnorm_backward_weight(o, m->g_final_norm, m->dhf, block_input(m, d->L), m->hf_rstd, d->N, d->C);
+}
+
+/* B and W unit by unit (MTP modules last to first, head, blocks last to first, embedding). */
+void model_backward(Model *m)
+{
+    const Dims *d = &m->d;
+    backward_start(m);
+    for (int k = d->D; k >= 1; k--) {
+        mtp_backward_input(m, k);
+        mtp_backward_weight(m, k);
+    }
+    head_backward_input(m);
+    head_backward_weight(m);
+    for (int b = d->L - 1; b >= 0; b--) {
+        block_backward_input(m, b, block_input(m, b), m->dres);
+        block_backward_weight(m, b, block_input(m, b));
+    }
+    m->o->embedding_backward(m->o, m->g_embed, m->dres, m->tokens, d->N, d->C);
+}
+
+void model_backward_input(Model *m)
+{
+    const Dims *d = &m->d;
+    CHECK(m->train == MODEL_TRAIN_SPLIT);
+    backward_start(m);
+    for (int k = d->D; k >= 1; k--) mtp_backward_input(m, k);
+    head_backward_input(m);
+    for (int b = d->L - 1; b >= 0; b--) block_backward_input(m, b, block_input(m, b), m->dres);
+}
+
+/* The units in model_backward's order, so the head and the embedding (shared with MTP) get
+ * their contributions in the same order. dres still holds dL/dx0 from model_backward_input. */
+void model_backward_weight(Model *m)
+{
+    const Dims *d = &m->d;
+    CHECK(m->train == MODEL_TRAIN_SPLIT);
+    for (int k = d->D; k >= 1; k--) mtp_backward_weight(m, k);
+    head_backward_weight(m);
+    for (int b = d->L - 1; b >= 0; b--) block_backward_weight(m, b, block_input(m, b));
+    m->o->embedding_backward(m->o, m->g_embed, m->dres, m->tokens, d->N, d->C);
 }
 
 void model_logits(Model *m, int pos, float *out)

@@ -35,13 +35,21 @@ typedef struct MtpActs {
     float *losses;              /* (N) */
 } MtpActs;
 
+/* What module k's backward-input leaves for its backward-weight (layers.h BlockBwd). */
+typedef struct MtpBwd {
+    act *dshn;                  /* (N,C) shared_head.norm's output gradient */
+    act *dhprime;               /* (N,C) eh_proj's output gradient */
+    act *den, *dhn;             /* (N,C) enorm's and hnorm's output gradients */
+    act *de;                    /* (N,C) the embedding's output gradient */
+} MtpBwd;
+
 struct Model {
     ModelConfig cfg;
     Ops *o;
     ParamTable table;
     Dims d;
     EpGroup ep;                 /* the expert-parallel group when d.ep == &ep */
-    int train;
+    int train;                  /* MODEL_EVAL, MODEL_TRAIN or MODEL_TRAIN_SPLIT */
     int nblocks;                /* L main blocks + D MTP blocks */
     int *is_moe;                /* (nblocks) */
     int n_moe;                  /* MoE blocks (main and MTP) */
@@ -83,7 +91,10 @@ struct Model {
 
     /* backward (scratch_arena) */
     Scratch s;
-    act *dres, *dhf, *dh_chain, *dcat, *den, *dhn, *de, *dshn;     /* (N,C) each, dcat (N,2C) */
+    BlockBwd *bw;               /* (nblocks) what B leaves for W: one set every block shares, or
+                                 * (MODEL_TRAIN_SPLIT) one per block */
+    MtpBwd mtp_bw[MTP_MAX];     /* likewise per MTP module */
+    act *dres, *dhf, *dh_chain, *dcat;     /* (N,C) each, dcat (N,2C) */
 
     double lambda, alpha;
     int32_t *host_tokens;       /* (2N) staging */
@@ -100,7 +111,9 @@ struct Model {
 Ctx model_ctx(Model *m);
 MoeStats model_moe_stats(Model *m, int block, int train);
 void block_forward(Model *m, int b, const act *x_in, int train);
-void block_backward(Model *m, int b, const act *x_in, act *dres);
+/* Backward of block b: B (dres: dL/dx_out in, dL/dx_in out) and W. */
+void block_backward_input(Model *m, int b, const act *x_in, act *dres);
+void block_backward_weight(Model *m, int b, const act *x_in);
 double model_download_mean(Model *m, const float *dev, int n, int valid);
 
 void mtp_bind(MtpWeights *w, Ops *o, const ParamTable *t, float *params, int layer, Arena *copies);
@@ -108,7 +121,10 @@ void mtp_bind_grads(MtpGrads *g, const ParamTable *t, float *grads, int layer);
 void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar);
 /* Forward of module k (1-based) from h_prev (N,C); returns its mean loss. */
 double mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, int train);
-/* Backward of module k; accumulates dL/dh_prev into m->dhf (k = 1) or m->dh_chain. */
-void mtp_backward(Model *m, int k);
+void mtp_bwd_plan(MtpBwd *b, const Dims *d, Arena *ar);
+/* Backward of module k. B accumulates dL/dh_prev into m->dhf (k = 1) or m->dh_chain; W adds
+ * its weights' gradients (the shared head's and embedding's included). */
+void mtp_backward_input(Model *m, int k);
+void mtp_backward_weight(Model *m, int k);
 
 #endif
