@@ -43,6 +43,28 @@ typedef struct MtpBwd {
     act *de;                    /* (N,C) the embedding's output gradient */
 } MtpBwd;
 
+/* One micro-batch in flight on a stage (model/stage.h): its token ids, activations, losses,
+ * residual gradient, and what its B leaves for its W. Only the stage's blocks are planned;
+ * the head's and MTP's buffers only on the last stage. */
+typedef struct ModelSlot {
+    int32_t *tokens, *targets;  /* (N) */
+    act *x0;                    /* (N,C) the embedding output, or the input received from the
+                                 * previous stage */
+    BlockActs *acts;            /* (nblocks) */
+    act *hf;                    /* (N,C) final norm output = h^0 */
+    float *hf_rstd;             /* (N) */
+    act *logits;                /* (N,V) */
+    float *losses;              /* (N) */
+    float *bal_loss;            /* (n_moe, B) */
+    MtpActs mtp[MTP_MAX];
+    BlockBwd *bw;               /* (nblocks) what B leaves for W: per block with
+                                 * MODEL_TRAIN_SPLIT, else one set every block shares */
+    MtpBwd mtp_bw[MTP_MAX];     /* likewise per MTP module */
+    act *dres;                  /* (N,C) residual gradient: dL/d(stage output) received by a
+                                 * stage that is not last; dL/d(stage input) after B */
+    act *dhf, *dh_chain;        /* (N,C) dL/dh^0, and dL/dh^k between MTP modules */
+} ModelSlot;
+
 struct Model {
     ModelConfig cfg;
     Ops *o;
@@ -50,6 +72,11 @@ struct Model {
     Dims d;
     EpGroup ep;                 /* the expert-parallel group when d.ep == &ep */
     int train;                  /* MODEL_EVAL, MODEL_TRAIN or MODEL_TRAIN_SPLIT */
+    int lo, hi, first, last;    /* the stage: main blocks [lo, hi), embedding when first, final
+                                 * norm, head and MTP when last (the whole model: 0, L, 1, 1) */
+    int n_slots;
+    ModelSlot *slots;           /* (n_slots) */
+    ModelSlot *sl;              /* the slot the calls below work on */
     int nblocks;                /* L main blocks + D MTP blocks */
     int *is_moe;                /* (nblocks) */
     int n_moe;                  /* MoE blocks (main and MTP) */
@@ -73,28 +100,16 @@ struct Model {
     size_t bytes_params, bytes_acts, bytes_scratch, bytes_copies;
 
     /* activations (act_arena) */
-    int32_t *tokens, *targets;  /* (N) */
-    act *x0;                    /* (N,C) embedding output */
-    BlockActs *acts;            /* (nblocks) */
-    act *hf;                    /* (N,C) final norm output = h^0 */
-    float *hf_rstd;             /* (N) */
-    act *logits;                /* (N,V) */
-    float *losses;              /* (N) */
     float *dloss_main;          /* (N) */
     float *logits_r;            /* (N,E) router logits temporary */
     float *rope_cos, *rope_sin; /* (T, Dr/2) */
     float attn_scale;
     float *counts;              /* (n_moe, E) tokens per expert since model_zero_counts */
-    float *bal_loss;            /* (n_moe, B) */
     float *bal_dloss;           /* (B) */
-    MtpActs mtp[MTP_MAX];
 
     /* backward (scratch_arena) */
     Scratch s;
-    BlockBwd *bw;               /* (nblocks) what B leaves for W: one set every block shares, or
-                                 * (MODEL_TRAIN_SPLIT) one per block */
-    MtpBwd mtp_bw[MTP_MAX];     /* likewise per MTP module */
-    act *dres, *dhf, *dh_chain, *dcat;     /* (N,C) each, dcat (N,2C) */
+    act *dcat;                  /* (N,2C) */
 
     double lambda, alpha;
     int32_t *host_tokens;       /* (2N) staging */
@@ -109,6 +124,8 @@ struct Model {
 };
 
 Ctx model_ctx(Model *m);
+/* Compute copies from the masters, when the masters may have changed (model_params). */
+void model_refresh_weights(Model *m);
 MoeStats model_moe_stats(Model *m, int block, int train);
 void block_forward(Model *m, int b, const act *x_in, int train);
 /* Backward of block b: B (dres: dL/dx_out in, dL/dx_in out) and W. */
