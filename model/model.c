@@ -278,6 +278,15 @@ float *model_params(Model *m)
 float *model_grads(Model *m) { return m->grads; }
 int model_n_moe_layers(const Model *m) { return m->n_moe; }
 
+void model_memory(const Model *m, ModelMemory *mm)
+{
+    mm->params = m->bytes_params;
+    mm->grads = m->grads ? m->bytes_params : 0;
+    mm->copies = m->bytes_copies;
+    mm->acts = m->bytes_acts;
+    mm->scratch = m->bytes_scratch;
+}
+
 void model_print_memory(const Model *m, FILE *f)
 {
     const double MiB = 1024.0 * 1024.0;

@@ -68,6 +68,8 @@ float *model_params(Model *m);          /* backend memory, table order */
 float *model_grads(Model *m);           /* backend memory, table order; NULL if !train */
 /* Bytes per lifetime class, for the start-up memory table. */
 void model_print_memory(const Model *m, FILE *f);
+typedef struct ModelMemory { size_t params, grads, copies, acts, scratch; } ModelMemory;
+void model_memory(const Model *m, ModelMemory *mm);
 
 /* Initial weights from the table's init rules, deterministic in seed. */
 void model_init_params(Model *m, uint64_t seed);

@@ -38,17 +38,20 @@
 #include "metrics.h"
 #include "optim.h"
 
+struct PpTrainer;
+
 typedef struct Trainer {
     Config cfg;
     char *config_text;          /* the resolved config, as written to the run directory */
     char *run_dir;
     Ops *o;
-    Model *model;
+    Model *model;               /* the model; under pp > 1 this rank's first stage */
+    struct PpTrainer *pp;       /* pipeline state when groups->pp > 1 (runtime/train_pp.h), else NULL */
     Optimizer opt;
     DataLoader *train, *val;
     int32_t *window;            /* (B, T+1) host tokens of one micro-batch */
     Groups *groups;             /* the parallel layout (not owned) */
-    int root;                   /* dp_rank 0: prints, writes metrics and checkpoints */
+    int root;                   /* stage 0, dp_rank 0: prints, writes metrics and checkpoints */
     Metrics *metrics;           /* NULL except on the root */
     CkptWriter *ckpt;
     float *host_counts;         /* (n_moe_layers, E) expert loads being summed over dp */

@@ -13,7 +13,7 @@
  * gradients (DualPipe's two copies of a stage; under 1F1B/ZB1P the last stage's embedding
  * copy for MTP) stay in each stage's gradient buffer: the caller sums them.
  *
- * Links. A PipeLink moves one (N, C) boundary tensor per message between two ranks. Each
+ * Links (comm/p2p.h). A PipeLink moves one (N, C) boundary tensor per message between two ranks. Each
  * message carries a header (kind, micro-batch, sending stage) that the receiver checks against
  * what it expects, so a transfer that arrives out of order or from the wrong stage is a BUG,
  * not a silent wrong gradient. Messages between two ranks of one kind arrive in send order.
@@ -33,30 +33,9 @@
 
 #include <stddef.h>
 
+#include "comm/p2p.h"
 #include "model/stage.h"
 #include "runtime/pipeline/schedule.h"
-
-typedef enum { PIPE_ACT = 0, PIPE_GRAD = 1 } PipeKind;
-
-/* What a message says it carries: the receiver compares it with what it expects. */
-typedef struct PipeHeader {
-    int kind;               /* PipeKind */
-    int mb;                 /* micro-batch */
-    int stage;              /* the sending stage */
-} PipeHeader;
-
-typedef struct PipeLink PipeLink;
-struct PipeLink {
-    /* Post a send of bytes from buf (backend memory, readable again at once: the link copies
-     * or stages it) to rank peer. */
-    void (*send)(PipeLink *l, int peer, const PipeHeader *h, const void *buf, size_t bytes);
-    /* 1 when the next message of h->kind from peer has arrived: its payload is in buf and its
-     * header in *got; 0 when it has not arrived yet (only a non-blocking link returns 0). */
-    int (*recv)(PipeLink *l, int peer, int kind, PipeHeader *got, void *buf, size_t bytes);
-    /* Completes this rank's sends of the step. */
-    void (*finish)(PipeLink *l);
-    void *state;
-};
 
 /* In-memory mailboxes for pp ranks in one process (ops: the backend the payloads live in). */
 typedef struct PipeMailbox PipeMailbox;

@@ -1,0 +1,388 @@
+/* runtime/train_pp.c - the pipeline-parallel training step, validation and checkpoint state
+ * (runtime/train_pp.h). Not here: the loop, metrics and checkpoint writing (train.c), the
+ * schedule (runtime/pipeline/schedule.c), running it (runtime/pipeline/executor.c).
+ */
+#include "runtime/train_pp.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm/p2p.h"
+#include "model/stage.h"
+#include "runtime/common.h"
+#include "runtime/pipeline/executor.h"
+#include "runtime/pipeline/schedule.h"
+
+#define PP_MAX_RUNS 8
+
+/* The AdamW shard of one contiguous run [lo, hi) of the table a chunk holds. */
+typedef struct PpRun {
+    size_t lo, hi;
+    Optimizer opt;
+} PpRun;
+
+struct PpTrainer {
+    Schedule sched;
+    Model *stage[2];            /* [chunk] */
+    StageSpec spec[2];
+    PpRun runs[2][PP_MAX_RUNS];
+    int n_runs[2];
+    unsigned char *first_holder[2];     /* [chunk][entry]: this rank's chunk is the entry's first holder */
+    PipeLink *link;
+    PipeExec ex;
+    int32_t **windows;          /* [C] (B, T+1) host */
+    ModelLoss *losses;          /* [C] */
+    float *host_grad, *host_tmp;        /* (total) */
+    float *counts, *counts_tmp;         /* (n_moe, E) */
+};
+
+static int n_chunks(const Trainer *t) { return t->pp->sched.n_chunks; }
+
+/* Whether stage sp holds table entry p (model/stage.h: what a stage binds). */
+static int stage_holds(const Param *p, const StageSpec *sp, const ModelConfig *c)
+{
+    const int L = c->num_hidden_layers;
+    if (p->layer >= L) return sp->last;
+    if (p->layer >= 0) return p->layer >= sp->lo && p->layer < sp->hi;
+    if (p->role == ROLE_EMBED) return sp->first || (sp->last && c->num_nextn_predict_layers > 0);
+    return sp->last;        /* final norm, head */
+}
+
+static void spec_of(const Trainer *t, int rank, int chunk, StageSpec *sp)
+{
+    const Schedule *s = &t->pp->sched;
+    stage_split(t->cfg.model.num_hidden_layers, s->n_stages, sched_stage_of(s, rank, chunk), sp);
+    sp->n_slots = pipe_exec_slots(s, rank, chunk);
+}
+
+/* The contiguous runs of the table chunk c holds, one AdamW shard each; and which entries this
+ * chunk is the first holder of (ranks, then chunks, in order), for the checkpoint gather. */
+static void plan_ownership(Trainer *t, int c)
+{
+    struct PpTrainer *p = t->pp;
+    const ParamTable *pt = model_table(p->stage[c]);
+    const int me = t->groups->stage;
+    p->first_holder[c] = xcalloc((size_t)pt->n, 1);
+    for (int i = 0; i < pt->n; i++) {
+        const Param *e = &pt->p[i];
+        if (!stage_holds(e, &p->spec[c], &t->cfg.model)) continue;
+        PpRun *last = p->n_runs[c] ? &p->runs[c][p->n_runs[c] - 1] : NULL;
+        if (last && last->hi == e->offset) {
+            last->hi += e->numel;
+        } else {
+            if (p->n_runs[c] == PP_MAX_RUNS) BUG("pp: more than %d runs of the table on one stage", PP_MAX_RUNS);
+            PpRun *r = &p->runs[c][p->n_runs[c]++];
+            r->lo = e->offset;
+            r->hi = e->offset + e->numel;
+        }
+        int first = 1;
+        for (int r = 0; r <= me && first; r++)
+            for (int k = 0; k < p->sched.n_chunks && (r < me || k < c); k++) {
+                StageSpec sp;
+                spec_of(t, r, k, &sp);
+                if (stage_holds(e, &sp, &t->cfg.model)) first = 0;
+            }
+        p->first_holder[c][i] = (unsigned char)first;
+    }
+    for (int r = 0; r < p->n_runs[c]; r++)
+        optim_init_shard(&p->runs[c][r].opt, t->o, pt, &t->cfg.optim, t->cfg.train.bf16_moments, p->runs[c][r].lo,
+                         p->runs[c][r].hi);
+}
+
+static int count_sends(const SchedList *l)
+{
+    int n = 0;
+    for (int i = 0; i < l->n; i++) n += l->ins[i].op == SOP_SEND_F || l->ins[i].op == SOP_SEND_B;
+    return n;
+}
+
+void pp_setup(Trainer *t, const World *w, Groups *g)
+{
+    const Config *cfg = &t->cfg;
+    const TrainConfig *tc = &cfg->train;
+    const int B = tc->micro_batch_size, T = tc->seq_len, C = tc->grad_accum;
+    if (g->dp != 1 || g->ep != 1)
+        DIE("train: 'parallel.pp' = %d with 'parallel.dp' = %d: this build pipelines with dp = 1 and ep = 1 only",
+            g->pp, g->dp);
+    struct PpTrainer *p = t->pp = xcalloc(1, sizeof *p);
+    SchedKind kind;
+    if (sched_kind_parse(cfg->parallel.schedule, &kind)) BUG("schedule '%s' passed validation", cfg->parallel.schedule);
+    sched_build(&p->sched, kind, g->pp, C);
+    for (int c = 0; c < p->sched.n_chunks; c++) {
+        spec_of(t, g->stage, c, &p->spec[c]);
+        p->stage[c] = stage_create(&cfg->model, t->o, B, T, MODEL_TRAIN_SPLIT, &p->spec[c], NULL, w->node);
+        model_init_params(p->stage[c], (uint64_t)tc->seed);
+        plan_ownership(t, c);
+    }
+    t->model = p->stage[0];
+    p->link = p2p_link_create(g->pp_comm, t->o, stage_io_bytes(p->stage[0]),
+                              count_sends(&p->sched.rank[g->stage]) + 1);
+    pipe_exec_init(&p->ex, &p->sched, g->stage, p->stage, p->link);
+    p->windows = xcalloc((size_t)C, sizeof(int32_t *));
+    for (int i = 0; i < C; i++) p->windows[i] = xcalloc((size_t)B * (T + 1), sizeof(int32_t));
+    p->losses = xcalloc((size_t)C, sizeof(ModelLoss));
+    const size_t total = model_table(t->model)->total;
+    p->host_grad = xmalloc(total * sizeof(float));
+    p->host_tmp = xmalloc(total * sizeof(float));
+    const size_t nc = (size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1;
+    p->counts = xcalloc(nc, sizeof(float));
+    p->counts_tmp = xcalloc(nc, sizeof(float));
+}
+
+void pp_free(Trainer *t)
+{
+    struct PpTrainer *p = t->pp;
+    if (!p) return;
+    pipe_exec_free(&p->ex);
+    p2p_link_free(p->link);
+    for (int c = 0; c < p->sched.n_chunks; c++) {
+        for (int r = 0; r < p->n_runs[c]; r++) optim_free(&p->runs[c][r].opt);
+        free(p->first_holder[c]);
+        model_destroy(p->stage[c]);
+    }
+    for (int i = 0; i < p->sched.micro_batches; i++) free(p->windows[i]);
+    free(p->windows);
+    free(p->losses);
+    free(p->host_grad);
+    free(p->host_tmp);
+    free(p->counts);
+    free(p->counts_tmp);
+    sched_free(&p->sched);
+    free(p);
+    t->pp = NULL;
+    t->model = NULL;
+}
+
+/* host (total) <- the sum over this rank's chunks of `get(stage)` (backend memory). */
+static void sum_chunks(Trainer *t, float *host, float *(*get)(Model *))
+{
+    struct PpTrainer *p = t->pp;
+    const size_t total = model_table(t->model)->total;
+    t->o->download(t->o, host, get(p->stage[0]), total * sizeof(float));
+    for (int c = 1; c < n_chunks(t); c++) {
+        t->o->download(t->o, p->host_tmp, get(p->stage[c]), total * sizeof(float));
+        for (size_t i = 0; i < total; i++) host[i] += p->host_tmp[i];
+    }
+}
+
+/* Every chunk's gradient buffer <- the whole gradient (the sum over chunks and ranks). */
+static void reduce_grads(Trainer *t)
+{
+    struct PpTrainer *p = t->pp;
+    const size_t total = model_table(t->model)->total;
+    sum_chunks(t, p->host_grad, model_grads);
+    comm_allreduce(t->groups->pp_comm, p->host_grad, total, COMM_F32, COMM_SUM);
+    for (int c = 0; c < n_chunks(t); c++)
+        t->o->upload(t->o, model_grads(p->stage[c]), p->host_grad, total * sizeof(float));
+}
+
+/* The step's expert loads: each stage counts its MoE layers; summed over chunks and ranks
+ * (integer counts: exact), then the bias update on every stage. */
+static void reduce_counts(Trainer *t, StepMetrics *s, double gamma)
+{
+    struct PpTrainer *p = t->pp;
+    const size_t n = (size_t)model_n_moe_layers(t->model) * t->cfg.model.n_routed_experts;
+    if (n == 0) return;
+    model_expert_counts(p->stage[0], p->counts);
+    for (int c = 1; c < n_chunks(t); c++) {
+        model_expert_counts(p->stage[c], p->counts_tmp);
+        for (size_t i = 0; i < n; i++) p->counts[i] += p->counts_tmp[i];
+    }
+    comm_allreduce(t->groups->pp_comm, p->counts, n, COMM_F32, COMM_SUM);
+    for (int c = 0; c < n_chunks(t); c++) model_set_expert_counts(p->stage[c], p->counts);
+    LoadStats ls = model_load_stats(p->stage[0]);
+    s->maxvio = ls.maxvio_mean;
+    s->maxvio_max = ls.maxvio_max;
+    for (int c = 0; c < n_chunks(t); c++) model_bias_update(p->stage[c], gamma, t->cfg.moe.bias_zero_mean);
+}
+
+/* Per micro-batch losses summed over the ranks (main and MTP: one rank reports each, the
+ * others hold zero; balance: each stage its layers' share), then the step's means. */
+static void reduce_losses(Trainer *t, StepMetrics *s)
+{
+    struct PpTrainer *p = t->pp;
+    const int M = p->sched.micro_batches, D = t->cfg.model.num_nextn_predict_layers, W = 2 + D;
+    double *v = xcalloc((size_t)M * W, sizeof(double));
+    for (int i = 0; i < M; i++) {
+        v[i * W] = p->losses[i].main;
+        v[i * W + 1] = p->losses[i].balance;
+        for (int k = 0; k < D; k++) v[i * W + 2 + k] = p->losses[i].mtp[k];
+    }
+    comm_allreduce(t->groups->pp_comm, v, (size_t)M * W, COMM_F64, COMM_SUM);
+    for (int i = 0; i < M; i++) {
+        s->loss += v[i * W] / M;
+        s->balance += v[i * W + 1] / M;
+        for (int k = 0; k < D; k++) s->mtp[k] += v[i * W + 2 + k] / M;
+    }
+    s->n_mtp = D;
+    free(v);
+}
+
+void pp_train_step(Trainer *t, StepMetrics *s)
+{
+    struct PpTrainer *p = t->pp;
+    const Config *c = &t->cfg;
+    const int M = c->train.grad_accum;
+    const double lambda = lambda_at(&c->mtp, t->tokens), gamma = gamma_at(&c->moe, t->tokens);
+    for (int k = 0; k < n_chunks(t); k++) {
+        model_zero_grads(p->stage[k]);
+        model_zero_counts(p->stage[k]);
+        model_set_loss_weights(p->stage[k], lambda, c->moe.balance_alpha, M);
+    }
+    for (int i = 0; i < M; i++) data_next(t->train, p->windows[i]);
+    memset(p->losses, 0, (size_t)M * sizeof(ModelLoss));
+    pipe_exec_begin(&p->ex, (const int32_t *const *)p->windows, p->losses);
+    int st;
+    while ((st = pipe_exec_step(&p->ex)) == PIPE_RAN) {}
+    CHECK(st == PIPE_DONE);
+    p->link->finish(p->link);
+    reduce_losses(t, s);
+    reduce_grads(t);
+    const size_t total = model_table(t->model)->total;
+    s->grad_norm = sqrt(t->o->sumsq(t->o, model_grads(p->stage[0]), total));
+    s->lr = lr_at(&c->optim, t->step, c->train.steps);
+    const double scale = clip_scale(s->grad_norm, c->optim.grad_clip);
+    for (int k = 0; k < n_chunks(t); k++)
+        for (int r = 0; r < p->n_runs[k]; r++) {
+            PpRun *run = &p->runs[k][r];
+            optim_step(&run->opt, model_params(p->stage[k]), model_grads(p->stage[k]) + run->lo, s->lr, scale);
+        }
+    reduce_counts(t, s, gamma);
+    s->max_nodes = 0;
+    t->step++;
+    t->tokens += (long long)M * c->train.micro_batch_size * c->train.seq_len;
+}
+
+/* One window down the stages (micro-batch 0's owners), no gradients; the last stage's losses,
+ * summed over the ranks. */
+static void forward_chain(Trainer *t, const int32_t *window, double *out)
+{
+    struct PpTrainer *p = t->pp;
+    const Schedule *s = &p->sched;
+    const int me = t->groups->stage, D = t->cfg.model.num_nextn_predict_layers;
+    memset(out, 0, (size_t)(1 + D) * sizeof(double));
+    for (int st = 0; st < s->n_stages; st++) {
+        int r, c, pr = -1, pc = 0, nr = -1, nc = 0;
+        sched_owner(s, 0, st, &r, &c);
+        if (r != me) continue;
+        Model *m = p->stage[c];
+        if (st > 0) sched_owner(s, 0, st - 1, &pr, &pc);
+        if (st + 1 < s->n_stages) sched_owner(s, 0, st + 1, &nr, &nc);
+        if (st > 0 && pr == me) {
+            stage_copy_io(m, stage_input(m, 0), stage_output(p->stage[pc], 0));
+        } else if (st > 0) {
+            PipeHeader h;
+            p->link->recv(p->link, pr, PIPE_ACT, &h, stage_input(m, 0), stage_io_bytes(m));
+            if (h.kind != PIPE_ACT || h.mb != -1 || h.stage != st - 1)
+                BUG("pp: validation expected activations of stage %d, got kind %d micro-batch %d stage %d", st - 1,
+                    h.kind, h.mb, h.stage);
+        }
+        ModelLoss l;
+        stage_forward(m, 0, window, 0, &l);
+        if (st + 1 == s->n_stages) {
+            out[0] = l.main;
+            for (int k = 0; k < D; k++) out[1 + k] = l.mtp[k];
+        } else if (nr != me) {
+            PipeHeader h = { PIPE_ACT, -1, st };
+            p->link->send(p->link, nr, &h, stage_output(m, 0), stage_io_bytes(m));
+        }
+    }
+    p->link->finish(p->link);
+    comm_allreduce(t->groups->pp_comm, out, (size_t)(1 + D), COMM_F64, COMM_SUM);
+}
+
+double pp_evaluate(Trainer *t, double *mtp)
+{
+    const int D = t->cfg.model.num_nextn_predict_layers, n = t->cfg.train.val_batches;
+    double sum = 0, l[1 + MTP_MAX];
+    for (int k = 0; k < D; k++) mtp[k] = 0;
+    data_rewind(t->val);
+    for (int i = 0; i < n; i++) {
+        data_next(t->val, t->window);
+        forward_chain(t, t->window, l);
+        sum += l[0] / n;
+        for (int k = 0; k < D; k++) mtp[k] += l[1 + k] / n;
+    }
+    return sum;
+}
+
+/* The run of chunk c holding table offset off, or NULL. */
+static PpRun *run_at(struct PpTrainer *p, int c, size_t off)
+{
+    for (int r = 0; r < p->n_runs[c]; r++)
+        if (off >= p->runs[c][r].lo && off < p->runs[c][r].hi) return &p->runs[c][r];
+    return NULL;
+}
+
+void pp_gather_state(Trainer *t)
+{
+    struct PpTrainer *p = t->pp;
+    const ParamTable *pt = model_table(t->model);
+    const size_t total = pt->total;
+    float *dst[3] = { t->host_params, t->host_m, t->host_v };
+    for (int k = 0; k < 3; k++) memset(dst[k], 0, total * sizeof(float));
+    for (int c = 0; c < n_chunks(t); c++) {
+        t->o->download(t->o, p->host_tmp, model_params(p->stage[c]), total * sizeof(float));
+        for (int i = 0; i < pt->n; i++) {
+            const Param *e = &pt->p[i];
+            if (!p->first_holder[c][i]) continue;
+            memcpy(t->host_params + e->offset, p->host_tmp + e->offset, e->numel * sizeof(float));
+            PpRun *r = run_at(p, c, e->offset);
+            CHECK(r);
+            t->o->download(t->o, t->host_m + e->offset, r->opt.m + (e->offset - r->lo), e->numel * sizeof(float));
+            t->o->download(t->o, t->host_v + e->offset, r->opt.v + (e->offset - r->lo), e->numel * sizeof(float));
+        }
+    }
+    /* one holder writes each entry, the others add zero: exact */
+    for (int k = 0; k < 3; k++) comm_allreduce(t->groups->pp_comm, dst[k], total, COMM_F32, COMM_SUM);
+}
+
+void pp_restore(Trainer *t, int step)
+{
+    struct PpTrainer *p = t->pp;
+    const size_t total = model_table(t->model)->total;
+    for (int c = 0; c < n_chunks(t); c++) {
+        t->o->upload(t->o, model_params(p->stage[c]), t->host_params, total * sizeof(float));
+        for (int r = 0; r < p->n_runs[c]; r++) {
+            PpRun *run = &p->runs[c][r];
+            const size_t n = (run->hi - run->lo) * sizeof(float);
+            t->o->upload(t->o, run->opt.m, t->host_m + run->lo, n);
+            t->o->upload(t->o, run->opt.v, t->host_v + run->lo, n);
+            run->opt.step = step;
+        }
+    }
+}
+
+void pp_print_memory(Trainer *t, FILE *f)
+{
+    struct PpTrainer *p = t->pp;
+    const int pp = t->groups->pp, W = 5;
+    double mine[5] = { 0 }, *all = xcalloc((size_t)pp * W, sizeof(double));
+    for (int c = 0; c < n_chunks(t); c++) {
+        ModelMemory mm;
+        model_memory(p->stage[c], &mm);
+        mine[0] += (double)mm.acts;
+        mine[1] += (double)mm.scratch;
+        mine[2] += (double)(mm.params + mm.grads + mm.copies);
+        for (int r = 0; r < p->n_runs[c]; r++) mine[3] += 2.0 * (double)(p->runs[c][r].hi - p->runs[c][r].lo) * 4;
+        mine[4] += stage_n_slots(p->stage[c]);
+    }
+    comm_allgather(t->groups->pp_comm, all, mine, W, COMM_F64);
+    const double MiB = 1048576.0;
+    fprintf(f, "memory per pipeline rank (%s; parameters and gradients: the whole table, unbound rows unused):\n",
+            t->o->name);
+    fprintf(f, "  %-6s %-10s %6s %14s %16s %16s %14s\n", "rank", "stages", "slots", "activations", "backward bufs",
+            "params+grads", "AdamW m, v");
+    for (int r = 0; r < pp; r++) {
+        char stages[32];
+        if (p->sched.n_chunks == 1)
+            snprintf(stages, sizeof stages, "%d", sched_stage_of(&p->sched, r, 0));
+        else
+            snprintf(stages, sizeof stages, "%d, %d", sched_stage_of(&p->sched, r, 0), sched_stage_of(&p->sched, r, 1));
+        const double *a = all + (size_t)r * W;
+        fprintf(f, "  %-6d %-10s %6.0f %10.1f MiB %12.1f MiB %12.1f MiB %10.1f MiB\n", r, stages, a[4], a[0] / MiB,
+                a[1] / MiB, a[2] / MiB, a[3] / MiB);
+    }
+    free(all);
+}

@@ -1,0 +1,48 @@
+/* runtime/train_pp.h - the parts of the training loop that differ under pipeline parallelism
+ * (parallel.pp > 1; this build: dp = ep = 1): each PP rank builds only its stages (model/stage.h;
+ * two chunks under DualPipe and DualPipeV), runs its schedule's instruction list with the
+ * executor (runtime/pipeline/executor.h) over MPI point-to-point (comm/p2p.h), and updates only
+ * the parameters its stages hold.
+ *
+ * Ownership (this step): a stage binds and updates only its tensors (its blocks; the
+ * embedding when first; final norm, head and the MTP modules, with an embedding copy for MTP,
+ * when last), and the optimizer's moments exist only for those (one AdamW shard per contiguous
+ * run of the table). The parameter and gradient buffers are still the whole table's on every
+ * rank (unbound entries unused and zero): allocating only owned rows is the ownership issue's.
+ * Gradients are summed over the PP group (every rank then holds the whole gradient: each entry
+ * has at most two holders, the others add zero), so the two copies of a tensor (DualPipe's
+ * mirror stages; the first and last stages' embeddings under 1F1B/ZB1P) take the same update,
+ * and the global norm is the single-process formula on the same sum.
+ *
+ * Checkpoints stay one-rank checkpoints (layout {1, 1, 1, 1}): the ranks sum their tensors'
+ * first holders' weights and moments into full tables (exact: one non-zero term each), rank 0
+ * writes, and every rank resumes by taking its tensors' rows back, so a PP run resumes on its
+ * own layout bit for bit and any layout can resume it.
+ *
+ * Calling sequence (runtime/train.c calls these when groups->pp > 1):
+ *   pp_setup(t, w, g);   in place of the model and optimizer of trainer_setup
+ *   pp_train_step(t, s) / pp_evaluate(t, mtp) / pp_gather_state(t) / pp_restore(t, step)
+ *   pp_free(t);
+ */
+#ifndef DSTRAIN_TRAIN_PP_H
+#define DSTRAIN_TRAIN_PP_H
+
+#include "runtime/metrics.h"
+#include "runtime/train.h"
+
+void pp_setup(Trainer *t, const World *w, Groups *g);
+void pp_free(Trainer *t);
+/* One optimizer step: the schedule over grad_accum micro-batches, the sums over the PP group,
+ * AdamW on the held tensors, the bias update. Collective over pp_comm. */
+void pp_train_step(Trainer *t, StepMetrics *s);
+/* Mean validation losses, each window forwarded down the stages (collective). */
+double pp_evaluate(Trainer *t, double *mtp);
+/* t->host_params, host_m, host_v <- the whole table's weights and moments (collective). */
+void pp_gather_state(Trainer *t);
+/* Each held tensor's weights (every stage) and moments from t->host_params/m/v; step sets the
+ * optimizers' step count. */
+void pp_restore(Trainer *t, int step);
+/* The start-up memory table, one row per PP rank (collective; the root prints). */
+void pp_print_memory(Trainer *t, FILE *f);
+
+#endif
