@@ -191,7 +191,7 @@ static void print_banner(Trainer *t)
         printf("parallel: %d ranks | dp %d | ep %d (%d routed experts per rank)\n", dp, dp, t->groups->ep,
                c->model.n_routed_experts / t->groups->ep);
     if (t->groups->pp > 1)
-        printf("parallel: %d ranks | pp %d | schedule %s | %d micro-batches in flight per step\n", t->groups->pp,
+        printf("parallel: %d ranks | pp %d | schedule %s | %d micro-batches per step\n", t->groups->pp,
                t->groups->pp, c->parallel.schedule, c->train.grad_accum);
     printf("batch: %d micro-batches x %d sequences x %d tokens x %d dp ranks = %d tokens/step\n",
            c->train.grad_accum, c->train.micro_batch_size, c->train.seq_len, dp,
