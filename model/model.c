@@ -18,6 +18,24 @@ static int stage_has_block(const Model *m, int b)
     return (b >= m->lo && b < m->hi) || (m->last && b >= m->d.L);
 }
 
+/* The embedding: the first stage's, and the last stage's copy for MTP. */
+static int stage_has_embed(const Model *m)
+{
+    return m->first || (m->last && m->d.D > 0);
+}
+
+/* The entries of the whole table a stage keeps (params_select). */
+typedef struct Keep {
+    const StageSpec *sp;
+    const ModelConfig *c;
+} Keep;
+
+static int keep_entry(const Param *p, void *arg)
+{
+    const Keep *k = arg;
+    return stage_holds(k->sp, k->c, p);
+}
+
 /* One slot's activations: the stage input (the embedding's output on the first stage), its
  * blocks, and on the last stage the head's and the MTP modules'. */
 static void plan_slot_acts(Model *m, ModelSlot *sl, Arena *ar)
@@ -111,10 +129,11 @@ static void plan_weights(Model *m, Arena *ar)
             m->w[b].expert_down = m->expert_wgts + (size_t)slot * 2 * E + E;
             slot++;
         }
-        block_bind(&m->w[b], m->o, &m->table, c, m->params, b, m->is_moe[b], ar);
+        if (stage_has_block(m, b)) block_bind(&m->w[b], m->o, &m->table, c, m->params, b, m->is_moe[b], ar);
     }
+    if (stage_has_embed(m)) m->embed = m->params + params_offset(&m->table, -1, "model.embed_tokens.weight");
+    if (!m->last) return;
     for (int k = 0; k < m->d.D; k++) mtp_bind(&m->mtp_w[k], m->o, &m->table, m->params, m->d.L + k, ar);
-    m->embed = m->params + params_offset(&m->table, -1, "model.embed_tokens.weight");
     m->final_norm = m->params + params_offset(&m->table, -1, "model.norm.weight");
     param_bind_wgt(&m->head, m->o, &m->table, m->params, "lm_head.weight", ar);
 }
@@ -125,6 +144,7 @@ static void list_weights(Model *m)
     for (int b = 0; b < m->nblocks; b++) n += block_wgts(&m->w[b], m->d.E, NULL);
     m->wgts = xcalloc((size_t)n + m->d.D + 1, sizeof(Wgt *));
     for (int b = 0; b < m->nblocks; b++) m->n_wgts += block_wgts(&m->w[b], m->d.E, m->wgts + m->n_wgts);
+    if (!m->last) return;
     for (int k = 0; k < m->d.D; k++) m->wgts[m->n_wgts++] = &m->mtp_w[k].eh_proj;
     m->wgts[m->n_wgts++] = &m->head;
     m->wgts_stale = 1;
@@ -133,9 +153,11 @@ static void list_weights(Model *m)
 static void bind_grads(Model *m)
 {
     const ModelConfig *c = &m->cfg;
-    for (int b = 0; b < m->nblocks; b++) block_bind_grads(&m->g[b], &m->table, c, m->grads, b, m->is_moe[b]);
+    for (int b = 0; b < m->nblocks; b++)
+        if (stage_has_block(m, b)) block_bind_grads(&m->g[b], &m->table, c, m->grads, b, m->is_moe[b]);
+    if (stage_has_embed(m)) m->g_embed = m->grads + params_offset(&m->table, -1, "model.embed_tokens.weight");
+    if (!m->last) return;
     for (int k = 0; k < m->d.D; k++) mtp_bind_grads(&m->mtp_g[k], &m->table, m->grads, m->d.L + k);
-    m->g_embed = m->grads + params_offset(&m->table, -1, "model.embed_tokens.weight");
     m->g_final_norm = m->grads + params_offset(&m->table, -1, "model.norm.weight");
     m->g_head = m->grads + params_offset(&m->table, -1, "lm_head.weight");
 }
@@ -188,6 +210,12 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
         m->d.R = ep_comm->size * m->d.N * m->d.K;
     }
     params_build(&m->table, c);
+    if (!(m->first && m->last)) {   /* a stage keeps only its tensors */
+        ParamTable full = m->table;
+        Keep keep = { sp, c };
+        params_select(&full, &m->table, keep_entry, &keep);
+        params_free(&full);
+    }
     m->nblocks = m->d.L + m->d.D;
     m->is_moe = xcalloc((size_t)m->nblocks, sizeof(int));
     m->moe_block = xcalloc((size_t)m->nblocks, sizeof(int));
@@ -453,6 +481,7 @@ void model_bias_update(Model *m, double gamma, int zero_mean)
     model_expert_counts(m, c);
     for (int l = 0; l < m->n_moe; l++) {
         float *bias_dev = m->w[m->moe_block[l]].router_bias;
+        if (!bias_dev) continue;    /* a layer of another stage */
         const float *load = c + (size_t)l * E;
         m->o->download(m->o, bias, bias_dev, (size_t)E * sizeof(float));
         /* sign(mean - load_i) = sign(total - E * load_i): exact, since loads are integer

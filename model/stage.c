@@ -176,6 +176,15 @@ void model_backward_weight(Model *m)
     stage_backward_weight(m, 0);
 }
 
+int stage_holds(const StageSpec *sp, const ModelConfig *c, const Param *p)
+{
+    const int L = c->num_hidden_layers;
+    if (p->layer >= L) return sp->last;
+    if (p->layer >= 0) return p->layer >= sp->lo && p->layer < sp->hi;
+    if (p->role == ROLE_EMBED) return sp->first || (sp->last && c->num_nextn_predict_layers > 0);
+    return sp->last;        /* final norm, head */
+}
+
 void stage_split(int L, int S, int s, StageSpec *sp)
 {
     CHECK(S >= 1 && S <= L && s >= 0 && s < S);

@@ -2,10 +2,12 @@
  * is the first stage, plus final norm, head and the MTP modules when it is the last
  * (DESIGN.md section 2), with activation slots for the micro-batches it holds at once.
  *
- * A stage is a Model (model/model.h) built over part of the blocks: the parameter table is
- * the whole model's (each stage binds and updates only its own entries; the others keep zero
- * gradients), so a stage's gradient buffer summed over the stages that hold a tensor is the
- * whole model's gradient. The whole model is the one-stage case: model_forward/model_backward
+ * A stage is a Model (model/model.h) built over part of the blocks. Its parameter table
+ * (model_table) holds only the tensors the stage runs (stage_holds; params_select): its
+ * parameters and gradients are allocated for those alone, each entry keeping its
+ * global_offset in the whole model's table and its initialisation (seeded by its global
+ * index), so every layout starts from the same weights and a tensor's gradient is the sum over
+ * the stages that hold it. The whole model is the one-stage case: model_forward/model_backward
  * are stage_forward/stage_backward on slot 0 of {0, L, first, last, 1 slot}.
  *
  * Not here: which micro-batch sits in which slot, transfers between stages, the order of F,
@@ -31,6 +33,10 @@ typedef struct StageSpec {
     int first, last;        /* lo == 0: embedding here; hi == L: final norm, head, MTP here */
     int n_slots;            /* micro-batches held at once (>= 1) */
 } StageSpec;
+
+/* Whether stage sp holds table entry p: its blocks [lo, hi); the embedding when first, and
+ * when last (MTP's copy, if c has MTP modules); final norm, head and the MTP modules when last. */
+int stage_holds(const StageSpec *sp, const ModelConfig *c, const Param *p);
 
 /* Stage s of S over L main blocks, split as evenly as integers allow (the first L % S
  * stages get one block more); n_slots 1. Needs 1 <= S <= L. */

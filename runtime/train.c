@@ -23,6 +23,11 @@ static Precision parse_precision(const char *s)
     return PREC_FP32;
 }
 
+const ParamTable *trainer_table(const Trainer *t)
+{
+    return t->pp ? pp_table(t) : model_table(t->model);
+}
+
 /* The data directory: with data.synthetic, an empty one gets the built-in corpus first. */
 static void ensure_data(const Config *c)
 {
@@ -113,7 +118,7 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
         t->model = model_create_ep(&cfg->model, t->o, B, T, 1, g->ep > 1 ? g->ep_comm : NULL, w->node);
         model_init_params(t->model, (uint64_t)tc->seed);
     }
-    const ParamTable *pt = model_table(t->model);
+    const ParamTable *pt = trainer_table(t);
     zero_plan(t, pt->total);
     if (!t->pp) optim_init_shard(&t->opt, t->o, pt, &cfg->optim, tc->bf16_moments, t->lo, t->hi);
     rng_seed(&t->rng, (uint64_t)tc->seed ^ 0x7261696e696e67ull);
@@ -258,7 +263,7 @@ static void save_checkpoint(Trainer *t)
     /* every dp rank holds the same weights (train.h); the moments are gathered from the slices,
      * so the root's copy is the job's and the checkpoint is a one-rank one, resumable at any
      * dp. Collective over dp_comm; the root writes. */
-    const ParamTable *pt = model_table(t->model);
+    const ParamTable *pt = trainer_table(t);
     const size_t bytes = pt->total * sizeof(float);
     double t0 = now_seconds();
     if (t->pp) pp_gather_state(t);

@@ -74,6 +74,8 @@ typedef struct Trainer {
  * synthetic corpus when needed, the others wait for it). */
 void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir, const World *w,
                    Groups *g);
+/* The whole model's parameter table (under pp > 1 each stage has a part of it). */
+const ParamTable *trainer_table(const Trainer *t);
 /* Restore weights, optimizer moments and state from a verified checkpoint directory. */
 void trainer_resume(Trainer *t, const char *ckpt_dir);
 /* Replace the initial weights with those of a Hugging Face directory (dstrain export). */

@@ -177,7 +177,7 @@ static double mfu_peak_flops(Ops *o)
 static void print_banner(Trainer *t)
 {
     const Config *c = &t->cfg;
-    const ParamTable *pt = model_table(t->model);
+    const ParamTable *pt = trainer_table(t);
     double active = params_active(pt, &c->model);
     printf("%s", "dstrain train: ");
     printf("%s | device %s%s | %s\n", c->train.name, t->o->name, peak_device, c->train.precision);
@@ -270,7 +270,7 @@ int cmd_train(int argc, char **argv)
 
 void trainer_resume(Trainer *t, const char *ckpt_dir)
 {
-    const ParamTable *pt = model_table(t->model);
+    const ParamTable *pt = trainer_table(t);
     const size_t bytes = pt->total * sizeof(float);
     CkptState st;
     char err[1024];
@@ -297,7 +297,7 @@ void trainer_resume(Trainer *t, const char *ckpt_dir)
  * first one missing). */
 void trainer_init_from(Trainer *t, const char *hf_dir)
 {
-    const ParamTable *pt = model_table(t->model);
+    const ParamTable *pt = trainer_table(t);
     char err[1024];
     if (hf_import(hf_dir, pt, t->host_params, err, sizeof err) != 0) DIE("init-from: %s", err);
     if (t->pp) {    /* every stage's weights; fresh (zero) moments */

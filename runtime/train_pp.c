@@ -14,40 +14,23 @@
 #include "runtime/pipeline/executor.h"
 #include "runtime/pipeline/schedule.h"
 
-#define PP_MAX_RUNS 8
-
-/* The AdamW shard of one contiguous run [lo, hi) of the table a chunk holds. */
-typedef struct PpRun {
-    size_t lo, hi;
-    Optimizer opt;
-} PpRun;
-
 struct PpTrainer {
     Schedule sched;
-    Model *stage[2];            /* [chunk] */
+    ParamTable full;            /* the whole model's table (checkpoints, reductions) */
+    Model *stage[2];            /* [chunk]: each allocates only the tensors it holds */
     StageSpec spec[2];
-    PpRun runs[2][PP_MAX_RUNS];
-    int n_runs[2];
-    unsigned char *first_holder[2];     /* [chunk][entry]: this rank's chunk is the entry's first holder */
+    Optimizer opt[2];           /* [chunk]: AdamW over the stage's own table */
+    unsigned char *first_holder[2];     /* [chunk][local entry]: no earlier (rank, chunk) holds it */
     PipeLink *link;
     PipeExec ex;
     int32_t **windows;          /* [C] (B, T+1) host */
     ModelLoss *losses;          /* [C] */
-    float *host_grad, *host_tmp;        /* (total) */
-    float *counts, *counts_tmp;         /* (n_moe, E) */
+    float *host_grad;           /* (full total) */
+    float *host_tmp;            /* (full total) */
+    float *counts, *counts_tmp; /* (n_moe, E) */
 };
 
 static int n_chunks(const Trainer *t) { return t->pp->sched.n_chunks; }
-
-/* Whether stage sp holds table entry p (model/stage.h: what a stage binds). */
-static int stage_holds(const Param *p, const StageSpec *sp, const ModelConfig *c)
-{
-    const int L = c->num_hidden_layers;
-    if (p->layer >= L) return sp->last;
-    if (p->layer >= 0) return p->layer >= sp->lo && p->layer < sp->hi;
-    if (p->role == ROLE_EMBED) return sp->first || (sp->last && c->num_nextn_predict_layers > 0);
-    return sp->last;        /* final norm, head */
-}
 
 static void spec_of(const Trainer *t, int rank, int chunk, StageSpec *sp)
 {
@@ -56,38 +39,25 @@ static void spec_of(const Trainer *t, int rank, int chunk, StageSpec *sp)
     sp->n_slots = pipe_exec_slots(s, rank, chunk);
 }
 
-/* The contiguous runs of the table chunk c holds, one AdamW shard each; and which entries this
- * chunk is the first holder of (ranks, then chunks, in order), for the checkpoint gather. */
+/* Which of chunk c's tensors it is the first holder of (ranks, then chunks, in order): the
+ * one that contributes the tensor to a checkpoint. */
 static void plan_ownership(Trainer *t, int c)
 {
     struct PpTrainer *p = t->pp;
     const ParamTable *pt = model_table(p->stage[c]);
     const int me = t->groups->stage;
-    p->first_holder[c] = xcalloc((size_t)pt->n, 1);
+    p->first_holder[c] = xcalloc((size_t)pt->n + 1, 1);
     for (int i = 0; i < pt->n; i++) {
-        const Param *e = &pt->p[i];
-        if (!stage_holds(e, &p->spec[c], &t->cfg.model)) continue;
-        PpRun *last = p->n_runs[c] ? &p->runs[c][p->n_runs[c] - 1] : NULL;
-        if (last && last->hi == e->offset) {
-            last->hi += e->numel;
-        } else {
-            if (p->n_runs[c] == PP_MAX_RUNS) BUG("pp: more than %d runs of the table on one stage", PP_MAX_RUNS);
-            PpRun *r = &p->runs[c][p->n_runs[c]++];
-            r->lo = e->offset;
-            r->hi = e->offset + e->numel;
-        }
         int first = 1;
         for (int r = 0; r <= me && first; r++)
             for (int k = 0; k < p->sched.n_chunks && (r < me || k < c); k++) {
                 StageSpec sp;
                 spec_of(t, r, k, &sp);
-                if (stage_holds(e, &sp, &t->cfg.model)) first = 0;
+                if (stage_holds(&sp, &t->cfg.model, &pt->p[i])) first = 0;
             }
         p->first_holder[c][i] = (unsigned char)first;
     }
-    for (int r = 0; r < p->n_runs[c]; r++)
-        optim_init_shard(&p->runs[c][r].opt, t->o, pt, &t->cfg.optim, t->cfg.train.bf16_moments, p->runs[c][r].lo,
-                         p->runs[c][r].hi);
+    optim_init(&p->opt[c], t->o, pt, &t->cfg.optim, t->cfg.train.bf16_moments);
 }
 
 static int count_sends(const SchedList *l)
@@ -109,6 +79,7 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     SchedKind kind;
     if (sched_kind_parse(cfg->parallel.schedule, &kind)) BUG("schedule '%s' passed validation", cfg->parallel.schedule);
     sched_build(&p->sched, kind, g->pp, C);
+    params_build(&p->full, &cfg->model);
     for (int c = 0; c < p->sched.n_chunks; c++) {
         spec_of(t, g->stage, c, &p->spec[c]);
         p->stage[c] = stage_create(&cfg->model, t->o, B, T, MODEL_TRAIN_SPLIT, &p->spec[c], NULL, w->node);
@@ -122,9 +93,8 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     p->windows = xcalloc((size_t)C, sizeof(int32_t *));
     for (int i = 0; i < C; i++) p->windows[i] = xcalloc((size_t)B * (T + 1), sizeof(int32_t));
     p->losses = xcalloc((size_t)C, sizeof(ModelLoss));
-    const size_t total = model_table(t->model)->total;
-    p->host_grad = xmalloc(total * sizeof(float));
-    p->host_tmp = xmalloc(total * sizeof(float));
+    p->host_grad = xmalloc(p->full.total * sizeof(float));
+    p->host_tmp = xmalloc(p->full.total * sizeof(float));
     const size_t nc = (size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1;
     p->counts = xcalloc(nc, sizeof(float));
     p->counts_tmp = xcalloc(nc, sizeof(float));
@@ -137,7 +107,7 @@ void pp_free(Trainer *t)
     pipe_exec_free(&p->ex);
     p2p_link_free(p->link);
     for (int c = 0; c < p->sched.n_chunks; c++) {
-        for (int r = 0; r < p->n_runs[c]; r++) optim_free(&p->runs[c][r].opt);
+        optim_free(&p->opt[c]);
         free(p->first_holder[c]);
         model_destroy(p->stage[c]);
     }
@@ -149,32 +119,56 @@ void pp_free(Trainer *t)
     free(p->counts);
     free(p->counts_tmp);
     sched_free(&p->sched);
+    params_free(&p->full);
     free(p);
     t->pp = NULL;
     t->model = NULL;
 }
 
-/* host (total) <- the sum over this rank's chunks of `get(stage)` (backend memory). */
-static void sum_chunks(Trainer *t, float *host, float *(*get)(Model *))
+const ParamTable *pp_table(const Trainer *t) { return &t->pp->full; }
+
+/* full (whole table, host) += (or <-, add = 0) chunk c's local buffer dev (backend). */
+static void to_full(Trainer *t, int c, float *full, const float *dev, int add)
 {
     struct PpTrainer *p = t->pp;
-    const size_t total = model_table(t->model)->total;
-    t->o->download(t->o, host, get(p->stage[0]), total * sizeof(float));
-    for (int c = 1; c < n_chunks(t); c++) {
-        t->o->download(t->o, p->host_tmp, get(p->stage[c]), total * sizeof(float));
-        for (size_t i = 0; i < total; i++) host[i] += p->host_tmp[i];
+    const ParamTable *pt = model_table(p->stage[c]);
+    t->o->download(t->o, p->host_tmp, dev, pt->total * sizeof(float));
+    for (int i = 0; i < pt->n; i++) {
+        const Param *e = &pt->p[i];
+        float *dst = full + e->global_offset;
+        const float *src = p->host_tmp + e->offset;
+        if (add)
+            for (size_t j = 0; j < e->numel; j++) dst[j] += src[j];
+        else
+            memcpy(dst, src, e->numel * sizeof(float));
     }
 }
 
-/* Every chunk's gradient buffer <- the whole gradient (the sum over chunks and ranks). */
-static void reduce_grads(Trainer *t)
+/* Chunk c's local buffer dev (backend) <- its rows of full (whole table, host). */
+static void from_full(Trainer *t, int c, float *dev, const float *full)
 {
     struct PpTrainer *p = t->pp;
-    const size_t total = model_table(t->model)->total;
-    sum_chunks(t, p->host_grad, model_grads);
+    const ParamTable *pt = model_table(p->stage[c]);
+    for (int i = 0; i < pt->n; i++) {
+        const Param *e = &pt->p[i];
+        memcpy(p->host_tmp + e->offset, full + e->global_offset, e->numel * sizeof(float));
+    }
+    t->o->upload(t->o, dev, p->host_tmp, pt->total * sizeof(float));
+}
+
+/* Every chunk's gradients <- the whole gradient's rows (the sum over chunks and ranks: each
+ * entry has at most two holders, the others add zero); returns the global norm. */
+static double reduce_grads(Trainer *t)
+{
+    struct PpTrainer *p = t->pp;
+    const size_t total = p->full.total;
+    memset(p->host_grad, 0, total * sizeof(float));
+    for (int c = 0; c < n_chunks(t); c++) to_full(t, c, p->host_grad, model_grads(p->stage[c]), 1);
     comm_allreduce(t->groups->pp_comm, p->host_grad, total, COMM_F32, COMM_SUM);
-    for (int c = 0; c < n_chunks(t); c++)
-        t->o->upload(t->o, model_grads(p->stage[c]), p->host_grad, total * sizeof(float));
+    for (int c = 0; c < n_chunks(t); c++) from_full(t, c, model_grads(p->stage[c]), p->host_grad);
+    double sq = 0;
+    for (size_t i = 0; i < total; i++) sq += (double)p->host_grad[i] * p->host_grad[i];
+    return sqrt(sq);
 }
 
 /* The step's expert loads: each stage counts its MoE layers; summed over chunks and ranks
@@ -238,16 +232,11 @@ void pp_train_step(Trainer *t, StepMetrics *s)
     CHECK(st == PIPE_DONE);
     p->link->finish(p->link);
     reduce_losses(t, s);
-    reduce_grads(t);
-    const size_t total = model_table(t->model)->total;
-    s->grad_norm = sqrt(t->o->sumsq(t->o, model_grads(p->stage[0]), total));
+    s->grad_norm = reduce_grads(t);
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
     const double scale = clip_scale(s->grad_norm, c->optim.grad_clip);
     for (int k = 0; k < n_chunks(t); k++)
-        for (int r = 0; r < p->n_runs[k]; r++) {
-            PpRun *run = &p->runs[k][r];
-            optim_step(&run->opt, model_params(p->stage[k]), model_grads(p->stage[k]) + run->lo, s->lr, scale);
-        }
+        optim_step(&p->opt[k], model_params(p->stage[k]), model_grads(p->stage[k]), s->lr, scale);
     reduce_counts(t, s, gamma);
     s->max_nodes = 0;
     t->step++;
@@ -307,31 +296,21 @@ double pp_evaluate(Trainer *t, double *mtp)
     return sum;
 }
 
-/* The run of chunk c holding table offset off, or NULL. */
-static PpRun *run_at(struct PpTrainer *p, int c, size_t off)
-{
-    for (int r = 0; r < p->n_runs[c]; r++)
-        if (off >= p->runs[c][r].lo && off < p->runs[c][r].hi) return &p->runs[c][r];
-    return NULL;
-}
-
 void pp_gather_state(Trainer *t)
 {
     struct PpTrainer *p = t->pp;
-    const ParamTable *pt = model_table(t->model);
-    const size_t total = pt->total;
+    const size_t total = p->full.total;
     float *dst[3] = { t->host_params, t->host_m, t->host_v };
     for (int k = 0; k < 3; k++) memset(dst[k], 0, total * sizeof(float));
     for (int c = 0; c < n_chunks(t); c++) {
-        t->o->download(t->o, p->host_tmp, model_params(p->stage[c]), total * sizeof(float));
-        for (int i = 0; i < pt->n; i++) {
-            const Param *e = &pt->p[i];
-            if (!p->first_holder[c][i]) continue;
-            memcpy(t->host_params + e->offset, p->host_tmp + e->offset, e->numel * sizeof(float));
-            PpRun *r = run_at(p, c, e->offset);
-            CHECK(r);
-            t->o->download(t->o, t->host_m + e->offset, r->opt.m + (e->offset - r->lo), e->numel * sizeof(float));
-            t->o->download(t->o, t->host_v + e->offset, r->opt.v + (e->offset - r->lo), e->numel * sizeof(float));
+        const ParamTable *pt = model_table(p->stage[c]);
+        const float *src[3] = { model_params(p->stage[c]), p->opt[c].m, p->opt[c].v };
+        for (int k = 0; k < 3; k++) {
+            t->o->download(t->o, p->host_tmp, src[k], pt->total * sizeof(float));
+            for (int i = 0; i < pt->n; i++)
+                if (p->first_holder[c][i])
+                    memcpy(dst[k] + pt->p[i].global_offset, p->host_tmp + pt->p[i].offset,
+                           pt->p[i].numel * sizeof(float));
         }
     }
     /* one holder writes each entry, the others add zero: exact */
@@ -341,16 +320,11 @@ void pp_gather_state(Trainer *t)
 void pp_restore(Trainer *t, int step)
 {
     struct PpTrainer *p = t->pp;
-    const size_t total = model_table(t->model)->total;
     for (int c = 0; c < n_chunks(t); c++) {
-        t->o->upload(t->o, model_params(p->stage[c]), t->host_params, total * sizeof(float));
-        for (int r = 0; r < p->n_runs[c]; r++) {
-            PpRun *run = &p->runs[c][r];
-            const size_t n = (run->hi - run->lo) * sizeof(float);
-            t->o->upload(t->o, run->opt.m, t->host_m + run->lo, n);
-            t->o->upload(t->o, run->opt.v, t->host_v + run->lo, n);
-            run->opt.step = step;
-        }
+        from_full(t, c, model_params(p->stage[c]), t->host_params);
+        from_full(t, c, p->opt[c].m, t->host_m);
+        from_full(t, c, p->opt[c].v, t->host_v);
+        p->opt[c].step = step;
     }
 }
 
@@ -365,13 +339,12 @@ void pp_print_memory(Trainer *t, FILE *f)
         mine[0] += (double)mm.acts;
         mine[1] += (double)mm.scratch;
         mine[2] += (double)(mm.params + mm.grads + mm.copies);
-        for (int r = 0; r < p->n_runs[c]; r++) mine[3] += 2.0 * (double)(p->runs[c][r].hi - p->runs[c][r].lo) * 4;
+        mine[3] += 2.0 * (double)model_table(p->stage[c])->total * sizeof(float);
         mine[4] += stage_n_slots(p->stage[c]);
     }
     comm_allgather(t->groups->pp_comm, all, mine, W, COMM_F64);
     const double MiB = 1048576.0;
-    fprintf(f, "memory per pipeline rank (%s; parameters and gradients: the whole table, unbound rows unused):\n",
-            t->o->name);
+    fprintf(f, "memory per pipeline rank (%s; each rank holds its stages' tensors):\n", t->o->name);
     fprintf(f, "  %-6s %-10s %6s %14s %16s %16s %14s\n", "rank", "stages", "slots", "activations", "backward bufs",
             "params+grads", "AdamW m, v");
     for (int r = 0; r < pp; r++) {

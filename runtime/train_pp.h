@@ -4,15 +4,14 @@
  * executor (runtime/pipeline/executor.h) over MPI point-to-point (comm/p2p.h), and updates only
  * the parameters its stages hold.
  *
- * Ownership (this step): a stage binds and updates only its tensors (its blocks; the
- * embedding when first; final norm, head and the MTP modules, with an embedding copy for MTP,
- * when last), and the optimizer's moments exist only for those (one AdamW shard per contiguous
- * run of the table). The parameter and gradient buffers are still the whole table's on every
- * rank (unbound entries unused and zero): allocating only owned rows is the ownership issue's.
- * Gradients are summed over the PP group (every rank then holds the whole gradient: each entry
- * has at most two holders, the others add zero), so the two copies of a tensor (DualPipe's
- * mirror stages; the first and last stages' embeddings under 1F1B/ZB1P) take the same update,
- * and the global norm is the single-process formula on the same sum.
+ * Ownership: a stage allocates, binds and updates only its tensors (model/stage.h
+ * stage_holds: its blocks; the embedding when first; final norm, head and the MTP modules, with
+ * an embedding copy for MTP, when last): parameters, gradients and AdamW moments exist for
+ * those alone (the optimizer runs over the stage's own table). Gradients are summed over the
+ * PP group through a whole-table host buffer (each entry has at most two holders, the others
+ * add zero), so the two copies of a tensor (DualPipe's mirror stages; the first and last
+ * stages' embeddings under 1F1B/ZB1P) take the same update, and the global norm is taken over
+ * that sum once.
  *
  * Checkpoints stay one-rank checkpoints (layout {1, 1, 1, 1}): the ranks sum their tensors'
  * first holders' weights and moments into full tables (exact: one non-zero term each), rank 0
@@ -31,6 +30,8 @@
 #include "runtime/train.h"
 
 void pp_setup(Trainer *t, const World *w, Groups *g);
+/* The whole model's table (checkpoints and the report use it; each stage has its own). */
+const ParamTable *pp_table(const Trainer *t);
 void pp_free(Trainer *t);
 /* One optimizer step: the schedule over grad_accum micro-batches, the sums over the PP group,
  * AdamW on the held tensors, the bias update. Collective over pp_comm. */

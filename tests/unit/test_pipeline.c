@@ -9,8 +9,8 @@
  * micro-batch, the same initial weights and windows):
  *   - every micro-batch's main and MTP losses bit for bit: each stage computes exactly the
  *     unpipelined forward of its blocks on bit-identical inputs;
- *   - gradients: the whole model's gradient is the sum of every stage's gradient buffer (each
- *     stage accumulates only the tensors it holds). A tensor held by one stage gets its
+ *   - gradients: each stage allocates only the tensors it holds (its table's entries map to the
+ *     whole model's by global_offset); the whole model's gradient is the sum over the stages. A tensor held by one stage gets its
  *     micro-batches' contributions in micro-batch order, as unpipelined: BIT-EQUAL (==, so
  *     that a -0 plus the other stages' +0 counts as equal). A tensor held by two stages
  *     (the embedding under 1F1B/ZB1P/DualPipeV: the first stage's and the last stage's MTP
@@ -207,14 +207,24 @@ static void check(SchedKind kind, int pp, int C)
     double *sum = xcalloc(P, sizeof(double));
     int *holders = xcalloc(P, sizeof(int));
     float *g = xmalloc(P * sizeof(float));
+    size_t held = 0;    /* floats allocated over all stages: each holds only its tensors */
     for (int r = 0; r < pp; r++)
         for (int c = 0; c < s.n_chunks; c++) {
-            ops->download(ops, g, model_grads(stages[r][c]), P * sizeof(float));
-            for (size_t i = 0; i < P; i++) {
-                sum[i] += g[i];
-                holders[i] += g[i] != 0.0f;
-            }
+            const ParamTable *pt = model_table(stages[r][c]);
+            held += pt->total;
+            ops->download(ops, g, model_grads(stages[r][c]), pt->total * sizeof(float));
+            for (int e = 0; e < pt->n; e++)
+                for (size_t j = 0; j < pt->p[e].numel; j++) {
+                    float v = g[pt->p[e].offset + j];
+                    sum[pt->p[e].global_offset + j] += v;
+                    holders[pt->p[e].global_offset + j] += v != 0.0f;
+                }
         }
+    /* every tensor lives on one stage (two under DualPipe: the mirror copies), plus the last
+     * stage's embedding copy for MTP: nothing else is allocated */
+    const size_t copies = kind == SCHED_DUALPIPE ? 2 : 1, emb = (size_t)cfg.vocab_size * cfg.hidden_size;
+    EXPECT(held == copies * (P + emb), "%s pp %d C %d: the stages hold %zu floats of a %zu-float model",
+           sched_kind_name(kind), pp, C, held, P);
     size_t single = 0, single_bad = 0, shared = 0, shared_bad = 0, first_bad = P;
     double worst = 0;
     const double u = ldexp(1.0, -24);
