@@ -3,7 +3,8 @@
  * step run in a random order that respects the dependencies (at every turn a random rank whose
  * next instruction can run runs it; the seed is printed), for every schedule x pp in {2, 4} x
  * micro-batches in {pp, 2 pp, odd counts where the schedule allows them}, on configs/tiny.toml
- * (MTP depth 1) with 8 main layers so DualPipeV at pp 4 has a layer per stage.
+ * (MTP depth 1) with 8 main layers so DualPipeV at pp 4 has a layer per stage; then every
+ * schedule at pp 2 with MTP depth 2.
  *
  * Checked against the unpipelined run (one Model, model_forward + model_backward per
  * micro-batch, the same initial weights and windows):
@@ -28,8 +29,8 @@
  *     counted per element from the unpipelined run's buffers (model_internal.h).
  *   - Every other tensor: a GEMM (or an RMSNorm weight sum in double) adds each micro-batch's
  *     product to the accumulator in one addition (16 tokens per micro-batch, inside one
- *     K-block of the BLAS kernel), so the terms are per micro-batch: n = C (2C for the head,
- *     which MTP shares) and sum |t| is taken as sum_m |R_m - R_{m-1}|, R_m the unpipelined
+ *     K-block of the BLAS kernel), so the terms are per micro-batch: n = C (for the head,
+ *     which MTP shares: (1 + D) C) and sum |t| is taken as sum_m |R_m - R_{m-1}|, R_m the unpipelined
  *     gradient after micro-batch m (for the head, whose main and MTP terms of one micro-batch
  *     could cancel inside R_m - R_{m-1}, we add |R_C| as well).
  */
@@ -117,7 +118,7 @@ static void reference(int32_t **win, int C, Ref *r)
         for (size_t i = 0; i < r->P; i++)
             if (i < emb || i >= emb_end) {
                 r->mag[i] += fabs((double)r->grad[i] - prev[i]);
-                r->terms[i] += i >= head && i < head_end ? 2 : 1;
+                r->terms[i] += i >= head && i < head_end ? 1 + cfg.num_nextn_predict_layers : 1;
             }
         memcpy(prev, r->grad, r->P * sizeof(float));
         add_rows(r, emb, m, m->sl->dres, m->sl->tokens);
@@ -157,9 +158,109 @@ static int run_random(PipeExec *ex, int pp)
     return rc;
 }
 
+/* The pipelined run: every rank's stages and executor over one mailbox, in a random order. */
+typedef struct Pipe {
+    Schedule s;
+    PipeMailbox *box;
+    Model *stages[8][2];
+    PipeExec ex[8];
+    ModelLoss *loss;            /* [C] */
+} Pipe;
+
+static void pipe_run(Pipe *p, SchedKind kind, int pp, int C, int32_t **win)
+{
+    memset(p, 0, sizeof *p);
+    sched_build(&p->s, kind, pp, C);
+    p->box = pipe_mailbox_create(pp, ops);
+    p->loss = xcalloc((size_t)C, sizeof(ModelLoss));
+    for (int r = 0; r < pp; r++) {
+        for (int c = 0; c < p->s.n_chunks; c++) {
+            StageSpec sp;
+            stage_split(LAYERS, p->s.n_stages, sched_stage_of(&p->s, r, c), &sp);
+            sp.n_slots = pipe_exec_slots(&p->s, r, c);
+            Model *m = stage_create(&cfg, ops, B_, T_, MODEL_TRAIN_SPLIT, &sp, NULL, 0);
+            model_init_params(m, SEED_W);
+            model_zero_grads(m);
+            model_zero_counts(m);
+            model_set_loss_weights(m, LAMBDA, ALPHA, C);
+            p->stages[r][c] = m;
+        }
+        pipe_exec_init(&p->ex[r], &p->s, r, p->stages[r], pipe_mailbox_link(p->box, r));
+        pipe_exec_begin(&p->ex[r], (const int32_t *const *)win, p->loss);
+    }
+    int rc = run_random(p->ex, pp);
+    EXPECT(rc == 0, "%s pp %d C %d: deadlock", sched_kind_name(kind), pp, C);
+    EXPECT(pipe_mailbox_pending(p->box) == 0, "%s pp %d C %d: %d messages never received", sched_kind_name(kind),
+           pp, C, pipe_mailbox_pending(p->box));
+}
+
+static void pipe_free(Pipe *p)
+{
+    for (int r = 0; r < p->s.pp; r++) {
+        pipe_exec_free(&p->ex[r]);
+        for (int c = 0; c < p->s.n_chunks; c++) model_destroy(p->stages[r][c]);
+    }
+    pipe_mailbox_free(p->box);
+    sched_free(&p->s);
+    free(p->loss);
+}
+
+/* sum (P) <- the stages' gradients at their global offsets, summed in double (exact for two
+ * FP32 terms) ; holders (P) <- how many stages hold a non-zero there. Returns the floats the
+ * stages hold in all. */
+static size_t gather_grads(Pipe *p, double *sum, int *holders, float *g)
+{
+    size_t held = 0;
+    for (int r = 0; r < p->s.pp; r++)
+        for (int c = 0; c < p->s.n_chunks; c++) {
+            const ParamTable *pt = model_table(p->stages[r][c]);
+            held += pt->total;
+            ops->download(ops, g, model_grads(p->stages[r][c]), pt->total * sizeof(float));
+            for (int e = 0; e < pt->n; e++)
+                for (size_t j = 0; j < pt->p[e].numel; j++) {
+                    float v = g[pt->p[e].offset + j];
+                    sum[pt->p[e].global_offset + j] += v;
+                    holders[pt->p[e].global_offset + j] += v != 0.0f;
+                }
+        }
+    return held;
+}
+
+typedef struct Tally {
+    size_t single, single_bad, shared, shared_bad, first_bad;
+    double worst;               /* the largest shared difference as a share of its bound */
+} Tally;
+
+/* One-holder elements bit-equal, shared ones within the bound of the header. */
+static Tally compare_grads(const Ref *ref, const double *sum, const int *holders)
+{
+    const size_t P = ref->P;
+    const double u = ldexp(1.0, -24);
+    Tally t = { 0, 0, 0, 0, P, 0 };
+    for (size_t i = 0; i < P; i++) {
+        float got = (float)sum[i];
+        int bad;
+        if (holders[i] <= 1) {
+            t.single++;
+            bad = got != ref->grad[i];
+            t.single_bad += bad;
+        } else {
+            t.shared++;
+            double n = ref->terms[i] > 1 ? ref->terms[i] : 1;
+            double bound = 4.0 * (n - 1) * u * ref->mag[i], diff = fabs((double)got - ref->grad[i]);
+            if (diff > 0 && diff / bound > t.worst) t.worst = diff / bound;
+            bad = diff > bound;
+            t.shared_bad += bad;
+        }
+        if (bad && t.first_bad == P) t.first_bad = i;
+    }
+    return t;
+}
+
 static void check(SchedKind kind, int pp, int C)
 {
     char err[SCHED_ERR_MAX];
+    const char *name = sched_kind_name(kind);
     if (sched_validate(kind, pp, C, LAYERS, err, sizeof err)) BUG("test layout: %s", err);
     int32_t **win = xcalloc((size_t)C, sizeof(int32_t *));
     for (int mb = 0; mb < C; mb++) {
@@ -168,103 +269,38 @@ static void check(SchedKind kind, int pp, int C)
     }
     Ref ref;
     reference(win, C, &ref);
-
-    Schedule s;
-    sched_build(&s, kind, pp, C);
-    PipeMailbox *box = pipe_mailbox_create(pp, ops);
-    Model *stages[8][2] = { { NULL } };
-    PipeExec ex[8];
-    ModelLoss *loss = xcalloc((size_t)C, sizeof(ModelLoss));
-    for (int r = 0; r < pp; r++) {
-        for (int c = 0; c < s.n_chunks; c++) {
-            StageSpec sp;
-            stage_split(LAYERS, s.n_stages, sched_stage_of(&s, r, c), &sp);
-            sp.n_slots = pipe_exec_slots(&s, r, c);
-            Model *m = stage_create(&cfg, ops, B_, T_, MODEL_TRAIN_SPLIT, &sp, NULL, 0);
-            model_init_params(m, SEED_W);
-            model_zero_grads(m);
-            model_zero_counts(m);
-            model_set_loss_weights(m, LAMBDA, ALPHA, C);
-            stages[r][c] = m;
-        }
-        pipe_exec_init(&ex[r], &s, r, stages[r], pipe_mailbox_link(box, r));
-        pipe_exec_begin(&ex[r], (const int32_t *const *)win, loss);
-    }
-    int rc = run_random(ex, pp);
-    EXPECT(rc == 0, "%s pp %d C %d: deadlock", sched_kind_name(kind), pp, C);
-    EXPECT(pipe_mailbox_pending(box) == 0, "%s pp %d C %d: %d messages never received", sched_kind_name(kind), pp,
-           C, pipe_mailbox_pending(box));
+    Pipe p;
+    pipe_run(&p, kind, pp, C, win);
 
     int loss_bad = 0;
     for (int mb = 0; mb < C; mb++)
-        loss_bad += loss[mb].main != ref.loss[mb].main || memcmp(loss[mb].mtp, ref.loss[mb].mtp, sizeof loss[mb].mtp);
-    EXPECT(loss_bad == 0, "%s pp %d C %d: %d micro-batches' losses differ from the unpipelined run",
-           sched_kind_name(kind), pp, C, loss_bad);
+        loss_bad += p.loss[mb].main != ref.loss[mb].main || memcmp(p.loss[mb].mtp, ref.loss[mb].mtp, sizeof p.loss[mb].mtp);
+    EXPECT(loss_bad == 0, "%s pp %d C %d: %d micro-batches' losses differ from the unpipelined run", name, pp, C,
+           loss_bad);
 
-    /* the whole gradient: every stage's buffer, summed in double (exact for two FP32 terms)
-     * and rounded once */
     const size_t P = ref.P;
     double *sum = xcalloc(P, sizeof(double));
     int *holders = xcalloc(P, sizeof(int));
     float *g = xmalloc(P * sizeof(float));
-    size_t held = 0;    /* floats allocated over all stages: each holds only its tensors */
-    for (int r = 0; r < pp; r++)
-        for (int c = 0; c < s.n_chunks; c++) {
-            const ParamTable *pt = model_table(stages[r][c]);
-            held += pt->total;
-            ops->download(ops, g, model_grads(stages[r][c]), pt->total * sizeof(float));
-            for (int e = 0; e < pt->n; e++)
-                for (size_t j = 0; j < pt->p[e].numel; j++) {
-                    float v = g[pt->p[e].offset + j];
-                    sum[pt->p[e].global_offset + j] += v;
-                    holders[pt->p[e].global_offset + j] += v != 0.0f;
-                }
-        }
+    size_t held = gather_grads(&p, sum, holders, g);
     /* every tensor lives on one stage (two under DualPipe: the mirror copies), plus the last
      * stage's embedding copy for MTP: nothing else is allocated */
     const size_t copies = kind == SCHED_DUALPIPE ? 2 : 1, emb = (size_t)cfg.vocab_size * cfg.hidden_size;
-    EXPECT(held == copies * (P + emb), "%s pp %d C %d: the stages hold %zu floats of a %zu-float model",
-           sched_kind_name(kind), pp, C, held, P);
-    size_t single = 0, single_bad = 0, shared = 0, shared_bad = 0, first_bad = P;
-    double worst = 0;
-    const double u = ldexp(1.0, -24);
-    for (size_t i = 0; i < P; i++) {
-        float got = (float)sum[i];
-        if (holders[i] <= 1) {
-            single++;
-            if (got != ref.grad[i]) {
-                single_bad++;
-                if (first_bad == P) first_bad = i;
-            }
-        } else {
-            shared++;
-            double n = ref.terms[i] > 1 ? ref.terms[i] : 1;
-            double bound = 4.0 * (n - 1) * u * ref.mag[i], diff = fabs((double)got - ref.grad[i]);
-            if (diff > 0 && diff / bound > worst) worst = diff / bound;
-            if (diff > bound) {
-                shared_bad++;
-                if (first_bad == P) first_bad = i;
-            }
-        }
-    }
-    EXPECT(single_bad == 0 && shared_bad == 0,
+    EXPECT(held == copies * (P + emb), "%s pp %d C %d: the stages hold %zu floats of a %zu-float model", name, pp, C,
+           held, P);
+    Tally t = compare_grads(&ref, sum, holders);
+    EXPECT(t.single_bad == 0 && t.shared_bad == 0,
            "%s pp %d C %d: %zu of %zu one-holder gradients not bit-equal, %zu of %zu shared ones past the bound "
-           "(first: element %zu: %.9g vs %.9g)", sched_kind_name(kind), pp, C, single_bad, single, shared_bad, shared,
-           first_bad, first_bad < P ? sum[first_bad] : 0.0, first_bad < P ? ref.grad[first_bad] : 0.0);
-    printf("%-9s pp %d C %2d: losses bit-equal %s; gradients: %zu bit-equal, %zu summed over 2 copies "
-           "(worst %.3f of the bound)\n", sched_kind_name(kind), pp, C, loss_bad ? "NO" : "yes", single - single_bad,
-           shared, worst);
+           "(first: element %zu: %.9g vs %.9g)", name, pp, C, t.single_bad, t.single, t.shared_bad, t.shared,
+           t.first_bad, t.first_bad < P ? sum[t.first_bad] : 0.0, t.first_bad < P ? ref.grad[t.first_bad] : 0.0);
+    printf("%-9s pp %d C %2d MTP %d: losses bit-equal %s; gradients: %zu bit-equal, %zu summed over 2 copies "
+           "(worst %.3f of the bound)\n", name, pp, C, cfg.num_nextn_predict_layers, loss_bad ? "NO" : "yes",
+           t.single - t.single_bad, t.shared, t.worst);
 
     free(sum);
     free(holders);
     free(g);
-    for (int r = 0; r < pp; r++) {
-        pipe_exec_free(&ex[r]);
-        for (int c = 0; c < s.n_chunks; c++) model_destroy(stages[r][c]);
-    }
-    pipe_mailbox_free(box);
-    sched_free(&s);
-    free(loss);
+    pipe_free(&p);
     free(ref.loss);
     free(ref.grad);
     free(ref.mag);
@@ -297,6 +333,9 @@ int main(void)
             check(SCHED_DUALPIPEV, pp, dualv[i]);
         }
     }
+    /* MTP depth 2 (a chain of modules on the last stage), every schedule at pp 2 */
+    cfg.num_nextn_predict_layers = 2;
+    for (int k = 0; k < SCHED_KIND_COUNT; k++) check((SchedKind)k, 2, 4);
     ops_destroy(ops);
     return test_finish();
 }
