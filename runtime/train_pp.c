@@ -12,10 +12,12 @@
 #include "model/stage.h"
 #include "runtime/common.h"
 #include "runtime/pipeline/executor.h"
+#include "runtime/plan.h"
 #include "runtime/pipeline/schedule.h"
 
 struct PpTrainer {
     Schedule sched;
+    int *stage_lo;              /* [n_stages + 1] stage s runs main layers [stage_lo[s], stage_lo[s+1]) */
     ParamTable full;            /* the whole model's table (checkpoints, reductions) */
     Model *stage[2];            /* [chunk]: each allocates only the tensors it holds */
     StageSpec spec[2];
@@ -34,9 +36,38 @@ static int n_chunks(const Trainer *t) { return t->pp->sched.n_chunks; }
 
 static void spec_of(const Trainer *t, int rank, int chunk, StageSpec *sp)
 {
-    const Schedule *s = &t->pp->sched;
-    stage_split(t->cfg.model.num_hidden_layers, s->n_stages, sched_stage_of(s, rank, chunk), sp);
-    sp->n_slots = pipe_exec_slots(s, rank, chunk);
+    const struct PpTrainer *p = t->pp;
+    const int st = sched_stage_of(&p->sched, rank, chunk);
+    sp->lo = p->stage_lo[st];
+    sp->hi = p->stage_lo[st + 1];
+    sp->first = sp->lo == 0;
+    sp->last = sp->hi == t->cfg.model.num_hidden_layers;
+    sp->n_slots = pipe_exec_slots(&p->sched, rank, chunk);
+}
+
+/* The stages' layers: plan's split (runtime/plan.h: contiguous runs that balance the stages'
+ * forward times, head and MTP counted on the last), so train runs the layout plan reports;
+ * the even split if plan could not make one. */
+static void split_layers(Trainer *t)
+{
+    struct PpTrainer *p = t->pp;
+    const int S = p->sched.n_stages, L = t->cfg.model.num_hidden_layers;
+    p->stage_lo = xcalloc((size_t)S + 1, sizeof(int));
+    Plan plan;
+    plan_compute(&plan, &t->cfg);
+    int ok = plan.n_stages == S;
+    for (int s = 0; ok && s < S; s++) {
+        p->stage_lo[s] = plan.stages[s].first_layer;
+        ok = plan.stages[s].n_layers >= 1 && (s == 0 || p->stage_lo[s] > p->stage_lo[s - 1]);
+    }
+    p->stage_lo[S] = L;
+    ok = ok && p->stage_lo[0] == 0 && plan.stages[S - 1].first_layer + plan.stages[S - 1].n_layers == L;
+    plan_free(&plan);
+    for (int s = 0; !ok && s < S; s++) {
+        StageSpec sp;
+        stage_split(L, S, s, &sp);
+        p->stage_lo[s] = sp.lo;
+    }
 }
 
 /* Which of chunk c's tensors it is the first holder of (ranks, then chunks, in order): the
@@ -79,6 +110,7 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     SchedKind kind;
     if (sched_kind_parse(cfg->parallel.schedule, &kind)) BUG("schedule '%s' passed validation", cfg->parallel.schedule);
     sched_build(&p->sched, kind, g->pp, C);
+    split_layers(t);
     params_build(&p->full, &cfg->model);
     for (int c = 0; c < p->sched.n_chunks; c++) {
         spec_of(t, g->stage, c, &p->spec[c]);
@@ -119,6 +151,7 @@ void pp_free(Trainer *t)
     free(p->counts);
     free(p->counts_tmp);
     sched_free(&p->sched);
+    free(p->stage_lo);
     params_free(&p->full);
     free(p);
     t->pp = NULL;
@@ -345,16 +378,18 @@ void pp_print_memory(Trainer *t, FILE *f)
     comm_allgather(t->groups->pp_comm, all, mine, W, COMM_F64);
     const double MiB = 1048576.0;
     fprintf(f, "memory per pipeline rank (%s; each rank holds its stages' tensors):\n", t->o->name);
-    fprintf(f, "  %-6s %-10s %6s %14s %16s %16s %14s\n", "rank", "stages", "slots", "activations", "backward bufs",
-            "params+grads", "AdamW m, v");
+    fprintf(f, "  %-6s %-22s %6s %14s %16s %16s %14s\n", "rank", "stages (layers)", "slots", "activations",
+            "backward bufs", "params+grads", "AdamW m, v");
     for (int r = 0; r < pp; r++) {
-        char stages[32];
-        if (p->sched.n_chunks == 1)
-            snprintf(stages, sizeof stages, "%d", sched_stage_of(&p->sched, r, 0));
-        else
-            snprintf(stages, sizeof stages, "%d, %d", sched_stage_of(&p->sched, r, 0), sched_stage_of(&p->sched, r, 1));
+        char stages[64];
+        int used = 0;
+        for (int c = 0; c < p->sched.n_chunks; c++) {
+            int st = sched_stage_of(&p->sched, r, c);
+            used += snprintf(stages + used, sizeof stages - (size_t)used, "%s%d (%d-%d)", c ? ", " : "", st,
+                             p->stage_lo[st], p->stage_lo[st + 1] - 1);
+        }
         const double *a = all + (size_t)r * W;
-        fprintf(f, "  %-6d %-10s %6.0f %10.1f MiB %12.1f MiB %12.1f MiB %10.1f MiB\n", r, stages, a[4], a[0] / MiB,
+        fprintf(f, "  %-6d %-22s %6.0f %10.1f MiB %12.1f MiB %12.1f MiB %10.1f MiB\n", r, stages, a[4], a[0] / MiB,
                 a[1] / MiB, a[2] / MiB, a[3] / MiB);
     }
     free(all);
