@@ -69,6 +69,7 @@ static void plan_acts(Model *m, Arena *ar)
     m->rope_sin = arena_take(ar, (size_t)d->T * (d->Dr / 2) * sizeof(float));
     m->counts = arena_take(ar, (size_t)(m->n_moe ? m->n_moe : 1) * d->E * sizeof(float));
     m->bal_dloss = arena_take(ar, (size_t)d->B * sizeof(float));
+    if (m->n_micro > 0) m->step_losses = arena_take(ar, (size_t)m->n_micro * m->step_row * sizeof(float));
 }
 
 /* Backward buffers: B's scratch (shared); per slot the residual gradient stream and, with W
@@ -177,7 +178,7 @@ Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train)
 
 Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Comm *ep_comm, int node)
 {
-    StageSpec whole = { 0, c->num_hidden_layers, 1, 1, 1 };
+    StageSpec whole = { 0, c->num_hidden_layers, 1, 1, 1, 0 };
     return stage_create(c, o, B, T, train, &whole, ep_comm, node);
 }
 
@@ -203,6 +204,7 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
     m->first = sp->first;
     m->last = sp->last;
     m->n_slots = sp->n_slots;
+    m->n_micro = sp->n_micro;
     dims_from_config(&m->d, c, B, T, (int)o->act_bytes);
     if (ep_comm && ep_comm->size > 1 && m->d.E > 0) {
         ep_group_init(&m->ep, ep_comm, node, m->d.E);
@@ -241,6 +243,7 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
     m->copy_arena = arena_build(m, plan_weights, &m->bytes_copies);
     list_weights(m);
     if (m->grads) bind_grads(m);
+    m->step_row = (size_t)m->d.N * (1 + m->d.D) + (size_t)m->n_moe * B;
     m->act_arena = arena_build(m, plan_acts, &m->bytes_acts);
     if (train) m->scratch_arena = arena_build(m, plan_backward, &m->bytes_scratch);
 
@@ -259,6 +262,8 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
     m->host_delta = xcalloc((size_t)m->d.E + 1, sizeof(double));
     m->host_weights = xcalloc((size_t)(m->d.N > B ? m->d.N : B), sizeof(float));
     m->host_idx = xcalloc((size_t)m->d.N * (m->d.K > 0 ? m->d.K : 1), sizeof(int32_t));
+    m->host_step = xcalloc((size_t)m->n_micro * m->step_row + 1, sizeof(float));
+    m->step_valid = xcalloc((size_t)m->n_micro * MTP_MAX + 1, sizeof(int));
     model_set_loss_weights(m, 0.0, 0.0, 1);
     return m;
 }
@@ -293,6 +298,8 @@ void model_destroy(Model *m)
     free(m->host_delta);
     free(m->host_weights);
     free(m->host_idx);
+    free(m->host_step);
+    free(m->step_valid);
     free(m);
 }
 

@@ -76,6 +76,12 @@ struct Model {
                                  * norm, head and MTP when last (the whole model: 0, L, 1, 1) */
     int n_slots;
     ModelSlot *slots;           /* (n_slots) */
+    int n_micro;                /* micro-batches a step keeps losses of (0: read at each forward) */
+    size_t step_row;            /* floats of one micro-batch's losses: main (N), MTP (D x N), balance
+                                 * (n_moe x B) */
+    float *step_losses;         /* (n_micro, step_row) backend: the step's losses, read once */
+    float *host_step;           /* (n_micro, step_row) host staging of that read */
+    int *step_valid;            /* (n_micro, MTP_MAX) host: each MTP mean's divisor */
     ModelSlot *sl;              /* the slot the calls below work on */
     int nblocks;                /* L main blocks + D MTP blocks */
     int *is_moe;                /* (nblocks) */
@@ -136,8 +142,9 @@ double model_download_mean(Model *m, const float *dev, int n, int valid);
 void mtp_bind(MtpWeights *w, Ops *o, const ParamTable *t, float *params, int layer, Arena *copies);
 void mtp_bind_grads(MtpGrads *g, const ParamTable *t, float *grads, int layer);
 void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar);
-/* Forward of module k (1-based) from h_prev (N,C); returns its mean loss. */
-double mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, int train);
+/* Forward of module k (1-based) from h_prev (N,C); its per-row losses in the slot's
+ * mtp[k-1].losses; returns how many rows have a target (the mean's divisor). */
+int mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, int train);
 void mtp_bwd_plan(MtpBwd *b, const Dims *d, Arena *ar);
 /* Backward of module k. B accumulates dL/dh_prev into m->dhf (k = 1) or m->dh_chain; W adds
  * its weights' gradients (the shared head's and embedding's included). */

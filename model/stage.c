@@ -37,8 +37,9 @@ static const act *block_input(const Model *m, int b)
     return b > m->lo ? m->sl->acts[b - 1].x_out : m->sl->x0;
 }
 
-/* Final norm, head and loss, then the MTP modules (last stage). */
-static void head_forward(Model *m, const int32_t *window, int train, ModelLoss *loss)
+/* Final norm, head and loss, then the MTP modules (last stage); valid[k]: module k+1's rows
+ * with a target. */
+static void head_forward(Model *m, const int32_t *window, int train, int *valid)
 {
     Ops *o = m->o;
     const Dims *d = &m->d;
@@ -46,32 +47,89 @@ static void head_forward(Model *m, const int32_t *window, int train, ModelLoss *
     o->rmsnorm_forward(o, m->sl->hf, m->sl->hf_rstd, x, m->final_norm, d->N, d->C, (float)m->cfg.rms_norm_eps);
     o->matmul_forward(o, m->sl->logits, m->sl->hf, &m->head, d->N, d->C, d->V);
     o->xent_forward(o, m->sl->losses, m->sl->logits, m->sl->targets, d->N, d->V);
-    loss->main = model_download_mean(m, m->sl->losses, d->N, d->N);
     /* training: the logits buffer becomes its own gradient now (the fused GPU path) */
     if (train) o->xent_backward(o, m->sl->logits, m->sl->logits, m->sl->targets, m->dloss_main, d->N, d->V);
 
     const act *h_prev = m->sl->hf;
     for (int k = 1; k <= d->D; k++) {
-        loss->mtp[k - 1] = mtp_forward(m, k, window, h_prev, train);
+        valid[k - 1] = mtp_forward(m, k, window, h_prev, train);
         h_prev = m->sl->acts[d->L + k - 1].x_out;
     }
 }
 
-void stage_forward(Model *m, int slot, const int32_t *window, int train, ModelLoss *loss)
+/* Mean of n host floats over `valid` rows, summed in order in double (model_download_mean's
+ * arithmetic, so a kept loss reads as an immediate one). */
+static double host_mean(const float *x, int n, int valid)
+{
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += x[i];
+    return valid > 0 ? sum / valid : 0.0;
+}
+
+/* The slot's losses now (one download per buffer). */
+static void read_now(Model *m, const int *valid, ModelLoss *loss)
 {
     const Dims *d = &m->d;
+    if (m->last) {
+        loss->main = model_download_mean(m, m->sl->losses, d->N, d->N);
+        for (int k = 0; k < d->D; k++) loss->mtp[k] = model_download_mean(m, m->sl->mtp[k].losses, d->N, valid[k]);
+    }
+    /* each MoE layer's loss is a mean over the B sequences; layers add (the layers of other
+     * stages stay zero here) */
+    if (m->alpha > 0 && m->n_moe > 0) loss->balance = model_download_mean(m, m->sl->bal_loss, m->n_moe * d->B, d->B);
+}
+
+/* The slot's per-row losses into row mb of the step's (no read). */
+static void keep(Model *m, int mb, const int *valid)
+{
+    const Dims *d = &m->d;
+    const size_t N = (size_t)d->N, F = sizeof(float);
+    CHECK(mb >= 0 && mb < m->n_micro);
+    float *row = m->step_losses + (size_t)mb * m->step_row;
+    if (m->last) {
+        m->o->copy(m->o, row, m->sl->losses, N * F);
+        for (int k = 0; k < d->D; k++) m->o->copy(m->o, row + N * (1 + k), m->sl->mtp[k].losses, N * F);
+        memcpy(m->step_valid + (size_t)mb * MTP_MAX, valid, MTP_MAX * sizeof(int));
+    }
+    if (m->alpha > 0 && m->n_moe > 0)
+        m->o->copy(m->o, row + N * (1 + d->D), m->sl->bal_loss, (size_t)m->n_moe * d->B * F);
+}
+
+void stage_forward(Model *m, int slot, int mb, const int32_t *window, int train, ModelLoss *loss)
+{
+    const Dims *d = &m->d;
+    int valid[MTP_MAX] = { 0 };
     CHECK(!train || m->train);
     use_slot(m, slot);
-    memset(loss, 0, sizeof *loss);
     if (m->first || m->last) stage_tokens(m, window);
     model_refresh_weights(m);
     if (m->first) m->o->embedding_forward(m->o, m->sl->x0, m->sl->tokens, m->embed, d->N, d->C);
     for (int b = m->lo; b < m->hi; b++) block_forward(m, b, block_input(m, b), train);
-    if (m->last) head_forward(m, window, train, loss);
-    if (m->alpha > 0 && m->n_moe > 0) {
-        /* each MoE layer's loss is a mean over the B sequences; layers add (the layers of
-         * other stages stay zero here) */
-        loss->balance = model_download_mean(m, m->sl->bal_loss, m->n_moe * d->B, d->B);
+    if (m->last) head_forward(m, window, train, valid);
+    if (loss) {
+        memset(loss, 0, sizeof *loss);
+        read_now(m, valid, loss);
+    } else {
+        keep(m, mb, valid);
+    }
+}
+
+void stage_read_losses(Model *m, int n, ModelLoss *out)
+{
+    const Dims *d = &m->d;
+    const int N = d->N;
+    CHECK(n >= 0 && n <= m->n_micro);
+    memset(out, 0, (size_t)n * sizeof *out);
+    if (n == 0) return;
+    m->o->download(m->o, m->host_step, m->step_losses, (size_t)n * m->step_row * sizeof(float));
+    for (int mb = 0; mb < n; mb++) {
+        const float *row = m->host_step + (size_t)mb * m->step_row;
+        if (m->last) {
+            out[mb].main = host_mean(row, N, N);
+            for (int k = 0; k < d->D; k++)
+                out[mb].mtp[k] = host_mean(row + (size_t)N * (1 + k), N, m->step_valid[(size_t)mb * MTP_MAX + k]);
+        }
+        if (m->alpha > 0 && m->n_moe > 0) out[mb].balance = host_mean(row + (size_t)N * (1 + d->D), m->n_moe * d->B, d->B);
     }
 }
 
@@ -155,7 +213,7 @@ void stage_backward_weight(Model *m, int slot)
 void model_forward(Model *m, const int32_t *window, int train, ModelLoss *loss)
 {
     CHECK(m->first && m->last);
-    stage_forward(m, 0, window, train, loss);
+    stage_forward(m, 0, 0, window, train, loss);
 }
 
 void model_backward(Model *m)
@@ -194,6 +252,7 @@ void stage_split(int L, int S, int s, StageSpec *sp)
     sp->first = sp->lo == 0;
     sp->last = sp->hi == L;
     sp->n_slots = 1;
+    sp->n_micro = 0;
 }
 
 act *stage_input(Model *m, int slot)
@@ -223,4 +282,5 @@ const act *stage_input_grad(Model *m, int slot)
 
 size_t stage_io_bytes(const Model *m) { return (size_t)m->d.N * m->d.C * m->o->act_bytes; }
 int stage_n_slots(const Model *m) { return m->n_slots; }
+int stage_n_micro(const Model *m) { return m->n_micro; }
 void stage_copy_io(Model *m, act *dst, const act *src) { m->o->copy(m->o, dst, src, stage_io_bytes(m)); }

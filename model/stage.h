@@ -16,10 +16,11 @@
  * Calling sequence (one micro-batch in slot i of a middle stage):
  *   Model *s = stage_create(&cfg, ops, B, T, MODEL_TRAIN_SPLIT, &spec, NULL, 0);
  *   ... receive the previous stage's output into stage_input(s, i) ...
- *   stage_forward(s, i, window, 1, &loss);           window: host (B, T+1) ids (first/last)
+ *   stage_forward(s, i, mb, window, 1, NULL);        window: host (B, T+1) ids (first/last)
  *   ... send stage_output(s, i); later receive dL/d(output) into stage_output_grad(s, i) ...
  *   stage_backward_input(s, i);  ... send stage_input_grad(s, i) ...
  *   stage_backward_weight(s, i);                      (or stage_backward: B and W together)
+ *   ... after the step's micro-batches: stage_read_losses(s, C, losses);   one read
  * The slot is free again after its W. A last stage needs no received gradient; a first stage
  * receives no input (it embeds the window's tokens).
  */
@@ -32,6 +33,7 @@ typedef struct StageSpec {
     int lo, hi;             /* main blocks [lo, hi) */
     int first, last;        /* lo == 0: embedding here; hi == L: final norm, head, MTP here */
     int n_slots;            /* micro-batches held at once (>= 1) */
+    int n_micro;            /* micro-batches a step keeps losses of on the device (0: none) */
 } StageSpec;
 
 /* Whether stage sp holds table entry p: its blocks [lo, hi); the embedding when first, and
@@ -46,10 +48,16 @@ void stage_split(int L, int S, int s, StageSpec *sp);
 Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const StageSpec *sp, Comm *ep_comm,
                     int node);
 
-/* Forward of the micro-batch in `slot`: window (host, B x (T+1) ids) is read on the first stage
- * (tokens) and the last (targets; may be NULL elsewhere). loss: the last stage's main and MTP
- * losses; every stage's share of the balance loss (its MoE layers); zero otherwise. */
-void stage_forward(Model *m, int slot, const int32_t *window, int train, ModelLoss *loss);
+/* Forward of micro-batch mb in `slot`: window (host, B x (T+1) ids) is read on the first stage
+ * (tokens) and the last (targets; may be NULL elsewhere). With loss, the losses are read at
+ * once: the last stage's main and MTP losses; every stage's share of the balance loss (its
+ * MoE layers); zero otherwise. With loss NULL they stay on the device, in row mb of the
+ * step's losses (mb < n_micro), for stage_read_losses. */
+void stage_forward(Model *m, int slot, int mb, const int32_t *window, int train, ModelLoss *loss);
+/* The losses of micro-batches 0 .. n-1 kept since their forwards, in one download: out[mb] as
+ * stage_forward's loss would have been (bit for bit: the same sums); only the rows of
+ * micro-batches this stage ran mean anything. */
+void stage_read_losses(Model *m, int n, ModelLoss *out);
 /* B and W of the slot unit by unit (model_backward's order). */
 void stage_backward(Model *m, int slot);
 /* B of the slot (MODEL_TRAIN_SPLIT, or with W straight after): activation gradients. */
@@ -69,5 +77,6 @@ size_t stage_io_bytes(const Model *m);
  * stages of one rank). */
 void stage_copy_io(Model *m, act *dst, const act *src);
 int stage_n_slots(const Model *m);
+int stage_n_micro(const Model *m);
 
 #endif

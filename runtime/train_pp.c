@@ -43,6 +43,7 @@ static void spec_of(const Trainer *t, int rank, int chunk, StageSpec *sp)
     sp->first = sp->lo == 0;
     sp->last = sp->hi == t->cfg.model.num_hidden_layers;
     sp->n_slots = pipe_exec_slots(&p->sched, rank, chunk);
+    sp->n_micro = p->sched.micro_batches;
 }
 
 /* The stages' layers: plan's split (runtime/plan.h: contiguous runs that balance the stages'
@@ -301,7 +302,7 @@ static void forward_chain(Trainer *t, const int32_t *window, double *out)
                     h.kind, h.mb, h.stage);
         }
         ModelLoss l;
-        stage_forward(m, 0, window, 0, &l);
+        stage_forward(m, 0, -1, window, 0, &l);
         if (st + 1 == s->n_stages) {
             out[0] = l.main;
             for (int k = 0; k < D; k++) out[1 + k] = l.mtp[k];

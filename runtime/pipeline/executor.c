@@ -146,11 +146,16 @@ void pipe_exec_init(PipeExec *e, const Schedule *s, int rank, Model *const *stag
             BUG("pipeline: rank %d chunk %d has %d activation slots, its list needs %d", rank, c,
                 stage_n_slots(stages[c]), need);
         if (stage_n_slots(stages[c]) > e->max_slots) e->max_slots = stage_n_slots(stages[c]);
+        if (stage_n_micro(stages[c]) < s->micro_batches)
+            BUG("pipeline: rank %d chunk %d keeps the losses of %d micro-batches, the step has %d", rank, c,
+                stage_n_micro(stages[c]), s->micro_batches);
     }
     Book *b = xmalloc(sizeof *b);
     book_init(b, s->micro_batches, stage_n_slots(stages[0]), s->n_chunks > 1 ? stage_n_slots(stages[1]) : 0);
     e->slot_busy = (int *)b;
     e->wq = xmalloc((size_t)2 * s->micro_batches * sizeof(int));
+    e->ran = xcalloc((size_t)2 * s->micro_batches, 1);
+    e->step_loss = xcalloc((size_t)s->micro_batches, sizeof(ModelLoss));
 }
 
 void pipe_exec_free(PipeExec *e)
@@ -158,6 +163,8 @@ void pipe_exec_free(PipeExec *e)
     if (e->slot_busy) book_free(book_of(e));
     free(e->slot_busy);
     free(e->wq);
+    free(e->ran);
+    free(e->step_loss);
     memset(e, 0, sizeof *e);
 }
 
@@ -169,6 +176,8 @@ void pipe_exec_begin(PipeExec *e, const int32_t *const *windows, ModelLoss *loss
     book_init(b, C, cap0, cap1);
     e->pc = 0;
     e->wq_head = e->wq_tail = 0;
+    e->done = 0;
+    memset(e->ran, 0, (size_t)2 * C);
     e->windows = windows;
     e->losses = losses;
 }
@@ -178,18 +187,32 @@ static void run_f(PipeExec *e, int mb, int chunk)
     Model *st = e->stage[chunk];
     Book *b = book_of(e);
     int slot = book_slot(b, chunk, mb);
-    ModelLoss l;
-    stage_forward(st, slot, e->windows[mb], 1, &l);
-    ModelLoss *out = &e->losses[mb];
-    if (sched_stage_of(e->s, e->rank, chunk) == e->s->n_stages - 1) {
-        out->main = l.main;
-        memcpy(out->mtp, l.mtp, sizeof out->mtp);
-    }
-    out->balance += l.balance;
+    stage_forward(st, slot, mb, e->windows[mb], 1, NULL);     /* losses stay on the device */
+    e->ran[chunk * e->s->micro_batches + mb] = 1;
     int next = local_neighbour(e->s, e->rank, mb, chunk, +1);
     if (next >= 0) {    /* DualPipeV's turn: the next stage is our other chunk */
         Model *to = e->stage[next];
         stage_copy_io(st, stage_input(to, book_slot(b, next, mb)), stage_output(st, slot));
+    }
+}
+
+/* End of the list: each chunk's losses in one read; the last stage's main and MTP losses and
+ * every stage's balance share into losses[mb], for the micro-batches the chunk ran. */
+static void read_losses(PipeExec *e)
+{
+    const int C = e->s->micro_batches;
+    for (int c = 0; c < e->s->n_chunks; c++) {
+        const int last = sched_stage_of(e->s, e->rank, c) == e->s->n_stages - 1;
+        stage_read_losses(e->stage[c], C, e->step_loss);
+        for (int mb = 0; mb < C; mb++) {
+            if (!e->ran[c * C + mb]) continue;
+            ModelLoss *out = &e->losses[mb];
+            if (last) {
+                out->main = e->step_loss[mb].main;
+                memcpy(out->mtp, e->step_loss[mb].mtp, sizeof out->mtp);
+            }
+            out->balance += e->step_loss[mb].balance;
+        }
     }
 }
 
@@ -258,6 +281,8 @@ int pipe_exec_step(PipeExec *e)
     Book *b = book_of(e);
     if (e->pc == l->n) {
         book_flush(b, NULL);
+        if (!e->done) read_losses(e);
+        e->done = 1;
         return PIPE_DONE;
     }
     const SchedInstr *in = &l->ins[e->pc];

@@ -57,6 +57,9 @@ typedef struct PipeExec {
     int wq_head, wq_tail;
     const int32_t *const *windows;
     ModelLoss *losses;
+    unsigned char *ran;         /* [chunk * C + mb]: the chunk ran the micro-batch's F this step */
+    ModelLoss *step_loss;       /* [C] a chunk's read of the step's losses */
+    int done;                   /* the losses of this step have been read */
 } PipeExec;
 
 enum { PIPE_DONE = -1, PIPE_BLOCKED = 0, PIPE_RAN = 1 };
@@ -65,8 +68,10 @@ enum { PIPE_DONE = -1, PIPE_BLOCKED = 0, PIPE_RAN = 1 };
  * taking a slot and its W, walking the list with the executor's own rules. */
 int pipe_exec_slots(const Schedule *s, int rank, int chunk);
 void pipe_exec_init(PipeExec *e, const Schedule *s, int rank, Model *const *stages, PipeLink *link);
-/* Start a step: every slot free, the list from its first instruction. losses[mb] gets the
- * last stage's main and MTP losses; every stage adds its balance-loss share. */
+/* Start a step: every slot free, the list from its first instruction. losses[mb] (zeroed by
+ * the caller) gets the last stage's main and MTP losses and every stage adds its balance-loss
+ * share, all read once when the list ends (the stages keep them on the device until then:
+ * StageSpec.n_micro must cover the step). */
 void pipe_exec_begin(PipeExec *e, const int32_t *const *windows, ModelLoss *losses);
 /* Runs the next instruction: PIPE_RAN, PIPE_BLOCKED (its receive has not arrived; nothing
  * changed), or PIPE_DONE at the end of the list. */

@@ -178,6 +178,7 @@ static void pipe_run(Pipe *p, SchedKind kind, int pp, int C, int32_t **win)
             StageSpec sp;
             stage_split(LAYERS, p->s.n_stages, sched_stage_of(&p->s, r, c), &sp);
             sp.n_slots = pipe_exec_slots(&p->s, r, c);
+            sp.n_micro = C;
             Model *m = stage_create(&cfg, ops, B_, T_, MODEL_TRAIN_SPLIT, &sp, NULL, 0);
             model_init_params(m, SEED_W);
             model_zero_grads(m);
