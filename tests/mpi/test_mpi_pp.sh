@@ -16,7 +16,8 @@
 #   - the final checkpoint's weights match serial within WEIGHT_TOL (tests/tools/ckpt_compare)
 # Then: a PP run resumed from its own step-10 checkpoint on the same layout ends bit for bit
 # where the straight run does (ckpt_compare without tolerance), and killing one rank of a
-# running PP job ends the whole job within 60 s, mpirun naming the rank and the signal.
+# running PP job ends the whole job within 60 s, mpirun naming the rank and the signal; pp with
+# dp > 1 (not in this build) is one message.
 LOSS_TOL=1e-4       # absolute, nats (see test_mpi_train.sh)
 GNORM_TOL=2e-3      # relative
 WEIGHT_TOL=2e-3     # ckpt_compare: max |a-b| / max |a| per tensor
@@ -116,4 +117,10 @@ ELAPSED=$((SECONDS - t0))
 check "kill -9 of a rank ends the job (exit $RC, ${ELAPSED}s)" '[ $RC -ne 0 ] && [ $RC -ne 124 ] && [ $ELAPSED -lt 60 ]' \
     || show killed.txt
 check "mpirun names the rank and the signal" 'grep -qE "rank [0-9]+ .*signal 9" killed.txt' || show killed.txt
+
+# a layout this build cannot pipeline (pp with dp > 1): one message from rank 0, every rank exits non-zero
+run_mpi 4 ppdp.txt "$DSTRAIN" train "${ARGS[@]}" --set train.name=ppdp --set parallel.pp=2 --set parallel.dp=2
+check "pp 2 x dp 2 is refused (exit $RC, ${ELAPSED}s)" '[ $RC -ne 0 ] && [ $RC -ne 124 ]' || show ppdp.txt
+check "one message naming the keys" '[ "$(grep -c "dstrain: train: .parallel.pp. = 2 with .parallel.dp. = 2" ppdp.txt)" -eq 1 ]' \
+    || show ppdp.txt
 finish
