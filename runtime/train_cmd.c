@@ -1,8 +1,8 @@
 /* runtime/train_cmd.c - `dstrain train CONFIG [--set section.key=value ...] [--resume
  * latest|DIR]`: arguments, the run directory, resume with a compatibility check, the
  * start-up report (build, sizes, memory plan, the MFU peak), then the loop of train.c.
- * Under MPI it lays out the groups from [parallel] (data and expert parallelism; or pipeline
- * stages with dp = ep = 1, runtime/train_pp.h) and silences stdout on every rank but the root,
+ * Under MPI it lays out the groups from [parallel] (data, expert and pipeline parallelism;
+ * pipelines in runtime/train_pp.h) and silences stdout on every rank but the root,
  * so the job prints one report and one line per step.
  */
 #define _GNU_SOURCE
@@ -40,15 +40,11 @@ void train_set_world(World *w)
     the_world = w;
 }
 
-/* The groups of [parallel] over the world (a layout the world cannot hold, or one this build
- * cannot train yet, ends every rank with one message from rank 0). */
+/* The groups of [parallel] over the world (a layout the world cannot hold ends every rank with
+ * one message from rank 0). */
 static Groups *make_groups(World *w, const ParallelConfig *p)
 {
-    Groups *g = groups_create(w, p->pp, p->dp, p->ep);
-    if (p->pp > 1 && (p->dp != 1 || p->ep != 1))
-        world_exit_all(w, 1, "train: 'parallel.pp' = %d with 'parallel.dp' = %d, 'parallel.ep' = %d: this build "
-                             "pipelines with dp = 1 and ep = 1 only", p->pp, p->dp, p->ep);
-    return g;
+    return groups_create(w, p->pp, p->dp, p->ep);
 }
 
 static void train_usage(FILE *f)
@@ -187,12 +183,12 @@ static void print_banner(Trainer *t)
            c->model.num_nextn_predict_layers, c->model.n_routed_experts, c->model.num_experts_per_tok,
            t->flops_per_token / 1e6);
     const int dp = t->groups->dp;
-    if (dp > 1)
+    if (dp > 1 && t->groups->pp == 1)
         printf("parallel: %d ranks | dp %d | ep %d (%d routed experts per rank)\n", dp, dp, t->groups->ep,
                c->model.n_routed_experts / t->groups->ep);
     if (t->groups->pp > 1)
-        printf("parallel: %d ranks | pp %d | schedule %s | %d micro-batches per step\n", t->groups->pp,
-               t->groups->pp, c->parallel.schedule, c->train.grad_accum);
+        printf("parallel: %d ranks | pp %d | dp %d | ep %d | schedule %s | %d micro-batches per step\n",
+               t->groups->pp * dp, t->groups->pp, dp, t->groups->ep, c->parallel.schedule, c->train.grad_accum);
     printf("batch: %d micro-batches x %d sequences x %d tokens x %d dp ranks = %d tokens/step\n",
            c->train.grad_accum, c->train.micro_batch_size, c->train.seq_len, dp,
            c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp);

@@ -104,9 +104,6 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     const Config *cfg = &t->cfg;
     const TrainConfig *tc = &cfg->train;
     const int B = tc->micro_batch_size, T = tc->seq_len, C = tc->grad_accum;
-    if (g->dp != 1 || g->ep != 1)
-        DIE("train: 'parallel.pp' = %d with 'parallel.dp' = %d: this build pipelines with dp = 1 and ep = 1 only",
-            g->pp, g->dp);
     struct PpTrainer *p = t->pp = xcalloc(1, sizeof *p);
     SchedKind kind;
     if (sched_kind_parse(cfg->parallel.schedule, &kind)) BUG("schedule '%s' passed validation", cfg->parallel.schedule);
@@ -115,7 +112,8 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     params_build(&p->full, &cfg->model);
     for (int c = 0; c < p->sched.n_chunks; c++) {
         spec_of(t, g->stage, c, &p->spec[c]);
-        p->stage[c] = stage_create(&cfg->model, t->o, B, T, MODEL_TRAIN_SPLIT, &p->spec[c], NULL, w->node);
+        p->stage[c] = stage_create(&cfg->model, t->o, B, T, MODEL_TRAIN_SPLIT, &p->spec[c],
+                                   g->ep > 1 ? g->ep_comm : NULL, w->node);
         model_init_params(p->stage[c], (uint64_t)tc->seed);
         plan_ownership(t, c);
     }
@@ -190,19 +188,23 @@ static void from_full(Trainer *t, int c, float *dev, const float *full)
     t->o->upload(t->o, dev, p->host_tmp, pt->total * sizeof(float));
 }
 
-/* Every chunk's gradients <- the whole gradient's rows (the sum over chunks and ranks: each
- * entry has at most two holders, the others add zero); returns the global norm. */
+/* Every chunk's gradients <- the whole gradient's rows: the sum over chunks and PP ranks (each
+ * entry has at most two holders, the others add zero), then over the DP replicas (their data
+ * shares; under EP an expert's gradient comes from the ranks running it, as in train.h).
+ * Returns the global norm of the mean gradient (the sum / dp; optim_step applies the 1/dp). */
 static double reduce_grads(Trainer *t)
 {
     struct PpTrainer *p = t->pp;
+    const Groups *g = t->groups;
     const size_t total = p->full.total;
     memset(p->host_grad, 0, total * sizeof(float));
     for (int c = 0; c < n_chunks(t); c++) to_full(t, c, p->host_grad, model_grads(p->stage[c]), 1);
-    comm_allreduce(t->groups->pp_comm, p->host_grad, total, COMM_F32, COMM_SUM);
+    comm_allreduce(g->pp_comm, p->host_grad, total, COMM_F32, COMM_SUM);
+    if (g->dp > 1) comm_allreduce(g->dp_comm, p->host_grad, total, COMM_F32, COMM_SUM);
     for (int c = 0; c < n_chunks(t); c++) from_full(t, c, model_grads(p->stage[c]), p->host_grad);
     double sq = 0;
     for (size_t i = 0; i < total; i++) sq += (double)p->host_grad[i] * p->host_grad[i];
-    return sqrt(sq);
+    return sqrt(sq) / g->dp;
 }
 
 /* The step's expert loads: each stage counts its MoE layers; summed over chunks and ranks
@@ -218,6 +220,7 @@ static void reduce_counts(Trainer *t, StepMetrics *s, double gamma)
         for (size_t i = 0; i < n; i++) p->counts[i] += p->counts_tmp[i];
     }
     comm_allreduce(t->groups->pp_comm, p->counts, n, COMM_F32, COMM_SUM);
+    if (t->groups->dp > 1) comm_allreduce(t->groups->dp_comm, p->counts, n, COMM_F32, COMM_SUM);
     for (int c = 0; c < n_chunks(t); c++) model_set_expert_counts(p->stage[c], p->counts);
     LoadStats ls = model_load_stats(p->stage[0]);
     s->maxvio = ls.maxvio_mean;
@@ -225,8 +228,9 @@ static void reduce_counts(Trainer *t, StepMetrics *s, double gamma)
     for (int c = 0; c < n_chunks(t); c++) model_bias_update(p->stage[c], gamma, t->cfg.moe.bias_zero_mean);
 }
 
-/* Per micro-batch losses summed over the ranks (main and MTP: one rank reports each, the
- * others hold zero; balance: each stage its layers' share), then the step's means. */
+/* Per micro-batch losses summed over the PP ranks (main and MTP: one rank reports each, the
+ * others hold zero; balance: each stage its layers' share), averaged over the DP replicas,
+ * then the step's means. */
 static void reduce_losses(Trainer *t, StepMetrics *s)
 {
     struct PpTrainer *p = t->pp;
@@ -238,6 +242,10 @@ static void reduce_losses(Trainer *t, StepMetrics *s)
         for (int k = 0; k < D; k++) v[i * W + 2 + k] = p->losses[i].mtp[k];
     }
     comm_allreduce(t->groups->pp_comm, v, (size_t)M * W, COMM_F64, COMM_SUM);
+    if (t->groups->dp > 1) {
+        comm_allreduce(t->groups->dp_comm, v, (size_t)M * W, COMM_F64, COMM_SUM);
+        for (int i = 0; i < M * W; i++) v[i] /= t->groups->dp;
+    }
     for (int i = 0; i < M; i++) {
         s->loss += v[i * W] / M;
         s->balance += v[i * W + 1] / M;
@@ -268,13 +276,13 @@ void pp_train_step(Trainer *t, StepMetrics *s)
     reduce_losses(t, s);
     s->grad_norm = reduce_grads(t);
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
-    const double scale = clip_scale(s->grad_norm, c->optim.grad_clip);
+    const double scale = clip_scale(s->grad_norm, c->optim.grad_clip) / t->groups->dp;
     for (int k = 0; k < n_chunks(t); k++)
         optim_step(&p->opt[k], model_params(p->stage[k]), model_grads(p->stage[k]), s->lr, scale);
     reduce_counts(t, s, gamma);
     s->max_nodes = 0;
     t->step++;
-    t->tokens += (long long)M * c->train.micro_batch_size * c->train.seq_len;
+    t->tokens += (long long)M * c->train.micro_batch_size * c->train.seq_len * t->groups->dp;
 }
 
 /* One window down the stages (micro-batch 0's owners), no gradients; the last stage's losses,
@@ -326,6 +334,14 @@ double pp_evaluate(Trainer *t, double *mtp)
         forward_chain(t, t->window, l);
         sum += l[0] / n;
         for (int k = 0; k < D; k++) mtp[k] += l[1 + k] / n;
+    }
+    if (t->groups->dp > 1) {    /* each replica its share of the windows: the mean over them */
+        double all[1 + MTP_MAX];
+        all[0] = sum;
+        for (int k = 0; k < D; k++) all[1 + k] = mtp[k];
+        comm_allreduce(t->groups->dp_comm, all, (size_t)(1 + D), COMM_F64, COMM_SUM);
+        sum = all[0] / t->groups->dp;
+        for (int k = 0; k < D; k++) mtp[k] = all[1 + k] / t->groups->dp;
     }
     return sum;
 }

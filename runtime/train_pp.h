@@ -1,5 +1,6 @@
 /* runtime/train_pp.h - the parts of the training loop that differ under pipeline parallelism
- * (parallel.pp > 1; this build: dp = ep = 1): each PP rank builds only its stages (model/stage.h;
+ * (parallel.pp > 1, with dp data-parallel replicas of the pipeline and ep expert-parallel
+ * ranks inside each stage's replicas): each PP rank builds only its stages (model/stage.h;
  * two chunks under DualPipe and DualPipeV), runs its schedule's instruction list with the
  * executor (runtime/pipeline/executor.h) over MPI point-to-point (comm/p2p.h), and updates only
  * the parameters its stages hold.
@@ -10,8 +11,11 @@
  * those alone (the optimizer runs over the stage's own table). Gradients are summed over the
  * PP group through a whole-table host buffer (each entry has at most two holders, the others
  * add zero), so the two copies of a tensor (DualPipe's mirror stages; the first and last
- * stages' embeddings under 1F1B/ZB1P) take the same update, and the global norm is taken over
- * that sum once.
+ * stages' embeddings under 1F1B/ZB1P) take the same update, then over the DP replicas (each
+ * reads its share of every micro-batch, as in train.h; no ZeRO slices here: every replica keeps
+ * its stages' moments), and the global norm is taken over that sum once. Under EP the stage's
+ * MoE layers run their experts across the EP group (the replicas of one PP rank run the same
+ * list, so their exchanges match), expert gradients arriving with the DP sum.
  *
  * Checkpoints stay one-rank checkpoints (layout {1, 1, 1, 1}): the ranks sum their tensors'
  * first holders' weights and moments into full tables (exact: one non-zero term each), rank 0
