@@ -207,8 +207,9 @@ static void pipe_free(Pipe *p)
 }
 
 /* sum (P) <- the stages' gradients at their global offsets, summed in double (exact for two
- * FP32 terms) ; holders (P) <- how many stages hold a non-zero there. Returns the floats the
- * stages hold in all. */
+ * FP32 terms); holders (P) <- how many stages hold the element's tensor (by their tables, not
+ * by non-zero values: two copies can hold contributions that cancel to 0 in one of them).
+ * Returns the floats the stages hold in all. */
 static size_t gather_grads(Pipe *p, double *sum, int *holders, float *g)
 {
     size_t held = 0;
@@ -219,9 +220,8 @@ static size_t gather_grads(Pipe *p, double *sum, int *holders, float *g)
             ops->download(ops, g, model_grads(p->stages[r][c]), pt->total * sizeof(float));
             for (int e = 0; e < pt->n; e++)
                 for (size_t j = 0; j < pt->p[e].numel; j++) {
-                    float v = g[pt->p[e].offset + j];
-                    sum[pt->p[e].global_offset + j] += v;
-                    holders[pt->p[e].global_offset + j] += v != 0.0f;
+                    sum[pt->p[e].global_offset + j] += g[pt->p[e].offset + j];
+                    holders[pt->p[e].global_offset + j]++;
                 }
         }
     return held;
