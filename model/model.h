@@ -51,7 +51,8 @@ typedef struct LoadStats {
 } LoadStats;
 
 /* Plans every buffer for micro-batches of B x T tokens and allocates it through ops.
- * train: MODEL_EVAL (no gradients or backward scratch), MODEL_TRAIN or MODEL_TRAIN_SPLIT. DIE when the config cannot be built. */
+ * train: MODEL_EVAL (no gradients or backward scratch), MODEL_TRAIN or MODEL_TRAIN_SPLIT.
+ * DIE when the config cannot be built. */
 Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train);
 /* The same with expert parallelism over ep_comm (P ranks, P dividing n_routed_experts; NULL or
  * one rank: model_create): every rank keeps the whole parameter table but runs only experts

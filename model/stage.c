@@ -129,7 +129,8 @@ void stage_read_losses(Model *m, int n, ModelLoss *out)
             for (int k = 0; k < d->D; k++)
                 out[mb].mtp[k] = host_mean(row + (size_t)N * (1 + k), N, m->step_valid[(size_t)mb * MTP_MAX + k]);
         }
-        if (m->alpha > 0 && m->n_moe > 0) out[mb].balance = host_mean(row + (size_t)N * (1 + d->D), m->n_moe * d->B, d->B);
+        if (m->alpha > 0 && m->n_moe > 0)
+            out[mb].balance = host_mean(row + (size_t)N * (1 + d->D), m->n_moe * d->B, d->B);
     }
 }
 
@@ -149,7 +150,8 @@ static void head_backward_input(Model *m)
     const Dims *d = &m->d;
     o->matmul_backward_input(o, m->sl->dhf, m->sl->logits, &m->head, d->N, d->C, d->V);
     o->zero(o, m->sl->dres, (size_t)d->N * d->C * o->act_bytes);
-    o->rmsnorm_backward_input(o, m->sl->dres, m->sl->dhf, block_input(m, m->hi), m->final_norm, m->sl->hf_rstd, d->N, d->C);
+    o->rmsnorm_backward_input(o, m->sl->dres, m->sl->dhf, block_input(m, m->hi), m->final_norm, m->sl->hf_rstd, d->N,
+                              d->C);
 }
 
 static void head_backward_weight(Model *m)

@@ -112,8 +112,8 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     params_build(&p->full, &cfg->model);
     for (int c = 0; c < p->sched.n_chunks; c++) {
         spec_of(t, g->stage, c, &p->spec[c]);
-        p->stage[c] = stage_create(&cfg->model, t->o, B, T, MODEL_TRAIN_SPLIT, &p->spec[c],
-                                   g->ep > 1 ? g->ep_comm : NULL, w->node);
+        const int mode = pipe_exec_train_mode(&p->sched, g->stage, c);
+        p->stage[c] = stage_create(&cfg->model, t->o, B, T, mode, &p->spec[c], g->ep > 1 ? g->ep_comm : NULL, w->node);
         model_init_params(p->stage[c], (uint64_t)tc->seed);
         plan_ownership(t, c);
     }

@@ -127,6 +127,17 @@ int pipe_exec_slots(const Schedule *s, int rank, int chunk)
     return peak;
 }
 
+int pipe_exec_train_mode(const Schedule *s, int rank, int chunk)
+{
+    const SchedList *l = &s->rank[rank];
+    for (int i = 0; i < l->n; i++) {
+        const SchedInstr *in = &l->ins[i];
+        const int bc = in->op == SOP_FB ? in->chunk_b : in->chunk;
+        if ((in->op == SOP_B || in->op == SOP_FB) && bc == chunk && !in->fused) return MODEL_TRAIN_SPLIT;
+    }
+    return MODEL_TRAIN;
+}
+
 /* ---- the executor --------------------------------------------------------------------------- */
 
 static Book *book_of(PipeExec *e) { return (Book *)e->slot_busy; }
@@ -271,7 +282,8 @@ static void run_send(PipeExec *e, const SchedInstr *in, int kind)
     Model *st = e->stage[in->chunk];
     int slot = book_slot(book_of(e), in->chunk, in->mb);
     PipeHeader h = { kind, in->mb, sched_stage_of(e->s, e->rank, in->chunk) };
-    const void *buf = kind == PIPE_ACT ? (const void *)stage_output(st, slot) : (const void *)stage_input_grad(st, slot);
+    const void *buf = kind == PIPE_ACT ? (const void *)stage_output(st, slot)
+                                       : (const void *)stage_input_grad(st, slot);
     e->link->send(e->link, in->peer, &h, buf, stage_io_bytes(st));
 }
 

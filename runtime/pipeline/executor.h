@@ -67,6 +67,10 @@ enum { PIPE_DONE = -1, PIPE_BLOCKED = 0, PIPE_RAN = 1 };
 /* Slots chunk `chunk` of `rank` needs: the most micro-batches it holds at once between
  * taking a slot and its W, walking the list with the executor's own rules. */
 int pipe_exec_slots(const Schedule *s, int rank, int chunk);
+/* MODEL_TRAIN_SPLIT when chunk `chunk` of `rank` runs a B apart from its W (the B-to-W buffers
+ * then live per block and slot), MODEL_TRAIN when every B of its list is fused (1F1B: one
+ * shared set, W right after B). */
+int pipe_exec_train_mode(const Schedule *s, int rank, int chunk);
 void pipe_exec_init(PipeExec *e, const Schedule *s, int rank, Model *const *stages, PipeLink *link);
 /* Start a step: every slot free, the list from its first instruction. losses[mb] (zeroed by
  * the caller) gets the last stage's main and MTP losses and every stage adds its balance-loss

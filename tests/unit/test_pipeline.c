@@ -4,16 +4,18 @@
  * next instruction can run runs it; the seed is printed), for every schedule x pp in {2, 4} x
  * micro-batches in {pp, 2 pp, odd counts where the schedule allows them}, on configs/tiny.toml
  * (MTP depth 1) with 8 main layers so DualPipeV at pp 4 has a layer per stage; then every
- * schedule at pp 2 with MTP depth 2.
+ * schedule at pp 2 with MTP depth 2. Stages are built as the trainer builds them
+ * (pipe_exec_train_mode): one shared set of B-to-W buffers where every B of a chunk's list is
+ * fused (1F1B), one per block and slot where W runs apart.
  *
  * Checked against the unpipelined run (one Model, model_forward + model_backward per
  * micro-batch, the same initial weights and windows):
  *   - every micro-batch's main and MTP losses bit for bit: each stage computes exactly the
  *     unpipelined forward of its blocks on bit-identical inputs;
  *   - gradients: each stage allocates only the tensors it holds (its table's entries map to the
- *     whole model's by global_offset); the whole model's gradient is the sum over the stages. A tensor held by one stage gets its
- *     micro-batches' contributions in micro-batch order, as unpipelined: BIT-EQUAL (==, so
- *     that a -0 plus the other stages' +0 counts as equal). A tensor held by two stages
+ *     whole model's by global_offset); the whole model's gradient is the sum over the stages.
+ *     A tensor held by one stage gets its micro-batches' contributions in micro-batch order,
+ *     as unpipelined: BIT-EQUAL. A tensor held by two stages
  *     (the embedding under 1F1B/ZB1P/DualPipeV: the first stage's and the last stage's MTP
  *     copy; every tensor under DualPipe: the two mirror copies) is the sum of two partial sums
  *     instead of one running sum: within the reduction-order bound below;
@@ -179,7 +181,7 @@ static void pipe_run(Pipe *p, SchedKind kind, int pp, int C, int32_t **win)
             stage_split(LAYERS, p->s.n_stages, sched_stage_of(&p->s, r, c), &sp);
             sp.n_slots = pipe_exec_slots(&p->s, r, c);
             sp.n_micro = C;
-            Model *m = stage_create(&cfg, ops, B_, T_, MODEL_TRAIN_SPLIT, &sp, NULL, 0);
+            Model *m = stage_create(&cfg, ops, B_, T_, pipe_exec_train_mode(&p->s, r, c), &sp, NULL, 0);
             model_init_params(m, SEED_W);
             model_zero_grads(m);
             model_zero_counts(m);
@@ -275,7 +277,8 @@ static void check(SchedKind kind, int pp, int C)
 
     int loss_bad = 0;
     for (int mb = 0; mb < C; mb++)
-        loss_bad += p.loss[mb].main != ref.loss[mb].main || memcmp(p.loss[mb].mtp, ref.loss[mb].mtp, sizeof p.loss[mb].mtp);
+        loss_bad += p.loss[mb].main != ref.loss[mb].main ||
+                    memcmp(p.loss[mb].mtp, ref.loss[mb].mtp, sizeof p.loss[mb].mtp);
     EXPECT(loss_bad == 0, "%s pp %d C %d: %d micro-batches' losses differ from the unpipelined run", name, pp, C,
            loss_bad);
 
