@@ -108,7 +108,8 @@ typedef struct AdamArgs {
  * backends' declarations (kernels/cpu/cpu.h, kernels/cuda/cuda_internal.h), their fill
  * functions and the test that no backend leaves an entry empty all come from it.
  *
- * memory: zeroed allocation; byte copies between host and backend memory; act_upload /
+ * memory: zeroed allocation; byte copies between host and backend memory (upload,
+ * download) and within backend memory (copy, buffers not overlapping); act_upload /
  * act_download convert n activations between host FP32 and the table's activation type
  * (upload rounds to it).
  *
@@ -123,6 +124,8 @@ typedef struct AdamArgs {
  * Router (kept in FP32, SPEC section 6): the same three products with FP32 logits (N,E).
  *
  * RMSNorm over the last dim C: out = weight * inp / sqrt(mean(inp^2) + eps); rstd (N).
+ *   backward = backward_input (dinp += ...) then backward_weight (dweight += ...), bit for bit:
+ *   the fused entry is the two halves in one call; the halves let W run apart from B.
  * add: y (n) += x (n) (activations). scale: x (n) *= s; sumsq: sum of squares of x (n) in
  * double, returned to the host (both on FP32 buffers: gradients).
  * concat: out (N,A+Bc) = [a (N,A) | b (N,Bc)] per row (MTP's [emb ; h]); backward: da += left
@@ -158,6 +161,7 @@ typedef struct AdamArgs {
     X(void, zero, (Ops *o, void *p, size_t bytes)) \
     X(void, upload, (Ops *o, void *dst, const void *src_host, size_t bytes)) \
     X(void, download, (Ops *o, void *dst_host, const void *src, size_t bytes)) \
+    X(void, copy, (Ops *o, void *dst, const void *src, size_t bytes)) \
     X(void, synchronize, (Ops *o)) \
     X(void, act_upload, (Ops *o, act *dst, const float *src_host, size_t n)) \
     X(void, act_download, (Ops *o, float *dst_host, const act *src, size_t n)) \
@@ -175,6 +179,10 @@ typedef struct AdamArgs {
                               float eps)) \
     X(void, rmsnorm_backward, (Ops *o, act *dinp, float *dweight, const act *dout, const act *inp, \
                                const float *weight, const float *rstd, int N, int C)) \
+    X(void, rmsnorm_backward_input, (Ops *o, act *dinp, const act *dout, const act *inp, const float *weight, \
+                                     const float *rstd, int N, int C)) \
+    X(void, rmsnorm_backward_weight, (Ops *o, float *dweight, const act *dout, const act *inp, const float *rstd, \
+                                      int N, int C)) \
     X(void, add, (Ops *o, act *y, const act *x, size_t n)) \
     X(void, scale, (Ops *o, float *x, float s, size_t n)) \
     X(double, sumsq, (Ops *o, const float *x, size_t n)) \

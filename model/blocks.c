@@ -250,31 +250,42 @@ void block_acts_plan(BlockActs *a, const Dims *d, int moe, Arena *ar)
 void scratch_plan(Scratch *s, const Dims *d, Arena *ar)
 {
     memset(s, 0, sizeof *s);
-    const size_t N = (size_t)d->N, NK = N * (size_t)d->K;
+    const size_t N = (size_t)d->N, NK = N * (size_t)d->K, R = (size_t)d->R;
     const size_t hid = (size_t)(d->I > d->Fs ? d->I : d->Fs);
-    s->dln = arena_take(ar, ACT(N * d->C));
-    s->dq = arena_take(ar, ACT(N * d->H * d->Dqk));
     s->dk = arena_take(ar, ACT(N * d->H * d->Dqk));
     s->dv = arena_take(ar, ACT(N * d->H * d->Dv));
     s->datt = arena_take(ar, ACT(N * d->H * d->Dv));
-    s->dkv = arena_take(ar, ACT(N * d->H * (d->Dn + d->Dv)));
-    s->dckv = arena_take(ar, ACT(N * d->Rkv));
-    s->dckv_raw = arena_take(ar, ACT(N * d->Rkv));
-    if (d->Rq > 0) {
-        s->dcq = arena_take(ar, ACT(N * d->Rq));
-        s->dcq_raw = arena_take(ar, ACT(N * d->Rq));
-    }
-    s->dk_rope = arena_take(ar, ACT(N * d->Dr));
-    s->dgu = arena_take(ar, ACT(N * 2 * hid));
     s->dh = arena_take(ar, ACT(N * hid));
     s->ds = arena_take(ar, F32(N * d->E));
-    s->dlogits_r = arena_take(ar, F32(N * d->E));
     s->dw = arena_take(ar, F32(NK));
-    const size_t R = (size_t)d->R;
     s->dxp = arena_take(ar, ACT(R * d->C));
-    s->dgup = arena_take(ar, ACT(R * 2 * d->F));
     s->dhp = arena_take(ar, ACT(R * d->F));
-    s->dyp = arena_take(ar, ACT(R * d->C));
+}
+
+void block_bwd_plan(BlockBwd *b, const Dims *d, int moe, Arena *ar)
+{
+    memset(b, 0, sizeof *b);
+    const size_t N = (size_t)d->N, R = (size_t)d->R;
+    b->dmid = arena_take(ar, ACT(N * d->C));
+    b->dq = arena_take(ar, ACT(N * d->H * d->Dqk));
+    b->dkv = arena_take(ar, ACT(N * d->H * (d->Dn + d->Dv)));
+    b->dckv = arena_take(ar, ACT(N * d->Rkv));
+    b->dckv_raw = arena_take(ar, ACT(N * d->Rkv));
+    b->dk_rope = arena_take(ar, ACT(N * d->Dr));
+    if (d->Rq > 0) {
+        b->dcq = arena_take(ar, ACT(N * d->Rq));
+        b->dcq_raw = arena_take(ar, ACT(N * d->Rq));
+    }
+    b->dln1 = arena_take(ar, ACT(N * d->C));
+    b->dout = arena_take(ar, ACT(N * d->C));
+    int hidden = moe > 0 ? d->Fs : moe == 0 ? d->I : (d->I > d->Fs ? d->I : d->Fs);
+    if (hidden > 0) b->dgu = arena_take(ar, ACT(N * 2 * hidden));
+    b->dln2 = arena_take(ar, ACT(N * d->C));
+    if (moe != 0) {
+        b->dlogits_r = arena_take(ar, F32(N * d->E));
+        b->dyp = arena_take(ar, ACT(R * d->C));
+        b->dgup = arena_take(ar, ACT(R * 2 * d->F));
+    }
 }
 
 void block_acts_free(BlockActs *a)

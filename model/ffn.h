@@ -11,12 +11,15 @@ typedef struct SwigluMlp {
     const Wgt *gate_up, *down;  /* (2h, C), (C, h) */
     float *dgate_up, *ddown;    /* their gradients (backward; accumulated) */
     act *gu, *h;                /* (n,2h), (n,h) written by forward, kept for backward */
-    act *dgu, *dh;              /* (n,2h), (n,h) backward scratch */
+    act *dgu;                   /* (n,2h) written by B, read by W */
+    act *dh;                    /* (n,h) B's scratch */
     int n, C, hidden;
 } SwigluMlp;
 
 void swiglu_mlp_forward(Ops *o, const SwigluMlp *m, act *out, const act *inp);
-/* dinp (n,C) += the input gradient; dgate_up, ddown accumulate. */
-void swiglu_mlp_backward(Ops *o, const SwigluMlp *m, act *dinp, const act *dout, const act *inp);
+/* B: dinp (n,C) += the input gradient (dgu filled); W: dgate_up, ddown accumulate, from the
+ * same dout and inp and the dgu B left. */
+void swiglu_mlp_backward_input(Ops *o, const SwigluMlp *m, act *dinp, const act *dout);
+void swiglu_mlp_backward_weight(Ops *o, const SwigluMlp *m, const act *dout, const act *inp);
 
 #endif

@@ -89,18 +89,36 @@ typedef struct BlockActs {
     act *x_out;                 /* (N,C) block output = next block's input */
 } BlockActs;
 
-/* Backward temporaries, shared by every block (one block is in backward at a time). */
+/* Backward-input (B) temporaries that W does not read, shared by every block (one block is in
+ * B at a time). */
 typedef struct Scratch {
-    act *dln;                   /* (N,C) gradient of a sublayer's normed input */
-    act *dq, *dk, *dv, *datt;   /* (N,H*Dqk) x2, (N,H*Dv) x2 */
-    act *dkv, *dckv, *dcq;      /* (N,H*(Dn+Dv)), (N,Rkv), (N,Rq) */
-    act *dckv_raw, *dcq_raw;    /* (N,Rkv), (N,Rq) */
-    act *dk_rope;               /* (N,Dr) */
-    act *dgu, *dh;              /* (N, 2*max(I,Fs)), (N, max(I,Fs)) */
-    float *ds, *dlogits_r;      /* (N,E) router score / logit gradients */
-    float *dw;                  /* (N,K) */
-    act *dxp, *dgup, *dhp, *dyp;     /* expert-major gradients as in BlockActs */
+    act *dk, *dv, *datt;        /* (N,H*Dqk), (N,H*Dv) x2 */
+    act *dh;                    /* (N, max(I,Fs)) */
+    float *ds, *dw;             /* (N,E) router score gradients, (N,K) routing weight gradients */
+    act *dxp, *dhp;             /* (R,C), (R,F) expert-major gradients as in BlockActs */
 } Scratch;
+
+/* What a block's backward-input (B) leaves for its backward-weight (W): the gradient of every
+ * Linear's and every norm's output, written by B and read by W, so they live from B until W.
+ * With W right after B (model_backward) every block shares one set; with W apart
+ * (MODEL_TRAIN_SPLIT) each block of each slot has its own. */
+typedef struct BlockBwd {
+    /* MLA */
+    act *dmid;                  /* (N,C) dL/dx_mid, o_proj's output gradient (a copy: the
+                                 * residual stream's buffer becomes dL/dx_in during B) */
+    act *dq;                    /* (N,H*Dqk) q_b's output gradient, rope undone */
+    act *dkv;                   /* (N,H*(Dn+Dv)) */
+    act *dckv, *dckv_raw;       /* (N,Rkv) kv_a_norm's output and input gradients */
+    act *dk_rope;               /* (N,Dr) rope undone */
+    act *dcq, *dcq_raw;         /* (N,Rq) q_a_norm's output and input gradients */
+    act *dln1;                  /* (N,C) input_layernorm's output gradient */
+    /* FFN */
+    act *dout;                  /* (N,C) dL/dx_out, the down projections' output gradient */
+    act *dgu;                   /* (N, 2*max(I,Fs)) dense or shared expert gate_up gradient */
+    act *dln2;                  /* (N,C) post_attention_layernorm's output gradient */
+    float *dlogits_r;           /* (N,E) router logit gradients */
+    act *dyp, *dgup;            /* (R,C), (R,2F) routed experts' output and gate_up gradients */
+} BlockBwd;
 
 typedef struct Dims {
     int B, T, N, C, H, Dn, Dr, Dv, Dqk, Rq, Rkv, E, K, F, Fs, I, V, L, D;
@@ -127,12 +145,16 @@ int block_wgts(BlockWeights *w, int E, Wgt **list);
 void block_acts_plan(BlockActs *a, const Dims *d, int moe, Arena *ar);
 void block_acts_free(BlockActs *a);     /* the host-side parts (dispatch offsets) */
 void scratch_plan(Scratch *s, const Dims *d, Arena *ar);
+/* moe: 1 for an MoE block, 0 for a dense one, -1 for a set every block shares. */
+void block_bwd_plan(BlockBwd *b, const Dims *d, int moe, Arena *ar);
 
 /* Rope tables and softmax scale (model/rope.c). cos/sin: host arrays (T, Dr/2). */
 void rope_tables(const ModelConfig *c, int T, float *cos_host, float *sin_host, float *attn_scale);
 
-/* Sublayer forward/backward. x_in (N,C) -> a->x_mid; backward: dres (N,C) holds
- * dL/dx_mid on entry and dL/dx_in on return. */
+/* Sublayer forward, backward-input (B) and backward-weight (W). Forward: x_in (N,C) ->
+ * a->x_mid. B: dres (N,C) holds dL/dx_mid on entry and dL/dx_in on return; it fills bw. W:
+ * the weight gradients from bw and the forward's activations, accumulated into g. B then W is
+ * the fused backward bit for bit (they write disjoint buffers). */
 typedef struct Ctx {
     Ops *o;
     const Dims *d;
@@ -144,8 +166,10 @@ typedef struct Ctx {
 } Ctx;
 
 void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const act *x_in);
-void mla_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, const act *x_in,
-                  act *dres);
+void mla_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, const act *x_in,
+                        act *dres);
+void mla_backward_weight(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockBwd *bw,
+                         const BlockActs *a, const act *x_in);
 
 /* FFN sublayer: a->x_mid -> a->x_out. MoE also writes expert counts (E) when counts != NULL
  * and the per-sequence balance loss (B) when bal_loss != NULL. */
@@ -160,9 +184,13 @@ typedef struct MoeStats {
 } MoeStats;
 
 void ffn_forward(const Ctx *x, const BlockWeights *w, BlockActs *a);
-void ffn_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, act *dres);
+void ffn_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, act *dres);
+void ffn_backward_weight(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockBwd *bw,
+                         const BlockActs *a);
 void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st);
-void moe_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, MoeStats *st,
-                  act *dres);
+void moe_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, MoeStats *st,
+                        act *dres);
+void moe_backward_weight(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockBwd *bw,
+                         const BlockActs *a);
 
 #endif

@@ -8,7 +8,8 @@
  *   att = causal softmax(q k^T * s) v;   x_mid = x_in + att W_o^T
  *
  * W_kva is one tensor (Rkv+Dr, C); its latent rows and rope rows are contiguous halves, so
- * they run as two GEMMs without a strided norm. Not here: the attention kernel (ops).
+ * they run as two GEMMs without a strided norm. Backward is split: B (input gradients, filling
+ * BlockBwd) and W (weight gradients from it; layers.h). Not here: the attention kernel (ops).
  */
 #include "layers.h"
 
@@ -50,8 +51,8 @@ void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const act *x
     o->add(o, a->x_mid, x_in, (size_t)N * C);
 }
 
-void mla_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, const act *x_in,
-                  act *dres)
+void mla_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, const act *x_in,
+                        act *dres)
 {
     Ops *o = x->o;
     const Dims *d = x->d;
@@ -60,50 +61,69 @@ void mla_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs 
     const int Hkv = H * (d->Dn + d->Dv);
 
     /* output projection; dres (dL/dx_mid) is also the residual's gradient and stays */
+    o->copy(o, bw->dmid, dres, o->act_bytes * N * C);
     o->zero(o, s->datt, o->act_bytes * N * HDv);
     o->matmul_backward_input(o, s->datt, dres, &w->o, N, HDv, C);
-    o->matmul_backward_weight(o, g->o, &w->o, dres, a->att, N, HDv, C);
 
-    o->zero(o, s->dq, o->act_bytes * N * H * Dqk);
+    o->zero(o, bw->dq, o->act_bytes * N * H * Dqk);
     o->zero(o, s->dk, o->act_bytes * N * H * Dqk);
     o->zero(o, s->dv, o->act_bytes * N * HDv);
     AttnShape as = { d->B, d->T, H, Dqk, d->Dv, x->attn_scale };
-    o->attention_backward(o, s->dq, s->dk, s->dv, s->datt, a->q, a->k, a->v, a->att, a->lse, &as);
+    o->attention_backward(o, bw->dq, s->dk, s->dv, s->datt, a->q, a->k, a->v, a->att, a->lse, &as);
 
     /* keys and values back to the latent and the shared rope key */
-    o->zero(o, s->dkv, o->act_bytes * N * Hkv);
-    o->zero(o, s->dk_rope, o->act_bytes * N * d->Dr);
+    o->zero(o, bw->dkv, o->act_bytes * N * Hkv);
+    o->zero(o, bw->dk_rope, o->act_bytes * N * d->Dr);
     MlaKvShape ks = { N, H, d->Dn, d->Dr, d->Dv };
-    o->mla_kv_split_backward(o, s->dkv, s->dk_rope, s->dk, s->dv, &ks);
-    o->zero(o, s->dckv, o->act_bytes * N * d->Rkv);
-    o->matmul_backward_input(o, s->dckv, s->dkv, &w->kv_b, N, d->Rkv, Hkv);
-    o->matmul_backward_weight(o, g->kv_b, &w->kv_b, s->dkv, a->ckv, N, d->Rkv, Hkv);
-    o->zero(o, s->dckv_raw, o->act_bytes * N * d->Rkv);
-    o->rmsnorm_backward(o, s->dckv_raw, g->kv_a_norm, s->dckv, a->ckv_raw, w->kv_a_norm, a->ckv_rstd, N, d->Rkv);
+    o->mla_kv_split_backward(o, bw->dkv, bw->dk_rope, s->dk, s->dv, &ks);
+    o->zero(o, bw->dckv, o->act_bytes * N * d->Rkv);
+    o->matmul_backward_input(o, bw->dckv, bw->dkv, &w->kv_b, N, d->Rkv, Hkv);
+    o->zero(o, bw->dckv_raw, o->act_bytes * N * d->Rkv);
+    o->rmsnorm_backward_input(o, bw->dckv_raw, bw->dckv, a->ckv_raw, w->kv_a_norm, a->ckv_rstd, N, d->Rkv);
     RopeShape rk = { N, d->T, 1, d->Dr, 0, 0, d->Dr };
-    o->rope_backward(o, s->dk_rope, x->rope_cos, x->rope_sin, &rk);
+    o->rope_backward(o, bw->dk_rope, x->rope_cos, x->rope_sin, &rk);
 
-    o->zero(o, s->dln, o->act_bytes * N * C);
-    o->matmul_backward_input(o, s->dln, s->dckv_raw, &w->kv_a_lat, N, C, d->Rkv);
-    o->matmul_backward_weight(o, g->kv_a, &w->kv_a_lat, s->dckv_raw, a->ln1, N, C, d->Rkv);
-    const size_t rope_rows = (size_t)d->Rkv * C;
-    o->matmul_backward_input(o, s->dln, s->dk_rope, &w->kv_a_rope, N, C, d->Dr);
-    o->matmul_backward_weight(o, g->kv_a + rope_rows, &w->kv_a_rope, s->dk_rope, a->ln1, N, C, d->Dr);
+    o->zero(o, bw->dln1, o->act_bytes * N * C);
+    o->matmul_backward_input(o, bw->dln1, bw->dckv_raw, &w->kv_a_lat, N, C, d->Rkv);
+    o->matmul_backward_input(o, bw->dln1, bw->dk_rope, &w->kv_a_rope, N, C, d->Dr);
 
     /* queries */
     RopeShape rq = { N, d->T, H, H * Dqk, Dqk, d->Dn, d->Dr };
-    o->rope_backward(o, s->dq, x->rope_cos, x->rope_sin, &rq);
+    o->rope_backward(o, bw->dq, x->rope_cos, x->rope_sin, &rq);
     if (d->Rq > 0) {
-        o->zero(o, s->dcq, o->act_bytes * N * d->Rq);
-        o->matmul_backward_input(o, s->dcq, s->dq, &w->q_b, N, d->Rq, H * Dqk);
-        o->matmul_backward_weight(o, g->q_b, &w->q_b, s->dq, a->cq, N, d->Rq, H * Dqk);
-        o->zero(o, s->dcq_raw, o->act_bytes * N * d->Rq);
-        o->rmsnorm_backward(o, s->dcq_raw, g->q_a_norm, s->dcq, a->cq_raw, w->q_a_norm, a->cq_rstd, N, d->Rq);
-        o->matmul_backward_input(o, s->dln, s->dcq_raw, &w->q_a, N, C, d->Rq);
-        o->matmul_backward_weight(o, g->q_a, &w->q_a, s->dcq_raw, a->ln1, N, C, d->Rq);
+        o->zero(o, bw->dcq, o->act_bytes * N * d->Rq);
+        o->matmul_backward_input(o, bw->dcq, bw->dq, &w->q_b, N, d->Rq, H * Dqk);
+        o->zero(o, bw->dcq_raw, o->act_bytes * N * d->Rq);
+        o->rmsnorm_backward_input(o, bw->dcq_raw, bw->dcq, a->cq_raw, w->q_a_norm, a->cq_rstd, N, d->Rq);
+        o->matmul_backward_input(o, bw->dln1, bw->dcq_raw, &w->q_a, N, C, d->Rq);
     } else {
-        o->matmul_backward_input(o, s->dln, s->dq, &w->q_b, N, C, H * Dqk);
-        o->matmul_backward_weight(o, g->q_b, &w->q_b, s->dq, a->ln1, N, C, H * Dqk);
+        o->matmul_backward_input(o, bw->dln1, bw->dq, &w->q_b, N, C, H * Dqk);
     }
-    o->rmsnorm_backward(o, dres, g->ln1, s->dln, x_in, w->ln1, a->ln1_rstd, N, C);
+    o->rmsnorm_backward_input(o, dres, bw->dln1, x_in, w->ln1, a->ln1_rstd, N, C);
+}
+
+/* The weight gradients, in the order the fused backward produced them (each tensor gets one
+ * contribution here, so the order does not change a bit; kept for reading alongside B). */
+void mla_backward_weight(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockBwd *bw,
+                         const BlockActs *a, const act *x_in)
+{
+    Ops *o = x->o;
+    const Dims *d = x->d;
+    const int N = d->N, C = d->C, H = d->H, Dqk = d->Dqk, HDv = d->H * d->Dv;
+    const int Hkv = H * (d->Dn + d->Dv);
+
+    o->matmul_backward_weight(o, g->o, &w->o, bw->dmid, a->att, N, HDv, C);
+    o->matmul_backward_weight(o, g->kv_b, &w->kv_b, bw->dkv, a->ckv, N, d->Rkv, Hkv);
+    o->rmsnorm_backward_weight(o, g->kv_a_norm, bw->dckv, a->ckv_raw, a->ckv_rstd, N, d->Rkv);
+    o->matmul_backward_weight(o, g->kv_a, &w->kv_a_lat, bw->dckv_raw, a->ln1, N, C, d->Rkv);
+    const size_t rope_rows = (size_t)d->Rkv * C;
+    o->matmul_backward_weight(o, g->kv_a + rope_rows, &w->kv_a_rope, bw->dk_rope, a->ln1, N, C, d->Dr);
+    if (d->Rq > 0) {
+        o->matmul_backward_weight(o, g->q_b, &w->q_b, bw->dq, a->cq, N, d->Rq, H * Dqk);
+        o->rmsnorm_backward_weight(o, g->q_a_norm, bw->dcq, a->cq_raw, a->cq_rstd, N, d->Rq);
+        o->matmul_backward_weight(o, g->q_a, &w->q_a, bw->dcq_raw, a->ln1, N, C, d->Rq);
+    } else {
+        o->matmul_backward_weight(o, g->q_b, &w->q_b, bw->dq, a->ln1, N, C, H * Dqk);
+    }
+    o->rmsnorm_backward_weight(o, g->ln1, bw->dln1, x_in, a->ln1_rstd, N, C);
 }

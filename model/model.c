@@ -5,48 +5,104 @@
  * Reference: SPEC.md sections 2-5. Not here: the optimizer (runtime/optim.c).
  */
 #include "model_internal.h"
+#include "stage.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Activations of the main path and every block, and of the MTP modules. */
+/* Whether this stage runs block b: its chunk [lo, hi) of the main blocks, and the MTP
+ * blocks when it is the last stage. */
+static int stage_has_block(const Model *m, int b)
+{
+    return (b >= m->lo && b < m->hi) || (m->last && b >= m->d.L);
+}
+
+/* The embedding: the first stage's, and the last stage's copy for MTP. */
+static int stage_has_embed(const Model *m)
+{
+    return m->first || (m->last && m->d.D > 0);
+}
+
+/* The entries of the whole table a stage keeps (params_select). */
+typedef struct Keep {
+    const StageSpec *sp;
+    const ModelConfig *c;
+} Keep;
+
+static int keep_entry(const Param *p, void *arg)
+{
+    const Keep *k = arg;
+    return stage_holds(k->sp, k->c, p);
+}
+
+/* One slot's activations: the stage input (the embedding's output on the first stage), its
+ * blocks, and on the last stage the head's and the MTP modules'. */
+static void plan_slot_acts(Model *m, ModelSlot *sl, Arena *ar)
+{
+    const Dims *d = &m->d;
+    const size_t N = (size_t)d->N;
+    sl->tokens = arena_take(ar, N * sizeof(int32_t));
+    sl->targets = arena_take(ar, N * sizeof(int32_t));
+    sl->x0 = arena_take(ar, N * d->C * d->act_bytes);
+    for (int b = 0; b < m->nblocks; b++)
+        if (stage_has_block(m, b)) block_acts_plan(&sl->acts[b], d, m->is_moe[b], ar);
+    sl->bal_loss = arena_take(ar, (size_t)(m->n_moe ? m->n_moe : 1) * d->B * sizeof(float));
+    if (!m->last) return;
+    sl->hf = arena_take(ar, N * d->C * d->act_bytes);
+    sl->hf_rstd = arena_take(ar, N * sizeof(float));
+    sl->logits = arena_take(ar, N * d->V * d->act_bytes);
+    sl->losses = arena_take(ar, N * sizeof(float));
+    for (int k = 0; k < d->D; k++) mtp_acts_plan(&sl->mtp[k], d, ar);
+}
+
+/* Activations of every slot, and what the slots share. */
 static void plan_acts(Model *m, Arena *ar)
 {
     const Dims *d = &m->d;
     const size_t N = (size_t)d->N;
-    m->tokens = arena_take(ar, N * sizeof(int32_t));
-    m->targets = arena_take(ar, N * sizeof(int32_t));
-    m->x0 = arena_take(ar, N * d->C * d->act_bytes);
     if (d->ep) ep_group_plan(d->ep, d->N, d->K, d->C, ar);
-    for (int b = 0; b < m->nblocks; b++) block_acts_plan(&m->acts[b], d, m->is_moe[b], ar);
-    m->hf = arena_take(ar, N * d->C * d->act_bytes);
-    m->hf_rstd = arena_take(ar, N * sizeof(float));
-    m->logits = arena_take(ar, N * d->V * d->act_bytes);
-    m->losses = arena_take(ar, N * sizeof(float));
+    for (int i = 0; i < m->n_slots; i++) plan_slot_acts(m, &m->slots[i], ar);
     m->dloss_main = arena_take(ar, N * sizeof(float));
     m->logits_r = arena_take(ar, N * (d->E > 0 ? d->E : 1) * sizeof(float));
     m->rope_cos = arena_take(ar, (size_t)d->T * (d->Dr / 2) * sizeof(float));
     m->rope_sin = arena_take(ar, (size_t)d->T * (d->Dr / 2) * sizeof(float));
     m->counts = arena_take(ar, (size_t)(m->n_moe ? m->n_moe : 1) * d->E * sizeof(float));
-    m->bal_loss = arena_take(ar, (size_t)(m->n_moe ? m->n_moe : 1) * d->B * sizeof(float));
     m->bal_dloss = arena_take(ar, (size_t)d->B * sizeof(float));
-    for (int k = 0; k < d->D; k++) mtp_acts_plan(&m->mtp[k], d, ar);
+    if (m->n_micro > 0) m->step_losses = arena_take(ar, (size_t)m->n_micro * m->step_row * sizeof(float));
 }
 
+/* Backward buffers: B's scratch (shared); per slot the residual gradient stream and, with W
+ * apart from B, every block's B-to-W buffers; with W right after B one set serves all. */
 static void plan_backward(Model *m, Arena *ar)
 {
     const Dims *d = &m->d;
     const size_t NC = (size_t)d->N * d->C * d->act_bytes;
     scratch_plan(&m->s, d, ar);
-    m->dres = arena_take(ar, NC);
-    m->dhf = arena_take(ar, NC);
-    m->dh_chain = arena_take(ar, NC);
+    BlockBwd shared;
+    MtpBwd mtp_shared;
+    if (m->train != MODEL_TRAIN_SPLIT) {
+        block_bwd_plan(&shared, d, -1, ar);
+        mtp_bwd_plan(&mtp_shared, d, ar);
+    }
+    for (int i = 0; i < m->n_slots; i++) {
+        ModelSlot *sl = &m->slots[i];
+        for (int b = 0; b < m->nblocks; b++) {
+            if (!stage_has_block(m, b)) continue;
+            if (m->train == MODEL_TRAIN_SPLIT) block_bwd_plan(&sl->bw[b], d, m->is_moe[b], ar);
+            else sl->bw[b] = shared;
+        }
+        for (int k = 0; m->last && k < d->D; k++) {
+            if (m->train == MODEL_TRAIN_SPLIT) mtp_bwd_plan(&sl->mtp_bw[k], d, ar);
+            else sl->mtp_bw[k] = mtp_shared;
+        }
+        sl->dres = arena_take(ar, NC);
+        if (m->last) {
+            sl->dhf = arena_take(ar, NC);
+            sl->dh_chain = arena_take(ar, NC);
+        }
+    }
     m->dcat = arena_take(ar, 2 * NC);
-    m->den = arena_take(ar, NC);
-    m->dhn = arena_take(ar, NC);
-    m->de = arena_take(ar, NC);
-    m->dshn = arena_take(ar, NC);
 }
 
 /* Two-pass arena: count, allocate once, take again in the same order. */
@@ -74,10 +130,11 @@ static void plan_weights(Model *m, Arena *ar)
             m->w[b].expert_down = m->expert_wgts + (size_t)slot * 2 * E + E;
             slot++;
         }
-        block_bind(&m->w[b], m->o, &m->table, c, m->params, b, m->is_moe[b], ar);
+        if (stage_has_block(m, b)) block_bind(&m->w[b], m->o, &m->table, c, m->params, b, m->is_moe[b], ar);
     }
+    if (stage_has_embed(m)) m->embed = m->params + params_offset(&m->table, -1, "model.embed_tokens.weight");
+    if (!m->last) return;
     for (int k = 0; k < m->d.D; k++) mtp_bind(&m->mtp_w[k], m->o, &m->table, m->params, m->d.L + k, ar);
-    m->embed = m->params + params_offset(&m->table, -1, "model.embed_tokens.weight");
     m->final_norm = m->params + params_offset(&m->table, -1, "model.norm.weight");
     param_bind_wgt(&m->head, m->o, &m->table, m->params, "lm_head.weight", ar);
 }
@@ -88,6 +145,7 @@ static void list_weights(Model *m)
     for (int b = 0; b < m->nblocks; b++) n += block_wgts(&m->w[b], m->d.E, NULL);
     m->wgts = xcalloc((size_t)n + m->d.D + 1, sizeof(Wgt *));
     for (int b = 0; b < m->nblocks; b++) m->n_wgts += block_wgts(&m->w[b], m->d.E, m->wgts + m->n_wgts);
+    if (!m->last) return;
     for (int k = 0; k < m->d.D; k++) m->wgts[m->n_wgts++] = &m->mtp_w[k].eh_proj;
     m->wgts[m->n_wgts++] = &m->head;
     m->wgts_stale = 1;
@@ -96,15 +154,17 @@ static void list_weights(Model *m)
 static void bind_grads(Model *m)
 {
     const ModelConfig *c = &m->cfg;
-    for (int b = 0; b < m->nblocks; b++) block_bind_grads(&m->g[b], &m->table, c, m->grads, b, m->is_moe[b]);
+    for (int b = 0; b < m->nblocks; b++)
+        if (stage_has_block(m, b)) block_bind_grads(&m->g[b], &m->table, c, m->grads, b, m->is_moe[b]);
+    if (stage_has_embed(m)) m->g_embed = m->grads + params_offset(&m->table, -1, "model.embed_tokens.weight");
+    if (!m->last) return;
     for (int k = 0; k < m->d.D; k++) mtp_bind_grads(&m->mtp_g[k], &m->table, m->grads, m->d.L + k);
-    m->g_embed = m->grads + params_offset(&m->table, -1, "model.embed_tokens.weight");
     m->g_final_norm = m->grads + params_offset(&m->table, -1, "model.norm.weight");
     m->g_head = m->grads + params_offset(&m->table, -1, "lm_head.weight");
 }
 
 /* Compute copies from the masters, when the masters may have changed (model_params). */
-static void refresh_weights(Model *m)
+void model_refresh_weights(Model *m)
 {
     if (!m->wgts_stale) return;
     for (int i = 0; i < m->n_wgts; i++) m->o->weight_refresh(m->o, m->wgts[i]);
@@ -118,6 +178,13 @@ Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train)
 
 Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Comm *ep_comm, int node)
 {
+    StageSpec whole = { 0, c->num_hidden_layers, 1, 1, 1, 0 };
+    return stage_create(c, o, B, T, train, &whole, ep_comm, node);
+}
+
+Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const StageSpec *sp, Comm *ep_comm,
+                    int node)
+{
     if (c->num_nextn_predict_layers > MTP_MAX)
         DIE("model: 'model.num_nextn_predict_layers' = %d is more than the %d this build supports",
             c->num_nextn_predict_layers, MTP_MAX);
@@ -125,10 +192,19 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
         DIE("model: 'train.seq_len' = %d leaves no position for MTP depth %d", T, c->num_nextn_predict_layers);
     if (strcmp(c->attention, "mla") != 0)
         DIE("model: 'model.attention' = '%s' can be planned but not trained; training supports 'mla'", c->attention);
+    CHECK(train == MODEL_EVAL || train == MODEL_TRAIN || train == MODEL_TRAIN_SPLIT);
+    CHECK(sp->lo >= 0 && sp->lo <= sp->hi && sp->hi <= c->num_hidden_layers && sp->n_slots >= 1);
+    CHECK(sp->first == (sp->lo == 0) && sp->last == (sp->hi == c->num_hidden_layers));
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *c;
     m->o = o;
     m->train = train;
+    m->lo = sp->lo;
+    m->hi = sp->hi;
+    m->first = sp->first;
+    m->last = sp->last;
+    m->n_slots = sp->n_slots;
+    m->n_micro = sp->n_micro;
     dims_from_config(&m->d, c, B, T, (int)o->act_bytes);
     if (ep_comm && ep_comm->size > 1 && m->d.E > 0) {
         ep_group_init(&m->ep, ep_comm, node, m->d.E);
@@ -136,6 +212,12 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
         m->d.R = ep_comm->size * m->d.N * m->d.K;
     }
     params_build(&m->table, c);
+    if (!(m->first && m->last)) {   /* a stage keeps only its tensors */
+        ParamTable full = m->table;
+        Keep keep = { sp, c };
+        params_select(&full, &m->table, keep_entry, &keep);
+        params_free(&full);
+    }
     m->nblocks = m->d.L + m->d.D;
     m->is_moe = xcalloc((size_t)m->nblocks, sizeof(int));
     m->moe_block = xcalloc((size_t)m->nblocks, sizeof(int));
@@ -148,7 +230,12 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
     m->w = xcalloc((size_t)m->nblocks, sizeof(BlockWeights));
     m->g = xcalloc((size_t)m->nblocks, sizeof(BlockGrads));
     m->expert_wgts = xcalloc((size_t)m->n_moe * 2 * m->d.E + 1, sizeof(Wgt));
-    m->acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
+    m->slots = xcalloc((size_t)m->n_slots, sizeof(ModelSlot));
+    for (int i = 0; i < m->n_slots; i++) {
+        m->slots[i].acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
+        m->slots[i].bw = xcalloc((size_t)m->nblocks, sizeof(BlockBwd));
+    }
+    m->sl = &m->slots[0];
 
     m->bytes_params = m->table.total * sizeof(float);
     m->params = o->alloc(o, m->bytes_params);
@@ -156,6 +243,7 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
     m->copy_arena = arena_build(m, plan_weights, &m->bytes_copies);
     list_weights(m);
     if (m->grads) bind_grads(m);
+    m->step_row = (size_t)m->d.N * (1 + m->d.D) + (size_t)m->n_moe * B;
     m->act_arena = arena_build(m, plan_acts, &m->bytes_acts);
     if (train) m->scratch_arena = arena_build(m, plan_backward, &m->bytes_scratch);
 
@@ -174,6 +262,8 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
     m->host_delta = xcalloc((size_t)m->d.E + 1, sizeof(double));
     m->host_weights = xcalloc((size_t)(m->d.N > B ? m->d.N : B), sizeof(float));
     m->host_idx = xcalloc((size_t)m->d.N * (m->d.K > 0 ? m->d.K : 1), sizeof(int32_t));
+    m->host_step = xcalloc((size_t)m->n_micro * m->step_row + 1, sizeof(float));
+    m->step_valid = xcalloc((size_t)m->n_micro * MTP_MAX + 1, sizeof(int));
     model_set_loss_weights(m, 0.0, 0.0, 1);
     return m;
 }
@@ -181,7 +271,12 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
 void model_destroy(Model *m)
 {
     if (!m) return;
-    for (int b = 0; b < m->nblocks; b++) block_acts_free(&m->acts[b]);
+    for (int i = 0; i < m->n_slots; i++) {
+        for (int b = 0; b < m->nblocks; b++) block_acts_free(&m->slots[i].acts[b]);
+        free(m->slots[i].acts);
+        free(m->slots[i].bw);
+    }
+    free(m->slots);
     if (m->d.ep) ep_group_free(&m->ep);
     m->o->free(m->o, m->params);
     if (m->grads) m->o->free(m->o, m->grads);
@@ -196,7 +291,6 @@ void model_destroy(Model *m)
     free(m->g);
     free(m->expert_wgts);
     free(m->wgts);
-    free(m->acts);
     free(m->host_tokens);
     free(m->host_losses);
     free(m->host_counts);
@@ -204,6 +298,8 @@ void model_destroy(Model *m)
     free(m->host_delta);
     free(m->host_weights);
     free(m->host_idx);
+    free(m->host_step);
+    free(m->step_valid);
     free(m);
 }
 
@@ -216,6 +312,15 @@ float *model_params(Model *m)
 }
 float *model_grads(Model *m) { return m->grads; }
 int model_n_moe_layers(const Model *m) { return m->n_moe; }
+
+void model_memory(const Model *m, ModelMemory *mm)
+{
+    mm->params = m->bytes_params;
+    mm->grads = m->grads ? m->bytes_params : 0;
+    mm->copies = m->bytes_copies;
+    mm->acts = m->bytes_acts;
+    mm->scratch = m->bytes_scratch;
+}
 
 void model_print_memory(const Model *m, FILE *f)
 {
@@ -249,7 +354,8 @@ void model_set_loss_weights(Model *m, double lambda, double alpha, int n_micro)
         /* module k has B*(T-k) positions with a target inside the window */
         double scale = lambda / d->D / ((double)d->B * (d->T - k) * n_micro);
         for (int n = 0; n < d->N; n++) h[n] = (n % d->T) + k + 1 <= d->T ? (float)scale : 0.0f;
-        m->o->upload(m->o, m->mtp[k - 1].dloss, h, (size_t)d->N * sizeof(float));
+        for (int i = 0; m->last && i < m->n_slots; i++)
+            m->o->upload(m->o, m->slots[i].mtp[k - 1].dloss, h, (size_t)d->N * sizeof(float));
     }
     for (int b = 0; b < d->B; b++) h[b] = (float)(1.0 / ((double)d->B * n_micro));
     m->o->upload(m->o, m->bal_dloss, h, (size_t)d->B * sizeof(float));
@@ -285,32 +391,42 @@ MoeStats model_moe_stats(Model *m, int block, int train)
         st.counts = m->counts + (size_t)slot * m->d.E;
         st.max_nodes = &m->max_nodes;
     }
-    st.bal_loss = m->bal_loss + (size_t)slot * m->d.B;
+    st.bal_loss = m->sl->bal_loss + (size_t)slot * m->d.B;
     return st;
 }
 
 void block_forward(Model *m, int b, const act *x_in, int train)
 {
     Ctx x = model_ctx(m);
-    mla_forward(&x, &m->w[b], &m->acts[b], x_in);
+    mla_forward(&x, &m->w[b], &m->sl->acts[b], x_in);
     if (m->is_moe[b]) {
         MoeStats st = model_moe_stats(m, b, train);
-        moe_forward(&x, &m->w[b], &m->acts[b], &st);
+        moe_forward(&x, &m->w[b], &m->sl->acts[b], &st);
     } else {
-        ffn_forward(&x, &m->w[b], &m->acts[b]);
+        ffn_forward(&x, &m->w[b], &m->sl->acts[b]);
     }
 }
 
-void block_backward(Model *m, int b, const act *x_in, act *dres)
+void block_backward_input(Model *m, int b, const act *x_in, act *dres)
 {
     Ctx x = model_ctx(m);
     if (m->is_moe[b]) {
         MoeStats st = model_moe_stats(m, b, 1);
-        moe_backward(&x, &m->w[b], &m->g[b], &m->acts[b], &st, dres);
+        moe_backward_input(&x, &m->w[b], &m->sl->bw[b], &m->sl->acts[b], &st, dres);
     } else {
-        ffn_backward(&x, &m->w[b], &m->g[b], &m->acts[b], dres);
+        ffn_backward_input(&x, &m->w[b], &m->sl->bw[b], &m->sl->acts[b], dres);
     }
-    mla_backward(&x, &m->w[b], &m->g[b], &m->acts[b], x_in, dres);
+    mla_backward_input(&x, &m->w[b], &m->sl->bw[b], &m->sl->acts[b], x_in, dres);
+}
+
+void block_backward_weight(Model *m, int b, const act *x_in)
+{
+    Ctx x = model_ctx(m);
+    if (m->is_moe[b])
+        moe_backward_weight(&x, &m->w[b], &m->g[b], &m->sl->bw[b], &m->sl->acts[b]);
+    else
+        ffn_backward_weight(&x, &m->w[b], &m->g[b], &m->sl->bw[b], &m->sl->acts[b]);
+    mla_backward_weight(&x, &m->w[b], &m->g[b], &m->sl->bw[b], &m->sl->acts[b], x_in);
 }
 
 /* Mean of the first n host losses over the rows whose weight mask is set. */
@@ -322,70 +438,10 @@ double model_download_mean(Model *m, const float *dev, int n, int valid)
     return valid > 0 ? sum / valid : 0.0;
 }
 
-/* Main path: embedding, blocks [0, L), final norm, head, loss. */
-void model_forward(Model *m, const int32_t *window, int train, ModelLoss *loss)
-{
-    Ops *o = m->o;
-    const Dims *d = &m->d;
-    CHECK(!train || m->train);
-    memset(loss, 0, sizeof *loss);
-    for (int b = 0; b < d->B; b++)
-        for (int t = 0; t < d->T; t++) {
-            m->host_tokens[b * d->T + t] = window[b * (d->T + 1) + t];
-            m->host_tokens[d->N + b * d->T + t] = window[b * (d->T + 1) + t + 1];
-        }
-    o->upload(o, m->tokens, m->host_tokens, (size_t)d->N * sizeof(int32_t));
-    o->upload(o, m->targets, m->host_tokens + d->N, (size_t)d->N * sizeof(int32_t));
-    refresh_weights(m);
-
-    o->embedding_forward(o, m->x0, m->tokens, m->embed, d->N, d->C);
-    const act *x = m->x0;
-    for (int b = 0; b < d->L; b++) {
-        block_forward(m, b, x, train);
-        x = m->acts[b].x_out;
-    }
-    o->rmsnorm_forward(o, m->hf, m->hf_rstd, x, m->final_norm, d->N, d->C, (float)m->cfg.rms_norm_eps);
-    o->matmul_forward(o, m->logits, m->hf, &m->head, d->N, d->C, d->V);
-    o->xent_forward(o, m->losses, m->logits, m->targets, d->N, d->V);
-    loss->main = model_download_mean(m, m->losses, d->N, d->N);
-    /* training: the logits buffer becomes its own gradient now (the fused GPU path) */
-    if (train) o->xent_backward(o, m->logits, m->logits, m->targets, m->dloss_main, d->N, d->V);
-
-    const act *h_prev = m->hf;
-    for (int k = 1; k <= d->D; k++) {
-        loss->mtp[k - 1] = mtp_forward(m, k, window, h_prev, train);
-        h_prev = m->acts[d->L + k - 1].x_out;
-    }
-    if (m->alpha > 0 && m->n_moe > 0) {
-        /* each MoE layer's loss is a mean over the B sequences; layers add */
-        loss->balance = model_download_mean(m, m->bal_loss, m->n_moe * d->B, d->B);
-    }
-}
-
-void model_backward(Model *m)
-{
-    Ops *o = m->o;
-    const Dims *d = &m->d;
-    CHECK(m->train);
-    const size_t NC = (size_t)d->N * d->C * o->act_bytes;
-    o->zero(o, m->dhf, NC);
-    o->zero(o, m->dh_chain, NC);
-    for (int k = d->D; k >= 1; k--) mtp_backward(m, k);
-
-    o->matmul_backward_input(o, m->dhf, m->logits, &m->head, d->N, d->C, d->V);
-    o->matmul_backward_weight(o, m->g_head, &m->head, m->logits, m->hf, d->N, d->C, d->V);
-    const act *x_last = d->L > 0 ? m->acts[d->L - 1].x_out : m->x0;
-    o->zero(o, m->dres, NC);
-    o->rmsnorm_backward(o, m->dres, m->g_final_norm, m->dhf, x_last, m->final_norm, m->hf_rstd, d->N, d->C);
-    for (int b = d->L - 1; b >= 0; b--)
-        block_backward(m, b, b > 0 ? m->acts[b - 1].x_out : m->x0, m->dres);
-    o->embedding_backward(o, m->g_embed, m->dres, m->tokens, d->N, d->C);
-}
-
 void model_logits(Model *m, int pos, float *out)
 {
     CHECK(pos >= 0 && pos < m->d.T);
-    m->o->act_download(m->o, out, act_at_c(m->o, m->logits, (size_t)pos * m->d.V), (size_t)m->d.V);
+    m->o->act_download(m->o, out, act_at_c(m->o, m->sl->logits, (size_t)pos * m->d.V), (size_t)m->d.V);
 }
 
 void model_expert_counts(Model *m, float *counts)
@@ -432,6 +488,7 @@ void model_bias_update(Model *m, double gamma, int zero_mean)
     model_expert_counts(m, c);
     for (int l = 0; l < m->n_moe; l++) {
         float *bias_dev = m->w[m->moe_block[l]].router_bias;
+        if (!bias_dev) continue;    /* a layer of another stage */
         const float *load = c + (size_t)l * E;
         m->o->download(m->o, bias, bias_dev, (size_t)E * sizeof(float));
         /* sign(mean - load_i) = sign(total - E * load_i): exact, since loads are integer

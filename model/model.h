@@ -13,6 +13,8 @@
  *   ...optimizer on model_params/model_grads...
  *   model_bias_update(m, gamma, zero_mean, &stats);
  * Evaluation: model_create(..., 0) (no gradients), model_forward(m, window, 0, &loss).
+ * Split backward (MODEL_TRAIN_SPLIT): model_backward_input(m) then, any time before the next
+ * model_forward, model_backward_weight(m): the same gradients as model_backward bit for bit.
  *
  * A window is B rows of T+1 token ids (host memory): inputs are positions 0..T-1, the main
  * targets positions 1..T; MTP module k predicts position i+k+1 from position i, and positions
@@ -33,6 +35,10 @@
 
 typedef struct Model Model;
 
+/* model_create's train argument: no gradients; gradients with W right after B (one set of
+ * B-to-W buffers shared by every block); or W apart from B (one set per block: more memory). */
+enum { MODEL_EVAL = 0, MODEL_TRAIN = 1, MODEL_TRAIN_SPLIT = 2 };
+
 typedef struct ModelLoss {
     double main;                /* mean cross-entropy of the main head (nats) */
     double mtp[MTP_MAX];        /* mean cross-entropy of each MTP module */
@@ -45,7 +51,8 @@ typedef struct LoadStats {
 } LoadStats;
 
 /* Plans every buffer for micro-batches of B x T tokens and allocates it through ops.
- * train = 0: no gradients or backward scratch. DIE when the config cannot be built. */
+ * train: MODEL_EVAL (no gradients or backward scratch), MODEL_TRAIN or MODEL_TRAIN_SPLIT.
+ * DIE when the config cannot be built. */
 Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train);
 /* The same with expert parallelism over ep_comm (P ranks, P dividing n_routed_experts; NULL or
  * one rank: model_create): every rank keeps the whole parameter table but runs only experts
@@ -64,6 +71,8 @@ float *model_params(Model *m);
 float *model_grads(Model *m);           /* backend memory, table order; NULL if !train */
 /* Bytes per lifetime class, for the start-up memory table. */
 void model_print_memory(const Model *m, FILE *f);
+typedef struct ModelMemory { size_t params, grads, copies, acts, scratch; } ModelMemory;
+void model_memory(const Model *m, ModelMemory *mm);
 
 /* Initial weights from the table's init rules, deterministic in seed. */
 void model_init_params(Model *m, uint64_t seed);
@@ -76,8 +85,14 @@ void model_zero_counts(Model *m);
 
 /* window: (B, T+1) host token ids. train = 1 keeps what backward needs and counts loads. */
 void model_forward(Model *m, const int32_t *window, int train, ModelLoss *loss);
-/* Gradients of the weighted total loss of the last model_forward, accumulated into grads. */
+/* Gradients of the weighted total loss of the last model_forward, accumulated into grads:
+ * each sublayer's backward-input (B) then its backward-weight (W). */
 void model_backward(Model *m);
+/* The same in two passes (MODEL_TRAIN_SPLIT only): every B (activation gradients, through the
+ * EP exchanges), then every W (weight gradients only: no communication), each gradient tensor
+ * receiving its contributions in model_backward's order. */
+void model_backward_input(Model *m);
+void model_backward_weight(Model *m);
 
 /* Logits (V) of the main head at position pos of row 0 after model_forward (host copy). */
 void model_logits(Model *m, int pos, float *out);

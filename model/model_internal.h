@@ -35,13 +35,54 @@ typedef struct MtpActs {
     float *losses;              /* (N) */
 } MtpActs;
 
+/* What module k's backward-input leaves for its backward-weight (layers.h BlockBwd). */
+typedef struct MtpBwd {
+    act *dshn;                  /* (N,C) shared_head.norm's output gradient */
+    act *dhprime;               /* (N,C) eh_proj's output gradient */
+    act *den, *dhn;             /* (N,C) enorm's and hnorm's output gradients */
+    act *de;                    /* (N,C) the embedding's output gradient */
+} MtpBwd;
+
+/* One micro-batch in flight on a stage (model/stage.h): its token ids, activations, losses,
+ * residual gradient, and what its B leaves for its W. Only the stage's blocks are planned;
+ * the head's and MTP's buffers only on the last stage. */
+typedef struct ModelSlot {
+    int32_t *tokens, *targets;  /* (N) */
+    act *x0;                    /* (N,C) the embedding output, or the input received from the
+                                 * previous stage */
+    BlockActs *acts;            /* (nblocks) */
+    act *hf;                    /* (N,C) final norm output = h^0 */
+    float *hf_rstd;             /* (N) */
+    act *logits;                /* (N,V) */
+    float *losses;              /* (N) */
+    float *bal_loss;            /* (n_moe, B) */
+    MtpActs mtp[MTP_MAX];
+    BlockBwd *bw;               /* (nblocks) what B leaves for W: per block with
+                                 * MODEL_TRAIN_SPLIT, else one set every block shares */
+    MtpBwd mtp_bw[MTP_MAX];     /* likewise per MTP module */
+    act *dres;                  /* (N,C) residual gradient: dL/d(stage output) received by a
+                                 * stage that is not last; dL/d(stage input) after B */
+    act *dhf, *dh_chain;        /* (N,C) dL/dh^0, and dL/dh^k between MTP modules */
+} ModelSlot;
+
 struct Model {
     ModelConfig cfg;
     Ops *o;
     ParamTable table;
     Dims d;
     EpGroup ep;                 /* the expert-parallel group when d.ep == &ep */
-    int train;
+    int train;                  /* MODEL_EVAL, MODEL_TRAIN or MODEL_TRAIN_SPLIT */
+    int lo, hi, first, last;    /* the stage: main blocks [lo, hi), embedding when first, final
+                                 * norm, head and MTP when last (the whole model: 0, L, 1, 1) */
+    int n_slots;
+    ModelSlot *slots;           /* (n_slots) */
+    int n_micro;                /* micro-batches a step keeps losses of (0: read at each forward) */
+    size_t step_row;            /* floats of one micro-batch's losses: main (N), MTP (D x N), balance
+                                 * (n_moe x B) */
+    float *step_losses;         /* (n_micro, step_row) backend: the step's losses, read once */
+    float *host_step;           /* (n_micro, step_row) host staging of that read */
+    int *step_valid;            /* (n_micro, MTP_MAX) host: each MTP mean's divisor */
+    ModelSlot *sl;              /* the slot the calls below work on */
     int nblocks;                /* L main blocks + D MTP blocks */
     int *is_moe;                /* (nblocks) */
     int n_moe;                  /* MoE blocks (main and MTP) */
@@ -65,25 +106,16 @@ struct Model {
     size_t bytes_params, bytes_acts, bytes_scratch, bytes_copies;
 
     /* activations (act_arena) */
-    int32_t *tokens, *targets;  /* (N) */
-    act *x0;                    /* (N,C) embedding output */
-    BlockActs *acts;            /* (nblocks) */
-    act *hf;                    /* (N,C) final norm output = h^0 */
-    float *hf_rstd;             /* (N) */
-    act *logits;                /* (N,V) */
-    float *losses;              /* (N) */
     float *dloss_main;          /* (N) */
     float *logits_r;            /* (N,E) router logits temporary */
     float *rope_cos, *rope_sin; /* (T, Dr/2) */
     float attn_scale;
     float *counts;              /* (n_moe, E) tokens per expert since model_zero_counts */
-    float *bal_loss;            /* (n_moe, B) */
     float *bal_dloss;           /* (B) */
-    MtpActs mtp[MTP_MAX];
 
     /* backward (scratch_arena) */
     Scratch s;
-    act *dres, *dhf, *dh_chain, *dcat, *den, *dhn, *de, *dshn;     /* (N,C) each, dcat (N,2C) */
+    act *dcat;                  /* (N,2C) */
 
     double lambda, alpha;
     int32_t *host_tokens;       /* (2N) staging */
@@ -98,17 +130,25 @@ struct Model {
 };
 
 Ctx model_ctx(Model *m);
+/* Compute copies from the masters, when the masters may have changed (model_params). */
+void model_refresh_weights(Model *m);
 MoeStats model_moe_stats(Model *m, int block, int train);
 void block_forward(Model *m, int b, const act *x_in, int train);
-void block_backward(Model *m, int b, const act *x_in, act *dres);
+/* Backward of block b: B (dres: dL/dx_out in, dL/dx_in out) and W. */
+void block_backward_input(Model *m, int b, const act *x_in, act *dres);
+void block_backward_weight(Model *m, int b, const act *x_in);
 double model_download_mean(Model *m, const float *dev, int n, int valid);
 
 void mtp_bind(MtpWeights *w, Ops *o, const ParamTable *t, float *params, int layer, Arena *copies);
 void mtp_bind_grads(MtpGrads *g, const ParamTable *t, float *grads, int layer);
 void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar);
-/* Forward of module k (1-based) from h_prev (N,C); returns its mean loss. */
-double mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, int train);
-/* Backward of module k; accumulates dL/dh_prev into m->dhf (k = 1) or m->dh_chain. */
-void mtp_backward(Model *m, int k);
+/* Forward of module k (1-based) from h_prev (N,C); its per-row losses in the slot's
+ * mtp[k-1].losses; returns how many rows have a target (the mean's divisor). */
+int mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, int train);
+void mtp_bwd_plan(MtpBwd *b, const Dims *d, Arena *ar);
+/* Backward of module k. B accumulates dL/dh_prev into m->dhf (k = 1) or m->dh_chain; W adds
+ * its weights' gradients (the shared head's and embedding's included). */
+void mtp_backward_input(Model *m, int k);
+void mtp_backward_weight(Model *m, int k);
 
 #endif

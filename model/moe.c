@@ -30,8 +30,9 @@ static RouteShape route_shape(const Ctx *x)
 }
 
 /* Routed expert e's MLP on its rows [r0, r0 + n) of the expert-major buffers (g: gradients,
- * NULL in forward). */
-static SwigluMlp expert_mlp(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, int e, size_t r0, int n)
+ * NULL outside W; bw: what B leaves for W, NULL in forward). */
+static SwigluMlp expert_mlp(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockActs *a,
+                            const BlockBwd *bw, int e, size_t r0, int n)
 {
     Ops *o = x->o;
     const size_t C = (size_t)x->d->C, F = (size_t)x->d->F;
@@ -39,16 +40,17 @@ static SwigluMlp expert_mlp(const Ctx *x, const BlockWeights *w, BlockGrads *g, 
     float *ge = g ? g->experts + (size_t)e * g->expert_stride : NULL;
     SwigluMlp m = { &w->expert_gate_up[e], &w->expert_down[e], ge, ge ? ge + 2 * F * C : NULL,
                     act_at(o, a->gup, r0 * 2 * F), act_at(o, a->hp, r0 * F),
-                    s ? act_at(o, s->dgup, r0 * 2 * F) : NULL, s ? act_at(o, s->dhp, r0 * F) : NULL,
+                    bw ? act_at(o, bw->dgup, r0 * 2 * F) : NULL, s ? act_at(o, s->dhp, r0 * F) : NULL,
                     n, (int)C, (int)F };
     return m;
 }
 
-static SwigluMlp shared_mlp(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a)
+static SwigluMlp shared_mlp(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockActs *a,
+                            const BlockBwd *bw)
 {
     Scratch *s = x->s;
     SwigluMlp m = { &w->shared_gate_up, &w->shared_down, g ? g->shared_gate_up : NULL, g ? g->shared_down : NULL,
-                    a->gu, a->h, s ? s->dgu : NULL, s ? s->dh : NULL, x->d->N, x->d->C, x->d->Fs };
+                    a->gu, a->h, bw ? bw->dgu : NULL, s ? s->dh : NULL, x->d->N, x->d->C, x->d->Fs };
     return m;
 }
 
@@ -81,11 +83,11 @@ void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st
         int n = off[j + 1] - off[j];
         if (n == 0) continue;
         size_t r0 = (size_t)off[j];
-        SwigluMlp m = expert_mlp(x, w, NULL, a, e0 + j, r0, n);
+        SwigluMlp m = expert_mlp(x, w, NULL, a, NULL, e0 + j, r0, n);
         swiglu_mlp_forward(o, &m, act_at(o, a->yp, r0 * C), act_at_c(o, a->xp, r0 * C));
     }
     if (d->Fs > 0) {
-        SwigluMlp m = shared_mlp(x, w, NULL, a);
+        SwigluMlp m = shared_mlp(x, w, NULL, a, NULL);
         swiglu_mlp_forward(o, &m, a->x_out, a->ln2);
     } else {
         o->zero(o, a->x_out, o->act_bytes * N * C);
@@ -94,13 +96,12 @@ void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st
     o->add(o, a->x_out, a->x_mid, (size_t)N * C);
 }
 
-/* Routed experts backward: dxp (rows) from dyp (rows), per expert. */
-static void experts_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a)
+/* Routed experts B: dxp (rows) from dyp (rows), per expert. */
+static void experts_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a)
 {
     Ops *o = x->o;
-    const Dims *d = x->d;
     Scratch *s = x->s;
-    const size_t C = (size_t)d->C;
+    const size_t C = (size_t)x->d->C;
     const int32_t *off = a->ep.recv_offsets_host;
     const int e0 = first_local_expert(&a->ep);
     o->zero(o, s->dxp, o->act_bytes * (size_t)a->ep.recv_rows * C);
@@ -108,14 +109,15 @@ static void experts_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g,
         int n = off[j + 1] - off[j];
         if (n == 0) continue;
         size_t r0 = (size_t)off[j];
-        SwigluMlp m = expert_mlp(x, w, g, a, e0 + j, r0, n);
-        swiglu_mlp_backward(o, &m, act_at(o, s->dxp, r0 * C), act_at_c(o, s->dyp, r0 * C),
-                            act_at_c(o, a->xp, r0 * C));
+        SwigluMlp m = expert_mlp(x, w, NULL, a, bw, e0 + j, r0, n);
+        swiglu_mlp_backward_input(o, &m, act_at(o, s->dxp, r0 * C), act_at_c(o, bw->dyp, r0 * C));
     }
 }
 
-void moe_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs *a, MoeStats *st,
-                  act *dres)
+/* B: the input gradient through the experts (dispatch/combine backward: collective over the
+ * EP group), the shared expert and the router. */
+void moe_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, MoeStats *st,
+                        act *dres)
 {
     Ops *o = x->o;
     const Dims *d = x->d;
@@ -123,25 +125,49 @@ void moe_backward(const Ctx *x, const BlockWeights *w, BlockGrads *g, BlockActs 
     const int N = d->N, C = d->C, E = d->E, K = d->K;
     const RouteShape r = route_shape(x);
 
-    o->zero(o, s->dln, o->act_bytes * N * C);
+    o->copy(o, bw->dout, dres, o->act_bytes * N * C);
+    o->zero(o, bw->dln2, o->act_bytes * N * C);
     if (d->Fs > 0) {
-        SwigluMlp m = shared_mlp(x, w, g, a);
-        swiglu_mlp_backward(o, &m, s->dln, dres, a->ln2);
+        SwigluMlp m = shared_mlp(x, w, NULL, a, bw);
+        swiglu_mlp_backward_input(o, &m, bw->dln2, dres);
     }
-    o->zero(o, s->dyp, o->act_bytes * (size_t)a->ep.recv_rows * C);
+    o->zero(o, bw->dyp, o->act_bytes * (size_t)a->ep.recv_rows * C);
     o->zero(o, s->dw, sizeof(float) * N * K);
-    ep_combine_backward(o, &a->ep, s->dyp, s->dw, dres, a->yp, a->w);
-    experts_backward(x, w, g, a);
-    ep_dispatch_backward(o, &a->ep, s->dln, s->dxp);
+    ep_combine_backward(o, &a->ep, bw->dyp, s->dw, dres, a->yp, a->w);
+    experts_backward_input(x, w, bw, a);
+    ep_dispatch_backward(o, &a->ep, bw->dln2, s->dxp);
 
     /* router: routing weights and the balance loss both reach the logits through s */
     o->zero(o, s->ds, sizeof(float) * N * E);
     o->moe_route_backward(o, s->ds, s->dw, a->s, a->idx, &r);
     if (st && st->bal_dloss && st->alpha > 0)
         o->moe_balance_backward(o, s->ds, st->bal_dloss, a->s, a->idx, d->B, d->T, &r, st->alpha);
-    o->zero(o, s->dlogits_r, sizeof(float) * N * E);
-    o->sigmoid_backward(o, s->dlogits_r, s->ds, a->s, (size_t)N * E);
-    o->router_backward_input(o, s->dln, s->dlogits_r, &w->router, N, C, E);
-    o->router_backward_weight(o, g->router, s->dlogits_r, a->ln2, N, C, E);
-    o->rmsnorm_backward(o, dres, g->ln2, s->dln, a->x_mid, w->ln2, a->ln2_rstd, N, C);
+    o->zero(o, bw->dlogits_r, sizeof(float) * N * E);
+    o->sigmoid_backward(o, bw->dlogits_r, s->ds, a->s, (size_t)N * E);
+    o->router_backward_input(o, bw->dln2, bw->dlogits_r, &w->router, N, C, E);
+    o->rmsnorm_backward_input(o, dres, bw->dln2, a->x_mid, w->ln2, a->ln2_rstd, N, C);
+}
+
+/* W: shared expert, this rank's routed experts (their rows as B received them), router, norm. */
+void moe_backward_weight(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockBwd *bw,
+                         const BlockActs *a)
+{
+    Ops *o = x->o;
+    const Dims *d = x->d;
+    const size_t C = (size_t)d->C;
+    if (d->Fs > 0) {
+        SwigluMlp m = shared_mlp(x, w, g, a, bw);
+        swiglu_mlp_backward_weight(o, &m, bw->dout, a->ln2);
+    }
+    const int32_t *off = a->ep.recv_offsets_host;
+    const int e0 = first_local_expert(&a->ep);
+    for (int j = 0; j < a->ep.n_local; j++) {
+        int n = off[j + 1] - off[j];
+        if (n == 0) continue;
+        size_t r0 = (size_t)off[j];
+        SwigluMlp m = expert_mlp(x, w, g, a, bw, e0 + j, r0, n);
+        swiglu_mlp_backward_weight(o, &m, act_at_c(o, bw->dyp, r0 * C), act_at_c(o, a->xp, r0 * C));
+    }
+    o->router_backward_weight(o, g->router, bw->dlogits_r, a->ln2, d->N, d->C, d->E);
+    o->rmsnorm_backward_weight(o, g->ln2, bw->dln2, a->x_mid, a->ln2_rstd, d->N, d->C);
 }

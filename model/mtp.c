@@ -26,6 +26,16 @@ void mtp_bind_grads(MtpGrads *g, const ParamTable *t, float *grads, int layer)
     g->head_norm = grads + params_offset(t, layer, "shared_head.norm.weight");
 }
 
+void mtp_bwd_plan(MtpBwd *b, const Dims *d, Arena *ar)
+{
+    const size_t NC = (size_t)d->N * d->C * d->act_bytes;
+    b->dshn = arena_take(ar, NC);
+    b->dhprime = arena_take(ar, NC);
+    b->den = arena_take(ar, NC);
+    b->dhn = arena_take(ar, NC);
+    b->de = arena_take(ar, NC);
+}
+
 void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar)
 {
     const size_t N = (size_t)d->N, NC = N * d->C * d->act_bytes, F = sizeof(float);
@@ -58,19 +68,19 @@ static int mtp_stage_tokens(Model *m, int k, const int32_t *window)
             m->host_tokens[d->N + n] = i + k + 1 <= d->T ? row[i + k + 1] : -1;
             valid += i + k + 1 <= d->T;
         }
-    MtpActs *a = &m->mtp[k - 1];
+    MtpActs *a = &m->sl->mtp[k - 1];
     m->o->upload(m->o, a->tokens, m->host_tokens, (size_t)d->N * sizeof(int32_t));
     m->o->upload(m->o, a->targets, m->host_tokens + d->N, (size_t)d->N * sizeof(int32_t));
     return valid;
 }
 
-double mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, int train)
+int mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, int train)
 {
     Ops *o = m->o;
     const Dims *d = &m->d;
     const int N = d->N, C = d->C, blk = d->L + k - 1;
     const float eps = (float)m->cfg.rms_norm_eps;
-    MtpActs *a = &m->mtp[k - 1];
+    MtpActs *a = &m->sl->mtp[k - 1];
     const MtpWeights *w = &m->mtp_w[k - 1];
 
     int valid = mtp_stage_tokens(m, k, window);
@@ -80,45 +90,62 @@ double mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, in
     o->concat_forward(o, a->cat, a->en, a->hn, N, C, C);
     o->matmul_forward(o, a->hprime, a->cat, &w->eh_proj, N, 2 * C, C);
     block_forward(m, blk, a->hprime, train);
-    o->rmsnorm_forward(o, a->shn, a->shn_rstd, m->acts[blk].x_out, w->head_norm, N, C, eps);
+    o->rmsnorm_forward(o, a->shn, a->shn_rstd, m->sl->acts[blk].x_out, w->head_norm, N, C, eps);
     o->matmul_forward(o, a->logits, a->shn, &m->head, N, C, d->V);
     o->xent_forward(o, a->losses, a->logits, a->targets, N, d->V);
-    double loss = model_download_mean(m, a->losses, N, valid);
     if (train) o->xent_backward(o, a->logits, a->logits, a->targets, a->dloss, N, d->V);
-    return loss;
+    return valid;
 }
 
-void mtp_backward(Model *m, int k)
+void mtp_backward_input(Model *m, int k)
 {
     Ops *o = m->o;
     const Dims *d = &m->d;
     const int N = d->N, C = d->C, blk = d->L + k - 1;
     const size_t NC = (size_t)N * C * o->act_bytes;
-    MtpActs *a = &m->mtp[k - 1];
+    MtpActs *a = &m->sl->mtp[k - 1];
+    MtpBwd *bw = &m->sl->mtp_bw[k - 1];
+    const MtpWeights *w = &m->mtp_w[k - 1];
+
+    /* dL/dh^k: from this module's head, plus module k+1's use of h^k (in dh_chain) */
+    o->zero(o, m->sl->dres, NC);
+    if (k < d->D) {
+        o->add(o, m->sl->dres, m->sl->dh_chain, (size_t)N * C);
+        o->zero(o, m->sl->dh_chain, NC);
+    }
+    o->zero(o, bw->dshn, NC);
+    o->matmul_backward_input(o, bw->dshn, a->logits, &m->head, N, C, d->V);
+    o->rmsnorm_backward_input(o, m->sl->dres, bw->dshn, m->sl->acts[blk].x_out, w->head_norm, a->shn_rstd, N, C);
+    block_backward_input(m, blk, a->hprime, m->sl->dres);
+
+    o->copy(o, bw->dhprime, m->sl->dres, NC);
+    o->zero(o, m->dcat, 2 * NC);
+    o->matmul_backward_input(o, m->dcat, m->sl->dres, &w->eh_proj, N, 2 * C, C);
+    o->zero(o, bw->den, NC);
+    o->zero(o, bw->dhn, NC);
+    o->concat_backward(o, bw->den, bw->dhn, m->dcat, N, C, C);
+    o->zero(o, bw->de, NC);
+    o->rmsnorm_backward_input(o, bw->de, bw->den, a->e, w->enorm, a->en_rstd, N, C);
+    const act *h_prev = k == 1 ? m->sl->hf : m->sl->acts[blk - 1].x_out;
+    o->rmsnorm_backward_input(o, k == 1 ? m->sl->dhf : m->sl->dh_chain, bw->dhn, h_prev, w->hnorm, a->hn_rstd, N, C);
+}
+
+void mtp_backward_weight(Model *m, int k)
+{
+    Ops *o = m->o;
+    const Dims *d = &m->d;
+    const int N = d->N, C = d->C, blk = d->L + k - 1;
+    const MtpActs *a = &m->sl->mtp[k - 1];
+    const MtpBwd *bw = &m->sl->mtp_bw[k - 1];
     const MtpWeights *w = &m->mtp_w[k - 1];
     MtpGrads *g = &m->mtp_g[k - 1];
 
-    /* dL/dh^k: from this module's head, plus module k+1's use of h^k (in dh_chain) */
-    o->zero(o, m->dres, NC);
-    if (k < d->D) {
-        o->add(o, m->dres, m->dh_chain, (size_t)N * C);
-        o->zero(o, m->dh_chain, NC);
-    }
-    o->zero(o, m->dshn, NC);
-    o->matmul_backward_input(o, m->dshn, a->logits, &m->head, N, C, d->V);
     o->matmul_backward_weight(o, m->g_head, &m->head, a->logits, a->shn, N, C, d->V);
-    o->rmsnorm_backward(o, m->dres, g->head_norm, m->dshn, m->acts[blk].x_out, w->head_norm, a->shn_rstd, N, C);
-    block_backward(m, blk, a->hprime, m->dres);
-
-    o->zero(o, m->dcat, 2 * NC);
-    o->matmul_backward_input(o, m->dcat, m->dres, &w->eh_proj, N, 2 * C, C);
-    o->matmul_backward_weight(o, g->eh_proj, &w->eh_proj, m->dres, a->cat, N, 2 * C, C);
-    o->zero(o, m->den, NC);
-    o->zero(o, m->dhn, NC);
-    o->concat_backward(o, m->den, m->dhn, m->dcat, N, C, C);
-    o->zero(o, m->de, NC);
-    o->rmsnorm_backward(o, m->de, g->enorm, m->den, a->e, w->enorm, a->en_rstd, N, C);
-    o->embedding_backward(o, m->g_embed, m->de, a->tokens, N, C);
-    const act *h_prev = k == 1 ? m->hf : m->acts[blk - 1].x_out;
-    o->rmsnorm_backward(o, k == 1 ? m->dhf : m->dh_chain, g->hnorm, m->dhn, h_prev, w->hnorm, a->hn_rstd, N, C);
+    o->rmsnorm_backward_weight(o, g->head_norm, bw->dshn, m->sl->acts[blk].x_out, a->shn_rstd, N, C);
+    block_backward_weight(m, blk, a->hprime);
+    o->matmul_backward_weight(o, g->eh_proj, &w->eh_proj, bw->dhprime, a->cat, N, 2 * C, C);
+    o->rmsnorm_backward_weight(o, g->enorm, bw->den, a->e, a->en_rstd, N, C);
+    o->embedding_backward(o, m->g_embed, bw->de, a->tokens, N, C);
+    const act *h_prev = k == 1 ? m->sl->hf : m->sl->acts[blk - 1].x_out;
+    o->rmsnorm_backward_weight(o, g->hnorm, bw->dhn, h_prev, a->hn_rstd, N, C);
 }

@@ -51,6 +51,8 @@ static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer
     p->layer = layer;
     p->expert = expert;
     p->mtp = mtp;
+    p->index = t->n - 1;
+    p->global_offset = p->offset;
     t->total += p->numel;
 }
 
@@ -155,6 +157,19 @@ void params_free(ParamTable *t)
     memset(t, 0, sizeof *t);
 }
 
+void params_select(const ParamTable *full, ParamTable *out, int (*keep)(const Param *p, void *arg), void *arg)
+{
+    memset(out, 0, sizeof *out);
+    out->p = xcalloc((size_t)full->n + 1, sizeof(Param));
+    for (int i = 0; i < full->n; i++) {
+        if (!keep(&full->p[i], arg)) continue;
+        Param *p = &out->p[out->n++];
+        *p = full->p[i];
+        p->offset = out->total;
+        out->total += p->numel;
+    }
+}
+
 const Param *params_find(const ParamTable *t, const char *name)
 {
     for (int i = 0; i < t->n; i++)
@@ -215,7 +230,7 @@ void params_init(const ParamTable *t, const ModelConfig *c, float *host, unsigne
         const Param *p = &t->p[i];
         float *w = host + p->offset;
         Rng r;
-        rng_seed(&r, seed * 0x100000001B3ull + (unsigned long long)i * 0x9E3779B97F4A7C15ull);
+        rng_seed(&r, seed * 0x100000001B3ull + (unsigned long long)p->index * 0x9E3779B97F4A7C15ull);
         for (size_t j = 0; j < p->numel; j++) {
             switch (p->init) {
             case INIT_NORMAL: w[j] = std * rng_normal(&r); break;

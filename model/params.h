@@ -54,6 +54,8 @@ typedef struct Param {
     int layer;              /* block index (MTP k at L+k-1); -1 for embedding, final norm, head */
     int expert;             /* routed expert index; -1 otherwise */
     int mtp;                /* 1 for tensors of an MTP module (layer >= L) */
+    int index;              /* position in the whole model's table (seeds its initialisation) */
+    size_t global_offset;   /* offset in the whole model's flat buffer (== offset there) */
 } Param;
 
 typedef struct ParamTable {
@@ -65,6 +67,10 @@ typedef struct ParamTable {
 /* Build the table for a (validated) config; no tensor memory is allocated. */
 void params_build(ParamTable *t, const ModelConfig *c);
 void params_free(ParamTable *t);
+/* The entries of `full` that keep(p, arg) accepts, in table order, with offsets of their own
+ * flat buffer (contiguous); each keeps its index and global_offset, so a stage's table maps
+ * back to the whole model's and initialises its tensors as the whole model does. */
+void params_select(const ParamTable *full, ParamTable *out, int (*keep)(const Param *p, void *arg), void *arg);
 /* The entry with this exact name, or NULL. */
 const Param *params_find(const ParamTable *t, const char *name);
 /* Offset of "model.layers.<layer>.<suffix>" (layer < 0: the name is used as is); DIE if absent. */

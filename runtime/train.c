@@ -15,12 +15,18 @@
 #include "common.h"
 #include "runtime/plot.h"
 #include "synth.h"
+#include "train_pp.h"
 
 static Precision parse_precision(const char *s)
 {
     if (!strcmp(s, "bf16")) return PREC_BF16;
     if (!strcmp(s, "fp8")) return PREC_FP8;
     return PREC_FP32;
+}
+
+const ParamTable *trainer_table(const Trainer *t)
+{
+    return t->pp ? pp_table(t) : model_table(t->model);
 }
 
 /* The data directory: with data.synthetic, an empty one gets the built-in corpus first. */
@@ -92,7 +98,7 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     memset(t, 0, sizeof *t);
     t->cfg = *cfg;
     t->groups = g;
-    t->root = g->dp_rank == 0;
+    t->root = g->dp_rank == 0 && g->stage == 0;
     t->config_text = xstrdup(config_text);
     t->run_dir = xstrdup(run_dir);
     t->last_val = NAN;
@@ -101,17 +107,21 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->o = strcmp(tc->device, "cuda") == 0 ? ops_cuda_create(prec) : ops_cpu_create(tc->threads, prec);
 
     if (t->root) ensure_data(cfg);
-    comm_barrier(g->dp_comm);
+    comm_barrier(w->comm);
     const int B = tc->micro_batch_size, T = tc->seq_len, V = cfg->model.vocab_size;
     t->train = data_open(cfg->data.dir, "train", B, T, V, (uint64_t)tc->seed, g->dp_rank, g->dp);
     t->val = data_open(cfg->data.dir, "val", B, T, V, (uint64_t)tc->seed, g->dp_rank, g->dp);
     t->window = xcalloc((size_t)B * (T + 1), sizeof(int32_t));
 
-    t->model = model_create_ep(&cfg->model, t->o, B, T, 1, g->ep > 1 ? g->ep_comm : NULL, w->node);
-    model_init_params(t->model, (uint64_t)tc->seed);
-    const ParamTable *pt = model_table(t->model);
+    if (g->pp > 1) {
+        pp_setup(t, w, g);
+    } else {
+        t->model = model_create_ep(&cfg->model, t->o, B, T, 1, g->ep > 1 ? g->ep_comm : NULL, w->node);
+        model_init_params(t->model, (uint64_t)tc->seed);
+    }
+    const ParamTable *pt = trainer_table(t);
     zero_plan(t, pt->total);
-    optim_init_shard(&t->opt, t->o, pt, &cfg->optim, tc->bf16_moments, t->lo, t->hi);
+    if (!t->pp) optim_init_shard(&t->opt, t->o, pt, &cfg->optim, tc->bf16_moments, t->lo, t->hi);
     rng_seed(&t->rng, (uint64_t)tc->seed ^ 0x7261696e696e67ull);
     t->metrics = t->root ? metrics_open(run_dir) : NULL;
     /* room for a span per layer and phase of every micro-batch, when an executor records them */
@@ -132,11 +142,12 @@ void trainer_free(Trainer *t)
     ckpt_writer_destroy(t->ckpt);
     if (t->metrics) metrics_close(t->metrics);
     trace_free(t->trace);
-    optim_free(&t->opt);
+    if (t->pp) pp_free(t);
+    else optim_free(&t->opt);
     if (t->grad_slice) t->o->free(t->o, t->grad_slice);
     free(t->zero_full);
     free(t->zero_part);
-    model_destroy(t->model);
+    if (t->model) model_destroy(t->model);
     data_close(t->train);
     data_close(t->val);
     ops_destroy(t->o);
@@ -173,6 +184,7 @@ static void sum_counts_over_dp(Trainer *t)
 
 double train_evaluate(Trainer *t, double *mtp)
 {
+    if (t->pp) return pp_evaluate(t, mtp);
     const int D = t->cfg.model.num_nextn_predict_layers, n = t->cfg.train.val_batches;
     double sum = 0;
     for (int k = 0; k < D; k++) mtp[k] = 0;
@@ -262,12 +274,13 @@ static void save_checkpoint(Trainer *t)
     /* every dp rank holds the same weights (train.h); the moments are gathered from the slices,
      * so the root's copy is the job's and the checkpoint is a one-rank one, resumable at any
      * dp. Collective over dp_comm; the root writes. */
-    const ParamTable *pt = model_table(t->model);
+    const ParamTable *pt = trainer_table(t);
     const size_t bytes = pt->total * sizeof(float);
     double t0 = now_seconds();
-    zero_gather_moments(t);
+    if (t->pp) pp_gather_state(t);
+    else zero_gather_moments(t);
     if (!t->root) return;
-    t->o->download(t->o, t->host_params, model_params(t->model), bytes);
+    if (!t->pp) t->o->download(t->o, t->host_params, model_params(t->model), bytes);
     CkptRequest r = {
         .run_dir = t->run_dir, .config_text = t->config_text, .table = pt,
         .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v,
@@ -318,7 +331,8 @@ void train_run(Trainer *t)
         memset(&s, 0, sizeof s);
         double t0 = now_seconds();
         trace_step_begin(t->trace, t->step + 1);
-        train_step(t, &s);
+        if (t->pp) pp_train_step(t, &s);
+        else train_step(t, &s);
         trace_step_end(t->trace);
         s.step_s = now_seconds() - t0;
         s.step = t->step;

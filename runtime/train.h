@@ -39,17 +39,20 @@
 #include "optim.h"
 #include "runtime/pipeline/trace.h"
 
+struct PpTrainer;
+
 typedef struct Trainer {
     Config cfg;
     char *config_text;          /* the resolved config, as written to the run directory */
     char *run_dir;
     Ops *o;
-    Model *model;
+    Model *model;               /* the model; under pp > 1 this rank's first stage */
+    struct PpTrainer *pp;       /* pipeline state when groups->pp > 1 (runtime/train_pp.h), else NULL */
     Optimizer opt;
     DataLoader *train, *val;
     int32_t *window;            /* (B, T+1) host tokens of one micro-batch */
     Groups *groups;             /* the parallel layout (not owned) */
-    int root;                   /* dp_rank 0: prints, writes metrics and checkpoints */
+    int root;                   /* stage 0, dp_rank 0: prints, writes metrics and checkpoints */
     Metrics *metrics;           /* NULL except on the root */
     CkptWriter *ckpt;
     float *host_counts;         /* (n_moe_layers, E) expert loads being summed over dp */
@@ -73,6 +76,8 @@ typedef struct Trainer {
  * synthetic corpus when needed, the others wait for it). */
 void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir, const World *w,
                    Groups *g);
+/* The whole model's parameter table (under pp > 1 each stage has a part of it). */
+const ParamTable *trainer_table(const Trainer *t);
 /* Restore weights, optimizer moments and state from a verified checkpoint directory. */
 void trainer_resume(Trainer *t, const char *ckpt_dir);
 /* Replace the initial weights with those of a Hugging Face directory (dstrain export). */

@@ -1,9 +1,9 @@
 /* runtime/train_cmd.c - `dstrain train CONFIG [--set section.key=value ...] [--resume
  * latest|DIR]`: arguments, the run directory, resume with a compatibility check, the
  * start-up report (build, sizes, memory plan, the MFU peak), then the loop of train.c.
- * Under MPI it lays out the groups from [parallel] (data and expert parallelism, pp = 1) and
- * silences stdout on every rank but the root, so the job prints one report and one line per
- * step.
+ * Under MPI it lays out the groups from [parallel] (data, expert and pipeline parallelism;
+ * pipelines in runtime/train_pp.h) and silences stdout on every rank but the root,
+ * so the job prints one report and one line per step.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,6 +20,7 @@
 #include "common.h"
 #include "gpu_peak.h"
 #include "train.h"
+#include "train_pp.h"
 #ifdef DSTRAIN_HAVE_CUDA
 #include "../kernels/cuda/cuda_ops.h"
 #endif
@@ -39,15 +40,11 @@ void train_set_world(World *w)
     the_world = w;
 }
 
-/* The groups of [parallel] over the world (a layout the world cannot hold, or one this build
- * cannot train yet, ends every rank with one message from rank 0). */
+/* The groups of [parallel] over the world (a layout the world cannot hold ends every rank with
+ * one message from rank 0). */
 static Groups *make_groups(World *w, const ParallelConfig *p)
 {
-    Groups *g = groups_create(w, p->pp, p->dp, p->ep);
-    if (p->pp != 1)
-        world_exit_all(w, 1, "train: [parallel] pp = %d: this build trains without pipeline stages "
-                             "(pp = 1; set parallel.dp to the number of ranks)", p->pp);
-    return g;
+    return groups_create(w, p->pp, p->dp, p->ep);
 }
 
 static void train_usage(FILE *f)
@@ -194,7 +191,7 @@ static double mfu_peak_flops(Ops *o)
 static void print_banner(Trainer *t)
 {
     const Config *c = &t->cfg;
-    const ParamTable *pt = model_table(t->model);
+    const ParamTable *pt = trainer_table(t);
     double active = params_active(pt, &c->model);
     printf("%s", "dstrain train: ");
     printf("%s | device %s%s | %s\n", c->train.name, t->o->name, peak_device, c->train.precision);
@@ -204,16 +201,21 @@ static void print_banner(Trainer *t)
            c->model.num_nextn_predict_layers, c->model.n_routed_experts, c->model.num_experts_per_tok,
            t->flops_per_token / 1e6);
     const int dp = t->groups->dp;
-    if (dp > 1)
+    if (dp > 1 && t->groups->pp == 1)
         printf("parallel: %d ranks | dp %d | ep %d (%d routed experts per rank)\n", dp, dp, t->groups->ep,
                c->model.n_routed_experts / t->groups->ep);
+    if (t->groups->pp > 1)
+        printf("parallel: %d ranks | pp %d | dp %d | ep %d | schedule %s | %d micro-batches per step\n",
+               t->groups->pp * dp, t->groups->pp, dp, t->groups->ep, c->parallel.schedule, c->train.grad_accum);
     /* 64-bit: config_validate bounds the product by 2^32, past an int */
     printf("batch: %d micro-batches x %d sequences x %d tokens x %d dp ranks = %lld tokens/step\n",
            c->train.grad_accum, c->train.micro_batch_size, c->train.seq_len, dp,
            (long long)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp);
-    model_print_memory(t->model, stdout);
-    printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
-           2.0 * (t->hi - t->lo) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
+    if (!t->pp) {
+        model_print_memory(t->model, stdout);
+        printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
+               2.0 * (t->hi - t->lo) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
+    }
     printf("  %-24s %10.1f MiB  (host snapshot for checkpoints)\n", "checkpoint staging",
            (pt->total + 2.0 * t->padded) * sizeof(float) / 1048576.0);
     if (peak_device[0])
@@ -237,13 +239,13 @@ int cmd_train(int argc, char **argv)
     config_validate(&cfg);
     CHECK(the_world != NULL);
     Groups *g = make_groups(the_world, &cfg.parallel);
-    const int root = g->dp_rank == 0;
+    const int root = g->dp_rank == 0 && g->stage == 0;
     if (!root && !freopen("/dev/null", "w", stdout))
         DIE("cannot silence stdout of rank %d: %s", the_world->rank, strerror(errno));
 
     char *run_dir = xasprintf("%s/%s", cfg.train.run_dir, cfg.train.name);
     if (root) mkdir_p(run_dir);
-    comm_barrier(g->dp_comm);
+    comm_barrier(the_world->comm);
     char *ckpt_dir = a.resume ? resolve_resume(a.resume, run_dir, root) : NULL;
     if (ckpt_dir) {
         char err[1024];
@@ -266,8 +268,9 @@ int cmd_train(int argc, char **argv)
     /* the MFU denominator is the job's: every rank takes its peak (measured: at the same time,
      * so ranks sharing cores are counted as they run) and the peaks add up */
     t.peak_flops = mfu_peak_flops(t.o);
-    if (g->dp > 1) comm_allreduce(g->dp_comm, &t.peak_flops, 1, COMM_F64, COMM_SUM);
+    if (the_world->size > 1) comm_allreduce(the_world->comm, &t.peak_flops, 1, COMM_F64, COMM_SUM);
     if (root) print_banner(&t);
+    if (t.pp) pp_print_memory(&t, stdout);     /* collective; the root's stdout prints */
     train_run(&t);
     trainer_free(&t);
     groups_free(g);
@@ -282,18 +285,22 @@ int cmd_train(int argc, char **argv)
 
 void trainer_resume(Trainer *t, const char *ckpt_dir)
 {
-    const ParamTable *pt = model_table(t->model);
+    const ParamTable *pt = trainer_table(t);
     const size_t bytes = pt->total * sizeof(float);
     CkptState st;
     char err[1024];
     if (ckpt_load(ckpt_dir, pt, t->host_params, t->host_m, t->host_v, &st, err, sizeof err) != 0)
         DIE("resume: %s", err);
-    t->o->upload(t->o, model_params(t->model), t->host_params, bytes);
-    const size_t slice = (t->hi - t->lo) * sizeof(float);
-    t->o->upload(t->o, t->opt.m, t->host_m + t->lo, slice);
-    t->o->upload(t->o, t->opt.v, t->host_v + t->lo, slice);
+    if (t->pp) {
+        pp_restore(t, st.step);
+    } else {
+        t->o->upload(t->o, model_params(t->model), t->host_params, bytes);
+        const size_t slice = (t->hi - t->lo) * sizeof(float);
+        t->o->upload(t->o, t->opt.m, t->host_m + t->lo, slice);
+        t->o->upload(t->o, t->opt.v, t->host_v + t->lo, slice);
+        t->opt.step = st.step;
+    }
     t->step = st.step;
-    t->opt.step = st.step;
     t->tokens = st.tokens;
     t->rng.state = st.rng;
     data_set_state(t->train, st.data);
@@ -309,7 +316,7 @@ void trainer_resume(Trainer *t, const char *ckpt_dir)
  * (the weights a fresh run of this seed would have). */
 void trainer_init_from(Trainer *t, const char *hf_dir)
 {
-    const ParamTable *pt = model_table(t->model);
+    const ParamTable *pt = trainer_table(t);
     const ModelConfig *mc = &t->cfg.model;
     char err[1024], *json = xasprintf("%s/config.json", hf_dir);
     if (hf_check_router("init-from", mc, err, sizeof err) != 0) DIE("%s", err);
@@ -318,7 +325,13 @@ void trainer_init_from(Trainer *t, const char *hf_dir)
     params_init(pt, mc, t->host_params, (unsigned long long)t->cfg.train.seed);
     int mtp_fresh = 0;
     if (hf_import_tensors(hf_dir, pt, t->host_params, &mtp_fresh, err, sizeof err) != 0) DIE("init-from: %s", err);
-    t->o->upload(t->o, model_params(t->model), t->host_params, pt->total * sizeof(float));
+    if (t->pp) {    /* every stage's weights; fresh (zero) moments */
+        memset(t->host_m, 0, pt->total * sizeof(float));
+        memset(t->host_v, 0, pt->total * sizeof(float));
+        pp_restore(t, 0);
+    } else {
+        t->o->upload(t->o, model_params(t->model), t->host_params, pt->total * sizeof(float));
+    }
     printf("init-from: %zu parameters from '%s'%s\n", pt->total, hf_dir,
            has_json ? ", config.json matches the config" : " (no config.json to compare)");
     if (mtp_fresh)

@@ -79,6 +79,7 @@ void *cpu_alloc(Ops *o, size_t bytes)
 void cpu_free(Ops *o, void *p) { free(p); }
 void cpu_zero(Ops *o, void *p, size_t bytes) { if (bytes) memset(p, 0, bytes); }
 void cpu_upload(Ops *o, void *dst, const void *src_host, size_t bytes) { if (bytes) memcpy(dst, src_host, bytes); }
+void cpu_copy(Ops *o, void *dst, const void *src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
 void cpu_download(Ops *o, void *dst_host, const void *src, size_t bytes) { if (bytes) memcpy(dst_host, src, bytes); }
 void cpu_synchronize(Ops *o) {}
 
@@ -341,14 +342,12 @@ static void rmsnorm_dweight_block(float *dweight, const float *dout, const float
 }
 
 /* dx = r w dy - x r^3 <w dy, x> / C (differentiating r through mean(x^2)). */
-void cpu_rmsnorm_backward(Ops *o, act *dinp_, float *dweight, const act *dout_, const act *inp_,
-                          const float *weight, const float *rstd, int N, int C)
+void cpu_rmsnorm_backward_input(Ops *o, act *dinp_, const act *dout_, const act *inp_, const float *weight,
+                                const float *rstd, int N, int C)
 {
     float *dinp = cpu_f(dinp_);
     const float *dout = cpu_cf(dout_), *inp = cpu_cf(inp_);
-    int nt = cpu_threads(o);
-    int par = (size_t)N * C > CPU_PAR_MIN;
-    #pragma omp parallel for num_threads(nt) if (par)
+    #pragma omp parallel for num_threads(cpu_threads(o)) if ((size_t)N * C > CPU_PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *dy = dout + (size_t)n * C, *x = inp + (size_t)n * C;   /* (C) */
         float *dx = dinp + (size_t)n * C;                                    /* (C) */
@@ -359,6 +358,16 @@ void cpu_rmsnorm_backward(Ops *o, act *dinp_, float *dweight, const act *dout_, 
         for (int c = 0; c < C; c++) dx[c] += r * weight[c] * dy[c] - x[c] * k;
     }
     cpu_act_round(o, dinp, (size_t)N * C);
+}
+
+/* Column blocks, one per thread; each column sums its rows in order whatever the threads, so
+ * the result does not depend on the thread count. */
+void cpu_rmsnorm_backward_weight(Ops *o, float *dweight, const act *dout_, const act *inp_, const float *rstd,
+                                 int N, int C)
+{
+    const float *dout = cpu_cf(dout_), *inp = cpu_cf(inp_);
+    int nt = cpu_threads(o);
+    int par = (size_t)N * C > CPU_PAR_MIN;
     int blocks = par ? nt : 1;
     int width = (C + blocks - 1) / blocks;
     #pragma omp parallel for num_threads(nt) if (par)
@@ -366,6 +375,14 @@ void cpu_rmsnorm_backward(Ops *o, act *dinp_, float *dweight, const act *dout_, 
         int c0 = b * width, c1 = c0 + width < C ? c0 + width : C;
         if (c0 < c1) rmsnorm_dweight_block(dweight, dout, inp, rstd, N, C, c0, c1);
     }
+}
+
+/* The two halves: they write disjoint outputs, so one after the other is the fused op. */
+void cpu_rmsnorm_backward(Ops *o, act *dinp, float *dweight, const act *dout, const act *inp,
+                          const float *weight, const float *rstd, int N, int C)
+{
+    cpu_rmsnorm_backward_input(o, dinp, dout, inp, weight, rstd, N, C);
+    cpu_rmsnorm_backward_weight(o, dweight, dout, inp, rstd, N, C);
 }
 
 /* ---- SwiGLU: out = silu(g) * u, silu(g) = g * sigmoid(g) ---- */

@@ -103,6 +103,12 @@ void cuda_upload(Ops *o, void *dst, const void *src_host, size_t bytes)
     cuda_synchronize(o);
 }
 
+void cuda_copy(Ops *o, void *dst, const void *src, size_t bytes)
+{
+    CUDA_PROF(o, "copy", "memory");
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream(o)));
+}
+
 void cuda_download(Ops *o, void *dst_host, const void *src, size_t bytes)
 {
     CUDA_PROF(o, "download", "memory");

@@ -236,18 +236,27 @@ __global__ void rmsnorm_dweight_final_kernel(float *dweight, const float *part, 
     dweight[c] += (float)acc;
 }
 
-void cuda_rmsnorm_backward(Ops *o, act *dinp_, float *dweight, const act *dout_, const act *inp_, const float *weight,
-                           const float *rstd, int N, int C)
+void cuda_rmsnorm_backward_input(Ops *o, act *dinp_, const act *dout_, const act *inp_, const float *weight,
+                                 const float *rstd, int N, int C)
 {
     float *dinp = cuda_f(dinp_);
     const float *dout = cuda_cf(dout_);
     const float *inp = cuda_cf(inp_);
-    CUDA_PROF(o, "rmsnorm_backward", "norm");
+    CUDA_PROF(o, "rmsnorm_backward_input", "norm");
     if (N <= 0 || C <= 0) return;
-    cudaStream_t s = cuda_stream(o);
-    rmsnorm_backward_dx_kernel<<<cuda_blocks((size_t)N * THREADS, THREADS), THREADS, 0, s>>>(
+    rmsnorm_backward_dx_kernel<<<cuda_blocks((size_t)N * THREADS, THREADS), THREADS, 0, cuda_stream(o)>>>(
         dinp, dout, inp, weight, rstd, N, C);
     CUDA_LAUNCH_CHECK();
+}
+
+void cuda_rmsnorm_backward_weight(Ops *o, float *dweight, const act *dout_, const act *inp_, const float *rstd,
+                                  int N, int C)
+{
+    const float *dout = cuda_cf(dout_);
+    const float *inp = cuda_cf(inp_);
+    CUDA_PROF(o, "rmsnorm_backward_weight", "norm");
+    if (N <= 0 || C <= 0) return;
+    cudaStream_t s = cuda_stream(o);
     int chunks = (N + RMS_ROWS - 1) / RMS_ROWS;
     CHECK(chunks <= 65535);
     float *part = (float *)cuda_scratch(o, SCR_REDUCE, (size_t)chunks * C * sizeof(float));
@@ -256,6 +265,14 @@ void cuda_rmsnorm_backward(Ops *o, act *dinp_, float *dweight, const act *dout_,
     CUDA_LAUNCH_CHECK();
     rmsnorm_dweight_final_kernel<<<(C + 127) / 128, 128, 0, s>>>(dweight, part, chunks, C);
     CUDA_LAUNCH_CHECK();
+}
+
+/* The two halves write disjoint outputs: one after the other is the fused op. */
+void cuda_rmsnorm_backward(Ops *o, act *dinp, float *dweight, const act *dout, const act *inp, const float *weight,
+                           const float *rstd, int N, int C)
+{
+    cuda_rmsnorm_backward_input(o, dinp, dout, inp, weight, rstd, N, C);
+    cuda_rmsnorm_backward_weight(o, dweight, dout, inp, rstd, N, C);
 }
 
 /* ---- SwiGLU: gu (N,2F) = [gate | up] per row; out (N,F) = silu(gate) * up ---- */

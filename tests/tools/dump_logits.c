@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     ModelLoss l;
     model_forward(m, window, 0, &l);
     float *logits = xmalloc((size_t)B * T * V * sizeof(float));
-    o->download(o, logits, m->logits, (size_t)B * T * V * sizeof(float));
+    o->download(o, logits, m->sl->logits, (size_t)B * T * V * sizeof(float));
     write_all(argv[2], tokens, (size_t)B * T * sizeof(int32_t));
     write_all(argv[3], logits, (size_t)B * T * V * sizeof(float));
     printf("dump_logits: %d x %d tokens, logits %d x %d x %d, main loss %.6f\n", B, T, B, T, V, l.main);

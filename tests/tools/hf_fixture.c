@@ -111,7 +111,7 @@ static void compare_experts(Fixture *f, Model *m)
         json_t *o = json_array_get(list, li++);
         if (!o) DIE("'%s': fewer expert lists than MoE layers", f->dir);
         const double *ref = ref_blob(f, o, (size_t)d->N * d->K);
-        m->o->download(m->o, idx, m->acts[b].idx, sizeof(int32_t) * (size_t)d->N * d->K);
+        m->o->download(m->o, idx, m->sl->acts[b].idx, sizeof(int32_t) * (size_t)d->N * d->K);
         for (int n = 0; n < d->N; n++) {
             int32_t *r = idx + (size_t)n * d->K;
             for (int i = 1; i < d->K; i++)   /* insertion sort: K is small */
@@ -244,7 +244,7 @@ int main(int argc, char **argv)
     model_forward(m, win, 0, &l);   /* train = 0 keeps the logits (training turns them into their gradient) */
     size_t nl = (size_t)d->N * d->V;
     float *logits = xmalloc(nl * sizeof(float));
-    o->download(o, logits, m->logits, nl * sizeof(float));
+    o->download(o, logits, m->sl->logits, nl * sizeof(float));
     json_t *lj = json_object_get(f.ref, "logits");
     double r = compare(&f, "logits", logits, ref_blob(&f, lj, nl), nl, json_number_value(json_object_get(lj, "floor")));
     printf("logits: %d x %d x %d, worst %.2fx the FP32 floor %.3g\n", d->B, d->T, d->V, r,

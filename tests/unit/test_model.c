@@ -120,7 +120,7 @@ static double objective(Model *m, const int32_t *win, double lambda, uint64_t *r
     float *w = xcalloc((size_t)m->d.N * m->d.K, sizeof(float));
     for (int b = 0; b < m->nblocks; b++) {
         if (!m->is_moe[b]) continue;
-        real_route(m->o, idx, w, m->acts[b].s, m->w[b].router_bias, &r);   /* CPU: host memory */
+        real_route(m->o, idx, w, m->sl->acts[b].s, m->w[b].router_bias, &r);   /* CPU: host memory */
         for (int i = 0; i < m->d.N * m->d.K; i++) h = (h ^ (uint32_t)idx[i]) * 1099511628211ull;
     }
     free(idx);

@@ -616,6 +616,18 @@ static void test_thread_equality(void)
     EXPECT(memcmp(g[0][0], g[1][0], (size_t)N * C * 4) == 0, "rmsnorm dinp differs between thread counts");
     EXPECT(memcmp(g[0][1], g[1][1], C * 4) == 0, "rmsnorm dweight differs between thread counts");
     EXPECT(memcmp(g[0][2], g[1][2], (size_t)V * C * 4) == 0, "embedding dtable differs between thread counts");
+    /* the split halves (backward-input, then backward-weight) are the fused op bit for bit, and
+     * copy moves bytes unchanged */
+    for (int t = 0; t < 2; t++) {
+        float *dx = talloc((size_t)N * C * 4), *dw = talloc(C * 4);
+        tab[t]->rmsnorm_forward(tab[t], A(dx), r, CA(x), w, N, C, 1e-6f);
+        tab[t]->rmsnorm_backward_input(tab[t], A(dx), CA(dy), CA(x), w, r, N, C);
+        tab[t]->rmsnorm_backward_weight(tab[t], dw, CA(dy), CA(x), r, N, C);
+        EXPECT(memcmp(dx, g[t][0], (size_t)N * C * 4) == 0, "rmsnorm_backward_input differs from the fused dinp");
+        EXPECT(memcmp(dw, g[t][1], C * 4) == 0, "rmsnorm_backward_weight differs from the fused dweight");
+        tab[t]->copy(tab[t], dx, dy, (size_t)N * C * 4);
+        EXPECT(memcmp(dx, dy, (size_t)N * C * 4) == 0, "copy changed the bytes");
+    }
     tfree_all();
 }
 
