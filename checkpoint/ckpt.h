@@ -23,6 +23,7 @@
  *   ... every checkpoint_every steps:
  *   ckpt_save_async(w, &req, err, n);   (copies the host buffers, returns; waits first for the
  *                                        previous save)
+ *   ... each step (optional): ckpt_writer_poll(w, 0, &step, err, n)   (a finished save's result)
  *   ... at exit: ckpt_writer_finish(w, err, n) (waits, reports), ckpt_writer_destroy(w)
  *   resume: ckpt_find_latest(run_dir, dir, n, log) or a given dir; ckpt_load(dir, ...)
  *   tests and tools: ckpt_save (synchronous), ckpt_verify, ckpt_read_config
@@ -107,6 +108,11 @@ CkptWriter *ckpt_writer_create(void);
  * The snapshot buffers are allocated at the first save and reused (reallocated only if the
  * table grows); the caller may change its buffers as soon as this returns. */
 int ckpt_save_async(CkptWriter *w, const CkptRequest *req, char *err, size_t errlen);
+/* The result of the last save, once: 1 when it finished and succeeded, -1 when it failed (its
+ * message in err), 0 when none finished since the last report (or one is still running and
+ * wait is 0). wait = 1 waits for the save in flight first. *step (may be NULL): its step.
+ * A failure this reports is not reported again by ckpt_save_async. */
+int ckpt_writer_poll(CkptWriter *w, int wait, int *step, char *err, size_t errlen);
 /* Wait for the save in flight; 0 if it (and every earlier one) succeeded. */
 int ckpt_writer_finish(CkptWriter *w, char *err, size_t errlen);
 void ckpt_writer_destroy(CkptWriter *w);

@@ -37,6 +37,8 @@ struct CkptWriter {
     /* results */
     char job_err[1024];         /* the last failed save's message */
     int job_failed;             /* the last save failed (reported by the next call) */
+    int unreported;             /* a save finished and ckpt_writer_poll has not reported it */
+    int job_step;               /* the step of the save in flight or last finished */
     char first_err[1024];       /* the first failure since creation (ckpt_writer_finish) */
     int any_failed;
     double copy_s, write_s, wait_s;
@@ -57,6 +59,7 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&w->mu);
         w->write_s = dt;
         w->job_failed = rc != 0;
+        w->unreported = 1;
         if (rc) {
             snprintf(w->job_err, sizeof w->job_err, "%s", err);
             if (!w->any_failed) snprintf(w->first_err, sizeof w->first_err, "%s", err);
@@ -141,6 +144,8 @@ int ckpt_save_async(CkptWriter *w, const CkptRequest *req, char *err, size_t err
         rc = ckpt_fail(err, errlen, "%s", w->job_err);
         w->job_failed = 0;
     }
+    w->unreported = 0;
+    w->job_step = req->state.step;
     char serr[512];
     if (snapshot(w, req, serr, sizeof serr) == 0) {
         w->pending = 1;
@@ -152,6 +157,21 @@ int ckpt_save_async(CkptWriter *w, const CkptRequest *req, char *err, size_t err
     }
     w->wait_s = t1 - t0;
     w->copy_s = now_seconds() - t1;
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+int ckpt_writer_poll(CkptWriter *w, int wait, int *step, char *err, size_t errlen)
+{
+    if (wait) wait_idle(w);
+    else pthread_mutex_lock(&w->mu);
+    int rc = 0;
+    if (!w->pending && w->unreported) {
+        rc = w->job_failed ? ckpt_fail(err, errlen, "%s", w->job_err) : 1;
+        if (step) *step = w->job_step;
+        w->unreported = 0;
+        w->job_failed = 0;
+    }
     pthread_mutex_unlock(&w->mu);
     return rc;
 }

@@ -681,6 +681,10 @@ static void validate_train(const Config *c)
     need_at_least("train.val_batches", t->val_batches, 0);
     need_at_least("train.checkpoint_every", t->checkpoint_every, 0);
     need_at_least("train.keep_checkpoints", t->keep_checkpoints, 1);
+    need_at_least("train.max_failed_saves", t->max_failed_saves, 1);
+    need_at_least("train.max_bad_steps", t->max_bad_steps, 1);
+    need_at_least_f("train.spike_factor", t->spike_factor, 0);
+    need_at_least_f("train.watchdog_s", t->watchdog_s, 0);
 }
 
 static void validate_optim(const OptimConfig *o)

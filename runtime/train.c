@@ -13,6 +13,7 @@
 
 #include "../model/flops.h"
 #include "common.h"
+#include "guard.h"
 #include "synth.h"
 
 static Precision parse_precision(const char *s)
@@ -95,6 +96,7 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->config_text = xstrdup(config_text);
     t->run_dir = xstrdup(run_dir);
     t->last_val = NAN;
+    t->saved_step = -1;
     const TrainConfig *tc = &cfg->train;
     Precision prec = parse_precision(tc->precision);
     t->o = strcmp(tc->device, "cuda") == 0 ? ops_cuda_create(prec) : ops_cpu_create(tc->threads, prec);
@@ -112,7 +114,6 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     zero_plan(t, pt->total);
     optim_init_shard(&t->opt, t->o, pt, &cfg->optim, tc->bf16_moments, t->lo, t->hi);
     rng_seed(&t->rng, (uint64_t)tc->seed ^ 0x7261696e696e67ull);
-    t->metrics = t->root ? metrics_open(run_dir) : NULL;
     t->ckpt = ckpt_writer_create();
     t->host_params = xmalloc(pt->total * sizeof(float));
     t->host_counts = xcalloc((size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1, sizeof(float));
@@ -124,7 +125,7 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
 void trainer_free(Trainer *t)
 {
     char err[512];
-    if (ckpt_writer_finish(t->ckpt, err, sizeof err) != 0) fprintf(stderr, "dstrain: %s\n", err);
+    ckpt_writer_finish(t->ckpt, err, sizeof err);   /* every result was reported by train_run */
     ckpt_writer_destroy(t->ckpt);
     if (t->metrics) metrics_close(t->metrics);
     optim_free(&t->opt);
@@ -227,8 +228,16 @@ static void train_step(Trainer *t, StepMetrics *s)
         s->grad_norm = sqrt(sq) / dp;
     }
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
-    optim_step(&t->opt, model_params(m), grads, s->lr, clip_scale(s->grad_norm, c->optim.grad_clip) / dp);
-    if (dp > 1) zero_gather_params(t);
+    /* divergence guard: a non-finite loss or gradient never reaches the weights. Every rank
+     * sees the same (reduced) loss and norm, so all skip together; the optimizer's step count
+     * still advances, so it stays equal to t->step, which a resume restores. */
+    s->skipped = !isfinite(s->loss) || !isfinite(s->grad_norm);
+    if (s->skipped) {
+        t->opt.step++;
+    } else {
+        optim_step(&t->opt, model_params(m), grads, s->lr, clip_scale(s->grad_norm, c->optim.grad_clip) / dp);
+        if (dp > 1) zero_gather_params(t);
+    }
     sum_counts_over_dp(t);
     s->max_nodes = model_max_nodes(m);
     if (dp > 1) {
@@ -239,9 +248,39 @@ static void train_step(Trainer *t, StepMetrics *s)
     LoadStats ls = model_load_stats(m);
     s->maxvio = ls.maxvio_mean;
     s->maxvio_max = ls.maxvio_max;
-    model_bias_update(m, gamma, c->moe.bias_zero_mean);
+    if (!s->skipped) model_bias_update(m, gamma, c->moe.bias_zero_mean);
     t->step++;
     t->tokens += (long long)M * c->train.micro_batch_size * c->train.seq_len * dp;
+}
+
+/* A save's result, reported on stderr at once when it failed; counts failures in a row. */
+static void note_save(Trainer *t, int rc, int step, const char *err)
+{
+    if (rc > 0) {
+        t->failed_saves = 0;
+    } else if (rc < 0) {
+        t->failed_saves++;
+        fflush(stdout);
+        fprintf(stderr, "dstrain: checkpoint of step %d failed (%d in a row, the run stops at %d): %s\n", step,
+                t->failed_saves, t->cfg.train.max_failed_saves, err);
+        fflush(stderr);
+    }
+}
+
+/* Root: the result of a save that finished since the last look (wait: wait for it). */
+static void poll_saves(Trainer *t, int wait)
+{
+    char err[1024];
+    int step = -1;
+    int rc = ckpt_writer_poll(t->ckpt, wait, &step, err, sizeof err);
+    note_save(t, rc, step, err);
+}
+
+static int all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
 }
 
 /* The training stall of a save is the download into host staging, the wait for the previous
@@ -255,8 +294,16 @@ static void save_checkpoint(Trainer *t)
     const size_t bytes = pt->total * sizeof(float);
     double t0 = now_seconds();
     zero_gather_moments(t);
+    t->saved_step = t->step;
     if (!t->root) return;
     t->o->download(t->o, t->host_params, model_params(t->model), bytes);
+    poll_saves(t, 1);   /* the previous save's result, before a new one starts */
+    if (!all_finite(t->host_params, pt->total)) {
+        /* a diverged model never replaces a good checkpoint (nor pushes one out by retention) */
+        note_save(t, -1, t->step, "the weights are not finite (diverged); not written, the older checkpoints "
+                                  "are kept");
+        return;
+    }
     CkptRequest r = {
         .run_dir = t->run_dir, .config_text = t->config_text, .table = pt,
         .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v,
@@ -265,13 +312,29 @@ static void save_checkpoint(Trainer *t)
         .layout = { .world_size = 1, .pp = 1, .dp = 1, .ep = 1 },
     };
     char err[1024];
-    if (ckpt_save_async(t->ckpt, &r, err, sizeof err) != 0)
-        metrics_log(t->metrics, "checkpoint: %s (training continues)\n", err);
+    if (ckpt_save_async(t->ckpt, &r, err, sizeof err) != 0) {
+        note_save(t, -1, t->step, err);
+        return;
+    }
     double copy_s, write_s;
     ckpt_writer_times(t->ckpt, &copy_s, &write_s);
     metrics_log(t->metrics, "checkpoint: ckpt-%d saving in the background; training stalled %.1f ms "
                             "(%.1f ms of it waiting for the previous save, %.3f s to write)\n",
                 t->step, 1e3 * (now_seconds() - t0), 1e3 * ckpt_writer_wait_seconds(t->ckpt), write_s);
+}
+
+/* Save the checkpoint of this step (unless it is already being saved) and wait for it: the
+ * exit status (TRAIN_EXIT_SAVE when it failed, else ok), the same on every rank. */
+static int save_and_wait(Trainer *t, int ok)
+{
+    if (t->saved_step != t->step) save_checkpoint(t);
+    int32_t status = ok;
+    if (t->root) {
+        poll_saves(t, 1);
+        if (t->failed_saves > 0) status = TRAIN_EXIT_SAVE;   /* a success sets it to 0 */
+    }
+    if (t->groups->dp > 1) comm_broadcast(t->groups->dp_comm, &status, 1, COMM_I32, 0);
+    return status;
 }
 
 static void validate_and_log(Trainer *t)
@@ -294,7 +357,75 @@ static void report_final(Trainer *t)
     metrics_final(t->metrics, t->step, t->last_val, rate, floor, unigram);
 }
 
-void train_run(Trainer *t)
+/* Divergence bookkeeping of one step (the same on every rank): skipped steps in a row, and
+ * the spike rule against the running mean of the finite losses (reported, not acted on). */
+static void watch_loss(Trainer *t, const StepMetrics *s)
+{
+    const TrainConfig *tc = &t->cfg.train;
+    if (s->skipped) {
+        t->bad_steps++;
+        t->bad_total++;
+        if (t->root) {
+            fflush(stdout);
+            fprintf(stderr, "dstrain: step %d: loss %g, grad norm %g: not finite, optimizer step skipped "
+                    "(%d in a row, the run stops at %d; %lld skipped in all)\n", s->step, s->loss, s->grad_norm,
+                    t->bad_steps, tc->max_bad_steps, t->bad_total);
+        }
+        return;
+    }
+    t->bad_steps = 0;
+    /* the mean of the first losses is a poor yardstick (they fall fast): judge from the 10th on */
+    if (tc->spike_factor > 0 && t->loss_n >= 10 && s->loss > tc->spike_factor * t->loss_mean && t->root) {
+        fflush(stdout);
+        fprintf(stderr, "dstrain: step %d: loss spike: %.4f is %.1fx its running mean %.4f (train.spike_factor "
+                "= %g)\n", s->step, s->loss, s->loss / t->loss_mean, t->loss_mean, tc->spike_factor);
+    }
+    /* running mean: the plain mean over the first 100 finite losses, then an exponential mean
+     * over about the last 100 */
+    t->loss_n++;
+    double w = t->loss_n < 100 ? 1.0 / t->loss_n : 0.01;
+    t->loss_mean += w * (s->loss - t->loss_mean);
+}
+
+/* Why to stop after this step, agreed by every rank (one all-reduce of the local reasons):
+ * the exit status to stop with, or 0 to go on. */
+static int agree_stop(Trainer *t)
+{
+    const TrainConfig *tc = &t->cfg.train;
+    if (t->root) poll_saves(t, 0);
+    int32_t why[3] = {
+        guard_stop_signal(),
+        t->bad_steps >= tc->max_bad_steps,
+        t->failed_saves >= tc->max_failed_saves,
+    };
+    if (t->groups->dp > 1) comm_allreduce(t->groups->dp_comm, why, 3, COMM_I32, COMM_MAX);
+    if (why[2]) return TRAIN_EXIT_SAVE;
+    if (why[1]) return TRAIN_EXIT_DIVERGED;
+    if (why[0]) return TRAIN_EXIT_STOPPED;
+    return 0;
+}
+
+/* End the run early with status (agree_stop's). A stop signal saves the step first. */
+static int stop_run(Trainer *t, int status)
+{
+    const int sig = guard_stop_signal();
+    if (status == TRAIN_EXIT_STOPPED) status = save_and_wait(t, TRAIN_EXIT_STOPPED);
+    if (!t->root) return status;
+    fflush(stdout);
+    if (status == TRAIN_EXIT_STOPPED)
+        fprintf(stderr, "dstrain: stopped by %s after step %d; checkpoint '%s/ckpt-%d' saved (exit status %d: "
+                "resume with --resume auto)\n", sig ? guard_signal_name(sig) : "a signal on another rank",
+                t->step, t->run_dir, t->step, status);
+    else if (status == TRAIN_EXIT_DIVERGED)
+        fprintf(stderr, "dstrain: stopped after step %d: %d non-finite steps in a row (train.max_bad_steps); the "
+                "checkpoints in '%s' are from before (exit status %d)\n", t->step, t->bad_steps, t->run_dir, status);
+    else
+        fprintf(stderr, "dstrain: stopped after step %d: checkpoint saves failing (train.max_failed_saves = %d; "
+                "exit status %d)\n", t->step, t->cfg.train.max_failed_saves, status);
+    return status;
+}
+
+int train_run(Trainer *t)
 {
     const TrainConfig *tc = &t->cfg.train;
     const double tokens_per_step = (double)tc->grad_accum * tc->micro_batch_size * tc->seq_len * t->groups->dp;
@@ -312,12 +443,19 @@ void train_run(Trainer *t)
         s.tokens_per_s = tokens_per_step / s.step_s;
         s.mfu = t->peak_flops > 0 ? s.tokens_per_s * t->flops_per_token / t->peak_flops : 0;
         s.eta_s = (now_seconds() - started) / (t->step - first) * (tc->steps - t->step);
-        if (t->metrics && (t->step % tc->log_every == 0 || t->step == tc->steps)) metrics_step(t->metrics, &s);
+        if (t->metrics && (t->step % tc->log_every == 0 || t->step == tc->steps || s.skipped))
+            metrics_step(t->metrics, &s);
+        watch_loss(t, &s);
+        int stop = agree_stop(t);
+        if (stop) return stop_run(t, stop);
         if (tc->val_every > 0 && t->step % tc->val_every == 0 && t->step < tc->steps) validate_and_log(t);
         if (tc->checkpoint_every > 0 && t->step % tc->checkpoint_every == 0 && t->step < tc->steps)
             save_checkpoint(t);
     }
     validate_and_log(t);
-    save_checkpoint(t);
+    int status = save_and_wait(t, TRAIN_EXIT_DONE);
     report_final(t);
+    if (status != TRAIN_EXIT_DONE && t->root)
+        fprintf(stderr, "dstrain: the final checkpoint of step %d was not saved (exit status %d)\n", t->step, status);
+    return status;
 }

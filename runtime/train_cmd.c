@@ -6,6 +6,7 @@
  * step.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,11 +19,12 @@
 #include "../model/flops.h"
 #include "commands.h"
 #include "common.h"
+#include "guard.h"
 #include "train.h"
 
 typedef struct TrainArgs {
     const char *config;
-    const char *resume;         /* NULL, "latest" or a checkpoint directory */
+    const char *resume;         /* NULL, "latest", "auto" or a checkpoint directory */
     const char *init_from;      /* NULL or a Hugging Face model directory (dstrain export) */
     int n_sets;
     char **sets;
@@ -49,16 +51,30 @@ static Groups *make_groups(World *w, const ParallelConfig *p)
 static void train_usage(FILE *f)
 {
     fprintf(f,
-            "usage: dstrain train CONFIG [--set section.key=value ...] [--resume latest|DIR]\n"
+            "usage: dstrain train CONFIG [--set section.key=value ...] [--resume auto|latest|DIR]\n"
             "                            [--init-from HF_DIR]\n"
             "\n"
             "Trains the model CONFIG describes; output goes to <train.run_dir>/<train.name>/:\n"
             "config.toml (resolved), metrics.jsonl, log.txt, ckpt-<step>/.\n"
             "  --set section.key=value   override one config key (repeatable)\n"
             "  --resume latest           continue from the newest checkpoint of the run that verifies\n"
+            "  --resume auto             the same, or start fresh when the run has no checkpoint yet\n"
+            "                            (for requeued batch jobs)\n"
             "  --resume DIR              continue from checkpoint directory DIR\n"
             "  --init-from HF_DIR        start from the weights of a Hugging Face DeepseekV3 directory\n"
             "                            (dstrain export output: safetensors, mtp.safetensors for MTP)\n"
+            "\n"
+            "SIGTERM, SIGINT or SIGUSR1 (e.g. sbatch --signal=USR1@120) stops the run at the end of the\n"
+            "step: every rank saves the checkpoint of that step and the run exits with status 75; a\n"
+            "second signal ends it at once. Under mpirun send SIGUSR1 to mpirun (it forwards it) or\n"
+            "the signal to the ranks; mpirun itself ends a job hard on SIGTERM. One trainer at a time\n"
+            "uses a run directory (flock on <run>/lock; a second one is refused).\n"
+            "exit status: 0 done; 1 bad input or environment, or the run directory is in use;\n"
+            "  3 diverged (train.max_bad_steps non-finite steps in a row; their updates were skipped);\n"
+            "  4 hung (an operation took longer than train.watchdog_s);\n"
+            "  74 checkpoint saves failed (train.max_failed_saves in a row, or the final one);\n"
+            "  75 stopped by a signal, checkpoint saved: resumable with --resume auto;\n"
+            "  128+N killed by signal N (a second stop signal)\n"
             "\nconfig keys (section, key, type, default, meaning):\n");
     config_print_help(f);
 }
@@ -129,9 +145,34 @@ static int config_compare(const Config *a, const Config *b)
     return changed;
 }
 
+/* A ckpt-<N> entry (verified or not) in run_dir; interrupted saves (.tmp) do not count. */
+static int has_checkpoint_dir(const char *run_dir)
+{
+    DIR *d = opendir(run_dir);
+    if (!d) return 0;
+    int found = 0;
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        const char *p = e->d_name;
+        if (strncmp(p, "ckpt-", 5) != 0 || !p[5]) continue;
+        p += 5;
+        while (*p >= '0' && *p <= '9') p++;
+        found = *p == 0;
+    }
+    closedir(d);
+    return found;
+}
+
+/* The checkpoint to resume from: a directory, the newest that verifies ("latest"), or that or
+ * NULL for a fresh start when the run has no checkpoint directory at all ("auto"; one that
+ * exists but does not verify is an error, never silently trained over). */
 static char *resolve_resume(const char *resume, const char *run_dir)
 {
-    if (strcmp(resume, "latest") != 0) {
+    if (!strcmp(resume, "auto") && !has_checkpoint_dir(run_dir)) {
+        printf("resume: no checkpoint in '%s' yet; starting fresh (--resume auto)\n", run_dir);
+        return NULL;
+    }
+    if (strcmp(resume, "latest") != 0 && strcmp(resume, "auto") != 0) {
         char err[1024];
         if (ckpt_verify(resume, err, sizeof err) != 0) DIE("resume: %s", err);
         return xstrdup(resume);
@@ -187,9 +228,18 @@ int cmd_train(int argc, char **argv)
     if (!root && !freopen("/dev/null", "w", stdout))
         DIE("cannot silence stdout of rank %d: %s", the_world->rank, strerror(errno));
 
+    guard_install_signals();   /* from here a stop signal is a flag, looked at after each step */
     char *run_dir = xasprintf("%s/%s", cfg.train.run_dir, cfg.train.name);
-    if (root) mkdir_p(run_dir);
-    comm_barrier(g->dp_comm);
+    int lock_fd = -1;
+    int32_t locked = 1;
+    char lock_err[1024] = "";
+    if (root) {
+        mkdir_p(run_dir);
+        lock_fd = guard_lock_run_dir(run_dir, lock_err, sizeof lock_err);
+        locked = lock_fd >= 0;
+    }
+    if (g->dp > 1) comm_broadcast(g->dp_comm, &locked, 1, COMM_I32, 0);   /* also the barrier after mkdir */
+    if (!locked) world_exit_all(the_world, 1, "%s", lock_err);
     char *ckpt_dir = a.resume ? resolve_resume(a.resume, run_dir) : NULL;
     if (ckpt_dir) {
         char err[1024];
@@ -209,21 +259,23 @@ int cmd_train(int argc, char **argv)
     if (a.init_from && ckpt_dir) DIE("train: give --resume or --init-from, not both");
     if (ckpt_dir) trainer_resume(&t, ckpt_dir);
     if (a.init_from) trainer_init_from(&t, a.init_from);
+    if (root) t.metrics = metrics_open(run_dir, t.step);
     /* the MFU denominator is the job's: every rank measures its GEMM rate at the same time
      * (so ranks sharing cores are counted as they run) and the rates add up */
     t.peak_flops = ops_measure_gemm_flops(t.o, 1024);
     if (g->dp > 1) comm_allreduce(g->dp_comm, &t.peak_flops, 1, COMM_F64, COMM_SUM);
     if (root) print_banner(&t);
-    train_run(&t);
+    int status = train_run(&t);
     trainer_free(&t);
     groups_free(g);
+    guard_unlock(lock_fd);
     fflush(stdout);
     free(ckpt_dir);
     free(cfg_path);
     free(text);
     free(run_dir);
     free(a.sets);
-    return 0;
+    return status;
 }
 
 void trainer_resume(Trainer *t, const char *ckpt_dir)
