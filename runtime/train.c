@@ -254,15 +254,15 @@ static void train_step(Trainer *t, StepMetrics *s)
 }
 
 /* A save's result, reported on stderr at once when it failed; counts failures in a row. */
-static void note_save(Trainer *t, int rc, int step, const char *err)
+static void note_save(Trainer *t, int rc, const char *err)
 {
     if (rc > 0) {
         t->failed_saves = 0;
     } else if (rc < 0) {
         t->failed_saves++;
         fflush(stdout);
-        fprintf(stderr, "dstrain: checkpoint of step %d failed (%d in a row, the run stops at %d): %s\n", step,
-                t->failed_saves, t->cfg.train.max_failed_saves, err);
+        fprintf(stderr, "dstrain: %s (failed save %d in a row of at most train.max_failed_saves = %d)\n", err,
+                t->failed_saves, t->cfg.train.max_failed_saves);
         fflush(stderr);
     }
 }
@@ -271,9 +271,8 @@ static void note_save(Trainer *t, int rc, int step, const char *err)
 static void poll_saves(Trainer *t, int wait)
 {
     char err[1024];
-    int step = -1;
-    int rc = ckpt_writer_poll(t->ckpt, wait, &step, err, sizeof err);
-    note_save(t, rc, step, err);
+    int rc = ckpt_writer_poll(t->ckpt, wait, NULL, err, sizeof err);
+    note_save(t, rc, err);
 }
 
 static int all_finite(const float *x, size_t n)
@@ -300,8 +299,10 @@ static void save_checkpoint(Trainer *t)
     poll_saves(t, 1);   /* the previous save's result, before a new one starts */
     if (!all_finite(t->host_params, pt->total)) {
         /* a diverged model never replaces a good checkpoint (nor pushes one out by retention) */
-        note_save(t, -1, t->step, "the weights are not finite (diverged); not written, the older checkpoints "
-                                  "are kept");
+        char why[200];
+        snprintf(why, sizeof why, "checkpoint of step %d: the weights are not finite (diverged); not written, the "
+                 "older checkpoints are kept", t->step);
+        note_save(t, -1, why);
         return;
     }
     CkptRequest r = {
@@ -313,7 +314,7 @@ static void save_checkpoint(Trainer *t)
     };
     char err[1024];
     if (ckpt_save_async(t->ckpt, &r, err, sizeof err) != 0) {
-        note_save(t, -1, t->step, err);
+        note_save(t, -1, err);
         return;
     }
     double copy_s, write_s;
