@@ -378,7 +378,7 @@ static void watch_loss(Trainer *t, const StepMetrics *s)
     /* the mean of the first losses is a poor yardstick (they fall fast): judge from the 10th on */
     if (tc->spike_factor > 0 && t->loss_n >= 10 && s->loss > tc->spike_factor * t->loss_mean && t->root) {
         fflush(stdout);
-        fprintf(stderr, "dstrain: step %d: loss spike: %.4f is %.1fx its running mean %.4f (train.spike_factor "
+        fprintf(stderr, "dstrain: step %d: loss spike: %.4f is %.2fx its running mean %.4f (train.spike_factor "
                 "= %g)\n", s->step, s->loss, s->loss / t->loss_mean, t->loss_mean, tc->spike_factor);
     }
     /* running mean: the plain mean over the first 100 finite losses, then an exponential mean
@@ -386,6 +386,20 @@ static void watch_loss(Trainer *t, const StepMetrics *s)
     t->loss_n++;
     double w = t->loss_n < 100 ? 1.0 / t->loss_n : 0.01;
     t->loss_mean += w * (s->loss - t->loss_mean);
+}
+
+/* The checkpoint every checkpoint_every steps, except inside a run of non-finite steps: their
+ * weights are those before the run (skipped steps change nothing) or worse, and saving them
+ * would only push good checkpoints out by retention. */
+static void periodic_save(Trainer *t)
+{
+    if (t->bad_steps == 0) {
+        save_checkpoint(t);
+        return;
+    }
+    if (t->root)
+        fprintf(stderr, "dstrain: checkpoint of step %d not written: step %d was not finite (the older checkpoints "
+                "are kept)\n", t->step, t->step);
 }
 
 /* Why to stop after this step, agreed by every rank (one all-reduce of the local reasons):
@@ -451,7 +465,7 @@ int train_run(Trainer *t)
         if (stop) return stop_run(t, stop);
         if (tc->val_every > 0 && t->step % tc->val_every == 0 && t->step < tc->steps) validate_and_log(t);
         if (tc->checkpoint_every > 0 && t->step % tc->checkpoint_every == 0 && t->step < tc->steps)
-            save_checkpoint(t);
+            periodic_save(t);
     }
     validate_and_log(t);
     int status = save_and_wait(t, TRAIN_EXIT_DONE);
