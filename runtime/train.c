@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../comm/watchdog.h"
 #include "../model/flops.h"
 #include "common.h"
 #include "guard.h"
@@ -35,6 +36,21 @@ static void ensure_data(const Config *c)
     synth_prepare(c->data.dir, c->data.synthetic_tokens, (uint64_t)c->train.seed, c->model.vocab_size);
 }
 
+/* Host <-> backend copies, watched (comm/watchdog.h): a wedged device is a hang like any other. */
+static void download(Trainer *t, void *host, const void *dev, size_t bytes)
+{
+    watchdog_op_begin("download");
+    t->o->download(t->o, host, dev, bytes);
+    watchdog_op_end();
+}
+
+static void upload(Trainer *t, void *dev, const void *host, size_t bytes)
+{
+    watchdog_op_begin("upload");
+    t->o->upload(t->o, dev, host, bytes);
+    watchdog_op_end();
+}
+
 /* ZeRO-1 slices: dp equal slices of S = ceil(total / dp) floats (the last ones shorter or
  * empty); this rank updates [lo, hi). Host staging for the exchanges (the comm works on host
  * memory; with the cpu backend the transfers are copies). */
@@ -56,9 +72,9 @@ static void zero_plan(Trainer *t, size_t total)
 static float *zero_reduce_grads(Trainer *t)
 {
     const size_t total = model_table(t->model)->total;
-    t->o->download(t->o, t->zero_full, model_grads(t->model), total * sizeof(float));
+    download(t, t->zero_full, model_grads(t->model), total * sizeof(float));
     comm_reduce_scatter(t->groups->dp_comm, t->zero_part, t->zero_full, t->slice, COMM_F32, COMM_SUM);
-    t->o->upload(t->o, t->grad_slice, t->zero_part, t->slice * sizeof(float));
+    upload(t, t->grad_slice, t->zero_part, t->slice * sizeof(float));
     return t->grad_slice;
 }
 
@@ -68,9 +84,9 @@ static void zero_gather_params(Trainer *t)
     const size_t total = model_table(t->model)->total;
     float *full = t->zero_full, *mine = full + (size_t)t->groups->dp_rank * t->slice;
     float *params = model_params(t->model);
-    t->o->download(t->o, mine, params + t->lo, (t->hi - t->lo) * sizeof(float));
+    download(t, mine, params + t->lo, (t->hi - t->lo) * sizeof(float));
     comm_allgather(t->groups->dp_comm, full, mine, t->slice, COMM_F32);
-    t->o->upload(t->o, params, full, total * sizeof(float));
+    upload(t, params, full, total * sizeof(float));
 }
 
 /* host_m, host_v (padded; the table's moments in [0, total)) <- every rank's slice of them
@@ -81,7 +97,7 @@ static void zero_gather_moments(Trainer *t)
     float *dst[2] = { t->host_m, t->host_v }, *src[2] = { t->opt.m, t->opt.v };
     for (int k = 0; k < 2; k++) {
         float *mine = dst[k] + (size_t)t->groups->dp_rank * t->slice;
-        t->o->download(t->o, mine, src[k], n * sizeof(float));
+        download(t, mine, src[k], n * sizeof(float));
         if (t->groups->dp > 1) comm_allgather(t->groups->dp_comm, dst[k], mine, t->slice, COMM_F32);
     }
 }
@@ -295,7 +311,7 @@ static void save_checkpoint(Trainer *t)
     zero_gather_moments(t);
     t->saved_step = t->step;
     if (!t->root) return;
-    t->o->download(t->o, t->host_params, model_params(t->model), bytes);
+    download(t, t->host_params, model_params(t->model), bytes);
     poll_saves(t, 1);   /* the previous save's result, before a new one starts */
     if (!all_finite(t->host_params, pt->total)) {
         /* a diverged model never replaces a good checkpoint (nor pushes one out by retention) */
@@ -450,7 +466,9 @@ int train_run(Trainer *t)
         StepMetrics s;
         memset(&s, 0, sizeof s);
         double t0 = now_seconds();
+        watchdog_step_begin(t->step + 1);
         train_step(t, &s);
+        watchdog_step_end();
         s.step_s = now_seconds() - t0;
         s.step = t->step;
         s.steps = tc->steps;

@@ -16,6 +16,7 @@
 
 #include "../checkpoint/ckpt_config.h"
 #include "../checkpoint/safetensors.h"
+#include "../comm/watchdog.h"
 #include "../model/flops.h"
 #include "commands.h"
 #include "common.h"
@@ -213,6 +214,8 @@ static void print_banner(Trainer *t)
                   (double)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp, t->peak_flops);
 }
 
+_Static_assert(TRAIN_EXIT_HUNG == WATCHDOG_EXIT, "the watchdog exit status is documented as TRAIN_EXIT_HUNG");
+
 int cmd_train(int argc, char **argv)
 {
     TrainArgs a;
@@ -265,7 +268,9 @@ int cmd_train(int argc, char **argv)
     t.peak_flops = ops_measure_gemm_flops(t.o, 1024);
     if (g->dp > 1) comm_allreduce(g->dp_comm, &t.peak_flops, 1, COMM_F64, COMM_SUM);
     if (root) print_banner(&t);
+    watchdog_start(cfg.train.watchdog_s, the_world->rank);
     int status = train_run(&t);
+    watchdog_stop();
     trainer_free(&t);
     groups_free(g);
     guard_unlock(lock_fd);
