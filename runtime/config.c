@@ -685,6 +685,7 @@ static void validate_train(const Config *c)
     need_at_least("train.max_bad_steps", t->max_bad_steps, 1);
     need_at_least_f("train.spike_factor", t->spike_factor, 0);
     need_at_least_f("train.watchdog_s", t->watchdog_s, 0);
+    need_at_least("train.sdc_every", t->sdc_every, 0);
 }
 
 static void validate_optim(const OptimConfig *o)

@@ -42,7 +42,8 @@
     X(INT, max_failed_saves, "3", "failed checkpoint saves in a row that stop the run (exit 74)") \
     X(INT, max_bad_steps, "5", "non-finite (skipped) steps in a row that stop the run (exit 3)") \
     X(F64, spike_factor, "4", "report a loss above this multiple of its running mean (0: off)") \
-    X(F64, watchdog_s, "0", "abort the job when a step or collective takes longer (s; 0: off)")
+    X(F64, watchdog_s, "0", "abort the job when a step or collective takes longer (s; 0: off)") \
+    X(INT, sdc_every, "0", "compare the DP replicas' weight checksums every N steps (0: off)")
 
 #define OPTIM_KEYS(X) \
     X(F64, lr, "1e-3", "peak learning rate") \

@@ -8,6 +8,7 @@
  *   1   (DIE)                 bad input or environment; also a second trainer on a locked run
  *   3   TRAIN_EXIT_DIVERGED   train.max_bad_steps non-finite steps in a row
  *   4   TRAIN_EXIT_HUNG       the watchdog found an operation past train.watchdog_s
+ *   5   TRAIN_EXIT_SDC        the DP replicas' weights differ (train.sdc_every check)
  *   74  TRAIN_EXIT_SAVE       train.max_failed_saves failed saves in a row, or the final (or the
  *                             stop) checkpoint could not be saved
  *   75  TRAIN_EXIT_STOPPED    stopped by SIGTERM, SIGINT or SIGUSR1 after the checkpoint of the
@@ -34,6 +35,7 @@ enum {
     TRAIN_EXIT_DONE = 0,
     TRAIN_EXIT_DIVERGED = 3,
     TRAIN_EXIT_HUNG = 4,
+    TRAIN_EXIT_SDC = 5,
     TRAIN_EXIT_SAVE = 74,
     TRAIN_EXIT_STOPPED = 75,
 };

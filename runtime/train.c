@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../checkpoint/hash.h"
 #include "../comm/watchdog.h"
 #include "../model/flops.h"
 #include "common.h"
@@ -113,6 +114,10 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->run_dir = xstrdup(run_dir);
     t->last_val = NAN;
     t->saved_step = -1;
+    t->flip_rank = t->flip_step = -1;
+    const char *flip = getenv("DSTRAIN_DEBUG_FLIP_BIT");
+    if (flip && *flip && sscanf(flip, "%d:%d", &t->flip_rank, &t->flip_step) != 2)
+        DIE("environment: DSTRAIN_DEBUG_FLIP_BIT = '%s' is not RANK:STEP", flip);
     const TrainConfig *tc = &cfg->train;
     Precision prec = parse_precision(tc->precision);
     t->o = strcmp(tc->device, "cuda") == 0 ? ops_cuda_create(prec) : ops_cpu_create(tc->threads, prec);
@@ -135,6 +140,7 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->host_counts = xcalloc((size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1, sizeof(float));
     t->host_m = xmalloc(t->padded * sizeof(float));
     t->host_v = xmalloc(t->padded * sizeof(float));
+    t->sdc_sums = xcalloc((size_t)g->dp, sizeof(int64_t));
     t->flops_per_token = flops_per_token(&cfg->model, T, cfg->model.num_nextn_predict_layers > 0);
 }
 
@@ -157,6 +163,7 @@ void trainer_free(Trainer *t)
     free(t->host_counts);
     free(t->host_m);
     free(t->host_v);
+    free(t->sdc_sums);
     free(t->config_text);
     free(t->run_dir);
 }
@@ -418,6 +425,54 @@ static void periodic_save(Trainer *t)
                 "are kept)\n", t->step, t->step);
 }
 
+/* The debug hook: one bit of the first weight flipped on one rank (a stand-in for a bad DRAM
+ * cell or a miscomputing core). */
+static void debug_flip(Trainer *t)
+{
+    if (t->groups->dp_rank != t->flip_rank || t->step != t->flip_step) return;
+    float w;
+    uint32_t bits;
+    download(t, &w, model_params(t->model), sizeof w);
+    memcpy(&bits, &w, sizeof bits);
+    bits ^= 1u;
+    memcpy(&w, &bits, sizeof w);
+    upload(t, model_params(t->model), &w, sizeof w);
+    fprintf(stderr, "dstrain: DSTRAIN_DEBUG_FLIP_BIT: flipped a bit of the weights of dp rank %d after step %d\n",
+            t->groups->dp_rank, t->step);
+}
+
+/* Silent data corruption check: every dp rank holds the same weights bit for bit (train.h:
+ * the all-gather of ZeRO-1 gives each the same values), so their XXH64 checksums must agree.
+ * Collective over dp_comm (every rank sees every checksum and decides alike): 0, or
+ * TRAIN_EXIT_SDC with one line from the root naming the ranks that differ from dp rank 0. */
+static int sdc_check(Trainer *t)
+{
+    const Groups *g = t->groups;
+    const size_t bytes = model_table(t->model)->total * sizeof(float);
+    download(t, t->host_params, model_params(t->model), bytes);
+    int64_t mine = (int64_t)ckpt_hash64(t->host_params, bytes);
+    comm_allgather(g->dp_comm, t->sdc_sums, &mine, 1, COMM_I64);
+    char ranks[256] = "";
+    int bad = 0, first = 0;
+    for (int r = 1; r < g->dp; r++) {
+        if (t->sdc_sums[r] == t->sdc_sums[0]) continue;
+        if (!bad) first = r;
+        size_t at = strlen(ranks);
+        if (at < sizeof ranks - 16) snprintf(ranks + at, sizeof ranks - at, "%s%d", bad ? ", " : "", r);
+        bad++;
+    }
+    if (!bad) return 0;
+    if (t->root) {
+        fflush(stdout);
+        fprintf(stderr, "dstrain: silent data corruption check after step %d: the weights of dp rank%s %s differ "
+                "from dp rank 0's (XXH64 %016llx vs %016llx); stopping without a checkpoint, the older ones are "
+                "from before (exit status %d)\n", t->step, bad > 1 ? "s" : "", ranks,
+                (unsigned long long)t->sdc_sums[first], (unsigned long long)t->sdc_sums[0],
+                TRAIN_EXIT_SDC);
+    }
+    return TRAIN_EXIT_SDC;
+}
+
 /* Why to stop after this step, agreed by every rank (one all-reduce of the local reasons):
  * the exit status to stop with, or 0 to go on. */
 static int agree_stop(Trainer *t)
@@ -479,6 +534,9 @@ int train_run(Trainer *t)
         if (t->metrics && (t->step % tc->log_every == 0 || t->step == tc->steps || s.skipped))
             metrics_step(t->metrics, &s);
         watch_loss(t, &s);
+        if (t->flip_rank >= 0) debug_flip(t);
+        if (tc->sdc_every > 0 && t->groups->dp > 1 && t->step % tc->sdc_every == 0 && sdc_check(t))
+            return TRAIN_EXIT_SDC;
         int stop = agree_stop(t);
         if (stop) return stop_run(t, stop);
         if (tc->val_every > 0 && t->step % tc->val_every == 0 && t->step < tc->steps) validate_and_log(t);

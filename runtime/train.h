@@ -73,6 +73,8 @@ typedef struct Trainer {
     long long bad_total;        /* non-finite steps skipped in this process */
     double loss_mean;           /* running mean of the finite losses (spike rule) */
     int loss_n;                 /* finite losses in loss_mean so far */
+    int64_t *sdc_sums;          /* (dp) every dp rank's weight checksum (train.sdc_every) */
+    int flip_rank, flip_step;   /* DSTRAIN_DEBUG_FLIP_BIT=RANK:STEP (tests; -1: none) */
 } Trainer;
 
 /* g: the job's groups (kept, not owned). Collective over g->dp_comm (rank 0 writes the
@@ -87,7 +89,10 @@ void trainer_init_from(Trainer *t, const char *hf_dir);
  * the end. Collective over the groups: every rank calls it. At the end of every step the ranks
  * agree (one all-reduce) whether to stop early: a stop signal (a checkpoint of the step is
  * saved, then TRAIN_EXIT_STOPPED), train.max_bad_steps non-finite steps in a row
- * (TRAIN_EXIT_DIVERGED), train.max_failed_saves failed saves in a row (TRAIN_EXIT_SAVE).
+ * (TRAIN_EXIT_DIVERGED), train.max_failed_saves failed saves in a row (TRAIN_EXIT_SAVE), and
+ * every train.sdc_every steps whether the dp replicas' weights still agree (TRAIN_EXIT_SDC).
+ * Debug hook for the SDC test: DSTRAIN_DEBUG_FLIP_BIT=RANK:STEP flips the lowest bit of the
+ * first weight on dp rank RANK after step STEP.
  * Returns the exit status of runtime/guard.h, the same on every rank. */
 int train_run(Trainer *t);
 /* Mean main (and MTP) validation loss over cfg.train.val_batches micro-batches (each rank its

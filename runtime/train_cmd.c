@@ -73,6 +73,7 @@ static void train_usage(FILE *f)
             "exit status: 0 done; 1 bad input or environment, or the run directory is in use;\n"
             "  3 diverged (train.max_bad_steps non-finite steps in a row; their updates were skipped);\n"
             "  4 hung (an operation took longer than train.watchdog_s);\n"
+            "  5 silent data corruption (the data-parallel replicas' weights differ; train.sdc_every);\n"
             "  74 checkpoint saves failed (train.max_failed_saves in a row, or the final one);\n"
             "  75 stopped by a signal, checkpoint saved: resumable with --resume auto;\n"
             "  128+N killed by signal N (a second stop signal)\n"
