@@ -686,6 +686,14 @@ static void validate_train(const Config *c)
     need_at_least_f("train.spike_factor", t->spike_factor, 0);
     need_at_least_f("train.watchdog_s", t->watchdog_s, 0);
     need_at_least("train.sdc_every", t->sdc_every, 0);
+    need_at_least("train.batch_ramp_start", t->batch_ramp_start, 0);
+    if (t->batch_ramp_start > t->grad_accum)
+        DIE("config: 'train.batch_ramp_start' = %d exceeds 'train.grad_accum' = %d (the ramp grows to grad_accum)",
+            t->batch_ramp_start, t->grad_accum);
+    if (t->batch_ramp_tokens < 0) DIE("config: 'train.batch_ramp_tokens' = %lld is negative", t->batch_ramp_tokens);
+    if (t->batch_ramp_start > 0 && t->batch_ramp_tokens == 0)
+        DIE("config: 'train.batch_ramp_start' = %d needs 'train.batch_ramp_tokens' > 0 (the length of the ramp)",
+            t->batch_ramp_start);
 }
 
 static void validate_optim(const OptimConfig *o)

@@ -30,6 +30,8 @@
     X(INT, micro_batch_size, "4", "sequences per micro-batch B") \
     X(INT, seq_len, "64", "tokens per sequence T") \
     X(INT, grad_accum, "1", "micro-batches per optimizer step (per data-parallel rank)") \
+    X(INT, batch_ramp_start, "0", "batch-size ramp: micro-batches per step at the start (0: no ramp)") \
+    X(I64, batch_ramp_tokens, "0", "batch-size ramp: tokens over which they grow linearly to grad_accum") \
     X(STR, device, "cpu", "compute backend: cpu or cuda") \
     X(STR, precision, "fp32", "fp32 (cpu), bf16, fp8") \
     X(INT, threads, "0", "CPU threads (0: all cores)") \

@@ -211,12 +211,22 @@ double train_evaluate(Trainer *t, double *mtp)
     return all[0];
 }
 
-/* One optimizer step over grad_accum micro-batches; fills the loss fields of s. */
+/* Micro-batches per step after `tokens` tokens (SPEC.md section 7: the batch-size ramp is a
+ * function of tokens seen, so a resume, which restores the tokens, resumes the ramp exactly):
+ * batch_ramp_start growing linearly to grad_accum over batch_ramp_tokens, then grad_accum. */
+int train_accum_at(const TrainConfig *c, long long tokens)
+{
+    if (c->batch_ramp_start <= 0 || tokens >= c->batch_ramp_tokens) return c->grad_accum;
+    long double grow = (long double)(c->grad_accum - c->batch_ramp_start) * tokens / c->batch_ramp_tokens;
+    return c->batch_ramp_start + (int)grow;
+}
+
+/* One optimizer step over train_accum_at micro-batches; fills the loss fields of s. */
 static void train_step(Trainer *t, StepMetrics *s)
 {
     const Config *c = &t->cfg;
     Model *m = t->model;
-    const int M = c->train.grad_accum, D = c->model.num_nextn_predict_layers;
+    const int M = train_accum_at(&c->train, t->tokens), D = c->model.num_nextn_predict_layers;
     const double lambda = lambda_at(&c->mtp, t->tokens), gamma = gamma_at(&c->moe, t->tokens);
     model_zero_grads(m);
     model_zero_counts(m);
@@ -514,12 +524,13 @@ static int stop_run(Trainer *t, int status)
 int train_run(Trainer *t)
 {
     const TrainConfig *tc = &t->cfg.train;
-    const double tokens_per_step = (double)tc->grad_accum * tc->micro_batch_size * tc->seq_len * t->groups->dp;
     double started = now_seconds();
     int first = t->step;
     while (t->step < tc->steps) {
         StepMetrics s;
         memset(&s, 0, sizeof s);
+        const double tokens_per_step =
+            (double)train_accum_at(tc, t->tokens) * tc->micro_batch_size * tc->seq_len * t->groups->dp;
         double t0 = now_seconds();
         watchdog_step_begin(t->step + 1);
         train_step(t, &s);

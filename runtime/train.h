@@ -99,6 +99,9 @@ int train_run(Trainer *t);
  * share of them, averaged over dp_comm; collective). */
 double train_evaluate(Trainer *t, double *mtp);
 void trainer_free(Trainer *t);
+/* Micro-batches per step (per dp rank) after `tokens` tokens: the batch-size ramp
+ * (train.batch_ramp_start -> train.grad_accum over train.batch_ramp_tokens), then grad_accum. */
+int train_accum_at(const TrainConfig *c, long long tokens);
 
 /* The world main() started, for cmd_train (set once, before the command runs). */
 void train_set_world(World *w);

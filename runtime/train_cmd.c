@@ -204,6 +204,10 @@ static void print_banner(Trainer *t)
     printf("batch: %d micro-batches x %d sequences x %d tokens x %d dp ranks = %d tokens/step\n",
            c->train.grad_accum, c->train.micro_batch_size, c->train.seq_len, dp,
            c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp);
+    if (c->train.batch_ramp_start > 0)
+        printf("batch ramp: %d micro-batches per step at the start, growing linearly to %d over %lld tokens "
+               "(now %d)\n", c->train.batch_ramp_start, c->train.grad_accum, c->train.batch_ramp_tokens,
+               train_accum_at(&c->train, t->tokens));
     model_print_memory(t->model, stdout);
     printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
            2.0 * (t->hi - t->lo) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
