@@ -4,7 +4,8 @@
  * one HDF5 file per rank (rank-00000.h5, ...), datasets named by the Hugging Face
  * DeepseekV3 parameter names, chunked and compressed with zstd (HDF5 filter id 32015, HDF5's
  * shuffle in front), attributes giving the slice of the full tensor each file holds; the
- * optimizer moments as "<name>.exp_avg" / "<name>.exp_avg_sq"; the training state as
+ * optimizer moments as "<name>.exp_avg" / "<name>.exp_avg_sq"; the optional EMA of the weights
+ * as "<name>.ema" (manifest "ema": true); the training state as
  * attributes/datasets under "/state"; and manifest.json, written last, naming every file with
  * its size and checksum, the step, tokens seen, the resolved config, the parallel layout and
  * the format version. Formats: checkpoint/h5.h and checkpoint/manifest.h.
@@ -90,6 +91,7 @@ typedef struct CkptRequest {
     const ParamTable *table;
     const float *params;        /* FP32 master weights incl. router biases */
     const float *adam_m, *adam_v;   /* AdamW moments (FP32 values; may hold BF16-rounded values) */
+    const float *ema;           /* EMA of the weights ("<name>.ema"), or NULL */
     CkptState state;
     int keep;                   /* keep the newest `keep` checkpoints, delete older ones */
     CkptLayout layout;          /* zeros mean one rank: world_size = pp = dp = ep = 1 */
@@ -139,5 +141,8 @@ char *ckpt_read_config(const char *ckpt_dir, char *err, size_t errlen);
  * manifest. */
 int ckpt_load(const char *ckpt_dir, const ParamTable *table, float *params, float *adam_m, float *adam_v,
               CkptState *state, char *err, size_t errlen);
+/* The EMA of the weights ("<name>.ema", table order) into ema (table->total floats). Verifies
+ * first; 1 (ema untouched) when the checkpoint holds none, 0 when loaded, -1 + err on failure. */
+int ckpt_load_ema(const char *ckpt_dir, const ParamTable *table, float *ema, char *err, size_t errlen);
 
 #endif

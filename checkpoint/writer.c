@@ -47,6 +47,8 @@ struct CkptWriter {
     /* snapshot, owned by the writer (sizes are capacities) */
     float *params, *adam_m, *adam_v;    /* (cap_p), (cap_m), (cap_v) floats */
     size_t cap_p, cap_m, cap_v;
+    float *ema;                         /* (cap_e) floats */
+    size_t cap_e;
     ParamTable table;           /* copy of the caller's table; table.p (cap_params) */
     size_t cap_params;
     char *config;               /* (cap_config) */
@@ -189,6 +191,7 @@ static int snapshot(CkptWriter *w, const CkptRequest *req, char *err, size_t err
     if (reserve((void **)&w->params, &w->cap_p, floats, sizeof(float)) ||
         (moments && (reserve((void **)&w->adam_m, &w->cap_m, floats, sizeof(float)) ||
                      reserve((void **)&w->adam_v, &w->cap_v, floats, sizeof(float)))) ||
+        (req->ema && reserve((void **)&w->ema, &w->cap_e, floats, sizeof(float))) ||
         reserve((void **)&w->table.p, &w->cap_params, params, sizeof(Param)) ||
         reserve((void **)&w->config, &w->cap_config, text, 1))
         return ckpt_fail(err, errlen, "out of memory for the checkpoint snapshot (%zu floats)", floats);
@@ -199,6 +202,7 @@ static int snapshot(CkptWriter *w, const CkptRequest *req, char *err, size_t err
         memcpy(w->adam_m, req->adam_m, floats * sizeof(float));
         memcpy(w->adam_v, req->adam_v, floats * sizeof(float));
     }
+    if (req->ema) memcpy(w->ema, req->ema, floats * sizeof(float));
     memcpy(w->table.p, t->p, params * sizeof(Param));
     w->table.n = t->n;
     w->table.total = t->total;
@@ -210,6 +214,7 @@ static int snapshot(CkptWriter *w, const CkptRequest *req, char *err, size_t err
     w->job.params = w->params;
     w->job.adam_m = moments ? w->adam_m : NULL;
     w->job.adam_v = moments ? w->adam_v : NULL;
+    w->job.ema = req->ema ? w->ema : NULL;
     return 0;
 }
 
@@ -277,6 +282,7 @@ void ckpt_writer_destroy(CkptWriter *w)
     free(w->params);
     free(w->adam_m);
     free(w->adam_v);
+    free(w->ema);
     free(w->table.p);
     free(w->config);
     free(w);

@@ -686,6 +686,8 @@ static void validate_train(const Config *c)
     need_at_least_f("train.spike_factor", t->spike_factor, 0);
     need_at_least_f("train.watchdog_s", t->watchdog_s, 0);
     need_at_least("train.sdc_every", t->sdc_every, 0);
+    if (!(t->ema_decay >= 0 && t->ema_decay < 1))
+        DIE("config: 'train.ema_decay' = %.15g is not in [0, 1) (0 turns the EMA off)", t->ema_decay);
     need_at_least("train.batch_ramp_start", t->batch_ramp_start, 0);
     if (t->batch_ramp_start > t->grad_accum)
         DIE("config: 'train.batch_ramp_start' = %d exceeds 'train.grad_accum' = %d (the ramp grows to grad_accum)",

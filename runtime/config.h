@@ -45,7 +45,8 @@
     X(INT, max_bad_steps, "5", "non-finite (skipped) steps in a row that stop the run (exit 3)") \
     X(F64, spike_factor, "4", "report a loss above this multiple of its running mean (0: off)") \
     X(F64, watchdog_s, "0", "abort the job when a step or collective takes longer (s; 0: off)") \
-    X(INT, sdc_every, "0", "compare the DP replicas' weight checksums every N steps (0: off)")
+    X(INT, sdc_every, "0", "compare the DP replicas' weight checksums every N steps (0: off)") \
+    X(F64, ema_decay, "0", "EMA of the weights on the host, decay per step (0: off; e.g. 0.999)")
 
 #define OPTIM_KEYS(X) \
     X(F64, lr, "1e-3", "peak learning rate") \

@@ -141,6 +141,7 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->host_m = xmalloc(t->padded * sizeof(float));
     t->host_v = xmalloc(t->padded * sizeof(float));
     t->sdc_sums = xcalloc((size_t)g->dp, sizeof(int64_t));
+    if (tc->ema_decay > 0 && t->root) t->ema = xmalloc(pt->total * sizeof(float));   /* the root saves it */
     t->flops_per_token = flops_per_token(&cfg->model, T, cfg->model.num_nextn_predict_layers > 0);
 }
 
@@ -164,6 +165,7 @@ void trainer_free(Trainer *t)
     free(t->host_m);
     free(t->host_v);
     free(t->sdc_sums);
+    free(t->ema);
     free(t->config_text);
     free(t->run_dir);
 }
@@ -340,7 +342,7 @@ static void save_checkpoint(Trainer *t)
     }
     CkptRequest r = {
         .run_dir = t->run_dir, .config_text = t->config_text, .table = pt,
-        .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v,
+        .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v, .ema = t->ema,
         .state = { .step = t->step, .tokens = t->tokens, .data = data_get_state(t->train), .rng = t->rng.state },
         .keep = t->cfg.train.keep_checkpoints,
         .layout = { .world_size = 1, .pp = 1, .dp = 1, .ep = 1 },
@@ -433,6 +435,17 @@ static void periodic_save(Trainer *t)
     if (t->root)
         fprintf(stderr, "dstrain: checkpoint of step %d not written: step %d was not finite (the older checkpoints "
                 "are kept)\n", t->step, t->step);
+}
+
+/* ema <- decay * ema + (1 - decay) * weights, on the host after every applied step (TR 3.2.3:
+ * the EMA lives in CPU memory; here it is updated synchronously, one download and one pass over
+ * the weights per step, so resume stays bit-exact). */
+static void ema_update(Trainer *t)
+{
+    const size_t n = model_table(t->model)->total;
+    const float d = (float)t->cfg.train.ema_decay, e = 1.0f - d;
+    download(t, t->host_params, model_params(t->model), n * sizeof(float));
+    for (size_t i = 0; i < n; i++) t->ema[i] = d * t->ema[i] + e * t->host_params[i];
 }
 
 /* The debug hook: one bit of the first weight flipped on one rank (a stand-in for a bad DRAM
@@ -545,6 +558,7 @@ int train_run(Trainer *t)
         if (t->metrics && (t->step % tc->log_every == 0 || t->step == tc->steps || s.skipped))
             metrics_step(t->metrics, &s);
         watch_loss(t, &s);
+        if (t->ema && !s.skipped) ema_update(t);
         if (t->flip_rank >= 0) debug_flip(t);
         if (tc->sdc_every > 0 && t->groups->dp > 1 && t->step % tc->sdc_every == 0 && sdc_check(t))
             return TRAIN_EXIT_SDC;

@@ -75,6 +75,7 @@ typedef struct Trainer {
     int loss_n;                 /* finite losses in loss_mean so far */
     int64_t *sdc_sums;          /* (dp) every dp rank's weight checksum (train.sdc_every) */
     int flip_rank, flip_step;   /* DSTRAIN_DEBUG_FLIP_BIT=RANK:STEP (tests; -1: none) */
+    float *ema;                 /* (total) root: host EMA of the weights (train.ema_decay > 0), else NULL */
 } Trainer;
 
 /* g: the job's groups (kept, not owned). Collective over g->dp_comm (rank 0 writes the
@@ -83,6 +84,9 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
                    Groups *g);
 /* Restore weights, optimizer moments and state from a verified checkpoint directory. */
 void trainer_resume(Trainer *t, const char *ckpt_dir);
+/* The EMA's starting point (train.ema_decay > 0; after resume / init-from): the checkpoint's EMA
+ * when ckpt_dir (may be NULL) holds one, else the current weights. */
+void trainer_init_ema(Trainer *t, const char *ckpt_dir);
 /* Replace the initial weights with those of a Hugging Face directory (dstrain export). */
 void trainer_init_from(Trainer *t, const char *hf_dir);
 /* Train from t->step to cfg.train.steps; validation and checkpoints at their intervals and at

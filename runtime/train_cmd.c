@@ -267,6 +267,7 @@ int cmd_train(int argc, char **argv)
     if (a.init_from && ckpt_dir) DIE("train: give --resume or --init-from, not both");
     if (ckpt_dir) trainer_resume(&t, ckpt_dir);
     if (a.init_from) trainer_init_from(&t, a.init_from);
+    if (t.ema) trainer_init_ema(&t, ckpt_dir);
     if (root) t.metrics = metrics_open(run_dir, t.step);
     /* the MFU denominator is the job's: every rank measures its GEMM rate at the same time
      * (so ranks sharing cores are counted as they run) and the rates add up */
@@ -306,6 +307,21 @@ void trainer_resume(Trainer *t, const char *ckpt_dir)
     t->rng.state = st.rng;
     data_set_state(t->train, st.data);
     printf("resume: step %d, %lld tokens seen\n", t->step, t->tokens);
+}
+
+void trainer_init_ema(Trainer *t, const char *ckpt_dir)
+{
+    const ParamTable *pt = model_table(t->model);
+    char err[1024];
+    int rc = ckpt_dir ? ckpt_load_ema(ckpt_dir, pt, t->ema, err, sizeof err) : 1;
+    if (rc < 0) DIE("resume: %s", err);
+    if (rc == 0) {
+        printf("ema: resumed from '%s'\n", ckpt_dir);
+        return;
+    }
+    t->o->download(t->o, t->ema, model_params(t->model), pt->total * sizeof(float));
+    printf("ema: starts from the %s weights (decay %g per step)\n", ckpt_dir ? "resumed" : "initial",
+           t->cfg.train.ema_decay);
 }
 
 /* Weights from a Hugging Face directory (safetensors by parameter name); the optimizer and
