@@ -1,7 +1,7 @@
 # tests/cli/test_signal.sh - a stop signal costs nothing (issue 12, acceptance 1; DESIGN.md
 # "Operations"), on configs/tiny.toml, one process (the 2-rank mpirun case:
 # tests/mpi/test_mpi_signal.sh):
-#   1. SIGTERM / SIGINT / SIGUSR1 at a random moment of a run: exit status 75, one line on
+#   1. SIGTERM / SIGINT / SIGUSR1 at a random moment (after a random step): exit 75, one line on
 #      stderr naming the signal and the checkpoint, the checkpoint of the step in flight (the
 #      last step in metrics.jsonl) exists and verifies; `--resume auto` continues to a final
 #      checkpoint bit-identical to an uninterrupted run (tests/tools/ckpt_compare), and every
@@ -20,9 +20,10 @@ TRIALS=${DSTRAIN_SIGNAL_TRIALS:-3}
 COMPARE=$(cd "$(dirname "$BIN")" && pwd)/tests/ckpt_compare
 . "$(dirname "$0")/lib.sh"
 
-# 3000 steps of tiny take ~7 s on one core here (2.3 ms a step): far longer than the signal
-# delays below (at most 2 s after the first step), so every signal lands inside the loop.
-STEPS=3000
+# The moment: after a random step K in [1, 500] (metrics.jsonl shows it), plus a random 0-50 ms
+# (somewhere inside a later step or a save). 1500 steps leave at least 1000 steps after K, so
+# the signal lands inside the loop on any machine (2.3 ms a step here, ~35 ms under ASan).
+STEPS=1500
 TRAIN=("$BIN" train "$SRC/configs/tiny.toml" --set train.run_dir=runs --set data.dir=data
        --set train.val_every=0 --set train.val_batches=1 --set train.steps=$STEPS
        --set train.checkpoint_every=1000)
@@ -37,10 +38,10 @@ import json, collections
 c = collections.Counter(json.loads(l)['step'] for l in open('runs/$1/metrics.jsonl') if json.loads(l)['type'] == 'step')
 assert sorted(c) == list(range(1, $STEPS + 1)) and max(c.values()) == 1, (len(c), max(c.values()))"
 }
-wait_first_step() {  # wait_first_step RUN: until metrics.jsonl holds a step record (<= 30 s)
-    for _ in $(seq 300); do
-        grep -q '"type":"step"' "runs/$1/metrics.jsonl" 2> /dev/null && return 0
-        sleep 0.1
+wait_step() {  # wait_step RUN K: until metrics.jsonl holds the record of step K (<= 120 s)
+    for _ in $(seq 2400); do
+        grep -q "\"type\":\"step\",\"step\":$2," "runs/$1/metrics.jsonl" 2> /dev/null && return 0
+        sleep 0.05
     done
     return 1
 }
@@ -52,16 +53,17 @@ SIGNALS=(TERM INT USR1)
 for i in $(seq "$TRIALS"); do
     sig=${SIGNALS[$(((i - 1) % 3))]}
     run=trial$i
-    delay=$(python3 -c "import random; print(round(random.uniform(0, 2), 2))")
+    k=$(python3 -c "import random; print(random.randint(1, 500))")
+    delay=$(python3 -c "import random; print(round(random.uniform(0, 0.05), 3))")
     "${TRAIN[@]}" --set train.name=$run > $run.txt 2> $run.err &
     pid=$!
-    wait_first_step $run
+    wait_step $run $k
     sleep "$delay"
     kill -$sig $pid
     wait $pid
     rc=$?
     n=$(last_step $run)
-    check "trial $i (SIG$sig after the first step + ${delay}s): exit 75, got $rc ($(cat $run.err))" "[ $rc -eq 75 ]"
+    check "trial $i (SIG$sig after step $k + ${delay}s): exit 75, got $rc ($(cat $run.err))" "[ $rc -eq 75 ]"
     check "trial $i: one stderr line naming SIG$sig and ckpt-$n" \
         "[ \$(wc -l < $run.err) -eq 1 ] && grep -q 'stopped by SIG$sig after step $n; checkpoint .runs/$run/ckpt-$n. saved' $run.err"
     check "trial $i: the checkpoint of the step in flight (ckpt-$n) verifies" \
@@ -78,7 +80,7 @@ done
 # ---- 2. a second signal: out at once ----
 "${TRAIN[@]}" --set train.name=twice > twice.txt 2> twice.err &
 pid=$!
-wait_first_step twice
+wait_step twice 1
 kill -INT $pid
 kill -TERM $pid
 wait $pid

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/mpi/test_mpi_signal.sh BIN_DIR SOURCE_DIR SCRATCH_DIR - a stop signal to a 2-rank job
 # (issue 12, acceptance 1; the one-process case: tests/cli/test_signal.sh). configs/tiny.toml at
-# dp = 2 under mpirun; at a random moment after the first step:
+# dp = 2 under mpirun; after a random step K and 0-50 ms more:
 #   - SIGTERM to both ranks (what Slurm does at a time limit or preemption), or
 #   - SIGUSR1 to mpirun (which forwards it to every rank; `sbatch --signal=B:USR1@120` to a batch
 #     script that execs mpirun); mpirun itself answers SIGTERM by killing the ranks within ~1 s,
@@ -19,8 +19,8 @@ DSTRAIN="$BIN_DIR/../dstrain"
 [ -x "$DSTRAIN" ] || DSTRAIN="$BIN_DIR/dstrain"
 COMPARE="$BIN_DIR/ckpt_compare"
 TRIALS=${DSTRAIN_SIGNAL_TRIALS:-2}
-# 800 steps take ~8 s at 2 ranks on 2 idle cores (~10 ms a step; 45 ms on a loaded machine);
-# the signals come at most 3 s after the first step, so inside the loop
+# The moment: after a random step K in [1, 300] plus a random 0-50 ms; 800 steps leave at
+# least 500 steps after K (~10 ms a step at 2 ranks here, 45 ms on a loaded machine)
 STEPS=800
 TRAIN=("$DSTRAIN" train "$SRC/configs/tiny.toml" --set train.run_dir=runs --set data.dir=data
        --set train.val_every=0 --set train.val_batches=1 --set train.steps=$STEPS
@@ -36,10 +36,10 @@ run_job() {  # run_job OUT ARGS...: like run_mpi with room for a loaded machine 
     timeout -k 5 300 "${MPIRUN[@]}" -np 2 "$@" > "$out" 2>&1
     RC=$?
 }
-wait_first_step() {
-    for _ in $(seq 600); do
-        grep -q '"type":"step"' "runs/$1/metrics.jsonl" 2> /dev/null && return 0
-        sleep 0.1
+wait_step() {  # wait_step RUN K: until metrics.jsonl holds the record of step K (<= 120 s)
+    for _ in $(seq 2400); do
+        grep -q "\"type\":\"step\",\"step\":$2," "runs/$1/metrics.jsonl" 2> /dev/null && return 0
+        sleep 0.05
     done
     return 1
 }
@@ -51,10 +51,11 @@ for i in $(seq "$TRIALS"); do
     run=trial$i
     how=ranks-TERM
     [ $((i % 2)) -eq 0 ] && how=mpirun-USR1
-    delay=$(python3 -c "import random; print(round(random.uniform(0, 3), 2))")
+    k=$(python3 -c "import random; print(random.randint(1, 300))")
+    delay=$(python3 -c "import random; print(round(random.uniform(0, 0.05), 3))")
     timeout -k 5 300 "${MPIRUN[@]}" -np 2 "${TRAIN[@]}" --set train.name=$run > $run.txt 2>&1 &
     tpid=$!
-    wait_first_step $run
+    wait_step $run $k
     sleep "$delay"
     mpirun_pid=$(pgrep -P $tpid)
     if [ $how = ranks-TERM ]; then
@@ -65,7 +66,7 @@ for i in $(seq "$TRIALS"); do
     wait $tpid
     rc=$?
     n=$(last_step $run)
-    check "trial $i ($how after the first step + ${delay}s): exit 75, got $rc" "[ $rc -eq 75 ]" || show $run.txt
+    check "trial $i ($how after step $k + ${delay}s): exit 75, got $rc" "[ $rc -eq 75 ]" || show $run.txt
     check "trial $i: the stop names ckpt-$n" "grep -q 'after step $n; checkpoint .runs/$run/ckpt-$n. saved' $run.txt" \
         || show $run.txt
     check "trial $i: ckpt-$n verifies" "'$DSTRAIN' inspect runs/$run/ckpt-$n > /dev/null 2>&1"
