@@ -105,6 +105,10 @@ static int write_tensors(CkptH5 *h, const CkptRequest *req, const char *crash, c
             moment_name(name, p->name, "exp_avg_sq");
             if (ckpt_h5_write_tensor(h, name, &s, req->adam_v + p->offset, err, errlen)) return -1;
         }
+        if (req->ema) {
+            moment_name(name, p->name, "ema");
+            if (ckpt_h5_write_tensor(h, name, &s, req->ema + p->offset, err, errlen)) return -1;
+        }
         if (i == t->n / 2) crash_point(crash, "during-tmp-files", req->state.step);
     }
     return 0;
@@ -246,6 +250,7 @@ static int write_tmp(const CkptRequest *req, const char *tmp, const char *crash,
     const int step = req->state.step;
     CkptManifest m = { .format_version = CKPT_FORMAT_VERSION, .step = step, .tokens = req->state.tokens,
                        .layout = normal_layout(req->layout), .has_moments = req->adam_m != NULL,
+                       .has_ema = req->ema != NULL,
                        .config = (char *)req->config_text, .n_files = 1 };   /* only read by the writer */
     CkptManifestFile file = { .n_tensors = req->table->n };
     m.files = &file;
@@ -464,7 +469,7 @@ static int load_rank0(const char *dir, const CkptManifest *m, const ParamTable *
     if (rc == 0 && (rank != 0 || world != m->layout.world_size))
         rc = ckpt_fail(err, errlen, "'%s' says rank %d of %d, the manifest rank 0 of %d", f->name, rank, world,
                        m->layout.world_size);
-    want = (long long)f->n_tensors * (m->has_moments ? 3 : 1) + 1;
+    want = (long long)f->n_tensors * (1 + (m->has_moments ? 2 : 0) + (m->has_ema ? 1 : 0)) + 1;
     if (rc == 0) rc = ckpt_h5_count(h, &links, err, errlen);
     if (rc == 0 && links != want)
         rc = ckpt_fail(err, errlen, "'%s' holds %lld objects, the manifest lists %lld", f->name, links, want);
@@ -492,4 +497,28 @@ int ckpt_load(const char *ckpt_dir, const ParamTable *table, float *params, floa
     if (rc == 0) rc = load_rank0(ckpt_dir, &m, table, params, adam_m, adam_v, state, err, errlen);
     ckpt_manifest_free(&m);
     return rc ? in_ckpt(ckpt_dir, err, errlen) : 0;
+}
+
+int ckpt_load_ema(const char *ckpt_dir, const ParamTable *table, float *ema, char *err, size_t errlen)
+{
+    CkptManifest m;
+    char path[PATH_CAP], name[MOMENT_NAME_MAX];
+    if (ckpt_verify(ckpt_dir, err, errlen)) return -1;
+    if (verify_manifest(ckpt_dir, &m, err, errlen)) return in_ckpt(ckpt_dir, err, errlen);
+    int rc = m.has_ema ? 0 : 1;
+    const CkptManifestFile *f = ckpt_manifest_rank_file(&m, 0);
+    if (rc == 0 && (!f || m.layout.world_size != 1)) rc = ckpt_fail(err, errlen, "no single rank file to load from");
+    if (rc == 0) rc = join(path, ckpt_dir, f->name, err, errlen);
+    if (rc == 0) rc = check_names(f, table, err, errlen);
+    CkptH5 *h = rc == 0 ? ckpt_h5_open(path, err, errlen) : NULL;
+    if (rc == 0 && !h) rc = -1;
+    for (int i = 0; rc == 0 && i < table->n; i++) {
+        const Param *p = &table->p[i];
+        CkptH5Slice s = ckpt_h5_whole(p->ndim, p->rows, p->cols);
+        moment_name(name, p->name, "ema");
+        rc = ckpt_h5_read_tensor(h, name, &s, ema + p->offset, err, errlen);
+    }
+    if (h) ckpt_h5_close(h, NULL, 0);
+    ckpt_manifest_free(&m);
+    return rc < 0 ? in_ckpt(ckpt_dir, err, errlen) : rc;
 }

@@ -4,7 +4,8 @@
  * one HDF5 file per rank (rank-00000.h5, ...), datasets named by the Hugging Face
  * DeepseekV3 parameter names, chunked and compressed with zstd (HDF5 filter id 32015, HDF5's
  * shuffle in front), attributes giving the slice of the full tensor each file holds; the
- * optimizer moments as "<name>.exp_avg" / "<name>.exp_avg_sq"; the training state as
+ * optimizer moments as "<name>.exp_avg" / "<name>.exp_avg_sq"; the optional EMA of the weights
+ * as "<name>.ema" (manifest "ema": true); the training state as
  * attributes/datasets under "/state"; and manifest.json, written last, naming every file with
  * its size and checksum, the step, tokens seen, the resolved config, the parallel layout and
  * the format version. Formats: checkpoint/h5.h and checkpoint/manifest.h.
@@ -23,6 +24,7 @@
  *   ... every checkpoint_every steps:
  *   ckpt_save_async(w, &req, err, n);   (copies the host buffers, returns; waits first for the
  *                                        previous save)
+ *   ... each step (optional): ckpt_writer_poll(w, 0, &step, err, n)   (a finished save's result)
  *   ... at exit: ckpt_writer_finish(w, err, n) (waits, reports), ckpt_writer_destroy(w)
  *   resume: ckpt_find_latest(run_dir, dir, n, log) or a given dir; ckpt_load(dir, ...)
  *   tests and tools: ckpt_save (synchronous), ckpt_verify, ckpt_read_config
@@ -89,6 +91,7 @@ typedef struct CkptRequest {
     const ParamTable *table;
     const float *params;        /* FP32 master weights incl. router biases */
     const float *adam_m, *adam_v;   /* AdamW moments (FP32 values; may hold BF16-rounded values) */
+    const float *ema;           /* EMA of the weights ("<name>.ema"), or NULL */
     CkptState state;
     int keep;                   /* keep the newest `keep` checkpoints, delete older ones */
     CkptLayout layout;          /* zeros mean one rank: world_size = pp = dp = ep = 1 */
@@ -107,6 +110,11 @@ CkptWriter *ckpt_writer_create(void);
  * The snapshot buffers are allocated at the first save and reused (reallocated only if the
  * table grows); the caller may change its buffers as soon as this returns. */
 int ckpt_save_async(CkptWriter *w, const CkptRequest *req, char *err, size_t errlen);
+/* The result of the last save, once: 1 when it finished and succeeded, -1 when it failed (its
+ * message in err), 0 when none finished since the last report (or one is still running and
+ * wait is 0). wait = 1 waits for the save in flight first. *step (may be NULL): its step.
+ * A failure this reports is not reported again by ckpt_save_async. */
+int ckpt_writer_poll(CkptWriter *w, int wait, int *step, char *err, size_t errlen);
 /* Wait for the save in flight; 0 if it (and every earlier one) succeeded. */
 int ckpt_writer_finish(CkptWriter *w, char *err, size_t errlen);
 void ckpt_writer_destroy(CkptWriter *w);
@@ -133,5 +141,8 @@ char *ckpt_read_config(const char *ckpt_dir, char *err, size_t errlen);
  * manifest. */
 int ckpt_load(const char *ckpt_dir, const ParamTable *table, float *params, float *adam_m, float *adam_v,
               CkptState *state, char *err, size_t errlen);
+/* The EMA of the weights ("<name>.ema", table order) into ema (table->total floats). Verifies
+ * first; 1 (ema untouched) when the checkpoint holds none, 0 when loaded, -1 + err on failure. */
+int ckpt_load_ema(const char *ckpt_dir, const ParamTable *table, float *ema, char *err, size_t errlen);
 
 #endif

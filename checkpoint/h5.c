@@ -42,11 +42,27 @@ _Static_assert(sizeof(CkptState) == 40, "CkptState changed: update STATE_FIELDS 
 
 typedef struct StackText { char outer[160], inner[160]; } StackText;
 
+/* One line from an HDF5 error description: a low-level I/O failure ("file write failed: time
+ * = ...\n, filename = ..., errno = 28, error message = 'No space left on device'") becomes its
+ * system message; any other text has its line breaks turned into spaces. */
+static void describe(char *out, size_t n, const char *desc)
+{
+    const char *sys = desc ? strstr(desc, "error message = '") : NULL;
+    if (sys) {
+        sys += strlen("error message = '");
+        snprintf(out, n, "%.*s", (int)strcspn(sys, "'"), sys);
+    } else {
+        snprintf(out, n, "%s", desc ? desc : "");
+    }
+    for (char *c = out; *c; c++)
+        if (*c == '\n' || *c == '\r' || *c == '\t') *c = ' ';
+}
+
 static herr_t stack_walk(unsigned n, const H5E_error2_t *e, void *data)
 {
     StackText *t = data;
-    if (n == 0) snprintf(t->outer, sizeof t->outer, "%s", e->desc ? e->desc : "");
-    snprintf(t->inner, sizeof t->inner, "%s", e->desc ? e->desc : "");
+    if (n == 0) describe(t->outer, sizeof t->outer, e->desc);
+    describe(t->inner, sizeof t->inner, e->desc);
     return 0;
 }
 

@@ -81,10 +81,11 @@ int ckpt_manifest_write(const char *dir, const CkptManifest *m, char *err, size_
         ckpt_fail(err, errlen, "cannot build '%s' (config text must be UTF-8)", CKPT_MANIFEST_NAME);
         goto done;
     }
-    root = json_pack("{s:i, s:i, s:I, s:{s:i, s:i, s:i, s:i}, s:b, s:s, s:o, s:o}", "format_version",
+    root = json_pack("{s:i, s:i, s:I, s:{s:i, s:i, s:i, s:i}, s:b, s:b, s:s, s:o, s:o}", "format_version",
                      m->format_version, "step", m->step, "tokens", (json_int_t)m->tokens, "layout", "world_size",
                      m->layout.world_size, "pp", m->layout.pp, "dp", m->layout.dp, "ep", m->layout.ep,
-                     "optimizer_moments", m->has_moments, "checksum_algorithm", "xxh64", "files", files,
+                     "optimizer_moments", m->has_moments, "ema", m->has_ema, "checksum_algorithm", "xxh64",
+                     "files", files,
                      "config", config);
     uint64_t sum;
     if (!root || self_checksum(root, &sum)) {
@@ -263,6 +264,9 @@ static int read_fields(json_t *root, CkptManifest *m, char *err, size_t errlen)
     m->step = (int)step;
     m->tokens = tokens;
     m->has_moments = json_is_true(moments);
+    json_t *ema = json_object_get(root, "ema");   /* optional: manifests before EMA have none */
+    if (ema && !json_is_boolean(ema)) return ckpt_fail(err, errlen, "'%s': 'ema' is not true or false", CKPT_MANIFEST_NAME);
+    m->has_ema = json_is_true(ema);
     m->config = strdup(json_string_value(config));
     if (!m->config) return ckpt_fail(err, errlen, "out of memory reading '%s'", CKPT_MANIFEST_NAME);
     return read_files(root, m, err, errlen);

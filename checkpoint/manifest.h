@@ -57,6 +57,7 @@ typedef struct CkptManifest {
     long long tokens;
     CkptLayout layout;
     int has_moments;
+    int has_ema;                /* "ema": <name>.ema datasets (absent in older manifests: 0) */
     char *config;               /* owned, NUL-terminated */
     int n_files;
     CkptManifestFile *files;    /* (n_files), owned */

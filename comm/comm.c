@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "../runtime/common.h"
+#include "watchdog.h"
 
 size_t comm_type_size(CommType t)
 {
@@ -58,7 +59,9 @@ int comm_chunks(size_t n)
 
 void comm_wait(CommRequest *r)
 {
+    watchdog_op_begin("wait");
     r->comm->be->wait(r);
+    watchdog_op_end();
     r->n_ops = 0;
 }
 
@@ -150,41 +153,57 @@ void comm_icopy(Comm *c, void *dst, const void *src, size_t bytes, CommRequest *
 
 void comm_allreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op)
 {
+    watchdog_op_begin("allreduce");
     comm_iallreduce(c, buf, n, t, op, NULL);
+    watchdog_op_end();
 }
 
 void comm_reduce_scatter(Comm *c, void *recv, const void *send, size_t n, CommType t, CommOp op)
 {
+    watchdog_op_begin("reduce_scatter");
     comm_ireduce_scatter(c, recv, send, n, t, op, NULL);
+    watchdog_op_end();
 }
 
 void comm_allgather(Comm *c, void *recv, const void *send, size_t n, CommType t)
 {
+    watchdog_op_begin("allgather");
     comm_iallgather(c, recv, send, n, t, NULL);
+    watchdog_op_end();
 }
 
 void comm_alltoallv(Comm *c, void *recv, const size_t *recv_counts, const size_t *recv_offsets, const void *send,
                     const size_t *send_counts, const size_t *send_offsets, CommType t)
 {
+    watchdog_op_begin("alltoallv");
     comm_ialltoallv(c, recv, recv_counts, recv_offsets, send, send_counts, send_offsets, t, NULL);
+    watchdog_op_end();
 }
 
 void comm_broadcast(Comm *c, void *buf, size_t n, CommType t, int root)
 {
+    watchdog_op_begin("broadcast");
     comm_ibroadcast(c, buf, n, t, root, NULL);
+    watchdog_op_end();
 }
 
 void comm_send(Comm *c, const void *buf, size_t n, CommType t, int peer, int tag)
 {
+    watchdog_op_begin("send");
     comm_isend(c, buf, n, t, peer, tag, NULL);
+    watchdog_op_end();
 }
 
 void comm_recv(Comm *c, void *buf, size_t n, CommType t, int peer, int tag)
 {
+    watchdog_op_begin("recv");
     comm_irecv(c, buf, n, t, peer, tag, NULL);
+    watchdog_op_end();
 }
 
 void comm_barrier(Comm *c)
 {
+    watchdog_op_begin("barrier");
     comm_ibarrier(c, NULL);
+    watchdog_op_end();
 }

@@ -735,6 +735,21 @@ static void validate_train(const Config *c)
     need_at_least("train.val_batches", t->val_batches, 1);
     need_at_least("train.checkpoint_every", t->checkpoint_every, 0);
     need_at_least("train.keep_checkpoints", t->keep_checkpoints, 1);
+    need_at_least("train.max_failed_saves", t->max_failed_saves, 1);
+    need_at_least("train.max_bad_steps", t->max_bad_steps, 1);
+    need_at_least_f("train.spike_factor", t->spike_factor, 0);
+    need_at_least_f("train.watchdog_s", t->watchdog_s, 0);
+    need_at_least("train.sdc_every", t->sdc_every, 0);
+    if (!(t->ema_decay >= 0 && t->ema_decay < 1))
+        DIE("config: 'train.ema_decay' = %.15g is not in [0, 1) (0 turns the EMA off)", t->ema_decay);
+    need_at_least("train.batch_ramp_start", t->batch_ramp_start, 0);
+    if (t->batch_ramp_start > t->grad_accum)
+        DIE("config: 'train.batch_ramp_start' = %d exceeds 'train.grad_accum' = %d (the ramp grows to grad_accum)",
+            t->batch_ramp_start, t->grad_accum);
+    if (t->batch_ramp_tokens < 0) DIE("config: 'train.batch_ramp_tokens' = %lld is negative", t->batch_ramp_tokens);
+    if (t->batch_ramp_start > 0 && t->batch_ramp_tokens == 0)
+        DIE("config: 'train.batch_ramp_start' = %d needs 'train.batch_ramp_tokens' > 0 (the length of the ramp)",
+            t->batch_ramp_start);
     int traced[TRACE_MAX_STEPS], n_traced;
     char why[256];
     if ((n_traced = trace_steps_parse(t->trace_steps, traced, TRACE_MAX_STEPS, why, sizeof why)) < 0)

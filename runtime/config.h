@@ -30,6 +30,8 @@
     X(INT, micro_batch_size, "4", "sequences per micro-batch B") \
     X(INT, seq_len, "64", "tokens per sequence T") \
     X(INT, grad_accum, "1", "micro-batches per optimizer step (per data-parallel rank), at most 2^20") \
+    X(INT, batch_ramp_start, "0", "batch-size ramp: micro-batches per step at the start (0: no ramp)") \
+    X(I64, batch_ramp_tokens, "0", "batch-size ramp: tokens over which they grow linearly to grad_accum") \
     X(STR, device, "cpu", "compute backend: cpu or cuda") \
     X(STR, precision, "fp32", "fp32, bf16 or fp8 (emulated on cpu; fp8 not on cuda yet)") \
     X(INT, threads, "0", "CPU threads, at most 1024 (0: all cores)") \
@@ -39,7 +41,13 @@
     X(BOOL, bf16_moments, "false", "store AdamW moments rounded to BF16") \
     X(INT, checkpoint_every, "0", "save a checkpoint every N steps (0: only at the end)") \
     X(INT, keep_checkpoints, "3", "checkpoints kept in the run directory") \
-    X(STR, trace_steps, "", "steps to record in <run>/trace.json (Perfetto), e.g. \"5,6\" or \"3-5\" (empty: none)")
+    X(STR, trace_steps, "", "steps to record in <run>/trace.json (Perfetto), e.g. \"5,6\" or \"3-5\" (empty: none)") \
+    X(INT, max_failed_saves, "3", "failed checkpoint saves in a row that stop the run (exit 74)") \
+    X(INT, max_bad_steps, "5", "non-finite (skipped) steps in a row that stop the run (exit 3)") \
+    X(F64, spike_factor, "4", "report a loss above this multiple of its running mean (0: off)") \
+    X(F64, watchdog_s, "0", "abort the job when a step or collective takes longer (s; 0: off)") \
+    X(INT, sdc_every, "0", "compare the DP replicas' weight checksums every N steps (0: off)") \
+    X(F64, ema_decay, "0", "EMA of the weights on the host, decay per step (0: off; e.g. 0.999)")
 
 #define OPTIM_KEYS(X) \
     X(F64, lr, "1e-3", "peak learning rate") \

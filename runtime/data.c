@@ -22,9 +22,13 @@
 #define WRITE_CHUNK (1 << 20)          /* tokens encoded per write; bounds the writer's memory */
 #define MAX_SHARDS 1000000             /* six-digit shard names */
 
+/* Shards are mapped only while open_shards validates them; training reads windows with
+ * pread(2), so a shard truncated (or shortened by a failing disk) under a running job is a
+ * short read and one error naming the file, never a SIGBUS from touching a mapped page past the
+ * new end of the file. */
 typedef struct Shard {
     char *path;
-    const uint8_t *map;    /* (HEADER_BYTES + n * width) bytes, read-only */
+    const uint8_t *map;    /* (HEADER_BYTES + n * width) bytes, read-only; NULL after validation */
     size_t map_bytes;
     int width;             /* bytes per token: 2 or 4 */
     long long n;           /* tokens */
@@ -40,6 +44,9 @@ struct DataLoader {
     Shard *shards;         /* (n_shards), in index order */
     long long n_tokens;    /* all shards */
     long long n_seqs;      /* sum of count */
+    int fd;                /* the shard last read from (-1: none) */
+    int fd_shard;          /* its index */
+    uint8_t *window;       /* ((T+1) * 4) bytes: one window as stored */
 };
 
 /* ---- little-endian encoding, independent of the host's byte order ---- */
@@ -345,6 +352,8 @@ static void open_shards(DataLoader *d, const char *dir, const char *split, int v
         Shard *s = &d->shards[i];
         s->path = data_shard_path(dir, split, i);
         map_shard(s, vocab_size, d->T);
+        munmap((void *)s->map, s->map_bytes);
+        s->map = NULL;
         /* map_shard guarantees n >= T+1, so count >= 1 in both modes */
         s->count = d->is_train ? s->n - d->T : (s->n - 1) / d->T;
         s->first = d->n_seqs;
@@ -366,6 +375,8 @@ DataLoader *data_open(const char *dir, const char *split, int B, int T, int voca
     d->rank = rank;
     d->nranks = nranks;
     d->state.seed = seed;
+    d->fd = -1;
+    d->window = xmalloc(((size_t)T + 1) * 4);
     open_shards(d, dir, split, vocab_size);
     return d;
 }
@@ -404,6 +415,31 @@ static const Shard *find_shard(const DataLoader *d, long long i)
     return &d->shards[lo];
 }
 
+/* bytes of shard s from token off on, into d->window (one open descriptor kept, that of the
+ * shard read last). DIE naming the file when it is gone or shorter than at open. */
+static const uint8_t *read_window(DataLoader *d, const Shard *s, long long off, size_t bytes)
+{
+    int index = (int)(s - d->shards);
+    if (d->fd < 0 || d->fd_shard != index) {
+        if (d->fd >= 0) close(d->fd);
+        d->fd = open(s->path, O_RDONLY | O_CLOEXEC);
+        if (d->fd < 0) DIE("data: cannot open '%s' while training: %s", s->path, strerror(errno));
+        d->fd_shard = index;
+    }
+    off_t at = (off_t)HEADER_BYTES + (off_t)off * s->width;
+    size_t got = 0;
+    while (got < bytes) {
+        ssize_t k = pread(d->fd, d->window + got, bytes - got, at + (off_t)got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) DIE("data: cannot read '%s' while training: %s", s->path, strerror(errno));
+        if (k == 0)
+            DIE("data: '%s' was truncated while training: it ends before byte %lld (it had %zu bytes when "
+                "opened); restore the shard and resume", s->path, (long long)(at + (off_t)bytes), s->map_bytes);
+        got += (size_t)k;
+    }
+    return d->window;
+}
+
 void data_next(DataLoader *d, int32_t *tokens)
 {
     int T1 = d->T + 1;
@@ -413,7 +449,7 @@ void data_next(DataLoader *d, int32_t *tokens)
                                   : (long long)(g % (uint64_t)d->n_seqs);
         const Shard *s = find_shard(d, i);
         long long off = d->is_train ? i - s->first : (i - s->first) * d->T;
-        const uint8_t *p = s->map + HEADER_BYTES + (size_t)off * (size_t)s->width;
+        const uint8_t *p = read_window(d, s, off, (size_t)T1 * (size_t)s->width);
         int32_t *row = tokens + (size_t)b * (size_t)T1;   /* (T+1) */
         for (int t = 0; t < T1; t++) row[t] = (int32_t)get_le(p + (size_t)t * s->width, s->width);
     }
@@ -433,6 +469,8 @@ void data_close(DataLoader *d)
         if (d->shards[i].map) munmap((void *)d->shards[i].map, d->shards[i].map_bytes);
         free(d->shards[i].path);
     }
+    if (d->fd >= 0) close(d->fd);
+    free(d->window);
     free(d->shards);
     free(d);
 }

@@ -32,8 +32,8 @@ static void inspect_usage(FILE *f)
 static void print_manifest(const char *dir, const CkptManifest *m)
 {
     printf("checkpoint '%s'\n", dir);
-    printf("  format version %d | step %d | tokens %lld | optimizer moments %s\n", m->format_version, m->step,
-           m->tokens, m->has_moments ? "yes" : "no");
+    printf("  format version %d | step %d | tokens %lld | optimizer moments %s | ema %s\n", m->format_version,
+           m->step, m->tokens, m->has_moments ? "yes" : "no", m->has_ema ? "yes" : "no");
     printf("  layout: world size %d (pp %d, dp %d, ep %d)\n", m->layout.world_size, m->layout.pp, m->layout.dp,
            m->layout.ep);
     for (int i = 0; i < m->n_files; i++)
@@ -61,13 +61,16 @@ static void print_tensor(const char *name, const CkptH5Info *info, Totals *t)
 }
 
 /* Every dataset the manifest says f holds, looked up by name (never by enumerating the
- * file, see checkpoint/h5.h), with the moments when the checkpoint has them. */
-static int list_tensors(CkptH5 *h, const CkptManifestFile *f, int moments, Totals *tot, char *err, size_t errlen)
+ * file, see checkpoint/h5.h), with the moments and the EMA when the checkpoint has them.
+ * what: bit 0 moments, bit 1 EMA. */
+static int list_tensors(CkptH5 *h, const CkptManifestFile *f, int what, Totals *tot, char *err, size_t errlen)
 {
-    static const char *const SUFFIX[3] = { "", ".exp_avg", ".exp_avg_sq" };
+    static const char *const SUFFIX[4] = { "", ".exp_avg", ".exp_avg_sq", ".ema" };
+    const int has[4] = { 1, what & 1, what & 1, what & 2 };
     char name[CKPT_H5_NAME_MAX];
     for (int i = 0; i < f->n_tensors; i++) {
-        for (int k = 0; k < (moments ? 3 : 1); k++) {
+        for (int k = 0; k < 4; k++) {
+            if (!has[k]) continue;
             CkptH5Info info;
             snprintf(name, sizeof name, "%s%s", f->tensors[i], SUFFIX[k]);
             if (ckpt_h5_info(h, name, &info, err, errlen)) return -1;
@@ -78,7 +81,7 @@ static int list_tensors(CkptH5 *h, const CkptManifestFile *f, int moments, Total
 }
 
 /* Tensors and state of one verified rank file. */
-static int list_file(const char *dir, const CkptManifestFile *f, int moments, Totals *tot, char *err, size_t errlen)
+static int list_file(const char *dir, const CkptManifestFile *f, int what, Totals *tot, char *err, size_t errlen)
 {
     char *path = xasprintf("%s/%s", dir, f->name);
     CkptH5 *h = ckpt_h5_open(path, err, errlen);
@@ -87,7 +90,7 @@ static int list_file(const char *dir, const CkptManifestFile *f, int moments, To
     printf("tensors in %s:\n  %-60s %-14s %-8s %12s %12s %6s\n", f->name, "name", "shape", "dtype", "stored", "raw",
            "ratio");
     CkptState s;
-    int rc = list_tensors(h, f, moments, tot, err, errlen);
+    int rc = list_tensors(h, f, what, tot, err, errlen);
     if (rc == 0) rc = ckpt_h5_read_state(h, &s, err, errlen);
     if (rc == 0)
         printf("state (%s): step %d | tokens %lld | data seed %llu | data cursor %llu | rng %llu\n", f->name, s.step,
@@ -120,7 +123,7 @@ int cmd_inspect(int argc, char **argv)
     }
     Totals tot = { 0, 0, 0, 0 };
     for (int i = 0; i < m.n_files; i++) {
-        if (list_file(dir, &m.files[i], m.has_moments, &tot, err, sizeof err) != 0) {
+        if (list_file(dir, &m.files[i], (m.has_moments ? 1 : 0) | (m.has_ema ? 2 : 0), &tot, err, sizeof err) != 0) {
             ckpt_manifest_free(&m);
             fflush(stdout);
             fprintf(stderr, "dstrain: inspect: checkpoint '%s': %s\n", dir, err);

@@ -8,17 +8,64 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "../checkpoint/fsio.h"
 #include "common.h"
 
 struct Metrics {
     FILE *jsonl, *log;
 };
 
-Metrics *metrics_open(const char *run_dir)
+/* Keep the lines of text that are whole JSON records with no "step" past `step`; *dropped
+ * counts the others. Returns the kept text (caller frees). */
+static char *keep_records(char *text, int step, int *dropped)
+{
+    size_t len = strlen(text), used = 0;
+    char *out = xmalloc(len + 1);
+    *dropped = 0;
+    for (char *line = text; *line;) {
+        char *end = strchr(line, '\n');
+        size_t n = end ? (size_t)(end - line) : strlen(line);
+        json_t *r = end ? json_loadb(line, n, 0, NULL) : NULL;   /* no newline: a torn last line */
+        json_t *st = r ? json_object_get(r, "step") : NULL;
+        if (r && (!json_is_integer(st) || json_integer_value(st) <= step)) {
+            memcpy(out + used, line, n + 1);
+            used += n + 1;
+        } else if (n > 0) {
+            (*dropped)++;
+        }
+        json_decref(r);
+        line += n + (end != NULL);
+    }
+    out[used] = 0;
+    return out;
+}
+
+/* metrics.jsonl without the records past `step` (a resume redoes those steps), rewritten
+ * atomically (temp file, fsync, rename) when anything goes. */
+static void truncate_history(const char *path, int step)
+{
+    char err[1024];
+    if (access(path, F_OK) != 0) return;
+    char *text = fsio_read_file(path, (size_t)1 << 34, NULL, err, sizeof err);
+    if (!text) DIE("metrics: %s", err);
+    int dropped;
+    char *kept = keep_records(text, step, &dropped);
+    if (dropped > 0) {
+        if (fsio_write_durable(path, kept, strlen(kept), err, sizeof err) != 0) DIE("metrics: %s", err);
+        printf("metrics: dropped %d record%s past step %d from '%s' (those steps are run again)\n", dropped,
+               dropped == 1 ? "" : "s", step, path);
+    }
+    free(kept);
+    free(text);
+}
+
+Metrics *metrics_open(const char *run_dir, int step)
 {
     Metrics *m = xcalloc(1, sizeof *m);
     char *p = xasprintf("%s/metrics.jsonl", run_dir);
+    truncate_history(p, step);
     m->jsonl = fopen(p, "a");
     if (!m->jsonl) DIE("cannot open '%s': %s", p, strerror(errno));
     free(p);
@@ -103,9 +150,9 @@ void metrics_step(Metrics *m, const StepMetrics *s)
     }
     if (s->max_nodes > 0) snprintf(nodes, sizeof nodes, " | nodes %d", s->max_nodes);
     metrics_log(m, "step %5d/%d | loss %.4f%s | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | "
-                   "maxvio %.3f%s | %.3f s/step | ETA %s\n",
+                   "maxvio %.3f%s | %.3f s/step | ETA %s%s\n",
                 s->step, s->steps, s->loss, mtp, s->lr, s->grad_norm, s->tokens_per_s, 100.0 * s->mfu,
-                s->maxvio, nodes, s->step_s, eta);
+                s->maxvio, nodes, s->step_s, eta, s->skipped ? " | SKIPPED (not finite)" : "");
     json_t *o = json_object();
     json_object_set_new(o, "type", json_string("step"));
     json_object_set_new(o, "step", json_integer(s->step));
@@ -123,6 +170,7 @@ void metrics_step(Metrics *m, const StepMetrics *s)
     json_object_set_new(o, "max_nodes", json_integer(s->max_nodes));
     json_object_set_new(o, "step_s", num(s->step_s));
     json_object_set_new(o, "eta_s", num(s->eta_s));
+    json_object_set_new(o, "skipped", json_boolean(s->skipped));
     emit(m, o);
 }
 

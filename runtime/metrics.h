@@ -27,12 +27,16 @@ typedef struct StepMetrics {
     double maxvio, maxvio_max;  /* expert-load imbalance (mean and max over MoE layers) */
     int max_nodes;              /* most nodes a token's experts lived on (0: experts on one rank) */
     double step_s, eta_s;
+    int skipped;                /* non-finite loss or grad norm: the optimizer step was skipped */
 } StepMetrics;
 
 typedef struct Metrics Metrics;
 
-/* Opens (appends to) <run_dir>/metrics.jsonl and <run_dir>/log.txt; DIE if it cannot. */
-Metrics *metrics_open(const char *run_dir);
+/* Opens (appends to) <run_dir>/metrics.jsonl and <run_dir>/log.txt; DIE if it cannot.
+ * step: the step the run starts from (0, or the resumed checkpoint's): records of later steps
+ * (left by a run that went on past its last checkpoint) and a torn last line are dropped
+ * first, the file rewritten atomically, so every step appears once. */
+Metrics *metrics_open(const char *run_dir, int step);
 void metrics_close(Metrics *m);
 /* printf to stdout and log.txt. */
 void metrics_log(Metrics *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -11,9 +11,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../checkpoint/hash.h"
+#include "../comm/watchdog.h"
 #include "../model/flops.h"
 #include "common.h"
 #include "runtime/plot.h"
+#include "guard.h"
 #include "synth.h"
 #include "train_pp.h"
 
@@ -41,6 +44,21 @@ static void ensure_data(const Config *c)
     synth_prepare(c->data.dir, c->data.synthetic_tokens, (uint64_t)c->train.seed, c->model.vocab_size);
 }
 
+/* Host <-> backend copies, watched (comm/watchdog.h): a wedged device is a hang like any other. */
+static void download(Trainer *t, void *host, const void *dev, size_t bytes)
+{
+    watchdog_op_begin("download");
+    t->o->download(t->o, host, dev, bytes);
+    watchdog_op_end();
+}
+
+static void upload(Trainer *t, void *dev, const void *host, size_t bytes)
+{
+    watchdog_op_begin("upload");
+    t->o->upload(t->o, dev, host, bytes);
+    watchdog_op_end();
+}
+
 /* ZeRO-1 slices: dp equal slices of S = ceil(total / dp) floats (the last ones shorter or
  * empty); this rank updates [lo, hi). Host staging for the exchanges (the comm works on host
  * memory; with the cpu backend the transfers are copies). */
@@ -62,9 +80,9 @@ static void zero_plan(Trainer *t, size_t total)
 static float *zero_reduce_grads(Trainer *t)
 {
     const size_t total = model_table(t->model)->total;
-    t->o->download(t->o, t->zero_full, model_grads(t->model), total * sizeof(float));
+    download(t, t->zero_full, model_grads(t->model), total * sizeof(float));
     comm_reduce_scatter(t->groups->dp_comm, t->zero_part, t->zero_full, t->slice, COMM_F32, COMM_SUM);
-    t->o->upload(t->o, t->grad_slice, t->zero_part, t->slice * sizeof(float));
+    upload(t, t->grad_slice, t->zero_part, t->slice * sizeof(float));
     return t->grad_slice;
 }
 
@@ -74,9 +92,9 @@ static void zero_gather_params(Trainer *t)
     const size_t total = model_table(t->model)->total;
     float *full = t->zero_full, *mine = full + (size_t)t->groups->dp_rank * t->slice;
     float *params = model_params(t->model);
-    t->o->download(t->o, mine, params + t->lo, (t->hi - t->lo) * sizeof(float));
+    download(t, mine, params + t->lo, (t->hi - t->lo) * sizeof(float));
     comm_allgather(t->groups->dp_comm, full, mine, t->slice, COMM_F32);
-    t->o->upload(t->o, params, full, total * sizeof(float));
+    upload(t, params, full, total * sizeof(float));
 }
 
 /* host_m, host_v (padded; the table's moments in [0, total)) <- every rank's slice of them
@@ -87,7 +105,7 @@ static void zero_gather_moments(Trainer *t)
     float *dst[2] = { t->host_m, t->host_v }, *src[2] = { t->opt.m, t->opt.v };
     for (int k = 0; k < 2; k++) {
         float *mine = dst[k] + (size_t)t->groups->dp_rank * t->slice;
-        t->o->download(t->o, mine, src[k], n * sizeof(float));
+        download(t, mine, src[k], n * sizeof(float));
         if (t->groups->dp > 1) comm_allgather(t->groups->dp_comm, dst[k], mine, t->slice, COMM_F32);
     }
 }
@@ -102,6 +120,11 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->config_text = xstrdup(config_text);
     t->run_dir = xstrdup(run_dir);
     t->last_val = NAN;
+    t->saved_step = -1;
+    t->flip_rank = t->flip_step = -1;
+    const char *flip = getenv("DSTRAIN_DEBUG_FLIP_BIT");
+    if (flip && *flip && sscanf(flip, "%d:%d", &t->flip_rank, &t->flip_step) != 2)
+        DIE("environment: DSTRAIN_DEBUG_FLIP_BIT = '%s' is not RANK:STEP", flip);
     const TrainConfig *tc = &cfg->train;
     Precision prec = parse_precision(tc->precision);
     t->o = strcmp(tc->device, "cuda") == 0 ? ops_cuda_create(prec) : ops_cpu_create(tc->threads, prec);
@@ -123,7 +146,6 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     zero_plan(t, pt->total);
     if (!t->pp) optim_init_shard(&t->opt, t->o, pt, &cfg->optim, tc->bf16_moments, t->lo, t->hi);
     rng_seed(&t->rng, (uint64_t)tc->seed ^ 0x7261696e696e67ull);
-    t->metrics = t->root ? metrics_open(run_dir) : NULL;
     /* room for a span per layer and phase of every micro-batch, when an executor records them */
     t->trace = trace_create_steps(w->rank, tc->trace_steps,
                                   (size_t)64 * (tc->grad_accum + 1) * (cfg->model.num_hidden_layers + 4), w->comm);
@@ -132,13 +154,15 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->host_counts = xcalloc((size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1, sizeof(float));
     t->host_m = xmalloc(t->padded * sizeof(float));
     t->host_v = xmalloc(t->padded * sizeof(float));
+    t->sdc_sums = xcalloc((size_t)g->dp, sizeof(int64_t));
+    if (tc->ema_decay > 0 && t->root) t->ema = xmalloc(pt->total * sizeof(float));   /* the root saves it */
     t->flops_per_token = flops_per_token(&cfg->model, T, cfg->model.num_nextn_predict_layers > 0);
 }
 
 void trainer_free(Trainer *t)
 {
     char err[512];
-    if (ckpt_writer_finish(t->ckpt, err, sizeof err) != 0) fprintf(stderr, "dstrain: %s\n", err);
+    ckpt_writer_finish(t->ckpt, err, sizeof err);   /* every result was reported by train_run */
     ckpt_writer_destroy(t->ckpt);
     if (t->metrics) metrics_close(t->metrics);
     trace_free(t->trace);
@@ -156,6 +180,8 @@ void trainer_free(Trainer *t)
     free(t->host_counts);
     free(t->host_m);
     free(t->host_v);
+    free(t->sdc_sums);
+    free(t->ema);
     free(t->config_text);
     free(t->run_dir);
 }
@@ -204,12 +230,22 @@ double train_evaluate(Trainer *t, double *mtp)
     return all[0];
 }
 
-/* One optimizer step over grad_accum micro-batches; fills the loss fields of s. */
+/* Micro-batches per step after `tokens` tokens (SPEC.md section 7: the batch-size ramp is a
+ * function of tokens seen, so a resume, which restores the tokens, resumes the ramp exactly):
+ * batch_ramp_start growing linearly to grad_accum over batch_ramp_tokens, then grad_accum. */
+int train_accum_at(const TrainConfig *c, long long tokens)
+{
+    if (c->batch_ramp_start <= 0 || tokens >= c->batch_ramp_tokens) return c->grad_accum;
+    long double grow = (long double)(c->grad_accum - c->batch_ramp_start) * tokens / c->batch_ramp_tokens;
+    return c->batch_ramp_start + (int)grow;
+}
+
+/* One optimizer step over train_accum_at micro-batches; fills the loss fields of s. */
 static void train_step(Trainer *t, StepMetrics *s)
 {
     const Config *c = &t->cfg;
     Model *m = t->model;
-    const int M = c->train.grad_accum, D = c->model.num_nextn_predict_layers;
+    const int M = train_accum_at(&c->train, t->tokens), D = c->model.num_nextn_predict_layers;
     const double lambda = lambda_at(&c->mtp, t->tokens), gamma = gamma_at(&c->moe, t->tokens);
     model_zero_grads(m);
     model_zero_counts(m);
@@ -249,8 +285,16 @@ static void train_step(Trainer *t, StepMetrics *s)
         s->grad_norm = sqrt(sq) / dp;
     }
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
-    optim_step(&t->opt, model_params(m), grads, s->lr, clip_scale(s->grad_norm, c->optim.grad_clip) / dp);
-    if (dp > 1) zero_gather_params(t);
+    /* divergence guard: a non-finite loss or gradient never reaches the weights. Every rank
+     * sees the same (reduced) loss and norm, so all skip together; the optimizer's step count
+     * still advances, so it stays equal to t->step, which a resume restores. */
+    s->skipped = !isfinite(s->loss) || !isfinite(s->grad_norm);
+    if (s->skipped) {
+        t->opt.step++;
+    } else {
+        optim_step(&t->opt, model_params(m), grads, s->lr, clip_scale(s->grad_norm, c->optim.grad_clip) / dp);
+        if (dp > 1) zero_gather_params(t);
+    }
     sum_counts_over_dp(t);
     s->max_nodes = model_max_nodes(m);
     if (dp > 1) {
@@ -261,10 +305,39 @@ static void train_step(Trainer *t, StepMetrics *s)
     LoadStats ls = model_load_stats(m);
     s->maxvio = ls.maxvio_mean;
     s->maxvio_max = ls.maxvio_max;
-    model_bias_update(m, gamma, c->moe.bias_zero_mean);
+    if (!s->skipped) model_bias_update(m, gamma, c->moe.bias_zero_mean);
     trace_end(t->trace, TRACE_COMPUTE);
     t->step++;
     t->tokens += (long long)M * c->train.micro_batch_size * c->train.seq_len * dp;
+}
+
+/* A save's result, reported on stderr at once when it failed; counts failures in a row. */
+static void note_save(Trainer *t, int rc, const char *err)
+{
+    if (rc > 0) {
+        t->failed_saves = 0;
+    } else if (rc < 0) {
+        t->failed_saves++;
+        fflush(stdout);
+        fprintf(stderr, "dstrain: %s (failed save %d in a row of at most train.max_failed_saves = %d)\n", err,
+                t->failed_saves, t->cfg.train.max_failed_saves);
+        fflush(stderr);
+    }
+}
+
+/* Root: the result of a save that finished since the last look (wait: wait for it). */
+static void poll_saves(Trainer *t, int wait)
+{
+    char err[1024];
+    int rc = ckpt_writer_poll(t->ckpt, wait, NULL, err, sizeof err);
+    note_save(t, rc, err);
+}
+
+static int all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
 }
 
 /* The training stall of a save is the download into host staging, the wait for the previous
@@ -279,24 +352,52 @@ static void save_checkpoint(Trainer *t)
     double t0 = now_seconds();
     if (t->pp) pp_gather_state(t);
     else zero_gather_moments(t);
+    t->saved_step = t->step;
     if (!t->root) return;
-    if (!t->pp) t->o->download(t->o, t->host_params, model_params(t->model), bytes);
+    if (!t->pp) download(t, t->host_params, model_params(t->model), bytes);
+    poll_saves(t, 1);   /* the previous save's result, before a new one starts */
+    if (!all_finite(t->host_params, pt->total)) {
+        /* a diverged model never replaces a good checkpoint (nor pushes one out by retention) */
+        char why[200];
+        snprintf(why, sizeof why, "checkpoint of step %d: the weights are not finite (diverged); not written, the "
+                 "older checkpoints are kept", t->step);
+        note_save(t, -1, why);
+        return;
+    }
     CkptRequest r = {
         .run_dir = t->run_dir, .config_text = t->config_text, .table = pt,
-        .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v,
+        .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v, .ema = t->ema,
         .state = { .step = t->step, .tokens = t->tokens, .data = data_get_state(t->train), .rng = t->rng.state },
         .keep = t->cfg.train.keep_checkpoints,
         .layout = { .world_size = 1, .pp = 1, .dp = 1, .ep = 1 },
     };
     char err[1024];
-    if (ckpt_save_async(t->ckpt, &r, err, sizeof err) != 0)
-        metrics_log(t->metrics, "checkpoint: %s (training continues)\n", err);
+    if (ckpt_save_async(t->ckpt, &r, err, sizeof err) != 0) {
+        note_save(t, -1, err);
+        return;
+    }
     double copy_s, write_s;
     ckpt_writer_times(t->ckpt, &copy_s, &write_s);
     metrics_log(t->metrics, "checkpoint: ckpt-%d saving in the background; training stalled %.1f ms "
                             "(%.1f ms of it waiting for the previous save, %.3f s to write)\n",
                 t->step, 1e3 * (now_seconds() - t0), 1e3 * ckpt_writer_wait_seconds(t->ckpt), write_s);
     plot_refresh(t->run_dir);   /* loss.svg at each checkpoint and at the end (runtime/plot.h) */
+}
+
+/* Save the checkpoint of this step (unless it is already being saved) and wait for it: the
+ * exit status (TRAIN_EXIT_SAVE when it failed, else ok), the same on every rank. */
+static int save_and_wait(Trainer *t, int ok)
+{
+    if (t->saved_step != t->step) save_checkpoint(t);
+    int32_t status = ok;
+    if (t->root) {
+        poll_saves(t, 1);
+        if (t->failed_saves > 0) status = TRAIN_EXIT_SAVE;   /* a success sets it to 0 */
+    }
+    /* the root is (stage 0, dp rank 0): down its pipeline first, then across each stage */
+    if (t->groups->pp > 1) comm_broadcast(t->groups->pp_comm, &status, 1, COMM_I32, 0);
+    if (t->groups->dp > 1) comm_broadcast(t->groups->dp_comm, &status, 1, COMM_I32, 0);
+    return status;
 }
 
 static void validate_and_log(Trainer *t)
@@ -320,19 +421,164 @@ static void report_final(Trainer *t)
     plot_refresh(t->run_dir);   /* again, with the final record's loss floor */
 }
 
-void train_run(Trainer *t)
+/* Divergence bookkeeping of one step (the same on every rank): skipped steps in a row, and
+ * the spike rule against the running mean of the finite losses (reported, not acted on). */
+static void watch_loss(Trainer *t, const StepMetrics *s)
 {
     const TrainConfig *tc = &t->cfg.train;
-    const double tokens_per_step = (double)tc->grad_accum * tc->micro_batch_size * tc->seq_len * t->groups->dp;
+    if (s->skipped) {
+        t->bad_steps++;
+        t->bad_total++;
+        if (t->root) {
+            fflush(stdout);
+            fprintf(stderr, "dstrain: step %d: loss %g, grad norm %g: not finite, optimizer step skipped "
+                    "(%d in a row, the run stops at %d; %lld skipped in all)\n", s->step, s->loss, s->grad_norm,
+                    t->bad_steps, tc->max_bad_steps, t->bad_total);
+        }
+        return;
+    }
+    t->bad_steps = 0;
+    /* the mean of the first losses is a poor yardstick (they fall fast): judge from the 10th on */
+    if (tc->spike_factor > 0 && t->loss_n >= 10 && s->loss > tc->spike_factor * t->loss_mean && t->root) {
+        fflush(stdout);
+        fprintf(stderr, "dstrain: step %d: loss spike: %.4f is %.2fx its running mean %.4f (train.spike_factor "
+                "= %g)\n", s->step, s->loss, s->loss / t->loss_mean, t->loss_mean, tc->spike_factor);
+    }
+    /* running mean: the plain mean over the first 100 finite losses, then an exponential mean
+     * over about the last 100 */
+    t->loss_n++;
+    double w = t->loss_n < 100 ? 1.0 / t->loss_n : 0.01;
+    t->loss_mean += w * (s->loss - t->loss_mean);
+}
+
+/* The checkpoint every checkpoint_every steps, except inside a run of non-finite steps: their
+ * weights are those before the run (skipped steps change nothing) or worse, and saving them
+ * would only push good checkpoints out by retention. */
+static void periodic_save(Trainer *t)
+{
+    if (t->bad_steps == 0) {
+        save_checkpoint(t);
+        return;
+    }
+    if (t->root)
+        fprintf(stderr, "dstrain: checkpoint of step %d not written: step %d was not finite (the older checkpoints "
+                "are kept)\n", t->step, t->step);
+}
+
+/* ema <- decay * ema + (1 - decay) * weights, on the host after every applied step (TR 3.2.3:
+ * the EMA lives in CPU memory; here it is updated synchronously, one download and one pass over
+ * the weights per step, so resume stays bit-exact). */
+static void ema_update(Trainer *t)
+{
+    const size_t n = model_table(t->model)->total;
+    const float d = (float)t->cfg.train.ema_decay, e = 1.0f - d;
+    download(t, t->host_params, model_params(t->model), n * sizeof(float));
+    for (size_t i = 0; i < n; i++) t->ema[i] = d * t->ema[i] + e * t->host_params[i];
+}
+
+/* The debug hook: one bit of the first weight flipped on one rank (a stand-in for a bad DRAM
+ * cell or a miscomputing core). */
+static void debug_flip(Trainer *t)
+{
+    if (t->groups->dp_rank != t->flip_rank || t->step != t->flip_step) return;
+    float w;
+    uint32_t bits;
+    download(t, &w, model_params(t->model), sizeof w);
+    memcpy(&bits, &w, sizeof bits);
+    bits ^= 1u;
+    memcpy(&w, &bits, sizeof w);
+    upload(t, model_params(t->model), &w, sizeof w);
+    fprintf(stderr, "dstrain: DSTRAIN_DEBUG_FLIP_BIT: flipped a bit of the weights of dp rank %d after step %d\n",
+            t->groups->dp_rank, t->step);
+}
+
+/* Silent data corruption check: every dp rank holds the same weights bit for bit (train.h:
+ * the all-gather of ZeRO-1 gives each the same values), so their XXH64 checksums must agree.
+ * Collective over dp_comm (every rank sees every checksum and decides alike): 0, or
+ * TRAIN_EXIT_SDC with one line from the root naming the ranks that differ from dp rank 0. */
+static int sdc_check(Trainer *t)
+{
+    const Groups *g = t->groups;
+    const size_t bytes = model_table(t->model)->total * sizeof(float);
+    download(t, t->host_params, model_params(t->model), bytes);
+    int64_t mine = (int64_t)ckpt_hash64(t->host_params, bytes);
+    comm_allgather(g->dp_comm, t->sdc_sums, &mine, 1, COMM_I64);
+    char ranks[256] = "";
+    int bad = 0, first = 0;
+    for (int r = 1; r < g->dp; r++) {
+        if (t->sdc_sums[r] == t->sdc_sums[0]) continue;
+        if (!bad) first = r;
+        size_t at = strlen(ranks);
+        if (at < sizeof ranks - 16) snprintf(ranks + at, sizeof ranks - at, "%s%d", bad ? ", " : "", r);
+        bad++;
+    }
+    if (!bad) return 0;
+    if (t->root) {
+        fflush(stdout);
+        fprintf(stderr, "dstrain: silent data corruption check after step %d: the weights of dp rank%s %s differ "
+                "from dp rank 0's (XXH64 %016llx vs %016llx); stopping without a checkpoint, the older ones are "
+                "from before (exit status %d)\n", t->step, bad > 1 ? "s" : "", ranks,
+                (unsigned long long)t->sdc_sums[first], (unsigned long long)t->sdc_sums[0],
+                TRAIN_EXIT_SDC);
+    }
+    return TRAIN_EXIT_SDC;
+}
+
+/* Why to stop after this step, agreed by every rank (one all-reduce of the local reasons):
+ * the exit status to stop with, or 0 to go on. */
+static int agree_stop(Trainer *t)
+{
+    const TrainConfig *tc = &t->cfg.train;
+    if (t->root) poll_saves(t, 0);
+    int32_t why[3] = {
+        guard_stop_signal(),
+        t->bad_steps >= tc->max_bad_steps,
+        t->failed_saves >= tc->max_failed_saves,
+    };
+    if (t->groups->dp > 1) comm_allreduce(t->groups->dp_comm, why, 3, COMM_I32, COMM_MAX);
+    if (t->groups->pp > 1) comm_allreduce(t->groups->pp_comm, why, 3, COMM_I32, COMM_MAX);   /* every stage */
+    if (why[2]) return TRAIN_EXIT_SAVE;
+    if (why[1]) return TRAIN_EXIT_DIVERGED;
+    if (why[0]) return TRAIN_EXIT_STOPPED;
+    return 0;
+}
+
+/* End the run early with status (agree_stop's). A stop signal saves the step first. */
+static int stop_run(Trainer *t, int status)
+{
+    const int sig = guard_stop_signal();
+    if (status == TRAIN_EXIT_STOPPED) status = save_and_wait(t, TRAIN_EXIT_STOPPED);
+    if (!t->root) return status;
+    fflush(stdout);
+    if (status == TRAIN_EXIT_STOPPED)
+        fprintf(stderr, "dstrain: stopped by %s after step %d; checkpoint '%s/ckpt-%d' saved (exit status %d: "
+                "resume with --resume auto)\n", sig ? guard_signal_name(sig) : "a signal on another rank",
+                t->step, t->run_dir, t->step, status);
+    else if (status == TRAIN_EXIT_DIVERGED)
+        fprintf(stderr, "dstrain: stopped after step %d: %d non-finite steps in a row (train.max_bad_steps); the "
+                "checkpoints in '%s' are from before (exit status %d)\n", t->step, t->bad_steps, t->run_dir, status);
+    else
+        fprintf(stderr, "dstrain: stopped after step %d: checkpoint saves failing (train.max_failed_saves = %d; "
+                "exit status %d)\n", t->step, t->cfg.train.max_failed_saves, status);
+    return status;
+}
+
+int train_run(Trainer *t)
+{
+    const TrainConfig *tc = &t->cfg.train;
     double started = now_seconds();
     int first = t->step;
     while (t->step < tc->steps) {
         StepMetrics s;
         memset(&s, 0, sizeof s);
+        const double tokens_per_step =
+            (double)train_accum_at(tc, t->tokens) * tc->micro_batch_size * tc->seq_len * t->groups->dp;
         double t0 = now_seconds();
         trace_step_begin(t->trace, t->step + 1);
+        watchdog_step_begin(t->step + 1);
         if (t->pp) pp_train_step(t, &s);
         else train_step(t, &s);
+        watchdog_step_end();
         trace_step_end(t->trace);
         s.step_s = now_seconds() - t0;
         s.step = t->step;
@@ -341,13 +587,24 @@ void train_run(Trainer *t)
         s.tokens_per_s = tokens_per_step / s.step_s;
         s.mfu = t->peak_flops > 0 ? s.tokens_per_s * t->flops_per_token / t->peak_flops : 0;
         s.eta_s = (now_seconds() - started) / (t->step - first) * (tc->steps - t->step);
-        if (t->metrics && (t->step % tc->log_every == 0 || t->step == tc->steps)) metrics_step(t->metrics, &s);
+        if (t->metrics && (t->step % tc->log_every == 0 || t->step == tc->steps || s.skipped))
+            metrics_step(t->metrics, &s);
+        watch_loss(t, &s);
+        if (t->ema && !s.skipped) ema_update(t);
+        if (t->flip_rank >= 0) debug_flip(t);
+        if (tc->sdc_every > 0 && t->groups->dp > 1 && t->step % tc->sdc_every == 0 && sdc_check(t))
+            return TRAIN_EXIT_SDC;
+        int stop = agree_stop(t);
+        if (stop) return stop_run(t, stop);
         if (tc->val_every > 0 && t->step % tc->val_every == 0 && t->step < tc->steps) validate_and_log(t);
         if (tc->checkpoint_every > 0 && t->step % tc->checkpoint_every == 0 && t->step < tc->steps)
-            save_checkpoint(t);
+            periodic_save(t);
     }
     validate_and_log(t);
-    save_checkpoint(t);
+    int status = save_and_wait(t, TRAIN_EXIT_DONE);
     report_final(t);
     trace_finish(t->trace, t->run_dir);
+    if (status != TRAIN_EXIT_DONE && t->root)
+        fprintf(stderr, "dstrain: the final checkpoint of step %d was not saved (exit status %d)\n", t->step, status);
+    return status;
 }

@@ -23,7 +23,8 @@
  * Calling sequence (runtime/train_cmd.c):
  *   Trainer t; trainer_setup(&t, &cfg, config_text, run_dir, world, groups);  (data, model, optimizer)
  *   [trainer_resume(&t, ckpt_dir)]                                (state from a checkpoint)
- *   train_run(&t);                                                (to cfg.train.steps)
+ *   t.metrics = metrics_open(run_dir, t.step)   (root; after resume)
+ *   int status = train_run(&t);                                   (to cfg.train.steps or a stop)
  *   trainer_free(&t);
  */
 #ifndef DSTRAIN_TRAIN_H
@@ -70,6 +71,16 @@ typedef struct Trainer {
     double flops_per_token;     /* training FLOPs per token (model/flops.h) */
     double last_val;            /* last validation loss (NAN before the first) */
     Trace *trace;               /* the steps train.trace_steps names (NULL: none) */
+    /* operations (DESIGN.md "Operations"; runtime/guard.h for the exit statuses) */
+    int saved_step;             /* step of the last save started (-1: none this process) */
+    int failed_saves;           /* root: failed saves in a row */
+    int bad_steps;              /* non-finite steps in a row (skipped) */
+    long long bad_total;        /* non-finite steps skipped in this process */
+    double loss_mean;           /* running mean of the finite losses (spike rule) */
+    int loss_n;                 /* finite losses in loss_mean so far */
+    int64_t *sdc_sums;          /* (dp) every dp rank's weight checksum (train.sdc_every) */
+    int flip_rank, flip_step;   /* DSTRAIN_DEBUG_FLIP_BIT=RANK:STEP (tests; -1: none) */
+    float *ema;                 /* (total) root: host EMA of the weights (train.ema_decay > 0), else NULL */
 } Trainer;
 
 /* g: the job's groups (kept, not owned). Collective over g->dp_comm (rank 0 writes the
@@ -80,15 +91,28 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
 const ParamTable *trainer_table(const Trainer *t);
 /* Restore weights, optimizer moments and state from a verified checkpoint directory. */
 void trainer_resume(Trainer *t, const char *ckpt_dir);
+/* The EMA's starting point (train.ema_decay > 0; after resume / init-from): the checkpoint's EMA
+ * when ckpt_dir (may be NULL) holds one, else the current weights. */
+void trainer_init_ema(Trainer *t, const char *ckpt_dir);
 /* Replace the initial weights with those of a Hugging Face directory (dstrain export). */
 void trainer_init_from(Trainer *t, const char *hf_dir);
 /* Train from t->step to cfg.train.steps; validation and checkpoints at their intervals and at
- * the end. Collective over the groups: every rank calls it. */
-void train_run(Trainer *t);
+ * the end. Collective over the groups: every rank calls it. At the end of every step the ranks
+ * agree (one all-reduce) whether to stop early: a stop signal (a checkpoint of the step is
+ * saved, then TRAIN_EXIT_STOPPED), train.max_bad_steps non-finite steps in a row
+ * (TRAIN_EXIT_DIVERGED), train.max_failed_saves failed saves in a row (TRAIN_EXIT_SAVE), and
+ * every train.sdc_every steps whether the dp replicas' weights still agree (TRAIN_EXIT_SDC).
+ * Debug hook for the SDC test: DSTRAIN_DEBUG_FLIP_BIT=RANK:STEP flips the lowest bit of the
+ * first weight on dp rank RANK after step STEP.
+ * Returns the exit status of runtime/guard.h, the same on every rank. */
+int train_run(Trainer *t);
 /* Mean main (and MTP) validation loss over cfg.train.val_batches micro-batches (each rank its
  * share of them, averaged over dp_comm; collective). */
 double train_evaluate(Trainer *t, double *mtp);
 void trainer_free(Trainer *t);
+/* Micro-batches per step (per dp rank) after `tokens` tokens: the batch-size ramp
+ * (train.batch_ramp_start -> train.grad_accum over train.batch_ramp_tokens), then grad_accum. */
+int train_accum_at(const TrainConfig *c, long long tokens);
 
 /* The world main() started, for cmd_train (set once, before the command runs). */
 void train_set_world(World *w);

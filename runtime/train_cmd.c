@@ -6,6 +6,7 @@
  * so the job prints one report and one line per step.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -15,10 +16,12 @@
 
 #include "../checkpoint/ckpt_config.h"
 #include "../checkpoint/safetensors.h"
+#include "../comm/watchdog.h"
 #include "../model/flops.h"
 #include "commands.h"
 #include "common.h"
 #include "gpu_peak.h"
+#include "guard.h"
 #include "train.h"
 #include "train_pp.h"
 #ifdef DSTRAIN_HAVE_CUDA
@@ -27,7 +30,7 @@
 
 typedef struct TrainArgs {
     const char *config;
-    const char *resume;         /* NULL, "latest" or a checkpoint directory */
+    const char *resume;         /* NULL, "latest", "auto" or a checkpoint directory */
     const char *init_from;      /* NULL or a Hugging Face model directory (dstrain export) */
     int n_sets;
     char **sets;
@@ -50,18 +53,33 @@ static Groups *make_groups(World *w, const ParallelConfig *p)
 static void train_usage(FILE *f)
 {
     fprintf(f,
-            "usage: dstrain train CONFIG [--set section.key=value ...] [--resume latest|DIR]\n"
+            "usage: dstrain train CONFIG [--set section.key=value ...] [--resume auto|latest|DIR]\n"
             "                            [--init-from HF_DIR]\n"
             "\n"
             "Trains the model CONFIG describes; output goes to <train.run_dir>/<train.name>/:\n"
             "config.toml (resolved), metrics.jsonl, log.txt, ckpt-<step>/.\n"
             "  --set section.key=value   override one config key (repeatable)\n"
             "  --resume latest           continue from the newest checkpoint of the run that verifies\n"
+            "  --resume auto             the same, or start fresh when the run has no checkpoint yet\n"
+            "                            (for requeued batch jobs)\n"
             "  --resume DIR              continue from checkpoint directory DIR\n"
             "  --init-from HF_DIR        start from the weights of a Hugging Face DeepseekV3 directory\n"
             "                            (dstrain export or transformers save_pretrained); its\n"
             "                            config.json must match the [model] keys; MTP modules it\n"
             "                            lacks start fresh (a transformers save has none)\n"
+            "\n"
+            "SIGTERM, SIGINT or SIGUSR1 (e.g. sbatch --signal=USR1@120) stops the run at the end of the\n"
+            "step: every rank saves the checkpoint of that step and the run exits with status 75; a\n"
+            "second signal ends it at once. Under mpirun send SIGUSR1 to mpirun (it forwards it) or\n"
+            "the signal to the ranks; mpirun itself ends a job hard on SIGTERM. One trainer at a time\n"
+            "uses a run directory (flock on <run>/lock; a second one is refused).\n"
+            "exit status: 0 done; 1 bad input or environment, or the run directory is in use;\n"
+            "  3 diverged (train.max_bad_steps non-finite steps in a row; their updates were skipped);\n"
+            "  4 hung (an operation took longer than train.watchdog_s);\n"
+            "  5 silent data corruption (the data-parallel replicas' weights differ; train.sdc_every);\n"
+            "  74 checkpoint saves failed (train.max_failed_saves in a row, or the final one);\n"
+            "  75 stopped by a signal, checkpoint saved: resumable with --resume auto;\n"
+            "  128+N killed by signal N (a second stop signal)\n"
             "\nconfig keys (section, key, type, default, meaning):\n");
     config_print_help(f);
 }
@@ -132,9 +150,34 @@ static int config_compare(const Config *a, const Config *b)
     return changed;
 }
 
+/* A ckpt-<N> entry (verified or not) in run_dir; interrupted saves (.tmp) do not count. */
+static int has_checkpoint_dir(const char *run_dir)
+{
+    DIR *d = opendir(run_dir);
+    if (!d) return 0;
+    int found = 0;
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        const char *p = e->d_name;
+        if (strncmp(p, "ckpt-", 5) != 0 || !p[5]) continue;
+        p += 5;
+        while (*p >= '0' && *p <= '9') p++;
+        found = *p == 0;
+    }
+    closedir(d);
+    return found;
+}
+
+/* The checkpoint to resume from: a directory, the newest that verifies ("latest"), or that or
+ * NULL for a fresh start when the run has no checkpoint directory at all ("auto"; one that
+ * exists but does not verify is an error, never silently trained over). */
 static char *resolve_resume(const char *resume, const char *run_dir, int root)
 {
-    if (strcmp(resume, "latest") != 0) {
+    if (!strcmp(resume, "auto") && !has_checkpoint_dir(run_dir)) {
+        printf("resume: no checkpoint in '%s' yet; starting fresh (--resume auto)\n", run_dir);
+        return NULL;
+    }
+    if (strcmp(resume, "latest") != 0 && strcmp(resume, "auto") != 0) {
         char err[1024];
         if (ckpt_verify(resume, err, sizeof err) != 0) DIE("resume: %s", err);
         return xstrdup(resume);
@@ -211,6 +254,10 @@ static void print_banner(Trainer *t)
     printf("batch: %d micro-batches x %d sequences x %d tokens x %d dp ranks = %lld tokens/step\n",
            c->train.grad_accum, c->train.micro_batch_size, c->train.seq_len, dp,
            (long long)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp);
+    if (c->train.batch_ramp_start > 0)
+        printf("batch ramp: %d micro-batches per step at the start, growing linearly to %d over %lld tokens "
+               "(now %d)\n", c->train.batch_ramp_start, c->train.grad_accum, c->train.batch_ramp_tokens,
+               train_accum_at(&c->train, t->tokens));
     if (!t->pp) {
         model_print_memory(t->model, stdout);
         printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
@@ -228,6 +275,8 @@ static void print_banner(Trainer *t)
                   (double)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp, t->peak_flops);
 }
 
+_Static_assert(TRAIN_EXIT_HUNG == WATCHDOG_EXIT, "the watchdog exit status is documented as TRAIN_EXIT_HUNG");
+
 int cmd_train(int argc, char **argv)
 {
     TrainArgs a;
@@ -238,14 +287,27 @@ int cmd_train(int argc, char **argv)
     for (int i = 0; i < a.n_sets; i++) config_set(&cfg, a.sets[i]);
     config_validate(&cfg);
     CHECK(the_world != NULL);
+    /* these read and write the whole model's weights in one place, which a pipeline rank lacks */
+    if (cfg.parallel.pp > 1 && (cfg.train.ema_decay > 0 || cfg.train.sdc_every > 0 || cfg.train.batch_ramp_start > 0))
+        DIE("config: 'train.ema_decay', 'train.sdc_every' and 'train.batch_ramp_start' are not supported with "
+            "'parallel.pp' = %d > 1 yet (set them to 0)", cfg.parallel.pp);
     Groups *g = make_groups(the_world, &cfg.parallel);
     const int root = g->dp_rank == 0 && g->stage == 0;
     if (!root && !freopen("/dev/null", "w", stdout))
         DIE("cannot silence stdout of rank %d: %s", the_world->rank, strerror(errno));
 
+    guard_install_signals();   /* from here a stop signal is a flag, looked at after each step */
     char *run_dir = xasprintf("%s/%s", cfg.train.run_dir, cfg.train.name);
-    if (root) mkdir_p(run_dir);
-    comm_barrier(the_world->comm);
+    int lock_fd = -1;
+    int32_t locked = 1;
+    char lock_err[1024] = "";
+    if (root) {
+        mkdir_p(run_dir);
+        lock_fd = guard_lock_run_dir(run_dir, lock_err, sizeof lock_err);
+        locked = lock_fd >= 0;
+    }
+    if (the_world->size > 1) comm_broadcast(the_world->comm, &locked, 1, COMM_I32, 0);   /* also the barrier after mkdir */
+    if (!locked) world_exit_all(the_world, 1, "%s", lock_err);
     char *ckpt_dir = a.resume ? resolve_resume(a.resume, run_dir, root) : NULL;
     if (ckpt_dir) {
         char err[1024];
@@ -265,22 +327,27 @@ int cmd_train(int argc, char **argv)
     if (a.init_from && ckpt_dir) DIE("train: give --resume or --init-from, not both");
     if (ckpt_dir) trainer_resume(&t, ckpt_dir);
     if (a.init_from) trainer_init_from(&t, a.init_from);
+    if (t.ema) trainer_init_ema(&t, ckpt_dir);
+    if (root) t.metrics = metrics_open(run_dir, t.step);
     /* the MFU denominator is the job's: every rank takes its peak (measured: at the same time,
      * so ranks sharing cores are counted as they run) and the peaks add up */
     t.peak_flops = mfu_peak_flops(t.o);
     if (the_world->size > 1) comm_allreduce(the_world->comm, &t.peak_flops, 1, COMM_F64, COMM_SUM);
     if (root) print_banner(&t);
     if (t.pp) pp_print_memory(&t, stdout);     /* collective; the root's stdout prints */
-    train_run(&t);
+    watchdog_start(cfg.train.watchdog_s, the_world->rank);
+    int status = train_run(&t);
+    watchdog_stop();
     trainer_free(&t);
     groups_free(g);
+    guard_unlock(lock_fd);
     fflush(stdout);
     free(ckpt_dir);
     free(cfg_path);
     free(text);
     free(run_dir);
     free(a.sets);
-    return 0;
+    return status;
 }
 
 void trainer_resume(Trainer *t, const char *ckpt_dir)
@@ -305,6 +372,21 @@ void trainer_resume(Trainer *t, const char *ckpt_dir)
     t->rng.state = st.rng;
     data_set_state(t->train, st.data);
     printf("resume: step %d, %lld tokens seen\n", t->step, t->tokens);
+}
+
+void trainer_init_ema(Trainer *t, const char *ckpt_dir)
+{
+    const ParamTable *pt = model_table(t->model);
+    char err[1024];
+    int rc = ckpt_dir ? ckpt_load_ema(ckpt_dir, pt, t->ema, err, sizeof err) : 1;
+    if (rc < 0) DIE("resume: %s", err);
+    if (rc == 0) {
+        printf("ema: resumed from '%s'\n", ckpt_dir);
+        return;
+    }
+    t->o->download(t->o, t->ema, model_params(t->model), pt->total * sizeof(float));
+    printf("ema: starts from the %s weights (decay %g per step)\n", ckpt_dir ? "resumed" : "initial",
+           t->cfg.train.ema_decay);
 }
 
 /* Weights from a Hugging Face directory (safetensors by parameter name); the optimizer and
