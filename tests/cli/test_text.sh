@@ -76,21 +76,21 @@ PY
 read -r model unigram order4 < scores.txt
 echo "held-out bits per byte: model $model, unigram $unigram, order-4 $order4"
 holds() { "$PY" -c "import sys; sys.exit(not ($1))"; }
-# Margins from tests/tools/seed_sweep.sh text (docs/results/2026-12-06-test-margins.md): 16
-# trajectories: seeds 1-10 and 1337 with the sweep machine's GEMM kernels (SkylakeX), seeds
-# 1337, 11, 12 with Haswell and 1337, 13 with Nehalem kernels (OPENBLAS_CORETYPE, standing for
-# other CPUs; they move the trajectory as much as another seed); 2 threads gave the 1-thread
-# figures to 4 decimals. The baselines are counts: 4.549 (unigram) and 2.186 (order-4)
-# bits/byte on every machine. The model: min 2.318, mean 2.376, max 2.494 bits/byte, sd 0.038
-# (the worst: seed 11, Haswell; the next 2.407). Trained 100 steps instead of 300 it scores
-# 3.401, 200 steps 2.721.
-# Beats the unigram by >= 1.8 bits/byte: the worst run beat it by 2.055, 0.26 (7 sd) to spare; a
-# model that learned only byte frequencies scores the unigram, one that learned nothing 8.
+# Margins from tests/tools/seed_sweep.sh text (docs/results/2026-12-06-test-margins.md): 27
+# trajectories: seeds 1-20 and 1337 with the sweep machine's GEMM kernels (SkylakeX), seeds
+# 1337, 11, 12 with Haswell and 1337, 13, 14 with Nehalem kernels (OPENBLAS_CORETYPE, standing
+# for other CPUs; they move the trajectory as much as another seed does); 2 threads gave the
+# 1-thread figures to 4 decimals. The baselines are counts: 4.549 (unigram) and 2.186
+# (order-4) bits/byte on every machine. The model: min 2.318, mean 2.388, max 2.494 bits/byte,
+# sd 0.041 (the worst: seed 11 with Haswell kernels, 2.416 with SkylakeX ones). Trained 100
+# steps instead of 300 it scores 3.401, 200 steps 2.721.
+# Beats the unigram by >= 1.8 bits/byte: the worst run beat it by 2.055, 0.26 (6 sd) to spare;
+# a model that learned only byte frequencies scores the unigram, one that learned nothing 8.
 check "the model ($model bits/byte) beats the unigram baseline ($unigram) by >= 1.8 bits/byte" \
     "holds '$model <= $unigram - 1.8'"
 # Within a factor 1.25 of the order-4 model (<= 2.732 bits/byte here): the ratio was min 1.061,
-# mean 1.087, max 1.141 (sd 0.017), so 1.25 leaves 0.109 (6 sd) above the worst run; the 100-step
-# model (ratio 1.556) fails it.
+# mean 1.092, max 1.141 (sd 0.019), so 1.25 leaves 0.109 (6 sd) above the worst run; the
+# 100-step model (ratio 1.556) fails it.
 check "the model ($model bits/byte) is within a factor 1.25 of the order-4 model ($order4)" \
     "holds '$model <= 1.25 * $order4'"
 
@@ -101,7 +101,7 @@ check "a checkpoint was written at the end" "[ -n '$ckpt' ]"
 "$BIN" sample --ckpt "$ckpt" --prompt "This License applies to any program or other work which " \
     --tokens 120 --temperature 0 > greedy.txt 2> sample.err
 check "sample runs ($(head -c 300 sample.err))" "[ \$(wc -c < greedy.txt) -ge 170 ]"
-# sampled text (temperature 0.7, top-10) is printable and made mostly of the corpus's words
+# sampled text (temperature 0.7, top-10) is printable and made largely of the corpus's words
 "$BIN" sample --ckpt "$ckpt" --prompt "The " --tokens 400 --temperature 0.7 --top-k 10 --seed 3 > sample.txt
 echo "--- greedy ---"; cat greedy.txt; echo; echo "--- sampled ---"; cat sample.txt; echo "--------------"
 read -r printable share < <("$PY" - <<'PY'
@@ -113,9 +113,10 @@ print(sum(32 <= b < 127 or b in (9, 10) for b in t) * 100 // max(len(t), 1),
       100 * sum(w in corpus for w in words) // max(len(words), 1))
 PY
 )
-# Same sweep, sample seeds 3, 4, 5 of each run (45 samples): printable 100% every time (95
-# leaves 5 points); corpus words min 70, mean 77, max 86% (sd 4): 50 is 20 points (5 sd) below
-# the worst.
+# Spread: the 27 runs x sample seeds 3, 4, 5, and 40 sample seeds on each of seeds 17, 19, 20
+# (199 samples): printable 100% every time (95 leaves 5 points); corpus words min 54, mean 75,
+# max 86% (sd 5; the low ones drift into the license's all-capitals disclaimer, which the model
+# spells worse). 40 is 14 points below the worst; samples of the unigram model score 8-21%.
 check "the sample is printable text ($printable%)" '[ "$printable" -ge 95 ]'
-check "most sampled words are words of the corpus ($share%)" '[ "$share" -ge 50 ]'
+check "at least 40% of the sampled words are words of the corpus ($share%)" '[ "$share" -ge 40 ]'
 finish
