@@ -111,6 +111,60 @@ static void refresh_weights(Model *m)
     m->wgts_stale = 0;
 }
 
+/* Which blocks are MoE blocks (main layers from first_k_dense_replace on, every MTP block). */
+static void mark_blocks(Model *m)
+{
+    m->nblocks = m->d.L + m->d.D;
+    m->is_moe = xcalloc((size_t)m->nblocks, sizeof(int));
+    m->moe_block = xcalloc((size_t)m->nblocks, sizeof(int));
+    m->moe_slot = xcalloc((size_t)m->nblocks, sizeof(int));
+    for (int b = 0; b < m->nblocks; b++) {
+        m->is_moe[b] = b >= m->d.L || b >= m->cfg.first_k_dense_replace;
+        m->moe_slot[b] = m->is_moe[b] ? m->n_moe : -1;
+        if (m->is_moe[b]) m->moe_block[m->n_moe++] = b;
+    }
+}
+
+void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, ModelBytes *out)
+{
+    memset(out, 0, sizeof *out);
+    Model *m = xcalloc(1, sizeof *m);
+    m->cfg = *c;
+    m->o = o;
+    m->train = train;
+    dims_from_config(&m->d, c, B, T, (int)o->act_bytes);
+    if (ep > 1 && m->d.E > 0) {
+        /* the group's sizes without its comm: the count passes below only take arena space */
+        m->ep.size = ep;
+        m->ep.E = m->d.E;
+        m->ep.n_local = m->d.E / ep;
+        m->d.ep = &m->ep;
+        m->d.R = ep * m->d.N * m->d.K;
+    }
+    mark_blocks(m);
+    m->acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
+    size_t entries, total;
+    params_measure(c, &entries, &total);
+    out->table = entries * sizeof(Param);
+    out->params = total * sizeof(float);
+    out->grads = train ? out->params : 0;
+    Arena ar = { NULL, 0 };
+    plan_acts(m, &ar);
+    out->acts = ar.used;
+    ar.used = 0;
+    if (train) plan_backward(m, &ar);
+    out->scratch = ar.used;
+    /* model_create's per-expert host arrays: two Wgts per expert and MoE block, the counts and
+     * the bias update's staging */
+    const size_t E = (size_t)m->d.E, nm = (size_t)m->n_moe;
+    out->experts_host = nm * 2 * E * sizeof(Wgt) + nm * E * sizeof(float) + E * (sizeof(float) + sizeof(double));
+    free(m->is_moe);
+    free(m->moe_block);
+    free(m->moe_slot);
+    free(m->acts);
+    free(m);
+}
+
 Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train)
 {
     return model_create_ep(c, o, B, T, train, NULL, 0);
@@ -136,15 +190,7 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
         m->d.R = ep_comm->size * m->d.N * m->d.K;
     }
     params_build(&m->table, c);
-    m->nblocks = m->d.L + m->d.D;
-    m->is_moe = xcalloc((size_t)m->nblocks, sizeof(int));
-    m->moe_block = xcalloc((size_t)m->nblocks, sizeof(int));
-    m->moe_slot = xcalloc((size_t)m->nblocks, sizeof(int));
-    for (int b = 0; b < m->nblocks; b++) {
-        m->is_moe[b] = b >= m->d.L || b >= c->first_k_dense_replace;
-        m->moe_slot[b] = m->is_moe[b] ? m->n_moe : -1;
-        if (m->is_moe[b]) m->moe_block[m->n_moe++] = b;
-    }
+    mark_blocks(m);
     m->w = xcalloc((size_t)m->nblocks, sizeof(BlockWeights));
     m->g = xcalloc((size_t)m->nblocks, sizeof(BlockGrads));
     m->expert_wgts = xcalloc((size_t)m->n_moe * 2 * m->d.E + 1, sizeof(Wgt));

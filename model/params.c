@@ -17,7 +17,8 @@
 #include "../runtime/common.h"
 #include "flops.h"
 
-typedef struct Builder { ParamTable *t; int cap; } Builder;
+/* count_only: entries and floats are counted, nothing is stored (params_measure). */
+typedef struct Builder { ParamTable *t; int cap; int count_only; size_t n; } Builder;
 
 static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer, int expert,
                 int mtp, long rows, long cols, const char *fmt, ...) __attribute__((format(printf, 10, 11)));
@@ -26,6 +27,12 @@ static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer
                 int mtp, long rows, long cols, const char *fmt, ...)
 {
     ParamTable *t = b->t;
+    CHECK(rows > 0 && cols >= 0);
+    if (b->count_only) {
+        b->n++;
+        t->total += (size_t)rows * (size_t)(cols ? cols : 1);
+        return;
+    }
     if (t->n == b->cap) {
         b->cap = b->cap ? 2 * b->cap : 256;
         t->p = realloc(t->p, (size_t)b->cap * sizeof(Param));
@@ -38,7 +45,6 @@ static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer
     int n = vsnprintf(p->name, sizeof p->name, fmt, ap);
     va_end(ap);
     CHECK(n > 0 && n < (int)sizeof p->name);
-    CHECK(rows > 0 && cols >= 0);
     p->ndim = cols == 0 ? 1 : 2;   /* cols 0: a vector of rows values */
     p->rows = rows;
     p->cols = cols ? cols : 1;
@@ -115,11 +121,18 @@ static void add_block(Builder *b, const ModelConfig *c, int l, int mtp)
     const long E = c->n_routed_experts, F = c->moe_intermediate_size;
     add(b, ROLE_ROUTER, INIT_NORMAL, 0, l, -1, mtp, E, C, "%s.mlp.gate.weight", pre);
     add(b, ROLE_ROUTER, INIT_ZEROS, 0, l, -1, mtp, E, 0, "%s.mlp.gate.e_score_correction_bias", pre);
-    b->t->p[b->t->n - 1].trained = 0;
+    if (!b->count_only) b->t->p[b->t->n - 1].trained = 0;
     if (c->n_shared_experts > 0) {
         char sh[PARAM_NAME_MAX];
         snprintf(sh, sizeof sh, "%s.mlp.shared_experts", pre);
         add_swiglu(b, ROLE_SHARED_EXPERT, l, -1, mtp, C, (long)c->n_shared_experts * F, sh);
+    }
+    if (b->count_only) {
+        /* the same three entries per expert as below, counted at once (E may be too large to
+         * walk: measuring exists to refuse such a table before it is built) */
+        b->n += 3 * (size_t)E;
+        b->t->total += (size_t)E * 3 * (size_t)F * (size_t)C;
+        return;
     }
     for (int e = 0; e < E; e++) {
         char ex[PARAM_NAME_MAX];
@@ -128,25 +141,42 @@ static void add_block(Builder *b, const ModelConfig *c, int l, int mtp)
     }
 }
 
+static void build(Builder *b, const ModelConfig *c);
+
 void params_build(ParamTable *t, const ModelConfig *c)
 {
     memset(t, 0, sizeof *t);
-    Builder b = { t, 0 };
+    Builder b = { t, 0, 0, 0 };
+    build(&b, c);
+}
+
+void params_measure(const ModelConfig *c, size_t *entries, size_t *total)
+{
+    ParamTable t;
+    memset(&t, 0, sizeof t);
+    Builder b = { &t, 0, 1, 0 };
+    build(&b, c);
+    *entries = b.n;
+    *total = t.total;
+}
+
+static void build(Builder *b, const ModelConfig *c)
+{
     const long V = c->vocab_size, C = c->hidden_size;
     const int L = c->num_hidden_layers;
 
-    add(&b, ROLE_EMBED, INIT_NORMAL, 1, -1, -1, 0, V, C, "model.embed_tokens.weight");
-    for (int l = 0; l < L; l++) add_block(&b, c, l, 0);
+    add(b, ROLE_EMBED, INIT_NORMAL, 1, -1, -1, 0, V, C, "model.embed_tokens.weight");
+    for (int l = 0; l < L; l++) add_block(b, c, l, 0);
     for (int k = 1; k <= c->num_nextn_predict_layers; k++) {
         int l = L + k - 1;
-        add(&b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.enorm.weight", l);
-        add(&b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.hnorm.weight", l);
-        add(&b, ROLE_MTP_PROJ, INIT_NORMAL, 1, l, -1, 1, C, 2 * C, "model.layers.%d.eh_proj.weight", l);
-        add_block(&b, c, l, 1);
-        add(&b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.shared_head.norm.weight", l);
+        add(b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.enorm.weight", l);
+        add(b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.hnorm.weight", l);
+        add(b, ROLE_MTP_PROJ, INIT_NORMAL, 1, l, -1, 1, C, 2 * C, "model.layers.%d.eh_proj.weight", l);
+        add_block(b, c, l, 1);
+        add(b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.shared_head.norm.weight", l);
     }
-    add(&b, ROLE_NORM, INIT_ONES, 0, -1, -1, 0, C, 0, "model.norm.weight");
-    add(&b, ROLE_HEAD, INIT_NORMAL, 1, -1, -1, 0, V, C, "lm_head.weight");
+    add(b, ROLE_NORM, INIT_ONES, 0, -1, -1, 0, C, 0, "model.norm.weight");
+    add(b, ROLE_HEAD, INIT_NORMAL, 1, -1, -1, 0, V, C, "lm_head.weight");
 }
 
 void params_free(ParamTable *t)

@@ -65,6 +65,9 @@ typedef struct ParamTable {
 /* Build the table for a (validated) config; no tensor memory is allocated. */
 void params_build(ParamTable *t, const ModelConfig *c);
 void params_free(ParamTable *t);
+/* What params_build would build, without building it: the number of entries and the floats of
+ * the flat buffer (so a table too large for memory is refused before it is built). */
+void params_measure(const ModelConfig *c, size_t *entries, size_t *total);
 /* The entry with this exact name, or NULL. */
 const Param *params_find(const ParamTable *t, const char *name);
 /* Offset of "model.layers.<layer>.<suffix>" (layer < 0: the name is used as is); DIE if absent. */

@@ -13,6 +13,7 @@
 
 #include "../model/flops.h"
 #include "common.h"
+#include "runtime/shard.h"
 #include "synth.h"
 
 static Precision parse_precision(const char *s)
@@ -98,6 +99,7 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     const TrainConfig *tc = &cfg->train;
     Precision prec = parse_precision(tc->precision);
     t->o = strcmp(tc->device, "cuda") == 0 ? ops_cuda_create(prec) : ops_cpu_create(tc->threads, prec);
+    shard_check_memory(&t->mem, &t->mem_limit, cfg, t->o, g, w->local_size);
 
     if (t->root) ensure_data(cfg);
     comm_barrier(g->dp_comm);

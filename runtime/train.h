@@ -37,6 +37,7 @@
 #include "data.h"
 #include "metrics.h"
 #include "optim.h"
+#include "runtime/memcheck.h"
 
 typedef struct Trainer {
     Config cfg;
@@ -65,6 +66,8 @@ typedef struct Trainer {
     double peak_flops;          /* measured GEMM FLOP/s of this backend */
     double flops_per_token;     /* training FLOPs per token (model/flops.h) */
     double last_val;            /* last validation loss (NAN before the first) */
+    MemPlan mem;                /* the memory this rank planned (runtime/shard.h) */
+    MemLimit mem_limit;         /* and the limit it was checked against */
 } Trainer;
 
 /* g: the job's groups (kept, not owned). Collective over g->dp_comm (rank 0 writes the

@@ -199,6 +199,7 @@ static void print_banner(Trainer *t)
            2.0 * (t->hi - t->lo) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
     printf("  %-24s %10.1f MiB  (host snapshot for checkpoints)\n", "checkpoint staging",
            (pt->total + 2.0 * t->padded) * sizeof(float) / 1048576.0);
+    memplan_print(&t->mem, &t->mem_limit, !strcmp(t->o->name, "cpu"), stdout);
     if (peak_device[0])
         printf("peak: datasheet dense BF16 %.1f TFLOP/s%s (the MFU denominator)\n", t->peak_flops / 1e12,
                dp > 1 ? ", summed over the dp ranks" : "");
