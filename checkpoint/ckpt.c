@@ -403,8 +403,9 @@ static int has_name(const char **sorted, int n, const char *name)
     return bsearch(&name, sorted, (size_t)n, sizeof *sorted, cmp_str) != NULL;
 }
 
-/* The manifest's tensor list of f must be exactly the table's names: checked before the .h5
- * is opened, so every later HDF5 lookup is by a known name. */
+/* The manifest's tensor list of f must be exactly the table's names (a superset of them for a
+ * rank's selection of the table): checked before the .h5 is opened, so every later HDF5 lookup
+ * is by a known name. */
 static int check_names(const CkptManifestFile *f, const ParamTable *t, char *err, size_t errlen)
 {
     const char **table = malloc((size_t)t->n * sizeof *table + 1);
@@ -416,7 +417,8 @@ static int check_names(const CkptManifestFile *f, const ParamTable *t, char *err
         qsort(table, (size_t)t->n, sizeof *table, cmp_str);
         qsort(listed, (size_t)f->n_tensors, sizeof *listed, cmp_str);
     }
-    for (int i = 0; rc == 0 && i < f->n_tensors; i++)
+    /* a rank's selection (model/params.h params_select) reads the tensors it holds */
+    for (int i = 0; rc == 0 && !t->selected && i < f->n_tensors; i++)
         if (!has_name(table, t->n, f->tensors[i]))
             rc = ckpt_fail(err, errlen, "tensor '%s' is not in the model (checkpoint of another config?)",
                            f->tensors[i]);

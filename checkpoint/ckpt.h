@@ -127,7 +127,8 @@ int ckpt_find_latest(const char *run_dir, char *out, size_t outlen, FILE *log);
  * or ckpt_load for those. */
 char *ckpt_read_config(const char *ckpt_dir, char *err, size_t errlen);
 /* Load into host buffers sized by table (which must match the checkpoint's tensors: a name,
- * shape or count mismatch is an error naming the tensor). adam_m / adam_v may be NULL.
+ * shape or count mismatch is an error naming the tensor; a rank's selection of the table,
+ * params_select, reads the tensors it holds). adam_m / adam_v may be NULL.
  * state may be NULL. Verifies first (ckpt_verify), then checks the manifest's tensor list
  * against the table before the .h5 is opened; state->step and ->tokens agree with the
  * manifest. */

@@ -67,7 +67,7 @@ static char *arena_build(Model *m, void (*plan)(Model *, Arena *), size_t *bytes
 static void plan_weights(Model *m, Arena *ar)
 {
     const ModelConfig *c = &m->cfg;
-    const int E = m->d.E;
+    const int E = m->table.expert_n;    /* experts held here */
     for (int b = 0, slot = 0; b < m->nblocks; b++) {
         if (m->is_moe[b]) {
             m->w[b].expert_gate_up = m->expert_wgts + (size_t)slot * 2 * E;
@@ -85,9 +85,9 @@ static void plan_weights(Model *m, Arena *ar)
 static void list_weights(Model *m)
 {
     int n = 0;
-    for (int b = 0; b < m->nblocks; b++) n += block_wgts(&m->w[b], m->d.E, NULL);
+    for (int b = 0; b < m->nblocks; b++) n += block_wgts(&m->w[b], m->table.expert_n, NULL);
     m->wgts = xcalloc((size_t)n + m->d.D + 1, sizeof(Wgt *));
-    for (int b = 0; b < m->nblocks; b++) m->n_wgts += block_wgts(&m->w[b], m->d.E, m->wgts + m->n_wgts);
+    for (int b = 0; b < m->nblocks; b++) m->n_wgts += block_wgts(&m->w[b], m->table.expert_n, m->wgts + m->n_wgts);
     for (int k = 0; k < m->d.D; k++) m->wgts[m->n_wgts++] = &m->mtp_w[k].eh_proj;
     m->wgts[m->n_wgts++] = &m->head;
     m->wgts_stale = 1;
@@ -145,6 +145,11 @@ void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int
     m->acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
     size_t entries, total;
     params_measure(c, &entries, &total);
+    if (ep > 1 && m->d.E > 0) {
+        /* a rank holds E / ep of the routed experts (params_select) */
+        const size_t routed = params_measure_routed(c);
+        total -= routed - routed / (size_t)ep;
+    }
     out->table = entries * sizeof(Param);
     out->params = total * sizeof(float);
     out->grads = train ? out->params : 0;
@@ -157,7 +162,8 @@ void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int
     /* model_create's per-expert host arrays: two Wgts per expert and MoE block, the counts and
      * the bias update's staging */
     const size_t E = (size_t)m->d.E, nm = (size_t)m->n_moe;
-    out->experts_host = nm * 2 * E * sizeof(Wgt) + nm * E * sizeof(float) + E * (sizeof(float) + sizeof(double));
+    out->experts_host = nm * 2 * (E / (size_t)(ep > 1 ? ep : 1)) * sizeof(Wgt) + nm * E * sizeof(float) +
+                        E * (sizeof(float) + sizeof(double));
     free(m->is_moe);
     free(m->moe_block);
     free(m->moe_slot);
@@ -190,10 +196,17 @@ Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Co
         m->d.R = ep_comm->size * m->d.N * m->d.K;
     }
     params_build(&m->table, c);
+    if (m->d.ep) {
+        /* this rank's experts only (DESIGN.md section 5): bound by local index j, expert
+         * expert_lo + j of the routing */
+        ParamTable full = m->table;
+        params_select(&m->table, &full, m->ep.rank * m->ep.n_local, m->ep.n_local);
+        params_free(&full);
+    }
     mark_blocks(m);
     m->w = xcalloc((size_t)m->nblocks, sizeof(BlockWeights));
     m->g = xcalloc((size_t)m->nblocks, sizeof(BlockGrads));
-    m->expert_wgts = xcalloc((size_t)m->n_moe * 2 * m->d.E + 1, sizeof(Wgt));
+    m->expert_wgts = xcalloc((size_t)m->n_moe * 2 * m->table.expert_n + 1, sizeof(Wgt));
     m->acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
 
     m->bytes_params = m->table.total * sizeof(float);

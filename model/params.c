@@ -18,7 +18,7 @@
 #include "flops.h"
 
 /* count_only: entries and floats are counted, nothing is stored (params_measure). */
-typedef struct Builder { ParamTable *t; int cap; int count_only; size_t n; } Builder;
+typedef struct Builder { ParamTable *t; int cap; int count_only; size_t n, routed; } Builder;
 
 static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer, int expert,
                 int mtp, long rows, long cols, const char *fmt, ...) __attribute__((format(printf, 10, 11)));
@@ -57,6 +57,7 @@ static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer
     p->layer = layer;
     p->expert = expert;
     p->mtp = mtp;
+    p->index = t->n - 1;
     t->total += p->numel;
 }
 
@@ -132,6 +133,7 @@ static void add_block(Builder *b, const ModelConfig *c, int l, int mtp)
          * walk: measuring exists to refuse such a table before it is built) */
         b->n += 3 * (size_t)E;
         b->t->total += (size_t)E * 3 * (size_t)F * (size_t)C;
+        b->routed += (size_t)E * 3 * (size_t)F * (size_t)C;
         return;
     }
     for (int e = 0; e < E; e++) {
@@ -146,18 +148,62 @@ static void build(Builder *b, const ModelConfig *c);
 void params_build(ParamTable *t, const ModelConfig *c)
 {
     memset(t, 0, sizeof *t);
-    Builder b = { t, 0, 0, 0 };
+    Builder b = { t, 0, 0, 0, 0 };
     build(&b, c);
+    t->expert_lo = 0;
+    t->expert_n = c->n_routed_experts;
+    t->n_replicated = t->total;
+}
+
+static int held(const Param *p, int lo, int n)
+{
+    return p->role != ROLE_ROUTED_EXPERT || (p->expert >= lo && p->expert < lo + n);
+}
+
+void params_select(ParamTable *out, const ParamTable *full, int expert_lo, int expert_n)
+{
+    memset(out, 0, sizeof *out);
+    out->p = xcalloc((size_t)full->n + 1, sizeof(Param));
+    out->expert_lo = expert_lo;
+    out->expert_n = expert_n;
+    out->selected = expert_lo != full->expert_lo || expert_n != full->expert_n;
+    if (!out->selected) {
+        memcpy(out->p, full->p, (size_t)full->n * sizeof(Param));
+        out->n = full->n;
+        out->total = out->n_replicated = full->total;
+        return;
+    }
+    /* entries in offset order (the optimizer walks runs of adjacent entries): the replicated
+     * ones, then the routed experts held */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < full->n; i++) {
+            const Param *q = &full->p[i];
+            if ((q->role == ROLE_ROUTED_EXPERT) != pass || !held(q, expert_lo, expert_n)) continue;
+            Param *p = &out->p[out->n++];
+            *p = *q;
+            p->offset = out->total;
+            out->total += p->numel;
+            if (pass == 0) out->n_replicated = out->total;
+        }
 }
 
 void params_measure(const ModelConfig *c, size_t *entries, size_t *total)
 {
     ParamTable t;
     memset(&t, 0, sizeof t);
-    Builder b = { &t, 0, 1, 0 };
+    Builder b = { &t, 0, 1, 0, 0 };
     build(&b, c);
     *entries = b.n;
     *total = t.total;
+}
+
+size_t params_measure_routed(const ModelConfig *c)
+{
+    ParamTable t;
+    memset(&t, 0, sizeof t);
+    Builder b = { &t, 0, 1, 0, 0 };
+    build(&b, c);
+    return b.routed;
 }
 
 static void build(Builder *b, const ModelConfig *c)
@@ -245,7 +291,7 @@ void params_init(const ParamTable *t, const ModelConfig *c, float *host, unsigne
         const Param *p = &t->p[i];
         float *w = host + p->offset;
         Rng r;
-        rng_seed(&r, seed * 0x100000001B3ull + (unsigned long long)i * 0x9E3779B97F4A7C15ull);
+        rng_seed(&r, seed * 0x100000001B3ull + (unsigned long long)p->index * 0x9E3779B97F4A7C15ull);
         for (size_t j = 0; j < p->numel; j++) {
             switch (p->init) {
             case INIT_NORMAL: w[j] = std * rng_normal(&r); break;

@@ -54,20 +54,36 @@ typedef struct Param {
     int layer;              /* block index (MTP k at L+k-1); -1 for embedding, final norm, head */
     int expert;             /* routed expert index; -1 otherwise */
     int mtp;                /* 1 for tensors of an MTP module (layer >= L) */
+    int index;              /* position in the full table (params_build), kept by params_select:
+                             * initialisation is seeded by it */
 } Param;
 
 typedef struct ParamTable {
     Param *p;
     int n;
     size_t total;           /* floats in the flat buffer */
+    int expert_lo, expert_n;    /* routed experts held: expert_lo .. expert_lo + expert_n - 1 */
+    size_t n_replicated;    /* floats of the replicated region [0, n_replicated); the routed
+                             * experts' region is [n_replicated, total) (params_select) */
+    int selected;           /* a rank's selection (params_select with a strict subset) */
 } ParamTable;
 
 /* Build the table for a (validated) config; no tensor memory is allocated. */
 void params_build(ParamTable *t, const ModelConfig *c);
 void params_free(ParamTable *t);
+/* A rank's table (DESIGN.md section 5 "Ownership"): the entries of full except the routed
+ * experts outside [expert_lo, expert_lo + expert_n), every entry keeping its name, shape and
+ * global index. With every expert selected the copy is exact (same offsets, one region:
+ * n_replicated = total). Otherwise the entries (and the flat buffer, in the same order) form
+ * two regions: the replicated entries first, in table order, then the selected experts'
+ * entries, in table order (so an expert's gate_proj, up_proj, down_proj stay adjacent and a
+ * layer's experts consecutive). */
+void params_select(ParamTable *out, const ParamTable *full, int expert_lo, int expert_n);
 /* What params_build would build, without building it: the number of entries and the floats of
  * the flat buffer (so a table too large for memory is refused before it is built). */
 void params_measure(const ModelConfig *c, size_t *entries, size_t *total);
+/* Of those floats, the routed experts' (all E of every MoE block). */
+size_t params_measure_routed(const ModelConfig *c);
 /* The entry with this exact name, or NULL. */
 const Param *params_find(const ParamTable *t, const char *name);
 /* Offset of "model.layers.<layer>.<suffix>" (layer < 0: the name is used as is); DIE if absent. */
@@ -87,7 +103,8 @@ double params_active(const ParamTable *t, const ModelConfig *c);
 
 /* Fill a host buffer with the initial values (normal(0, initializer_range), ones, zeros),
  * deterministic in seed and independent of the order of other tensors: each tensor draws
- * from its own stream seeded by (seed, table index). */
+ * from its own stream seeded by (seed, global index), so a selection starts from the same
+ * weights as the full table. */
 void params_init(const ParamTable *t, const ModelConfig *c, float *host, unsigned long long seed);
 
 #endif

@@ -13,6 +13,7 @@
 
 #include "../model/flops.h"
 #include "common.h"
+#include "runtime/ckpt_gather.h"
 #include "runtime/shard.h"
 #include "synth.h"
 
@@ -33,57 +34,6 @@ static void ensure_data(const Config *c)
     printf("data: no shards in '%s'; writing the built-in synthetic corpus (%lld tokens)\n", c->data.dir,
            c->data.synthetic_tokens);
     synth_prepare(c->data.dir, c->data.synthetic_tokens, (uint64_t)c->train.seed, c->model.vocab_size);
-}
-
-/* ZeRO-1 slices: dp equal slices of S = ceil(total / dp) floats (the last ones shorter or
- * empty); this rank updates [lo, hi). Host staging for the exchanges (the comm works on host
- * memory; with the cpu backend the transfers are copies). */
-static void zero_plan(Trainer *t, size_t total)
-{
-    const int dp = t->groups->dp, r = t->groups->dp_rank;
-    t->slice = (total + dp - 1) / dp;
-    t->padded = t->slice * dp;
-    t->lo = (size_t)r * t->slice < total ? (size_t)r * t->slice : total;
-    t->hi = t->lo + t->slice < total ? t->lo + t->slice : total;
-    if (dp == 1) return;
-    t->zero_full = xcalloc(t->padded, sizeof(float));
-    t->zero_part = xcalloc(t->slice, sizeof(float));
-    t->grad_slice = t->o->alloc(t->o, t->slice * sizeof(float));
-}
-
-/* grads of the whole table -> the sum over dp ranks of this rank's slice, in t->grad_slice
- * (reduce-scatter; the padding past total is zero on every rank). */
-static float *zero_reduce_grads(Trainer *t)
-{
-    const size_t total = model_table(t->model)->total;
-    t->o->download(t->o, t->zero_full, model_grads(t->model), total * sizeof(float));
-    comm_reduce_scatter(t->groups->dp_comm, t->zero_part, t->zero_full, t->slice, COMM_F32, COMM_SUM);
-    t->o->upload(t->o, t->grad_slice, t->zero_part, t->slice * sizeof(float));
-    return t->grad_slice;
-}
-
-/* params[lo, hi) of every rank -> every rank's params (all-gather). */
-static void zero_gather_params(Trainer *t)
-{
-    const size_t total = model_table(t->model)->total;
-    float *full = t->zero_full, *mine = full + (size_t)t->groups->dp_rank * t->slice;
-    float *params = model_params(t->model);
-    t->o->download(t->o, mine, params + t->lo, (t->hi - t->lo) * sizeof(float));
-    comm_allgather(t->groups->dp_comm, full, mine, t->slice, COMM_F32);
-    t->o->upload(t->o, params, full, total * sizeof(float));
-}
-
-/* host_m, host_v (padded; the table's moments in [0, total)) <- every rank's slice of them
- * (all-gather; collective over dp). */
-static void zero_gather_moments(Trainer *t)
-{
-    const size_t n = t->hi - t->lo;
-    float *dst[2] = { t->host_m, t->host_v }, *src[2] = { t->opt.m, t->opt.v };
-    for (int k = 0; k < 2; k++) {
-        float *mine = dst[k] + (size_t)t->groups->dp_rank * t->slice;
-        t->o->download(t->o, mine, src[k], n * sizeof(float));
-        if (t->groups->dp > 1) comm_allgather(t->groups->dp_comm, dst[k], mine, t->slice, COMM_F32);
-    }
 }
 
 void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir, const World *w,
@@ -111,15 +61,15 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->model = model_create_ep(&cfg->model, t->o, B, T, 1, g->ep > 1 ? g->ep_comm : NULL, w->node);
     model_init_params(t->model, (uint64_t)tc->seed);
     const ParamTable *pt = model_table(t->model);
-    zero_plan(t, pt->total);
-    optim_init_shard(&t->opt, t->o, pt, &cfg->optim, tc->bf16_moments, t->lo, t->hi);
+    shard_init(&t->shard, t->o, pt, g, &cfg->optim, tc->bf16_moments);
     rng_seed(&t->rng, (uint64_t)tc->seed ^ 0x7261696e696e67ull);
     t->metrics = t->root ? metrics_open(run_dir) : NULL;
     t->ckpt = ckpt_writer_create();
     t->host_params = xmalloc(pt->total * sizeof(float));
     t->host_counts = xcalloc((size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1, sizeof(float));
-    t->host_m = xmalloc(t->padded * sizeof(float));
-    t->host_v = xmalloc(t->padded * sizeof(float));
+    t->host_m = xmalloc(pt->total * sizeof(float));
+    t->host_v = xmalloc(pt->total * sizeof(float));
+    if (t->root && pt->selected) ckpt_gather_init(&t->gather, pt, &cfg->model, g);
     t->flops_per_token = flops_per_token(&cfg->model, T, cfg->model.num_nextn_predict_layers > 0);
 }
 
@@ -129,10 +79,8 @@ void trainer_free(Trainer *t)
     if (ckpt_writer_finish(t->ckpt, err, sizeof err) != 0) fprintf(stderr, "dstrain: %s\n", err);
     ckpt_writer_destroy(t->ckpt);
     if (t->metrics) metrics_close(t->metrics);
-    optim_free(&t->opt);
-    if (t->grad_slice) t->o->free(t->o, t->grad_slice);
-    free(t->zero_full);
-    free(t->zero_part);
+    shard_free(&t->shard, t->o);
+    ckpt_gather_free(&t->gather);
     model_destroy(t->model);
     data_close(t->train);
     data_close(t->val);
@@ -216,21 +164,14 @@ static void train_step(Trainer *t, StepMetrics *s)
     s->loss = losses[0];
     s->balance = losses[1];
     for (int k = 0; k < D; k++) s->mtp[k] = losses[2 + k];
-    /* ZeRO-1: this rank's slice of the sum of the gradients over dp ranks; the mean (the global
-     * gradient) is that times 1/dp, which the norm and the optimizer's grad_scale apply (exact
-     * for dp a power of two). An expert's gradient is nonzero only on the ranks holding it (one
-     * per EP group: dp/ep of them, each with the tokens of its whole group), so the same sum is
-     * the expert's gradient over all dp * B * T tokens. The norm sums the slices' squares. */
-    float *grads = dp > 1 ? zero_reduce_grads(t) : model_grads(m);
-    s->grad_norm = optim_grad_norm(&t->opt, grads);
-    if (dp > 1) {
-        double sq = s->grad_norm * s->grad_norm;
-        comm_allreduce(t->groups->dp_comm, &sq, 1, COMM_F64, COMM_SUM);
-        s->grad_norm = sqrt(sq) / dp;
-    }
+    /* ZeRO-1 per region (runtime/shard.h): this rank's slices of the gradients summed over
+     * the region's group; the mean (the global gradient) is that times 1/dp, which the norm
+     * and the optimizer's grad_scale apply (exact for dp a power of two). */
+    shard_reduce_grads(&t->shard, t->o, model_grads(m));
+    s->grad_norm = shard_grad_norm(&t->shard);
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
-    optim_step(&t->opt, model_params(m), grads, s->lr, clip_scale(s->grad_norm, c->optim.grad_clip) / dp);
-    if (dp > 1) zero_gather_params(t);
+    shard_step(&t->shard, model_params(m), s->lr, clip_scale(s->grad_norm, c->optim.grad_clip) / dp);
+    shard_gather_params(&t->shard, t->o, model_params(m));
     sum_counts_over_dp(t);
     s->max_nodes = model_max_nodes(m);
     if (dp > 1) {
@@ -250,18 +191,23 @@ static void train_step(Trainer *t, StepMetrics *s)
  * save, and the writer's snapshot copy; the write itself runs in the background. */
 static void save_checkpoint(Trainer *t)
 {
-    /* every dp rank holds the same weights (train.h); the moments are gathered from the slices,
-     * so the root's copy is the job's and the checkpoint is a one-rank one, resumable at any
-     * dp. Collective over dp_comm; the root writes. */
+    /* the moments are gathered from the slices; with every expert on every rank each rank
+     * then holds the whole table and the root's copy is the job's; with experts spread over
+     * EP ranks the root gathers theirs (runtime/ckpt_gather.h). Either way the checkpoint is a
+     * one-rank one, resumable at any (dp, ep). Collective over the groups; the root writes. */
     const ParamTable *pt = model_table(t->model);
-    const size_t bytes = pt->total * sizeof(float);
     double t0 = now_seconds();
-    zero_gather_moments(t);
+    shard_gather_moments(&t->shard, t->o, t->host_m, t->host_v);
+    t->o->download(t->o, t->host_params, model_params(t->model), pt->total * sizeof(float));
+    const ParamTable *table = pt;
+    const float *params = t->host_params, *adam_m = t->host_m, *adam_v = t->host_v;
+    if (pt->selected)
+        ckpt_gather_experts(&t->gather, pt, t->groups, t->host_params, t->host_m, t->host_v, &table, &params,
+                            &adam_m, &adam_v);
     if (!t->root) return;
-    t->o->download(t->o, t->host_params, model_params(t->model), bytes);
     CkptRequest r = {
-        .run_dir = t->run_dir, .config_text = t->config_text, .table = pt,
-        .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v,
+        .run_dir = t->run_dir, .config_text = t->config_text, .table = table,
+        .params = params, .adam_m = adam_m, .adam_v = adam_v,
         .state = { .step = t->step, .tokens = t->tokens, .data = data_get_state(t->train), .rng = t->rng.state },
         .keep = t->cfg.train.keep_checkpoints,
         .layout = { .world_size = 1, .pp = 1, .dp = 1, .ep = 1 },

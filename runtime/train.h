@@ -13,12 +13,13 @@
  * checkpoint the moments are gathered; rank 0 alone prints, writes metrics and checkpoints (a
  * one-rank checkpoint: layout {1, 1, 1, 1}), and every rank resumes from the same one, taking
  * its slice of the moments.
- * Expert parallelism (ep > 1, dividing dp): the model runs each rank's E/ep experts on the
- * tokens of its EP group (model_create_ep); every rank still keeps the whole table, the
- * experts' gradients arriving with the dp reduction (zero from ranks not holding them) and
- * every slice's update with the all-gather, so the checkpoint and the resume stay those of one
- * rank and any (dp, ep) can resume it. (Not yet: expert gradients reduced over edp_comm alone,
- * experts' weights and moments kept only where they run.)
+ * Expert parallelism (ep > 1, dividing dp): each rank holds and runs only its E/ep experts
+ * (model_create_ep, model/params.h params_select), on the tokens of its EP group; its table is
+ * two regions (runtime/shard.h): replicated tensors summed over dp_comm, its experts over
+ * edp_comm, each with its own ZeRO-1 slices and optimizer shard. For a checkpoint the root
+ * gathers the other experts from its EP group (runtime/ckpt_gather.h), so the checkpoint stays
+ * a one-rank one and any (dp, ep) resumes it, each rank loading the tensors it holds. (Not yet:
+ * per-rank checkpoint files; the root still stages the whole table for a save.)
  *
  * Calling sequence (runtime/train_cmd.c):
  *   Trainer t; trainer_setup(&t, &cfg, config_text, run_dir, world, groups);  (data, model, optimizer)
@@ -37,7 +38,9 @@
 #include "data.h"
 #include "metrics.h"
 #include "optim.h"
+#include "runtime/ckpt_gather.h"
 #include "runtime/memcheck.h"
+#include "runtime/shard.h"
 
 typedef struct Trainer {
     Config cfg;
@@ -45,7 +48,6 @@ typedef struct Trainer {
     char *run_dir;
     Ops *o;
     Model *model;
-    Optimizer opt;
     DataLoader *train, *val;
     int32_t *window;            /* (B, T+1) host tokens of one micro-batch */
     Groups *groups;             /* the parallel layout (not owned) */
@@ -53,13 +55,10 @@ typedef struct Trainer {
     Metrics *metrics;           /* NULL except on the root */
     CkptWriter *ckpt;
     float *host_counts;         /* (n_moe_layers, E) expert loads being summed over dp */
-    float *host_params;         /* (total) checkpoint staging */
-    float *host_m, *host_v;     /* (padded) checkpoint staging, gathered from the slices */
-    size_t slice, padded;       /* ZeRO-1: slice = ceil(total / dp) floats, padded = dp * slice */
-    size_t lo, hi;              /* this rank's slice [lo, hi) of the table (optimizer state) */
-    float *zero_full;           /* (padded) host: the exchanges' full-table staging (dp > 1) */
-    float *zero_part;           /* (slice) host: this rank's reduced gradient slice (dp > 1) */
-    float *grad_slice;          /* (slice) backend: the same, for the optimizer (dp > 1) */
+    float *host_params;         /* (total) checkpoint staging, the rank's table layout */
+    float *host_m, *host_v;     /* (total) checkpoint staging, gathered from the slices */
+    Shard shard;                /* regions, ZeRO-1 slices and optimizer shards (runtime/shard.h) */
+    CkptGather gather;          /* the root's whole-table staging when experts are spread */
     int step;                   /* optimizer steps done */
     long long tokens;           /* tokens seen */
     Rng rng;                    /* reserved for stochastic training choices; checkpointed */

@@ -19,6 +19,7 @@
 #include "commands.h"
 #include "common.h"
 #include "gpu_peak.h"
+#include "plan.h"
 #include "train.h"
 #ifdef DSTRAIN_HAVE_CUDA
 #include "../kernels/cuda/cuda_ops.h"
@@ -175,16 +176,33 @@ static double mfu_peak_flops(Ops *o)
     return ops_measure_gemm_flops(o, 1024);
 }
 
+/* This rank's parameters + gradients + optimizer state beside dstrain plan's figure for the
+ * same config and layout (runtime/plan.h: its ranks are alike within a stage). */
+static void print_rank_state(Trainer *t, const ParamTable *pt)
+{
+    const double KiB = 1024.0;
+    const double mine = (2.0 * pt->total + shard_optim_floats(&t->shard)) * sizeof(float);
+    Plan p;
+    plan_compute(&p, &t->cfg);
+    const PlanRank *r = &p.ranks[0];
+    const double planned = r->weight_bytes + r->grad_bytes + r->optim_bytes;
+    printf("  %-24s %10.1f KiB  (dstrain plan: %.1f KiB; %zu of the model's parameters here)\n",
+           "params+grads+optimizer", mine / KiB, planned / KiB, pt->total);
+    plan_free(&p);
+}
+
 static void print_banner(Trainer *t)
 {
     const Config *c = &t->cfg;
     const ParamTable *pt = model_table(t->model);
-    double active = params_active(pt, &c->model);
+    ParamTable full;            /* the whole model (a rank may hold a selection of it) */
+    params_build(&full, &c->model);
+    double active = params_active(&full, &c->model);
     printf("%s", "dstrain train: ");
     printf("%s | device %s%s | %s\n", c->train.name, t->o->name, peak_device, c->train.precision);
     printf("model: %.2fM parameters (%.2fM active per token) | %d layers (%d dense) + %d MTP | "
            "%d experts top-%d | %.1f MFLOP/token (train)\n",
-           pt->total / 1e6, active / 1e6, c->model.num_hidden_layers, c->model.first_k_dense_replace,
+           full.total / 1e6, active / 1e6, c->model.num_hidden_layers, c->model.first_k_dense_replace,
            c->model.num_nextn_predict_layers, c->model.n_routed_experts, c->model.num_experts_per_tok,
            t->flops_per_token / 1e6);
     const int dp = t->groups->dp;
@@ -196,18 +214,20 @@ static void print_banner(Trainer *t)
            c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp);
     model_print_memory(t->model, stdout);
     printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
-           2.0 * (t->hi - t->lo) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
+           shard_optim_floats(&t->shard) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
     printf("  %-24s %10.1f MiB  (host snapshot for checkpoints)\n", "checkpoint staging",
-           (pt->total + 2.0 * t->padded) * sizeof(float) / 1048576.0);
+           (3.0 * pt->total + 3.0 * t->gather.full.total) * sizeof(float) / 1048576.0);
     memplan_print(&t->mem, &t->mem_limit, !strcmp(t->o->name, "cpu"), stdout);
+    print_rank_state(t, pt);
     if (peak_device[0])
         printf("peak: datasheet dense BF16 %.1f TFLOP/s%s (the MFU denominator)\n", t->peak_flops / 1e12,
                dp > 1 ? ", summed over the dp ranks" : "");
     else
         printf("peak: measured %s GEMM %.1f GFLOP/s%s (the MFU denominator)\n", t->o->name, t->peak_flops / 1e9,
                dp > 1 ? ", summed over the dp ranks" : "");
-    metrics_start(t->metrics, (double)pt->total, active, t->flops_per_token,
+    metrics_start(t->metrics, (double)full.total, active, t->flops_per_token,
                   (double)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp, t->peak_flops);
+    params_free(&full);
 }
 
 int cmd_train(int argc, char **argv)
@@ -273,11 +293,8 @@ void trainer_resume(Trainer *t, const char *ckpt_dir)
     if (ckpt_load(ckpt_dir, pt, t->host_params, t->host_m, t->host_v, &st, err, sizeof err) != 0)
         DIE("resume: %s", err);
     t->o->upload(t->o, model_params(t->model), t->host_params, bytes);
-    const size_t slice = (t->hi - t->lo) * sizeof(float);
-    t->o->upload(t->o, t->opt.m, t->host_m + t->lo, slice);
-    t->o->upload(t->o, t->opt.v, t->host_v + t->lo, slice);
+    shard_load_moments(&t->shard, t->o, t->host_m, t->host_v, st.step);
     t->step = st.step;
-    t->opt.step = st.step;
     t->tokens = st.tokens;
     t->rng.state = st.rng;
     data_set_state(t->train, st.data);
