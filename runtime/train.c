@@ -13,7 +13,7 @@
 
 #include "../model/flops.h"
 #include "common.h"
-#include "runtime/ckpt_gather.h"
+#include "runtime/ckpt_shard.h"
 #include "runtime/shard.h"
 #include "synth.h"
 
@@ -69,7 +69,6 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->host_counts = xcalloc((size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1, sizeof(float));
     t->host_m = xmalloc(pt->total * sizeof(float));
     t->host_v = xmalloc(pt->total * sizeof(float));
-    if (t->root && pt->selected) ckpt_gather_init(&t->gather, pt, &cfg->model, g);
     t->flops_per_token = flops_per_token(&cfg->model, T, cfg->model.num_nextn_predict_layers > 0);
 }
 
@@ -80,7 +79,6 @@ void trainer_free(Trainer *t)
     ckpt_writer_destroy(t->ckpt);
     if (t->metrics) metrics_close(t->metrics);
     shard_free(&t->shard, t->o);
-    ckpt_gather_free(&t->gather);
     model_destroy(t->model);
     data_close(t->train);
     data_close(t->val);
@@ -187,32 +185,34 @@ static void train_step(Trainer *t, StepMetrics *s)
     t->tokens += (long long)M * c->train.micro_batch_size * c->train.seq_len * dp;
 }
 
-/* The training stall of a save is the download into host staging, the wait for the previous
- * save, and the writer's snapshot copy; the write itself runs in the background. */
+/* The training stall of a save is the download into host staging and the gathering of the
+ * moments; on one rank also the wait for the previous save and the writer's snapshot copy (the
+ * write itself runs in the background); on several ranks the whole two-phase save. */
 static void save_checkpoint(Trainer *t)
 {
-    /* the moments are gathered from the slices; with every expert on every rank each rank
-     * then holds the whole table and the root's copy is the job's; with experts spread over
-     * EP ranks the root gathers theirs (runtime/ckpt_gather.h). Either way the checkpoint is a
-     * one-rank one, resumable at any (dp, ep). Collective over the groups; the root writes. */
+    /* the moments of each region are gathered from its slices, so every rank holds its own
+     * table's (runtime/shard.h); with several ranks each writes the row blocks it owns into its
+     * own file (runtime/ckpt_shard.h), any (dp, ep) resuming any other. Collective. */
     const ParamTable *pt = model_table(t->model);
     double t0 = now_seconds();
     shard_gather_moments(&t->shard, t->o, t->host_m, t->host_v);
     t->o->download(t->o, t->host_params, model_params(t->model), pt->total * sizeof(float));
-    const ParamTable *table = pt;
-    const float *params = t->host_params, *adam_m = t->host_m, *adam_v = t->host_v;
-    if (pt->selected)
-        ckpt_gather_experts(&t->gather, pt, t->groups, t->host_params, t->host_m, t->host_v, &table, &params,
-                            &adam_m, &adam_v);
-    if (!t->root) return;
     CkptRequest r = {
-        .run_dir = t->run_dir, .config_text = t->config_text, .table = table,
-        .params = params, .adam_m = adam_m, .adam_v = adam_v,
+        .run_dir = t->run_dir, .config_text = t->config_text, .table = pt,
+        .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v,
         .state = { .step = t->step, .tokens = t->tokens, .data = data_get_state(t->train), .rng = t->rng.state },
         .keep = t->cfg.train.keep_checkpoints,
         .layout = { .world_size = 1, .pp = 1, .dp = 1, .ep = 1 },
     };
     char err[1024];
+    if (t->groups->dp > 1) {
+        if (ckpt_shard_save(&r, &t->cfg.model, t->groups, err, sizeof err) != 0)
+            fprintf(stderr, "dstrain: [rank %d] %s (training continues)\n", t->groups->dp_rank, err);
+        else if (t->metrics)
+            metrics_log(t->metrics, "checkpoint: ckpt-%d written by %d ranks; training stalled %.1f ms\n", t->step,
+                        t->groups->dp, 1e3 * (now_seconds() - t0));
+        return;
+    }
     if (ckpt_save_async(t->ckpt, &r, err, sizeof err) != 0)
         metrics_log(t->metrics, "checkpoint: %s (training continues)\n", err);
     double copy_s, write_s;

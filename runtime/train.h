@@ -9,17 +9,17 @@
  * reduce-scatter, each rank keeps the AdamW moments of one slice of the flat table (dp equal
  * slices) and updates that slice of the weights, and an all-gather gives every rank the whole
  * updated table; the grad norm sums the slices' squares. Expert loads are summed over dp_comm
- * before the bias update, and losses averaged, so every rank holds the same weights. For a
- * checkpoint the moments are gathered; rank 0 alone prints, writes metrics and checkpoints (a
- * one-rank checkpoint: layout {1, 1, 1, 1}), and every rank resumes from the same one, taking
- * its slice of the moments.
+ * before the bias update, and losses averaged, so every rank holds the same weights. Rank 0
+ * alone prints and writes metrics; for a checkpoint every rank gathers its table's moments
+ * (see Checkpoints below) and on resume takes its slices of them.
  * Expert parallelism (ep > 1, dividing dp): each rank holds and runs only its E/ep experts
  * (model_create_ep, model/params.h params_select), on the tokens of its EP group; its table is
  * two regions (runtime/shard.h): replicated tensors summed over dp_comm, its experts over
- * edp_comm, each with its own ZeRO-1 slices and optimizer shard. For a checkpoint the root
- * gathers the other experts from its EP group (runtime/ckpt_gather.h), so the checkpoint stays
- * a one-rank one and any (dp, ep) resumes it, each rank loading the tensors it holds. (Not yet:
- * per-rank checkpoint files; the root still stages the whole table for a save.)
+ * edp_comm, each with its own ZeRO-1 slices and optimizer shard.
+ * Checkpoints: one rank writes a one-rank checkpoint in the background; several ranks each
+ * write the row blocks they own into their own files (runtime/ckpt_shard.h, a synchronous
+ * two-phase save), and every rank resumes by reading the blocks of the tensors it holds from
+ * whichever files hold them (checkpoint/ckpt.h ckpt_load), so any (dp, ep) resumes any other.
  *
  * Calling sequence (runtime/train_cmd.c):
  *   Trainer t; trainer_setup(&t, &cfg, config_text, run_dir, world, groups);  (data, model, optimizer)
@@ -38,7 +38,6 @@
 #include "data.h"
 #include "metrics.h"
 #include "optim.h"
-#include "runtime/ckpt_gather.h"
 #include "runtime/memcheck.h"
 #include "runtime/shard.h"
 
@@ -58,7 +57,6 @@ typedef struct Trainer {
     float *host_params;         /* (total) checkpoint staging, the rank's table layout */
     float *host_m, *host_v;     /* (total) checkpoint staging, gathered from the slices */
     Shard shard;                /* regions, ZeRO-1 slices and optimizer shards (runtime/shard.h) */
-    CkptGather gather;          /* the root's whole-table staging when experts are spread */
     int step;                   /* optimizer steps done */
     long long tokens;           /* tokens seen */
     Rng rng;                    /* reserved for stochastic training choices; checkpointed */

@@ -215,8 +215,8 @@ static void print_banner(Trainer *t)
     model_print_memory(t->model, stdout);
     printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
            shard_optim_floats(&t->shard) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
-    printf("  %-24s %10.1f MiB  (host snapshot for checkpoints)\n", "checkpoint staging",
-           (3.0 * pt->total + 3.0 * t->gather.full.total) * sizeof(float) / 1048576.0);
+    printf("  %-24s %10.1f MiB  (host snapshot for checkpoints%s)\n", "checkpoint staging",
+           (dp > 1 ? 3.0 : 6.0) * pt->total * sizeof(float) / 1048576.0, dp > 1 ? "" : ", and the writer's copy");
     memplan_print(&t->mem, &t->mem_limit, !strcmp(t->o->name, "cpu"), stdout);
     print_rank_state(t, pt);
     if (peak_device[0])
