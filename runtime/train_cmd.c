@@ -180,14 +180,14 @@ static double mfu_peak_flops(Ops *o)
  * same config and layout (runtime/plan.h: its ranks are alike within a stage). */
 static void print_rank_state(Trainer *t, const ParamTable *pt)
 {
-    const double KiB = 1024.0;
+    const double MiB = 1048576.0;
     const double mine = (2.0 * pt->total + shard_optim_floats(&t->shard)) * sizeof(float);
     Plan p;
     plan_compute(&p, &t->cfg);
     const PlanRank *r = &p.ranks[0];
     const double planned = r->weight_bytes + r->grad_bytes + r->optim_bytes;
-    printf("  %-24s %10.1f KiB  (dstrain plan: %.1f KiB; %zu of the model's parameters here)\n",
-           "params+grads+optimizer", mine / KiB, planned / KiB, pt->total);
+    printf("  %-24s %10.3f MiB  (dstrain plan: %.3f MiB; %zu of the model's parameters here)\n",
+           "params+grads+optimizer", mine / MiB, planned / MiB, pt->total);
     plan_free(&p);
 }
 

@@ -75,6 +75,16 @@ ok = ok and all(not any(".experts.7." in t for t in f["tensors"]) for f in files
 sys.exit(0 if ok else 1)
 PY'
 
+# memory (issue 14, acceptance 1): the rank's parameter + gradient + optimizer bytes as
+# printed are dstrain plan's sharded figure within 10% (the two differ by the router bias, in
+# the optimizer slices here and not in the plan's)
+check "(4, 4): params+grads+optimizer within 10% of dstrain plan's figure" 'python3 - p44.txt <<PY
+import re, sys
+m = re.search(r"params\+grads\+optimizer +([0-9.]+) MiB +\(dstrain plan: ([0-9.]+) MiB", open(sys.argv[1]).read())
+print("rank %s MiB, plan %s MiB" % m.groups() if m else "no figure printed")
+sys.exit(0 if m and abs(float(m[1]) - float(m[2])) <= 0.1 * float(m[2]) else 1)
+PY'
+
 # same layout: bit for bit
 resumed same44 p44 4 4
 check "(4, 4) -> (4, 4): steps 11-20 identical" 'same_steps p44 same44 0 0'
