@@ -28,8 +28,15 @@ check "names what does not fit" "grep -q 'what does not fit: .*parameters' err.t
 # RLIMIT_AS: a 2^24-token vocabulary plans 4 GiB of embedding and head weights alone; under a
 # 1 GiB address-space limit that is refused naming the limit (MemAvailable is larger on any
 # machine that runs this suite: checked first, so the limit named is the one set here).
+# A sanitizer build cannot start under an address-space limit at all (AddressSanitizer
+# reserves terabytes of shadow address space): probed, and the limit cases left out there.
 avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
-if [ "${avail_kb:-0}" -gt 2097152 ]; then
+limits=1
+if ! (ulimit -v 4194304; "$BIN" --help > /dev/null 2>&1); then
+    limits=0
+    echo "note: this build does not start under ulimit -v (a sanitizer build?): the RLIMIT_AS cases are left out"
+fi
+if [ $limits = 1 ] && [ "${avail_kb:-0}" -gt 2097152 ]; then
     (ulimit -v 1048576; "$BIN" train "$TINY" "${R[@]}" --set model.vocab_size=16777216 > /dev/null 2> err.txt)
     rc=$?
     check "vocab 2^24 under ulimit -v 1 GiB exits 1 (got $rc)" "[ $rc -eq 1 ]"
@@ -38,9 +45,11 @@ if [ "${avail_kb:-0}" -gt 2097152 ]; then
 fi
 
 # a plan that fits is not refused under a limit: tiny (about 2 MiB planned) under 4 GiB
-(ulimit -v 4194304; "$BIN" train "$TINY" "${R[@]}" > out.txt 2> err.txt)
-rc=$?
-check "tiny under ulimit -v 4 GiB trains (exit $rc: $(head -c 300 err.txt))" "[ $rc -eq 0 ]"
-check "start-up table prints the planned total" "grep -q 'planned (all) .* MiB  of .* MiB available (RLIMIT_AS' out.txt"
+if [ $limits = 1 ]; then
+    (ulimit -v 4194304; "$BIN" train "$TINY" "${R[@]}" > out.txt 2> err.txt)
+    rc=$?
+    check "tiny under ulimit -v 4 GiB trains (exit $rc: $(head -c 300 err.txt))" "[ $rc -eq 0 ]"
+    check "start-up table prints the planned total" "grep -q 'planned (all) .* MiB  of .* MiB available (RLIMIT_AS' out.txt"
+fi
 
 finish

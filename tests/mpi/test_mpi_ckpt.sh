@@ -3,6 +3,8 @@
 # (issue 14, acceptance 3; DESIGN.md "Checkpoints"): configs/tiny.toml (8 experts), 20 steps,
 # a checkpoint every 10, with the same 8 sequences per step in every layout (micro_batch_size
 # 8 / DP, as test_mpi_train.sh). Checked:
+#   - at (4, 4) the rank's parameter + gradient + optimizer bytes printed at start-up are
+#     dstrain plan's per-rank figure within 10% (issue 14, acceptance 1)
 #   - at (DP, EP) = (4, 4) every rank writes its own file: the manifest (format 2) lists 4 files
 #     with row blocks, and no file holds the whole model
 #   - same layout: (4, 4)'s ckpt-10 resumed at (4, 4) gives steps 11-20 and a ckpt-20 bit for bit
