@@ -14,6 +14,8 @@
 #     within test_mpi_train.sh's bounds (derived there: the layouts sum the same gradients in
 #     another order, FP32 rounding amplified by AdamW over 10 steps; measured here 8e-6 of a
 #     tensor's scale, 1e-6 in the losses)
+#   - the (4, 4) checkpoint exports, and --init-from the export at (4, 4) (each rank importing
+#     its own experts) takes the one-rank run's first steps
 #   - kill -9 in each phase of a 4-rank save (a rank's file, after the files, after the
 #     manifest, before the rename): ckpt-10 stays the newest checkpoint that verifies and a
 #     resume continues from it; after the rename ckpt-20 is complete and taken
@@ -104,6 +106,24 @@ check "1 rank trains (exit $RC)" '[ $RC -eq 0 ]' || show s1.txt
 resumed from1 s1 4 4
 check "1 -> (4, 4): steps 11-20 match" 'same_steps s1 from1 $LOSS_TOL $GNORM_TOL'
 check "1 -> (4, 4): final weights match" '"$CMP" runs/s1/ckpt-20 runs/from1/ckpt-20 $WEIGHT_TOL'
+
+# export of the (4, 4) checkpoint, and --init-from it at (4, 4) (each rank importing only its
+# experts) against one rank: the same first two steps within the bounds above
+"$DSTRAIN" export --ckpt runs/p44/ckpt-20 --out hf44 > export.txt 2>&1
+check "the (4, 4) checkpoint exports (exit $?)" '[ $? -eq 0 ]' || show export.txt
+layout init44 4 4 --init-from hf44 --set train.steps=2
+check "--init-from at (4, 4) (exit $RC)" '[ $RC -eq 0 ]' || show init44.txt
+"$DSTRAIN" train "${ARGS[@]}" --set train.name=init1 --set train.micro_batch_size=8 --init-from hf44 \
+    --set train.steps=2 > init1.txt 2>&1
+check "--init-from on one rank (exit $?)" '[ $? -eq 0 ]' || show init1.txt
+check "--init-from: (4, 4) and one rank take the same first steps" 'python3 - <<PY
+import json
+def steps(p):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(p)) if r.get("type") == "step"}
+a, b = steps("runs/init1/metrics.jsonl"), steps("runs/init44/metrics.jsonl")
+print("init-from losses", a, b)
+raise SystemExit(0 if sorted(a) == sorted(b) == [1, 2] and max(abs(a[k] - b[k]) for k in a) <= $LOSS_TOL else 1)
+PY'
 
 # kill -9 in each phase of the step-20 save at (4, 4)
 for phase in during-tmp-files after-tmp-files after-manifest before-rename after-rename; do
