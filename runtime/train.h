@@ -20,6 +20,9 @@
  * write the row blocks they own into their own files (runtime/ckpt_shard.h, a synchronous
  * two-phase save), and every rank resumes by reading the blocks of the tensors it holds from
  * whichever files hold them (checkpoint/ckpt.h ckpt_load), so any (dp, ep) resumes any other.
+ * Pipeline parallelism (pp > 1): runtime/train_pp.h in place of the model, the regions and
+ * the per-rank checkpoints (its stages' own optimizers; one-rank checkpoints gathered from the
+ * stages); the memory check before allocation (runtime/shard.h) runs for pp = 1 only.
  *
  * Calling sequence (runtime/train_cmd.c):
  *   Trainer t; trainer_setup(&t, &cfg, config_text, run_dir, world, groups);  (data, model, optimizer)
