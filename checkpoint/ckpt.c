@@ -91,23 +91,35 @@ static void crash_point(const char *armed, const char *phase, int step)
 
 /* ---- save ---- */
 
+/* Rows [start, start + count) of p as a slice of the whole tensor (count < 0: all of it). */
+static CkptH5Slice block_slice(const Param *p, long long start, long long count)
+{
+    CkptH5Slice s = ckpt_h5_whole(p->ndim, p->rows, p->cols);
+    if (count < 0) return s;
+    s.shape[0] = count;
+    s.slice_start[0] = start;
+    return s;
+}
+
 static int write_tensors(CkptH5 *h, const CkptRequest *req, const char *crash, char *err, size_t errlen)
 {
     const ParamTable *t = req->table;
     char name[MOMENT_NAME_MAX];
     for (int i = 0; i < t->n; i++) {
         const Param *p = &t->p[i];
-        CkptH5Slice s = ckpt_h5_whole(p->ndim, p->rows, p->cols);
-        if (ckpt_h5_write_tensor(h, p->name, &s, req->params + p->offset, err, errlen)) return -1;
+        CkptH5Slice s = block_slice(p, req->row_start ? req->row_start[i] : 0, req->row_count ? req->row_count[i] : -1);
+        if (s.shape[0] == 0) continue;      /* no rows of this tensor in this file */
+        const size_t at = p->offset + (size_t)s.slice_start[0] * (size_t)p->cols;
+        if (ckpt_h5_write_tensor(h, p->name, &s, req->params + at, err, errlen)) return -1;
         if (req->adam_m) {
             moment_name(name, p->name, "exp_avg");
-            if (ckpt_h5_write_tensor(h, name, &s, req->adam_m + p->offset, err, errlen)) return -1;
+            if (ckpt_h5_write_tensor(h, name, &s, req->adam_m + at, err, errlen)) return -1;
             moment_name(name, p->name, "exp_avg_sq");
-            if (ckpt_h5_write_tensor(h, name, &s, req->adam_v + p->offset, err, errlen)) return -1;
+            if (ckpt_h5_write_tensor(h, name, &s, req->adam_v + at, err, errlen)) return -1;
         }
         if (req->ema) {
             moment_name(name, p->name, "ema");
-            if (ckpt_h5_write_tensor(h, name, &s, req->ema + p->offset, err, errlen)) return -1;
+            if (ckpt_h5_write_tensor(h, name, &s, req->ema + at, err, errlen)) return -1;
         }
         if (i == t->n / 2) crash_point(crash, "during-tmp-files", req->state.step);
     }
@@ -133,15 +145,18 @@ static int write_rank_file(const char *dir, const CkptRequest *req, const char *
     return rc;
 }
 
-static int check_request(const CkptRequest *req, char *err, size_t errlen)
+static int check_request(const CkptRequest *req, int multi, char *err, size_t errlen)
 {
     CkptLayout l = normal_layout(req->layout);
     if (!req->run_dir || !*req->run_dir || !req->config_text || !req->table || !req->params)
         return ckpt_fail(err, errlen, "incomplete request (run_dir, config_text, table and params are required)");
     if (!req->adam_m != !req->adam_v) return ckpt_fail(err, errlen, "adam_m and adam_v must be given together");
     if (req->state.step < 0 || req->state.tokens < 0) return ckpt_fail(err, errlen, "negative step or tokens");
-    if (l.world_size != 1 || req->rank != 0)
-        return ckpt_fail(err, errlen, "world size %d: multi-rank checkpoints are not implemented yet", l.world_size);
+    if (multi && (req->rank < 0 || req->rank >= l.world_size))
+        return ckpt_fail(err, errlen, "rank %d outside a world of %d", req->rank, l.world_size);
+    if (!multi && (l.world_size != 1 || req->rank != 0))
+        return ckpt_fail(err, errlen, "world size %d: a multi-rank job saves with ckpt_save_rank and "
+                         "ckpt_save_commit", l.world_size);
     return 0;
 }
 
@@ -244,25 +259,58 @@ static int retention(const char *run_dir, int step, int keep, char *err, size_t 
     return rc == 0 ? sweep_leftovers(run_dir, err, errlen) : rc;
 }
 
+/* f's tensor names and row blocks: the entries of t with rows in the file (row_count > 0, or
+ * whole tensors when the arrays are NULL). Caller frees f->tensors, row_start, row_count. */
+static int list_file(CkptManifestFile *f, const ParamTable *t, const long long *row_start,
+                     const long long *row_count, char *err, size_t errlen)
+{
+    f->tensors = malloc((size_t)t->n * sizeof *f->tensors + 1);
+    f->row_start = malloc((size_t)t->n * sizeof *f->row_start + 1);
+    f->row_count = malloc((size_t)t->n * sizeof *f->row_count + 1);
+    if (!f->tensors || !f->row_start || !f->row_count) return ckpt_fail(err, errlen, "out of memory");
+    f->n_tensors = 0;
+    for (int i = 0; i < t->n; i++) {
+        CkptH5Slice s = block_slice(&t->p[i], row_start ? row_start[i] : 0, row_count ? row_count[i] : -1);
+        if (s.shape[0] == 0) continue;
+        f->tensors[f->n_tensors] = t->p[i].name;
+        f->row_start[f->n_tensors] = s.slice_start[0];
+        f->row_count[f->n_tensors++] = s.shape[0];
+    }
+    return 0;
+}
+
+static void unlist_file(CkptManifestFile *f)
+{
+    free(f->tensors);
+    free(f->row_start);
+    free(f->row_count);
+    f->tensors = NULL;
+    f->row_start = f->row_count = NULL;
+}
+
+static CkptManifest manifest_of(const CkptRequest *req)
+{
+    CkptManifest m = { .format_version = CKPT_MANIFEST_VERSION, .step = req->state.step,
+                       .tokens = req->state.tokens, .layout = normal_layout(req->layout),
+                       .has_moments = req->adam_m != NULL, .has_ema = req->ema != NULL,
+                       .config = (char *)req->config_text };  /* only read */
+    return m;
+}
+
 /* Everything inside ckpt-<step>.tmp: the rank file, then the manifest (written last). */
 static int write_tmp(const CkptRequest *req, const char *tmp, const char *crash, char *err, size_t errlen)
 {
     const int step = req->state.step;
-    CkptManifest m = { .format_version = CKPT_FORMAT_VERSION, .step = step, .tokens = req->state.tokens,
-                       .layout = normal_layout(req->layout), .has_moments = req->adam_m != NULL,
-                       .has_ema = req->ema != NULL,
-                       .config = (char *)req->config_text, .n_files = 1 };   /* only read by the writer */
-    CkptManifestFile file = { .n_tensors = req->table->n };
+    CkptManifest m = manifest_of(req);
+    CkptManifestFile file = { .n_tensors = 0 };
     m.files = &file;
+    m.n_files = 1;
     if (write_rank_file(tmp, req, crash, &file, err, errlen)) return -1;
     if (fsio_fsync_dir(tmp, err, errlen)) return -1;
     crash_point(crash, "after-tmp-files", step);
-    /* (multi-rank: a barrier here, then rank 0 gathers every file's entry for the manifest) */
-    file.tensors = malloc((size_t)file.n_tensors * sizeof *file.tensors + 1);
-    if (!file.tensors) return ckpt_fail(err, errlen, "out of memory");
-    for (int i = 0; i < file.n_tensors; i++) file.tensors[i] = req->table->p[i].name;
-    int rc = ckpt_manifest_write(tmp, &m, err, errlen);
-    free(file.tensors);
+    int rc = list_file(&file, req->table, req->row_start, req->row_count, err, errlen);
+    if (rc == 0) rc = ckpt_manifest_write(tmp, &m, err, errlen);
+    unlist_file(&file);
     return rc;
 }
 
@@ -294,7 +342,7 @@ static int save_steps(const CkptRequest *req, const char *crash, char *err, size
 int ckpt_save(const CkptRequest *req, char *err, size_t errlen)
 {
     const char *crash;
-    int rc = check_request(req, err, errlen);
+    int rc = check_request(req, 0, err, errlen);
     if (rc == 0) rc = crash_phase(req->state.step, &crash, err, errlen);
     if (rc == 0) rc = save_steps(req, crash, err, errlen);
     if (rc != 0) {
@@ -303,6 +351,99 @@ int ckpt_save(const CkptRequest *req, char *err, size_t errlen)
         ckpt_fail(err, errlen, "checkpoint of step %d: %s", req->state.step, inner);
     }
     return rc;
+}
+
+/* ---- multi-rank save: every rank its file into ckpt-<step>.tmp/, rank 0 commits ---- */
+
+static int step_paths(const char *run_dir, int step, char final[PATH_CAP], char tmp[PATH_CAP], char *err,
+                      size_t errlen)
+{
+    if (snprintf(final, PATH_CAP, "%s/ckpt-%d", run_dir, step) >= PATH_CAP - 8 ||
+        snprintf(tmp, PATH_CAP, "%s.tmp", final) >= PATH_CAP)
+        return ckpt_fail(err, errlen, "path too long: '%s'", run_dir);
+    return 0;
+}
+
+/* "checkpoint of step N: <inner>" around err when rc != 0. */
+static int in_step(int rc, int step, char *err, size_t errlen)
+{
+    if (rc == 0) return 0;
+    char inner[1024];
+    snprintf(inner, sizeof inner, "%s", err);
+    return ckpt_fail(err, errlen, "checkpoint of step %d: %s", step, inner);
+}
+
+int ckpt_save_begin(const char *run_dir, int step, char *err, size_t errlen)
+{
+    char final[PATH_CAP], tmp[PATH_CAP];
+    int rc = step_paths(run_dir, step, final, tmp, err, errlen);
+    if (rc == 0) rc = fsio_mkdirs(run_dir, err, errlen);
+    if (rc == 0) rc = fsio_remove_tree(tmp, err, errlen);
+    if (rc == 0) rc = fsio_mkdirs(tmp, err, errlen);
+    return in_step(rc, step, err, errlen);
+}
+
+int ckpt_save_rank(const CkptRequest *req, long long *bytes, uint64_t *checksum, char *err, size_t errlen)
+{
+    char final[PATH_CAP], tmp[PATH_CAP];
+    const char *crash = NULL;
+    CkptManifestFile f = { .n_tensors = 0 };
+    int rc = check_request(req, 1, err, errlen);
+    if (rc == 0) rc = crash_phase(req->state.step, &crash, err, errlen);
+    if (rc == 0) rc = step_paths(req->run_dir, req->state.step, final, tmp, err, errlen);
+    if (rc == 0) rc = write_rank_file(tmp, req, crash, &f, err, errlen);
+    if (rc == 0) crash_point(crash, "after-tmp-files", req->state.step);
+    *bytes = f.bytes;
+    *checksum = f.checksum;
+    return in_step(rc, req->state.step, err, errlen);
+}
+
+/* The manifest of a multi-rank save, then the rename and retention (rank 0). */
+static int commit_steps(const CkptRequest *req, const CkptRankFile *files, int n, const char *crash,
+                        CkptManifest *m, char *err, size_t errlen)
+{
+    const int step = req->state.step;
+    char final[PATH_CAP], tmp[PATH_CAP];
+    if (step_paths(req->run_dir, step, final, tmp, err, errlen)) return -1;
+    for (int i = 0; i < n; i++) {
+        CkptManifestFile *f = &m->files[i];
+        snprintf(f->name, sizeof f->name, "rank-%05d.h5", files[i].rank);
+        f->rank = files[i].rank;
+        f->bytes = files[i].bytes;
+        f->checksum = files[i].checksum;
+        if (list_file(f, files[i].table, files[i].row_start, files[i].row_count, err, errlen)) return -1;
+    }
+    if (fsio_fsync_dir(tmp, err, errlen) || ckpt_manifest_write(tmp, m, err, errlen)) {
+        fsio_remove_tree(tmp, NULL, 0);
+        return -1;
+    }
+    crash_point(crash, "after-manifest", step);
+    crash_point(crash, "before-rename", step);
+    if (install(req->run_dir, tmp, final, err, errlen)) return -1;
+    crash_point(crash, "after-rename", step);
+    if (retention(req->run_dir, step, req->keep, err, errlen)) {
+        char inner[512];
+        snprintf(inner, sizeof inner, "%s", err);
+        return ckpt_fail(err, errlen, "'%s' is complete, but removing old checkpoints failed: %s", final, inner);
+    }
+    return 0;
+}
+
+int ckpt_save_commit(const CkptRequest *req, const CkptRankFile *files, int n, char *err, size_t errlen)
+{
+    const char *crash = NULL;
+    CkptManifest m = manifest_of(req);
+    int rc = check_request(req, 1, err, errlen);
+    if (rc == 0 && n != m.layout.world_size)
+        rc = ckpt_fail(err, errlen, "%d files for a world of %d ranks", n, m.layout.world_size);
+    if (rc == 0) rc = crash_phase(req->state.step, &crash, err, errlen);
+    m.files = rc == 0 ? calloc((size_t)n, sizeof *m.files) : NULL;
+    if (rc == 0 && !m.files) rc = ckpt_fail(err, errlen, "out of memory");
+    m.n_files = n;
+    if (rc == 0) rc = commit_steps(req, files, n, crash, &m, err, errlen);
+    for (int i = 0; m.files && i < n; i++) unlist_file(&m.files[i]);
+    free(m.files);
+    return in_step(rc, req->state.step, err, errlen);
 }
 
 /* ---- verify, find, load ---- */
@@ -404,82 +545,107 @@ char *ckpt_read_config(const char *ckpt_dir, char *err, size_t errlen)
     return text;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+/* ---- load = reshard: every tensor of the table from the blocks of whichever files hold it ---- */
 
-/* `name` in the sorted array, or not. */
-static int has_name(const char **sorted, int n, const char *name)
+static int cmp_param(const void *a, const void *b)
 {
-    return bsearch(&name, sorted, (size_t)n, sizeof *sorted, cmp_str) != NULL;
+    return strcmp((*(const Param *const *)a)->name, (*(const Param *const *)b)->name);
 }
 
-/* The manifest's tensor list of f must be exactly the table's names: checked before the .h5
- * is opened, so every later HDF5 lookup is by a known name. */
-static int check_names(const CkptManifestFile *f, const ParamTable *t, char *err, size_t errlen)
+/* The table's entries sorted by name, for lookups by the manifest's names. */
+typedef struct Index {
+    const ParamTable *t;
+    const Param **sorted;       /* (t->n) */
+    long long *rows_read;       /* (t->n) rows of each entry read so far, by table position */
+} Index;
+
+static const Param *index_find(const Index *x, const char *name)
 {
-    const char **table = malloc((size_t)t->n * sizeof *table + 1);
-    const char **listed = malloc((size_t)f->n_tensors * sizeof *listed + 1);
-    int rc = table && listed ? 0 : ckpt_fail(err, errlen, "out of memory");
-    for (int i = 0; rc == 0 && i < t->n; i++) table[i] = t->p[i].name;
-    for (int i = 0; rc == 0 && i < f->n_tensors; i++) listed[i] = f->tensors[i];
-    if (rc == 0) {
-        qsort(table, (size_t)t->n, sizeof *table, cmp_str);
-        qsort(listed, (size_t)f->n_tensors, sizeof *listed, cmp_str);
-    }
-    for (int i = 0; rc == 0 && i < f->n_tensors; i++)
-        if (!has_name(table, t->n, f->tensors[i]))
-            rc = ckpt_fail(err, errlen, "tensor '%s' is not in the model (checkpoint of another config?)",
-                           f->tensors[i]);
-    for (int i = 0; rc == 0 && i < t->n; i++)
-        if (!has_name(listed, f->n_tensors, t->p[i].name))
-            rc = ckpt_fail(err, errlen, "tensor '%s' is missing (checkpoint of another config?)", t->p[i].name);
-    free(table);
-    free(listed);
-    return rc;
+    Param key;
+    snprintf(key.name, sizeof key.name, "%s", name);
+    const Param *kp = &key, **hit = bsearch(&kp, x->sorted, (size_t)x->t->n, sizeof *x->sorted, cmp_param);
+    return hit ? *hit : NULL;
 }
 
-static int load_tensors(CkptH5 *h, const ParamTable *t, float *params, float *adam_m, float *adam_v, char *err,
-                        size_t errlen)
+/* Tensor #k of file f (a block of rows) into params / moments at its place in the table. */
+static int load_block(CkptH5 *h, const CkptManifestFile *f, int k, const Param *p, float *params, float *adam_m,
+                      float *adam_v, char *err, size_t errlen)
 {
+    const long long start = f->row_count[k] < 0 ? 0 : f->row_start[k];
+    const long long count = f->row_count[k] < 0 ? p->rows : f->row_count[k];
+    if (count < 1 || start + count > p->rows)
+        return ckpt_fail(err, errlen, "'%s' holds rows %lld..%lld of '%s', which has %ld (checkpoint of another "
+                         "config?)", f->name, start, start + count - 1, p->name, p->rows);
+    CkptH5Slice s = block_slice(p, start, f->row_count[k] < 0 ? -1 : count);
+    const size_t at = p->offset + (size_t)start * (size_t)p->cols;
     char name[MOMENT_NAME_MAX];
-    for (int i = 0; i < t->n; i++) {
-        const Param *p = &t->p[i];
-        CkptH5Slice s = ckpt_h5_whole(p->ndim, p->rows, p->cols);
-        if (ckpt_h5_read_tensor(h, p->name, &s, params + p->offset, err, errlen)) return -1;
-        moment_name(name, p->name, "exp_avg");
-        if (adam_m && ckpt_h5_read_tensor(h, name, &s, adam_m + p->offset, err, errlen)) return -1;
-        moment_name(name, p->name, "exp_avg_sq");
-        if (adam_v && ckpt_h5_read_tensor(h, name, &s, adam_v + p->offset, err, errlen)) return -1;
-    }
+    if (ckpt_h5_read_tensor(h, p->name, &s, params + at, err, errlen)) return -1;
+    moment_name(name, p->name, "exp_avg");
+    if (adam_m && ckpt_h5_read_tensor(h, name, &s, adam_m + at, err, errlen)) return -1;
+    moment_name(name, p->name, "exp_avg_sq");
+    if (adam_v && ckpt_h5_read_tensor(h, name, &s, adam_v + at, err, errlen)) return -1;
     return 0;
 }
 
-static int load_rank0(const char *dir, const CkptManifest *m, const ParamTable *t, float *params, float *adam_m,
-                      float *adam_v, CkptState *state, char *err, size_t errlen)
+/* Every block of file f that the table holds (a full table must hold every one); rank 0's
+ * file also gives the training state. */
+static int load_file(const char *dir, const CkptManifest *m, const CkptManifestFile *f, Index *x, float *params,
+                     float *adam_m, float *adam_v, CkptState *state, char *err, size_t errlen)
 {
     char path[PATH_CAP];
     int rank, world;
-    CkptState s;
-    const CkptManifestFile *f = ckpt_manifest_rank_file(m, 0);
-    long long links, want;
-    if (!f || join(path, dir, f->name, err, errlen)) return f ? -1 : ckpt_fail(err, errlen, "no file for rank 0");
-    if (check_names(f, t, err, errlen)) return -1;
+    long long links, want = (long long)f->n_tensors * (m->has_moments ? 3 : 1) + 1;
+    if (join(path, dir, f->name, err, errlen)) return -1;
+    for (int k = 0; k < f->n_tensors; k++)    /* names first: every HDF5 lookup is by a known name */
+        if (!index_find(x, f->tensors[k]) && !x->t->selected)
+            return ckpt_fail(err, errlen, "tensor '%s' is not in the model (checkpoint of another config?)",
+                             f->tensors[k]);
     CkptH5 *h = ckpt_h5_open(path, err, errlen);
     if (!h) return -1;
     int rc = ckpt_h5_read_layout(h, &rank, &world, err, errlen);
-    if (rc == 0 && (rank != 0 || world != m->layout.world_size))
-        rc = ckpt_fail(err, errlen, "'%s' says rank %d of %d, the manifest rank 0 of %d", f->name, rank, world,
-                       m->layout.world_size);
+    if (rc == 0 && (rank != f->rank || world != m->layout.world_size))
+        rc = ckpt_fail(err, errlen, "'%s' says rank %d of %d, the manifest rank %d of %d", f->name, rank, world,
+                       f->rank, m->layout.world_size);
     want = (long long)f->n_tensors * (1 + (m->has_moments ? 2 : 0) + (m->has_ema ? 1 : 0)) + 1;
     if (rc == 0) rc = ckpt_h5_count(h, &links, err, errlen);
     if (rc == 0 && links != want)
         rc = ckpt_fail(err, errlen, "'%s' holds %lld objects, the manifest lists %lld", f->name, links, want);
-    if (rc == 0) rc = load_tensors(h, t, params, adam_m, adam_v, err, errlen);
-    if (rc == 0) rc = ckpt_h5_read_state(h, &s, err, errlen);
-    if (rc == 0 && (s.step != m->step || s.tokens != m->tokens))
-        rc = ckpt_fail(err, errlen, "'%s' holds step %d / %lld tokens, the manifest step %d / %lld", f->name, s.step,
-                       s.tokens, m->step, m->tokens);
+    for (int k = 0; rc == 0 && k < f->n_tensors; k++) {
+        const Param *p = index_find(x, f->tensors[k]);
+        if (!p) continue;   /* a tensor this rank does not hold */
+        rc = load_block(h, f, k, p, params, adam_m, adam_v, err, errlen);
+        if (rc == 0) x->rows_read[p - x->t->p] += f->row_count[k] < 0 ? p->rows : f->row_count[k];
+    }
+    CkptState s;
+    if (rc == 0 && f->rank == 0) {
+        rc = ckpt_h5_read_state(h, &s, err, errlen);
+        if (rc == 0 && (s.step != m->step || s.tokens != m->tokens))
+            rc = ckpt_fail(err, errlen, "'%s' holds step %d / %lld tokens, the manifest step %d / %lld", f->name,
+                           s.step, s.tokens, m->step, m->tokens);
+        if (rc == 0 && state) *state = s;
+    }
     ckpt_h5_close(h, NULL, 0);
-    if (rc == 0 && state) *state = s;
+    return rc;
+}
+
+static int load_all(const char *dir, const CkptManifest *m, const ParamTable *t, float *params, float *adam_m,
+                    float *adam_v, CkptState *state, char *err, size_t errlen)
+{
+    Index x = { t, malloc((size_t)t->n * sizeof(Param *) + 1), calloc((size_t)t->n + 1, sizeof(long long)) };
+    int rc = x.sorted && x.rows_read ? 0 : ckpt_fail(err, errlen, "out of memory");
+    for (int i = 0; rc == 0 && i < t->n; i++) x.sorted[i] = &t->p[i];
+    if (rc == 0) qsort(x.sorted, (size_t)t->n, sizeof *x.sorted, cmp_param);
+    if (rc == 0 && !ckpt_manifest_rank_file(m, 0)) rc = ckpt_fail(err, errlen, "no file for rank 0");
+    for (int i = 0; rc == 0 && i < m->n_files; i++)
+        rc = load_file(dir, m, &m->files[i], &x, params, adam_m, adam_v, state, err, errlen);
+    /* every row of every tensor exactly once (blocks neither missing nor overlapping) */
+    for (int i = 0; rc == 0 && i < t->n; i++)
+        if (x.rows_read[i] != t->p[i].rows)
+            rc = ckpt_fail(err, errlen, "tensor '%s' %s (%lld of its %ld rows in the files; checkpoint of another "
+                           "config?)", t->p[i].name, x.rows_read[i] < t->p[i].rows ? "is missing" : "is held twice",
+                           x.rows_read[i], t->p[i].rows);
+    free(x.sorted);
+    free(x.rows_read);
     return rc;
 }
 
@@ -489,12 +655,9 @@ int ckpt_load(const char *ckpt_dir, const ParamTable *table, float *params, floa
     CkptManifest m;
     if (ckpt_verify(ckpt_dir, err, errlen)) return -1;
     int rc = verify_manifest(ckpt_dir, &m, err, errlen);
-    if (rc == 0 && m.layout.world_size != 1)
-        rc = ckpt_fail(err, errlen, "written by %d ranks; loading it on one rank (resharding) is not implemented",
-                       m.layout.world_size);
     if (rc == 0 && (adam_m || adam_v) && !m.has_moments)
         rc = ckpt_fail(err, errlen, "holds no optimizer moments (saved without them)");
-    if (rc == 0) rc = load_rank0(ckpt_dir, &m, table, params, adam_m, adam_v, state, err, errlen);
+    if (rc == 0) rc = load_all(ckpt_dir, &m, table, params, adam_m, adam_v, state, err, errlen);
     ckpt_manifest_free(&m);
     return rc ? in_ckpt(ckpt_dir, err, errlen) : 0;
 }
@@ -509,7 +672,6 @@ int ckpt_load_ema(const char *ckpt_dir, const ParamTable *table, float *ema, cha
     const CkptManifestFile *f = ckpt_manifest_rank_file(&m, 0);
     if (rc == 0 && (!f || m.layout.world_size != 1)) rc = ckpt_fail(err, errlen, "no single rank file to load from");
     if (rc == 0) rc = join(path, ckpt_dir, f->name, err, errlen);
-    if (rc == 0) rc = check_names(f, table, err, errlen);
     CkptH5 *h = rc == 0 ? ckpt_h5_open(path, err, errlen) : NULL;
     if (rc == 0 && !h) rc = -1;
     for (int i = 0; rc == 0 && i < table->n; i++) {

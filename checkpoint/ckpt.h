@@ -68,7 +68,9 @@
 #include "../model/params.h"
 #include "../runtime/data.h"
 
-#define CKPT_FORMAT_VERSION 1
+/* 2: manifest files list row blocks, a tensor may be split over several rank files (format 1,
+ * whole tensors in one file, is still read) */
+#define CKPT_FORMAT_VERSION 2
 
 /* Scalar training state carried by a checkpoint. A field added here must also get a row in
  * STATE_FIELDS (checkpoint/h5.c), which a static assertion on sizeof(CkptState) enforces. */
@@ -95,11 +97,37 @@ typedef struct CkptRequest {
     CkptState state;
     int keep;                   /* keep the newest `keep` checkpoints, delete older ones */
     CkptLayout layout;          /* zeros mean one rank: world_size = pp = dp = ep = 1 */
-    int rank;                   /* this rank (0; a save with world_size > 1 is refused for now) */
+    int rank;                   /* this rank (0 for ckpt_save and ckpt_save_async) */
+    /* (table->n each, or NULL: every tensor whole) the rows [row_start, row_start + row_count)
+     * of each tensor this rank's file holds; row_count 0: the tensor is not in the file */
+    const long long *row_start, *row_count;
 } CkptRequest;
 
 /* Save synchronously: the whole protocol above, then retention. */
 int ckpt_save(const CkptRequest *req, char *err, size_t errlen);
+
+/* Multi-rank save (DESIGN.md "Checkpoints": two-phase commit), synchronous, driven by the
+ * caller's collectives (runtime/ckpt_shard.h):
+ *   rank 0:     ckpt_save_begin(run_dir, step)      fresh <run_dir>/ckpt-<step>.tmp/
+ *   (barrier; everyone learns whether it worked)
+ *   every rank: ckpt_save_rank(&req, &bytes, &sum)  rank-<rank>.h5 in it, fsynced, hashed
+ *   (gather every rank's bytes, checksum and success to rank 0)
+ *   rank 0:     ckpt_save_commit(&req, files, world) manifest listing every file with its
+ *               tensors' row blocks, fsync, rename to ckpt-<step>, retention
+ * req->layout.world_size is the job's; each rank's req names its own rank, table and blocks.
+ * A rank killed anywhere in between leaves ckpt-<step>.tmp without a manifest (or unrenamed):
+ * never taken, removed by the next save's retention. Crash points as above; "during-tmp-files"
+ * and "after-tmp-files" fire on every rank, the others on rank 0. */
+typedef struct CkptRankFile {
+    int rank;
+    long long bytes;
+    uint64_t checksum;
+    const ParamTable *table;    /* that rank's table (model/params.h params_select) */
+    const long long *row_start, *row_count;     /* its blocks, as in CkptRequest */
+} CkptRankFile;
+int ckpt_save_begin(const char *run_dir, int step, char *err, size_t errlen);
+int ckpt_save_rank(const CkptRequest *req, long long *bytes, uint64_t *checksum, char *err, size_t errlen);
+int ckpt_save_commit(const CkptRequest *req, const CkptRankFile *files, int n, char *err, size_t errlen);
 
 typedef struct CkptWriter CkptWriter;
 
@@ -135,7 +163,8 @@ int ckpt_find_latest(const char *run_dir, char *out, size_t outlen, FILE *log);
  * or ckpt_load for those. */
 char *ckpt_read_config(const char *ckpt_dir, char *err, size_t errlen);
 /* Load into host buffers sized by table (which must match the checkpoint's tensors: a name,
- * shape or count mismatch is an error naming the tensor). adam_m / adam_v may be NULL.
+ * shape or count mismatch is an error naming the tensor; a rank's selection of the table,
+ * params_select, reads the tensors it holds). adam_m / adam_v may be NULL.
  * state may be NULL. Verifies first (ckpt_verify), then checks the manifest's tensor list
  * against the table before the .h5 is opened; state->step and ->tokens agree with the
  * manifest. */

@@ -46,6 +46,19 @@ static int self_checksum(json_t *root, uint64_t *sum)
     return 0;
 }
 
+/* [[start, count], ...] of a file's tensors; NULL when they are not given. */
+static json_t *row_blocks_json(const CkptManifestFile *f)
+{
+    json_t *blocks = f->row_start && f->row_count ? json_array() : NULL;
+    for (int k = 0; blocks && k < f->n_tensors; k++)
+        if (json_array_append_new(blocks, json_pack("[I, I]", (json_int_t)f->row_start[k],
+                                                    (json_int_t)f->row_count[k]))) {
+            json_decref(blocks);
+            blocks = NULL;
+        }
+    return blocks;
+}
+
 static json_t *files_json(const CkptManifest *m)
 {
     json_t *files = json_array();
@@ -61,6 +74,11 @@ static json_t *files_json(const CkptManifest *m)
             }
         json_t *e = names ? json_pack("{s:s, s:i, s:I, s:s, s:o}", "name", f->name, "rank", f->rank, "bytes",
                                       (json_int_t)f->bytes, "checksum", hex, "tensors", names) : NULL;
+        /* format 2 lists each tensor's row block (format 1, written by tests only, does not) */
+        if (e && m->format_version >= 2 && json_object_set_new(e, "row_blocks", row_blocks_json(f))) {
+            json_decref(e);
+            e = NULL;
+        }
         if (!e || json_array_append_new(files, e)) {
             json_decref(files);
             return NULL;
@@ -183,7 +201,34 @@ static int read_tensor_names(json_t *list, CkptManifestFile *f, char *err, size_
     return rc;
 }
 
-static int read_file_entry(json_t *e, int world_size, CkptManifestFile *f, char *err, size_t errlen)
+/* "row_blocks" of a version-2 file entry (one [start, count] pair per tensor, both >= 0);
+ * version 1: every tensor whole (count -1). */
+static int read_row_blocks(json_t *list, int version, CkptManifestFile *f, char *err, size_t errlen)
+{
+    const size_t n = (size_t)f->n_tensors;
+    f->row_start = calloc(n + 1, sizeof *f->row_start);
+    f->row_count = calloc(n + 1, sizeof *f->row_count);
+    if (!f->row_start || !f->row_count) return ckpt_fail(err, errlen, "out of memory reading '%s'", CKPT_MANIFEST_NAME);
+    if (version < 2) {
+        for (size_t i = 0; i < n; i++) f->row_count[i] = -1;
+        return 0;
+    }
+    if (!json_is_array(list) || json_array_size(list) != n)
+        return ckpt_fail(err, errlen, "'%s': file '%s' has no 'row_blocks' list of one block per tensor",
+                         CKPT_MANIFEST_NAME, f->name);
+    for (size_t i = 0; i < n; i++) {
+        json_t *b = json_array_get(list, i), *a = json_array_get(b, 0), *c = json_array_get(b, 1);
+        if (json_array_size(b) != 2 || !json_is_integer(a) || !json_is_integer(c) || json_integer_value(a) < 0 ||
+            json_integer_value(c) < 0 || json_integer_value(a) > (1LL << 48) || json_integer_value(c) > (1LL << 48))
+            return ckpt_fail(err, errlen, "'%s': row block #%zu of '%s' is not [start, count]", CKPT_MANIFEST_NAME, i,
+                             f->name);
+        f->row_start[i] = json_integer_value(a);
+        f->row_count[i] = json_integer_value(c);
+    }
+    return 0;
+}
+
+static int read_file_entry(json_t *e, int world_size, int version, CkptManifestFile *f, char *err, size_t errlen)
 {
     json_t *name = json_object_get(e, "name"), *sum = json_object_get(e, "checksum");
     long long rank, bytes;
@@ -199,7 +244,8 @@ static int read_file_entry(json_t *e, int world_size, CkptManifestFile *f, char 
         return ckpt_fail(err, errlen, "'%s': checksum of '%s' is not 16 hex digits", CKPT_MANIFEST_NAME, f->name);
     f->rank = (int)rank;
     f->bytes = bytes;
-    return read_tensor_names(json_object_get(e, "tensors"), f, err, errlen);
+    if (read_tensor_names(json_object_get(e, "tensors"), f, err, errlen)) return -1;
+    return read_row_blocks(json_object_get(e, "row_blocks"), version, f, err, errlen);
 }
 
 static int read_files(json_t *root, CkptManifest *m, char *err, size_t errlen)
@@ -213,7 +259,8 @@ static int read_files(json_t *root, CkptManifest *m, char *err, size_t errlen)
     char *seen = calloc(n, 1);
     int rc = m->files && seen ? 0 : ckpt_fail(err, errlen, "out of memory reading '%s'", CKPT_MANIFEST_NAME);
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        rc = read_file_entry(json_array_get(files, i), m->layout.world_size, &m->files[i], err, errlen);
+        rc = read_file_entry(json_array_get(files, i), m->layout.world_size, m->format_version, &m->files[i], err,
+                             errlen);
         if (rc == 0 && seen[m->files[i].rank]++)
             rc = ckpt_fail(err, errlen, "'%s': rank %d is listed twice", CKPT_MANIFEST_NAME, m->files[i].rank);
         for (size_t j = 0; rc == 0 && j < i; j++)
@@ -244,9 +291,9 @@ static int read_fields(json_t *root, CkptManifest *m, char *err, size_t errlen)
     long long version, step, tokens;
     if (get_int(root, "format_version", 1, INT_MAX, &version))
         return ckpt_fail(err, errlen, "'%s': no valid 'format_version' (file damaged?)", CKPT_MANIFEST_NAME);
-    if (version > CKPT_FORMAT_VERSION)
+    if (version > CKPT_MANIFEST_VERSION)
         return ckpt_fail(err, errlen, "'%s': format version %lld is newer than this dstrain's %d (upgrade dstrain)",
-                         CKPT_MANIFEST_NAME, version, CKPT_FORMAT_VERSION);
+                         CKPT_MANIFEST_NAME, version, CKPT_MANIFEST_VERSION);
     json_t *sum = json_object_get(root, "manifest_checksum"), *config = json_object_get(root, "config");
     json_t *moments = json_object_get(root, "optimizer_moments"), *algo = json_object_get(root, "checksum_algorithm");
     uint64_t stored, actual;
@@ -307,6 +354,8 @@ void ckpt_manifest_free(CkptManifest *m)
     for (int i = 0; m->files && i < m->n_files; i++) {
         free(m->files[i].tensors);
         free(m->files[i].names_blob);
+        free(m->files[i].row_start);
+        free(m->files[i].row_count);
     }
     free(m->config);
     free(m->files);

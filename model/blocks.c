@@ -138,10 +138,10 @@ void block_bind(BlockWeights *w, Ops *o, const ParamTable *t, const ModelConfig 
     CHECK(egu && edown);
     w->expert_gate_up = egu;
     w->expert_down = edown;
-    for (int e = 0; e < c->n_routed_experts; e++) {
+    for (int j = 0; j < t->expert_n; j++) {     /* local index j: routed expert expert_lo + j */
         char ex[PARAM_NAME_MAX];
-        snprintf(ex, sizeof ex, "mlp.experts.%d", e);
-        bind_swiglu(&b, &egu[e], &edown[e], ex, F, C);
+        snprintf(ex, sizeof ex, "mlp.experts.%d", t->expert_lo + j);
+        bind_swiglu(&b, &egu[j], &edown[j], ex, F, C);
     }
 }
 
@@ -192,11 +192,17 @@ void block_bind_grads(BlockGrads *g, const ParamTable *t, const ModelConfig *c, 
         g->shared_gate_up = base + gate_up_offset(t, layer, "mlp.shared_experts", (size_t)c->n_shared_experts * F * C);
         g->shared_down = at(t, base, layer, "mlp.shared_experts.down_proj.weight");
     }
-    g->experts = base + gate_up_offset(t, layer, "mlp.experts.0", F * C);
+    /* the experts held here, by local index (params_select keeps a layer's experts adjacent) */
+    char e0[32], name[PARAM_NAME_MAX];
+    snprintf(e0, sizeof e0, "mlp.experts.%d", t->expert_lo);
+    g->experts = base + gate_up_offset(t, layer, e0, F * C);
     g->expert_stride = 3 * F * C;
-    CHECK(at(t, base, layer, "mlp.experts.0.down_proj.weight") == g->experts + 2 * F * C);
-    if (c->n_routed_experts > 1)
-        CHECK(at(t, base, layer, "mlp.experts.1.gate_proj.weight") == g->experts + g->expert_stride);
+    snprintf(name, sizeof name, "%s.down_proj.weight", e0);
+    CHECK(at(t, base, layer, name) == g->experts + 2 * F * C);
+    if (t->expert_n > 1) {
+        snprintf(name, sizeof name, "mlp.experts.%d.gate_proj.weight", t->expert_lo + 1);
+        CHECK(at(t, base, layer, name) == g->experts + g->expert_stride);
+    }
 }
 
 #define F32(n) ((size_t)(n) * sizeof(float))

@@ -123,7 +123,7 @@ static char *arena_build(Model *m, void (*plan)(Model *, Arena *), size_t *bytes
 static void plan_weights(Model *m, Arena *ar)
 {
     const ModelConfig *c = &m->cfg;
-    const int E = m->d.E;
+    const int E = m->table.expert_n;    /* experts held here */
     for (int b = 0, slot = 0; b < m->nblocks; b++) {
         if (m->is_moe[b]) {
             m->w[b].expert_gate_up = m->expert_wgts + (size_t)slot * 2 * E;
@@ -142,9 +142,9 @@ static void plan_weights(Model *m, Arena *ar)
 static void list_weights(Model *m)
 {
     int n = 0;
-    for (int b = 0; b < m->nblocks; b++) n += block_wgts(&m->w[b], m->d.E, NULL);
+    for (int b = 0; b < m->nblocks; b++) n += block_wgts(&m->w[b], m->table.expert_n, NULL);
     m->wgts = xcalloc((size_t)n + m->d.D + 1, sizeof(Wgt *));
-    for (int b = 0; b < m->nblocks; b++) m->n_wgts += block_wgts(&m->w[b], m->d.E, m->wgts + m->n_wgts);
+    for (int b = 0; b < m->nblocks; b++) m->n_wgts += block_wgts(&m->w[b], m->table.expert_n, m->wgts + m->n_wgts);
     if (!m->last) return;
     for (int k = 0; k < m->d.D; k++) m->wgts[m->n_wgts++] = &m->mtp_w[k].eh_proj;
     m->wgts[m->n_wgts++] = &m->head;
@@ -169,6 +169,75 @@ void model_refresh_weights(Model *m)
     if (!m->wgts_stale) return;
     for (int i = 0; i < m->n_wgts; i++) m->o->weight_refresh(m->o, m->wgts[i]);
     m->wgts_stale = 0;
+}
+
+/* Which blocks are MoE blocks (main layers from first_k_dense_replace on, every MTP block). */
+static void mark_blocks(Model *m)
+{
+    m->nblocks = m->d.L + m->d.D;
+    m->is_moe = xcalloc((size_t)m->nblocks, sizeof(int));
+    m->moe_block = xcalloc((size_t)m->nblocks, sizeof(int));
+    m->moe_slot = xcalloc((size_t)m->nblocks, sizeof(int));
+    for (int b = 0; b < m->nblocks; b++) {
+        m->is_moe[b] = b >= m->d.L || b >= m->cfg.first_k_dense_replace;
+        m->moe_slot[b] = m->is_moe[b] ? m->n_moe : -1;
+        if (m->is_moe[b]) m->moe_block[m->n_moe++] = b;
+    }
+}
+
+void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, ModelBytes *out)
+{
+    memset(out, 0, sizeof *out);
+    Model *m = xcalloc(1, sizeof *m);
+    m->cfg = *c;
+    m->o = o;
+    m->train = train;
+    dims_from_config(&m->d, c, B, T, (int)o->act_bytes);
+    if (ep > 1 && m->d.E > 0) {
+        /* the group's sizes without its comm: the count passes below only take arena space */
+        m->ep.size = ep;
+        m->ep.E = m->d.E;
+        m->ep.n_local = m->d.E / ep;
+        m->d.ep = &m->ep;
+        m->d.R = ep * m->d.N * m->d.K;
+    }
+    /* the whole model as one stage with one slot (model_create_ep's) */
+    m->hi = c->num_hidden_layers;
+    m->first = m->last = 1;
+    m->n_slots = 1;
+    mark_blocks(m);
+    m->slots = xcalloc(1, sizeof(ModelSlot));
+    m->slots[0].acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
+    m->slots[0].bw = xcalloc((size_t)m->nblocks, sizeof(BlockBwd));
+    m->sl = &m->slots[0];
+    size_t entries, total;
+    params_measure(c, &entries, &total);
+    if (ep > 1 && m->d.E > 0) {
+        /* a rank holds E / ep of the routed experts (params_select) */
+        const size_t routed = params_measure_routed(c);
+        total -= routed - routed / (size_t)ep;
+    }
+    out->table = entries * sizeof(Param);
+    out->params = total * sizeof(float);
+    out->grads = train ? out->params : 0;
+    Arena ar = { NULL, 0 };
+    plan_acts(m, &ar);
+    out->acts = ar.used;
+    ar.used = 0;
+    if (train) plan_backward(m, &ar);
+    out->scratch = ar.used;
+    /* model_create's per-expert host arrays: two Wgts per expert and MoE block, the counts and
+     * the bias update's staging */
+    const size_t E = (size_t)m->d.E, nm = (size_t)m->n_moe;
+    out->experts_host = nm * 2 * (E / (size_t)(ep > 1 ? ep : 1)) * sizeof(Wgt) + nm * E * sizeof(float) +
+                        E * (sizeof(float) + sizeof(double));
+    free(m->is_moe);
+    free(m->moe_block);
+    free(m->moe_slot);
+    free(m->slots[0].acts);
+    free(m->slots[0].bw);
+    free(m->slots);
+    free(m);
 }
 
 Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train)
@@ -212,24 +281,19 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
         m->d.R = ep_comm->size * m->d.N * m->d.K;
     }
     params_build(&m->table, c);
-    if (!(m->first && m->last)) {   /* a stage keeps only its tensors */
+    if (!(m->first && m->last) || m->d.ep) {
+        /* a stage keeps only its tensors, and of the routed experts only this rank's (DESIGN.md
+         * section 5): bound by local index j, expert expert_lo + j of the routing */
         ParamTable full = m->table;
         Keep keep = { sp, c };
-        params_select(&full, &m->table, keep_entry, &keep);
+        const int lo = m->d.ep ? m->ep.rank * m->ep.n_local : 0, n = m->d.ep ? m->ep.n_local : c->n_routed_experts;
+        params_select(&m->table, &full, lo, n, m->first && m->last ? NULL : keep_entry, &keep);
         params_free(&full);
     }
-    m->nblocks = m->d.L + m->d.D;
-    m->is_moe = xcalloc((size_t)m->nblocks, sizeof(int));
-    m->moe_block = xcalloc((size_t)m->nblocks, sizeof(int));
-    m->moe_slot = xcalloc((size_t)m->nblocks, sizeof(int));
-    for (int b = 0; b < m->nblocks; b++) {
-        m->is_moe[b] = b >= m->d.L || b >= c->first_k_dense_replace;
-        m->moe_slot[b] = m->is_moe[b] ? m->n_moe : -1;
-        if (m->is_moe[b]) m->moe_block[m->n_moe++] = b;
-    }
+    mark_blocks(m);
     m->w = xcalloc((size_t)m->nblocks, sizeof(BlockWeights));
     m->g = xcalloc((size_t)m->nblocks, sizeof(BlockGrads));
-    m->expert_wgts = xcalloc((size_t)m->n_moe * 2 * m->d.E + 1, sizeof(Wgt));
+    m->expert_wgts = xcalloc((size_t)m->n_moe * 2 * m->table.expert_n + 1, sizeof(Wgt));
     m->slots = xcalloc((size_t)m->n_slots, sizeof(ModelSlot));
     for (int i = 0; i < m->n_slots; i++) {
         m->slots[i].acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));

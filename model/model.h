@@ -63,6 +63,16 @@ Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train);
 Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Comm *ep_comm, int node);
 void model_destroy(Model *m);
 
+/* What model_create_ep would take, without taking it (for the check against the memory
+ * available before anything large is allocated): the parameter table's entries (host),
+ * parameters, gradients, activations and backward scratch (backend memory), and the per-expert
+ * bookkeeping (host). ep: ranks of the expert-parallel group (1: none). Weight compute copies
+ * are not counted (none under fp32, where they alias the masters). */
+typedef struct ModelBytes {
+    size_t table, params, grads, acts, scratch, experts_host;
+} ModelBytes;
+void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, ModelBytes *out);
+
 const ParamTable *model_table(const Model *m);
 const ModelConfig *model_config(const Model *m);
 /* The FP32 masters (backend memory, table order), writable: the Linear weights' compute

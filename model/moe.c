@@ -9,17 +9,12 @@
  * balance loss (weight alpha) flows into the router through P only. Dropless: every
  * (token, slot) row is computed, whatever the load. With an expert-parallel group
  * (comm/dispatch.h) each rank runs only its n_local experts, on the rows dispatched to it from
- * every rank of the group; the gradients of the other experts stay zero on this rank (the
- * trainer's sum over data-parallel ranks brings each expert's from the ranks that hold it).
+ * every rank of the group, bound by local index j (global expert ep_rank * n_local + j; the
+ * global id is used for routing and counts only); the other experts are not held here
+ * (model/params.h params_select).
  * Not here: the bias update itself (model/model.c, after the optimizer step).
  */
 #include "ffn.h"
-
-/* The first (global) expert index this rank runs: experts e0 .. e0 + n_local - 1. */
-static int first_local_expert(const EpHandle *h)
-{
-    return h->g ? h->g->rank * h->n_local : 0;
-}
 
 static RouteShape route_shape(const Ctx *x)
 {
@@ -29,8 +24,9 @@ static RouteShape route_shape(const Ctx *x)
     return r;
 }
 
-/* Routed expert e's MLP on its rows [r0, r0 + n) of the expert-major buffers (g: gradients,
- * NULL outside W; bw: what B leaves for W, NULL in forward). */
+/* Routed expert e's MLP (e: local index, the weights and gradients held here) on its rows
+ * [r0, r0 + n) of the expert-major buffers (g: gradients, NULL outside W; bw: what B leaves
+ * for W, NULL in forward). */
 static SwigluMlp expert_mlp(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockActs *a,
                             const BlockBwd *bw, int e, size_t r0, int n)
 {
@@ -78,12 +74,11 @@ void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st
     ep_layout(o, &a->ep, a->idx);
     ep_dispatch(o, &a->ep, a->xp, a->ln2);
     const int32_t *off = a->ep.recv_offsets_host;
-    const int e0 = first_local_expert(&a->ep);
     for (int j = 0; j < a->ep.n_local; j++) {
         int n = off[j + 1] - off[j];
         if (n == 0) continue;
         size_t r0 = (size_t)off[j];
-        SwigluMlp m = expert_mlp(x, w, NULL, a, NULL, e0 + j, r0, n);
+        SwigluMlp m = expert_mlp(x, w, NULL, a, NULL, j, r0, n);
         swiglu_mlp_forward(o, &m, act_at(o, a->yp, r0 * C), act_at_c(o, a->xp, r0 * C));
     }
     if (d->Fs > 0) {
@@ -103,13 +98,12 @@ static void experts_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd
     Scratch *s = x->s;
     const size_t C = (size_t)x->d->C;
     const int32_t *off = a->ep.recv_offsets_host;
-    const int e0 = first_local_expert(&a->ep);
     o->zero(o, s->dxp, o->act_bytes * (size_t)a->ep.recv_rows * C);
     for (int j = 0; j < a->ep.n_local; j++) {
         int n = off[j + 1] - off[j];
         if (n == 0) continue;
         size_t r0 = (size_t)off[j];
-        SwigluMlp m = expert_mlp(x, w, NULL, a, bw, e0 + j, r0, n);
+        SwigluMlp m = expert_mlp(x, w, NULL, a, bw, j, r0, n);
         swiglu_mlp_backward_input(o, &m, act_at(o, s->dxp, r0 * C), act_at_c(o, bw->dyp, r0 * C));
     }
 }
@@ -160,12 +154,11 @@ void moe_backward_weight(const Ctx *x, const BlockWeights *w, BlockGrads *g, con
         swiglu_mlp_backward_weight(o, &m, bw->dout, a->ln2);
     }
     const int32_t *off = a->ep.recv_offsets_host;
-    const int e0 = first_local_expert(&a->ep);
     for (int j = 0; j < a->ep.n_local; j++) {
         int n = off[j + 1] - off[j];
         if (n == 0) continue;
         size_t r0 = (size_t)off[j];
-        SwigluMlp m = expert_mlp(x, w, g, a, bw, e0 + j, r0, n);
+        SwigluMlp m = expert_mlp(x, w, g, a, bw, j, r0, n);
         swiglu_mlp_backward_weight(o, &m, act_at_c(o, bw->dyp, r0 * C), act_at_c(o, a->xp, r0 * C));
     }
     o->router_backward_weight(o, g->router, bw->dlogits_r, a->ln2, d->N, d->C, d->E);

@@ -17,7 +17,8 @@
 #include "../runtime/common.h"
 #include "flops.h"
 
-typedef struct Builder { ParamTable *t; int cap; } Builder;
+/* count_only: entries and floats are counted, nothing is stored (params_measure). */
+typedef struct Builder { ParamTable *t; int cap; int count_only; size_t n, routed; } Builder;
 
 static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer, int expert,
                 int mtp, long rows, long cols, const char *fmt, ...) __attribute__((format(printf, 10, 11)));
@@ -26,6 +27,12 @@ static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer
                 int mtp, long rows, long cols, const char *fmt, ...)
 {
     ParamTable *t = b->t;
+    CHECK(rows > 0 && cols >= 0);
+    if (b->count_only) {
+        b->n++;
+        t->total += (size_t)rows * (size_t)(cols ? cols : 1);
+        return;
+    }
     if (t->n == b->cap) {
         b->cap = b->cap ? 2 * b->cap : 256;
         t->p = realloc(t->p, (size_t)b->cap * sizeof(Param));
@@ -38,7 +45,6 @@ static void add(Builder *b, ParamRole role, ParamInit init, int decay, int layer
     int n = vsnprintf(p->name, sizeof p->name, fmt, ap);
     va_end(ap);
     CHECK(n > 0 && n < (int)sizeof p->name);
-    CHECK(rows > 0 && cols >= 0);
     p->ndim = cols == 0 ? 1 : 2;   /* cols 0: a vector of rows values */
     p->rows = rows;
     p->cols = cols ? cols : 1;
@@ -117,11 +123,19 @@ static void add_block(Builder *b, const ModelConfig *c, int l, int mtp)
     const long E = c->n_routed_experts, F = c->moe_intermediate_size;
     add(b, ROLE_ROUTER, INIT_NORMAL, 0, l, -1, mtp, E, C, "%s.mlp.gate.weight", pre);
     add(b, ROLE_ROUTER, INIT_ZEROS, 0, l, -1, mtp, E, 0, "%s.mlp.gate.e_score_correction_bias", pre);
-    b->t->p[b->t->n - 1].trained = 0;
+    if (!b->count_only) b->t->p[b->t->n - 1].trained = 0;
     if (c->n_shared_experts > 0) {
         char sh[PARAM_NAME_MAX];
         snprintf(sh, sizeof sh, "%s.mlp.shared_experts", pre);
         add_swiglu(b, ROLE_SHARED_EXPERT, l, -1, mtp, C, (long)c->n_shared_experts * F, sh);
+    }
+    if (b->count_only) {
+        /* the same three entries per expert as below, counted at once (E may be too large to
+         * walk: measuring exists to refuse such a table before it is built) */
+        b->n += 3 * (size_t)E;
+        b->t->total += (size_t)E * 3 * (size_t)F * (size_t)C;
+        b->routed += (size_t)E * 3 * (size_t)F * (size_t)C;
+        return;
     }
     for (int e = 0; e < E; e++) {
         char ex[PARAM_NAME_MAX];
@@ -130,44 +144,96 @@ static void add_block(Builder *b, const ModelConfig *c, int l, int mtp)
     }
 }
 
+static void build(Builder *b, const ModelConfig *c);
+
 void params_build(ParamTable *t, const ModelConfig *c)
 {
     memset(t, 0, sizeof *t);
-    Builder b = { t, 0 };
+    Builder b = { t, 0, 0, 0, 0 };
+    build(&b, c);
+    t->expert_lo = 0;
+    t->expert_n = c->n_routed_experts;
+    t->n_replicated = t->total;
+}
+
+static int held(const Param *p, int lo, int n)
+{
+    return p->role != ROLE_ROUTED_EXPERT || (p->expert >= lo && p->expert < lo + n);
+}
+
+void params_select(ParamTable *out, const ParamTable *full, int expert_lo, int expert_n, ParamKeep keep, void *arg)
+{
+    memset(out, 0, sizeof *out);
+    out->p = xcalloc((size_t)full->n + 1, sizeof(Param));
+    out->expert_lo = expert_lo;
+    out->expert_n = expert_n;
+    out->selected = expert_lo != full->expert_lo || expert_n != full->expert_n;
+    if (!out->selected && !keep) {
+        memcpy(out->p, full->p, (size_t)full->n * sizeof(Param));
+        out->n = full->n;
+        out->total = out->n_replicated = full->total;
+        return;
+    }
+    /* entries in offset order (the optimizer walks runs of adjacent entries): with every
+     * expert held, table order (one region); otherwise the replicated ones, then the routed
+     * experts held */
+    const int passes = out->selected ? 2 : 1;
+    for (int pass = 0; pass < passes; pass++) {
+        for (int i = 0; i < full->n; i++) {
+            const Param *q = &full->p[i];
+            if (passes == 2 && (q->role == ROLE_ROUTED_EXPERT) != pass) continue;
+            if (!held(q, expert_lo, expert_n) || (keep && !keep(q, arg))) continue;
+            Param *p = &out->p[out->n++];
+            *p = *q;
+            p->offset = out->total;
+            out->total += p->numel;
+        }
+        if (pass == 0) out->n_replicated = out->total;
+    }
+}
+
+void params_measure(const ModelConfig *c, size_t *entries, size_t *total)
+{
+    ParamTable t;
+    memset(&t, 0, sizeof t);
+    Builder b = { &t, 0, 1, 0, 0 };
+    build(&b, c);
+    *entries = b.n;
+    *total = t.total;
+}
+
+size_t params_measure_routed(const ModelConfig *c)
+{
+    ParamTable t;
+    memset(&t, 0, sizeof t);
+    Builder b = { &t, 0, 1, 0, 0 };
+    build(&b, c);
+    return b.routed;
+}
+
+static void build(Builder *b, const ModelConfig *c)
+{
     const long V = c->vocab_size, C = c->hidden_size;
     const int L = c->num_hidden_layers;
 
-    add(&b, ROLE_EMBED, INIT_NORMAL, 1, -1, -1, 0, V, C, "model.embed_tokens.weight");
-    for (int l = 0; l < L; l++) add_block(&b, c, l, 0);
+    add(b, ROLE_EMBED, INIT_NORMAL, 1, -1, -1, 0, V, C, "model.embed_tokens.weight");
+    for (int l = 0; l < L; l++) add_block(b, c, l, 0);
     for (int k = 1; k <= c->num_nextn_predict_layers; k++) {
         int l = L + k - 1;
-        add(&b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.enorm.weight", l);
-        add(&b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.hnorm.weight", l);
-        add(&b, ROLE_MTP_PROJ, INIT_NORMAL, 1, l, -1, 1, C, 2 * C, "model.layers.%d.eh_proj.weight", l);
-        add_block(&b, c, l, 1);
-        add(&b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.shared_head.norm.weight", l);
+        add(b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.enorm.weight", l);
+        add(b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.hnorm.weight", l);
+        add(b, ROLE_MTP_PROJ, INIT_NORMAL, 1, l, -1, 1, C, 2 * C, "model.layers.%d.eh_proj.weight", l);
+        add_block(b, c, l, 1);
+        add(b, ROLE_NORM, INIT_ONES, 0, l, -1, 1, C, 0, "model.layers.%d.shared_head.norm.weight", l);
     }
-    add(&b, ROLE_NORM, INIT_ONES, 0, -1, -1, 0, C, 0, "model.norm.weight");
-    add(&b, ROLE_HEAD, INIT_NORMAL, 1, -1, -1, 0, V, C, "lm_head.weight");
+    add(b, ROLE_NORM, INIT_ONES, 0, -1, -1, 0, C, 0, "model.norm.weight");
+    add(b, ROLE_HEAD, INIT_NORMAL, 1, -1, -1, 0, V, C, "lm_head.weight");
 }
 
 void params_free(ParamTable *t)
 {
     free(t->p);
     memset(t, 0, sizeof *t);
-}
-
-void params_select(const ParamTable *full, ParamTable *out, int (*keep)(const Param *p, void *arg), void *arg)
-{
-    memset(out, 0, sizeof *out);
-    out->p = xcalloc((size_t)full->n + 1, sizeof(Param));
-    for (int i = 0; i < full->n; i++) {
-        if (!keep(&full->p[i], arg)) continue;
-        Param *p = &out->p[out->n++];
-        *p = full->p[i];
-        p->offset = out->total;
-        out->total += p->numel;
-    }
 }
 
 const Param *params_find(const ParamTable *t, const char *name)

@@ -54,7 +54,8 @@ typedef struct Param {
     int layer;              /* block index (MTP k at L+k-1); -1 for embedding, final norm, head */
     int expert;             /* routed expert index; -1 otherwise */
     int mtp;                /* 1 for tensors of an MTP module (layer >= L) */
-    int index;              /* position in the whole model's table (seeds its initialisation) */
+    int index;              /* position in the full table (params_build), kept by params_select:
+                             * initialisation is seeded by it */
     size_t global_offset;   /* offset in the whole model's flat buffer (== offset there) */
 } Param;
 
@@ -62,15 +63,34 @@ typedef struct ParamTable {
     Param *p;
     int n;
     size_t total;           /* floats in the flat buffer */
+    int expert_lo, expert_n;    /* routed experts held: expert_lo .. expert_lo + expert_n - 1 */
+    size_t n_replicated;    /* floats of the replicated region [0, n_replicated); the routed
+                             * experts' region is [n_replicated, total) (params_select) */
+    int selected;           /* the routed experts held are a strict subset (EP; params_select);
+                             * a pipeline stage's filter alone does not set it */
 } ParamTable;
 
 /* Build the table for a (validated) config; no tensor memory is allocated. */
 void params_build(ParamTable *t, const ModelConfig *c);
 void params_free(ParamTable *t);
-/* The entries of `full` that keep(p, arg) accepts, in table order, with offsets of their own
- * flat buffer (contiguous); each keeps its index and global_offset, so a stage's table maps
- * back to the whole model's and initialises its tensors as the whole model does. */
-void params_select(const ParamTable *full, ParamTable *out, int (*keep)(const Param *p, void *arg), void *arg);
+/* Whether a rank keeps entry p (arg: the caller's; e.g. a pipeline stage, model/stage.h). */
+typedef int (*ParamKeep)(const Param *p, void *arg);
+/* A rank's table (DESIGN.md section 5 "Ownership"): the entries of full that keep accepts
+ * (keep NULL: every one; under PP a stage's tensors) except the routed experts outside
+ * [expert_lo, expert_lo + expert_n) (EP), every entry keeping its name, shape, global index
+ * and global_offset (so a selection initialises its tensors as the full table does and maps
+ * back to it). keep NULL with every expert selected: an exact copy (same offsets, one region:
+ * n_replicated = total). With every expert selected otherwise: the kept entries in table order,
+ * one region. With a strict subset of the experts the entries (and the flat buffer, in the same
+ * order) form two regions: the replicated entries first, in table order, then the selected
+ * experts' entries, in table order (so an expert's gate_proj, up_proj, down_proj stay adjacent
+ * and a layer's experts consecutive). */
+void params_select(ParamTable *out, const ParamTable *full, int expert_lo, int expert_n, ParamKeep keep, void *arg);
+/* What params_build would build, without building it: the number of entries and the floats of
+ * the flat buffer (so a table too large for memory is refused before it is built). */
+void params_measure(const ModelConfig *c, size_t *entries, size_t *total);
+/* Of those floats, the routed experts' (all E of every MoE block). */
+size_t params_measure_routed(const ModelConfig *c);
 /* The entry with this exact name, or NULL. */
 const Param *params_find(const ParamTable *t, const char *name);
 /* Offset of "model.layers.<layer>.<suffix>" (layer < 0: the name is used as is); DIE if absent. */
@@ -90,7 +110,8 @@ double params_active(const ParamTable *t, const ModelConfig *c);
 
 /* Fill a host buffer with the initial values (normal(0, initializer_range), ones, zeros),
  * deterministic in seed and independent of the order of other tensors: each tensor draws
- * from its own stream seeded by (seed, table index). */
+ * from its own stream seeded by (seed, global index), so a selection starts from the same
+ * weights as the full table. */
 void params_init(const ParamTable *t, const ModelConfig *c, float *host, unsigned long long seed);
 
 #endif

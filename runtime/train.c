@@ -15,8 +15,10 @@
 #include "../comm/watchdog.h"
 #include "../model/flops.h"
 #include "common.h"
+#include "runtime/ckpt_shard.h"
 #include "runtime/plot.h"
 #include "guard.h"
+#include "runtime/shard.h"
 #include "synth.h"
 #include "train_pp.h"
 
@@ -59,57 +61,6 @@ static void upload(Trainer *t, void *dev, const void *host, size_t bytes)
     watchdog_op_end();
 }
 
-/* ZeRO-1 slices: dp equal slices of S = ceil(total / dp) floats (the last ones shorter or
- * empty); this rank updates [lo, hi). Host staging for the exchanges (the comm works on host
- * memory; with the cpu backend the transfers are copies). */
-static void zero_plan(Trainer *t, size_t total)
-{
-    const int dp = t->groups->dp, r = t->groups->dp_rank;
-    t->slice = (total + dp - 1) / dp;
-    t->padded = t->slice * dp;
-    t->lo = (size_t)r * t->slice < total ? (size_t)r * t->slice : total;
-    t->hi = t->lo + t->slice < total ? t->lo + t->slice : total;
-    if (dp == 1) return;
-    t->zero_full = xcalloc(t->padded, sizeof(float));
-    t->zero_part = xcalloc(t->slice, sizeof(float));
-    t->grad_slice = t->o->alloc(t->o, t->slice * sizeof(float));
-}
-
-/* grads of the whole table -> the sum over dp ranks of this rank's slice, in t->grad_slice
- * (reduce-scatter; the padding past total is zero on every rank). */
-static float *zero_reduce_grads(Trainer *t)
-{
-    const size_t total = model_table(t->model)->total;
-    download(t, t->zero_full, model_grads(t->model), total * sizeof(float));
-    comm_reduce_scatter(t->groups->dp_comm, t->zero_part, t->zero_full, t->slice, COMM_F32, COMM_SUM);
-    upload(t, t->grad_slice, t->zero_part, t->slice * sizeof(float));
-    return t->grad_slice;
-}
-
-/* params[lo, hi) of every rank -> every rank's params (all-gather). */
-static void zero_gather_params(Trainer *t)
-{
-    const size_t total = model_table(t->model)->total;
-    float *full = t->zero_full, *mine = full + (size_t)t->groups->dp_rank * t->slice;
-    float *params = model_params(t->model);
-    download(t, mine, params + t->lo, (t->hi - t->lo) * sizeof(float));
-    comm_allgather(t->groups->dp_comm, full, mine, t->slice, COMM_F32);
-    upload(t, params, full, total * sizeof(float));
-}
-
-/* host_m, host_v (padded; the table's moments in [0, total)) <- every rank's slice of them
- * (all-gather; collective over dp). */
-static void zero_gather_moments(Trainer *t)
-{
-    const size_t n = t->hi - t->lo;
-    float *dst[2] = { t->host_m, t->host_v }, *src[2] = { t->opt.m, t->opt.v };
-    for (int k = 0; k < 2; k++) {
-        float *mine = dst[k] + (size_t)t->groups->dp_rank * t->slice;
-        download(t, mine, src[k], n * sizeof(float));
-        if (t->groups->dp > 1) comm_allgather(t->groups->dp_comm, dst[k], mine, t->slice, COMM_F32);
-    }
-}
-
 void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir, const World *w,
                    Groups *g)
 {
@@ -128,6 +79,9 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     const TrainConfig *tc = &cfg->train;
     Precision prec = parse_precision(tc->precision);
     t->o = strcmp(tc->device, "cuda") == 0 ? ops_cuda_create(prec) : ops_cpu_create(tc->threads, prec);
+    /* the plan is one of pp = 1 (runtime/shard.h); a stage's own plan is not made yet, so
+     * pipelines are not checked (the whole model's figure would refuse layouts that fit) */
+    if (g->pp == 1) shard_check_memory(&t->mem, &t->mem_limit, cfg, t->o, g, w->local_size);
 
     if (t->root) ensure_data(cfg);
     comm_barrier(w->comm);
@@ -137,14 +91,13 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->window = xcalloc((size_t)B * (T + 1), sizeof(int32_t));
 
     if (g->pp > 1) {
-        pp_setup(t, w, g);
+        pp_setup(t, w, g);     /* its stages' optimizers (runtime/train_pp.h) */
     } else {
         t->model = model_create_ep(&cfg->model, t->o, B, T, 1, g->ep > 1 ? g->ep_comm : NULL, w->node);
         model_init_params(t->model, (uint64_t)tc->seed);
+        shard_init(&t->shard, t->o, model_table(t->model), g, &cfg->optim, tc->bf16_moments);
     }
     const ParamTable *pt = trainer_table(t);
-    zero_plan(t, pt->total);
-    if (!t->pp) optim_init_shard(&t->opt, t->o, pt, &cfg->optim, tc->bf16_moments, t->lo, t->hi);
     rng_seed(&t->rng, (uint64_t)tc->seed ^ 0x7261696e696e67ull);
     /* room for a span per layer and phase of every micro-batch, when an executor records them */
     t->trace = trace_create_steps(w->rank, tc->trace_steps,
@@ -152,8 +105,8 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->ckpt = ckpt_writer_create();
     t->host_params = xmalloc(pt->total * sizeof(float));
     t->host_counts = xcalloc((size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1, sizeof(float));
-    t->host_m = xmalloc(t->padded * sizeof(float));
-    t->host_v = xmalloc(t->padded * sizeof(float));
+    t->host_m = xmalloc(pt->total * sizeof(float));
+    t->host_v = xmalloc(pt->total * sizeof(float));
     t->sdc_sums = xcalloc((size_t)g->dp, sizeof(int64_t));
     if (tc->ema_decay > 0 && t->root) t->ema = xmalloc(pt->total * sizeof(float));   /* the root saves it */
     t->flops_per_token = flops_per_token(&cfg->model, T, cfg->model.num_nextn_predict_layers > 0);
@@ -167,10 +120,7 @@ void trainer_free(Trainer *t)
     if (t->metrics) metrics_close(t->metrics);
     trace_free(t->trace);
     if (t->pp) pp_free(t);
-    else optim_free(&t->opt);
-    if (t->grad_slice) t->o->free(t->o, t->grad_slice);
-    free(t->zero_full);
-    free(t->zero_part);
+    else shard_free(&t->shard, t->o);
     if (t->model) model_destroy(t->model);
     data_close(t->train);
     data_close(t->val);
@@ -272,28 +222,21 @@ static void train_step(Trainer *t, StepMetrics *s)
     s->loss = losses[0];
     s->balance = losses[1];
     for (int k = 0; k < D; k++) s->mtp[k] = losses[2 + k];
-    /* ZeRO-1: this rank's slice of the sum of the gradients over dp ranks; the mean (the global
-     * gradient) is that times 1/dp, which the norm and the optimizer's grad_scale apply (exact
-     * for dp a power of two). An expert's gradient is nonzero only on the ranks holding it (one
-     * per EP group: dp/ep of them, each with the tokens of its whole group), so the same sum is
-     * the expert's gradient over all dp * B * T tokens. The norm sums the slices' squares. */
-    float *grads = dp > 1 ? zero_reduce_grads(t) : model_grads(m);
-    s->grad_norm = optim_grad_norm(&t->opt, grads);
-    if (dp > 1) {
-        double sq = s->grad_norm * s->grad_norm;
-        comm_allreduce(t->groups->dp_comm, &sq, 1, COMM_F64, COMM_SUM);
-        s->grad_norm = sqrt(sq) / dp;
-    }
+    /* ZeRO-1 per region (runtime/shard.h): this rank's slices of the gradients summed over
+     * the region's group; the mean (the global gradient) is that times 1/dp, which the norm
+     * and the optimizer's grad_scale apply (exact for dp a power of two). */
+    shard_reduce_grads(&t->shard, t->o, model_grads(m));
+    s->grad_norm = shard_grad_norm(&t->shard);
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
     /* divergence guard: a non-finite loss or gradient never reaches the weights. Every rank
-     * sees the same (reduced) loss and norm, so all skip together; the optimizer's step count
-     * still advances, so it stays equal to t->step, which a resume restores. */
+     * sees the same (reduced) loss and norm, so all skip together; the optimizers' step counts
+     * still advance, so they stay equal to t->step, which a resume restores. */
     s->skipped = !isfinite(s->loss) || !isfinite(s->grad_norm);
     if (s->skipped) {
-        t->opt.step++;
+        shard_skip_step(&t->shard);
     } else {
-        optim_step(&t->opt, model_params(m), grads, s->lr, clip_scale(s->grad_norm, c->optim.grad_clip) / dp);
-        if (dp > 1) zero_gather_params(t);
+        shard_step(&t->shard, model_params(m), s->lr, clip_scale(s->grad_norm, c->optim.grad_clip) / dp);
+        shard_gather_params(&t->shard, t->o, model_params(m));
     }
     sum_counts_over_dp(t);
     s->max_nodes = model_max_nodes(m);
@@ -340,28 +283,37 @@ static int all_finite(const float *x, size_t n)
     return 1;
 }
 
-/* The training stall of a save is the download into host staging, the wait for the previous
- * save, and the writer's snapshot copy; the write itself runs in the background. */
+/* The training stall of a save is the download into host staging and the gathering of the
+ * moments; on one rank also the wait for the previous save and the writer's snapshot copy (the
+ * write itself runs in the background); on several ranks the whole two-phase save. */
 static void save_checkpoint(Trainer *t)
 {
-    /* every dp rank holds the same weights (train.h); the moments are gathered from the slices,
-     * so the root's copy is the job's and the checkpoint is a one-rank one, resumable at any
-     * dp. Collective over dp_comm; the root writes. */
+    /* pp = 1: the moments of each region are gathered from its slices, so every rank holds its
+     * own table's (runtime/shard.h); with several ranks each writes the row blocks it owns into
+     * its own file (runtime/ckpt_shard.h), any (dp, ep) resuming any other. pp > 1: the stages'
+     * tensors are gathered into whole tables (runtime/train_pp.h) and the root writes a one-rank
+     * checkpoint. Collective. */
     const ParamTable *pt = trainer_table(t);
-    const size_t bytes = pt->total * sizeof(float);
     double t0 = now_seconds();
-    if (t->pp) pp_gather_state(t);
-    else zero_gather_moments(t);
+    if (t->pp) {
+        pp_gather_state(t);
+    } else {
+        shard_gather_moments(&t->shard, t->o, t->host_m, t->host_v);
+        download(t, t->host_params, model_params(t->model), pt->total * sizeof(float));
+    }
     t->saved_step = t->step;
-    if (!t->root) return;
-    if (!t->pp) download(t, t->host_params, model_params(t->model), bytes);
-    poll_saves(t, 1);   /* the previous save's result, before a new one starts */
-    if (!all_finite(t->host_params, pt->total)) {
-        /* a diverged model never replaces a good checkpoint (nor pushes one out by retention) */
+    const int sharded = !t->pp && t->groups->dp > 1;
+    if (!sharded && !t->root) return;
+    /* a diverged model never replaces a good checkpoint (nor pushes one out by retention); with
+     * per-rank files every rank must agree (a collective) */
+    int32_t bad = !t->pp || t->root ? !all_finite(t->host_params, pt->total) : 0;
+    if (sharded) comm_allreduce(t->groups->dp_comm, &bad, 1, COMM_I32, COMM_MAX);
+    if (t->root) poll_saves(t, 1);   /* the previous save's result, before a new one starts */
+    if (bad) {
         char why[200];
         snprintf(why, sizeof why, "checkpoint of step %d: the weights are not finite (diverged); not written, the "
                  "older checkpoints are kept", t->step);
-        note_save(t, -1, why);
+        if (t->root) note_save(t, -1, why);
         return;
     }
     CkptRequest r = {
@@ -372,6 +324,20 @@ static void save_checkpoint(Trainer *t)
         .layout = { .world_size = 1, .pp = 1, .dp = 1, .ep = 1 },
     };
     char err[1024];
+    if (sharded) {
+        int32_t failed = ckpt_shard_save(&r, &t->cfg.model, t->groups, err, sizeof err) != 0;
+        if (failed) fprintf(stderr, "dstrain: [rank %d] %s\n", t->groups->dp_rank, err);
+        comm_allreduce(t->groups->dp_comm, &failed, 1, COMM_I32, COMM_MAX);
+        if (t->root) {
+            if (failed) snprintf(err, sizeof err, "checkpoint of step %d: the save failed on at least one rank", t->step);
+            note_save(t, failed ? -1 : 1, err);
+            if (!failed)
+                metrics_log(t->metrics, "checkpoint: ckpt-%d written by %d ranks; training stalled %.1f ms\n",
+                            t->step, t->groups->dp, 1e3 * (now_seconds() - t0));
+            plot_refresh(t->run_dir);
+        }
+        return;
+    }
     if (ckpt_save_async(t->ckpt, &r, err, sizeof err) != 0) {
         note_save(t, -1, err);
         return;
@@ -499,8 +465,11 @@ static void debug_flip(Trainer *t)
 static int sdc_check(Trainer *t)
 {
     const Groups *g = t->groups;
-    const size_t bytes = model_table(t->model)->total * sizeof(float);
-    download(t, t->host_params, model_params(t->model), bytes);
+    /* the replicated region only (the whole table when ep = 1): under EP each rank's experts
+     * are its own, not replicas (runtime/shard.h) */
+    const Region *rep = &t->shard.r[0];
+    const size_t bytes = rep->n * sizeof(float);
+    download(t, t->host_params, model_params(t->model) + rep->base, bytes);
     int64_t mine = (int64_t)ckpt_hash64(t->host_params, bytes);
     comm_allgather(g->dp_comm, t->sdc_sums, &mine, 1, COMM_I64);
     char ranks[256] = "";

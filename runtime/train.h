@@ -9,16 +9,20 @@
  * reduce-scatter, each rank keeps the AdamW moments of one slice of the flat table (dp equal
  * slices) and updates that slice of the weights, and an all-gather gives every rank the whole
  * updated table; the grad norm sums the slices' squares. Expert loads are summed over dp_comm
- * before the bias update, and losses averaged, so every rank holds the same weights. For a
- * checkpoint the moments are gathered; rank 0 alone prints, writes metrics and checkpoints (a
- * one-rank checkpoint: layout {1, 1, 1, 1}), and every rank resumes from the same one, taking
- * its slice of the moments.
- * Expert parallelism (ep > 1, dividing dp): the model runs each rank's E/ep experts on the
- * tokens of its EP group (model_create_ep); every rank still keeps the whole table, the
- * experts' gradients arriving with the dp reduction (zero from ranks not holding them) and
- * every slice's update with the all-gather, so the checkpoint and the resume stay those of one
- * rank and any (dp, ep) can resume it. (Not yet: expert gradients reduced over edp_comm alone,
- * experts' weights and moments kept only where they run.)
+ * before the bias update, and losses averaged, so every rank holds the same weights. Rank 0
+ * alone prints and writes metrics; for a checkpoint every rank gathers its table's moments
+ * (see Checkpoints below) and on resume takes its slices of them.
+ * Expert parallelism (ep > 1, dividing dp): each rank holds and runs only its E/ep experts
+ * (model_create_ep, model/params.h params_select), on the tokens of its EP group; its table is
+ * two regions (runtime/shard.h): replicated tensors summed over dp_comm, its experts over
+ * edp_comm, each with its own ZeRO-1 slices and optimizer shard.
+ * Checkpoints: one rank writes a one-rank checkpoint in the background; several ranks each
+ * write the row blocks they own into their own files (runtime/ckpt_shard.h, a synchronous
+ * two-phase save), and every rank resumes by reading the blocks of the tensors it holds from
+ * whichever files hold them (checkpoint/ckpt.h ckpt_load), so any (dp, ep) resumes any other.
+ * Pipeline parallelism (pp > 1): runtime/train_pp.h in place of the model, the regions and
+ * the per-rank checkpoints (its stages' own optimizers; one-rank checkpoints gathered from the
+ * stages); the memory check before allocation (runtime/shard.h) runs for pp = 1 only.
  *
  * Calling sequence (runtime/train_cmd.c):
  *   Trainer t; trainer_setup(&t, &cfg, config_text, run_dir, world, groups);  (data, model, optimizer)
@@ -38,7 +42,9 @@
 #include "data.h"
 #include "metrics.h"
 #include "optim.h"
+#include "runtime/memcheck.h"
 #include "runtime/pipeline/trace.h"
+#include "runtime/shard.h"
 
 struct PpTrainer;
 
@@ -49,7 +55,6 @@ typedef struct Trainer {
     Ops *o;
     Model *model;               /* the model; under pp > 1 this rank's first stage */
     struct PpTrainer *pp;       /* pipeline state when groups->pp > 1 (runtime/train_pp.h), else NULL */
-    Optimizer opt;
     DataLoader *train, *val;
     int32_t *window;            /* (B, T+1) host tokens of one micro-batch */
     Groups *groups;             /* the parallel layout (not owned) */
@@ -57,13 +62,10 @@ typedef struct Trainer {
     Metrics *metrics;           /* NULL except on the root */
     CkptWriter *ckpt;
     float *host_counts;         /* (n_moe_layers, E) expert loads being summed over dp */
-    float *host_params;         /* (total) checkpoint staging */
-    float *host_m, *host_v;     /* (padded) checkpoint staging, gathered from the slices */
-    size_t slice, padded;       /* ZeRO-1: slice = ceil(total / dp) floats, padded = dp * slice */
-    size_t lo, hi;              /* this rank's slice [lo, hi) of the table (optimizer state) */
-    float *zero_full;           /* (padded) host: the exchanges' full-table staging (dp > 1) */
-    float *zero_part;           /* (slice) host: this rank's reduced gradient slice (dp > 1) */
-    float *grad_slice;          /* (slice) backend: the same, for the optimizer (dp > 1) */
+    float *host_params;         /* (total) checkpoint staging, trainer_table's layout */
+    float *host_m, *host_v;     /* (total) checkpoint staging, gathered from the slices */
+    Shard shard;                /* regions, ZeRO-1 slices and optimizer shards (runtime/shard.h;
+                                 * pp = 1: train_pp.c keeps its stages' optimizers) */
     int step;                   /* optimizer steps done */
     long long tokens;           /* tokens seen */
     Rng rng;                    /* reserved for stochastic training choices; checkpointed */
@@ -81,13 +83,17 @@ typedef struct Trainer {
     int64_t *sdc_sums;          /* (dp) every dp rank's weight checksum (train.sdc_every) */
     int flip_rank, flip_step;   /* DSTRAIN_DEBUG_FLIP_BIT=RANK:STEP (tests; -1: none) */
     float *ema;                 /* (total) root: host EMA of the weights (train.ema_decay > 0), else NULL */
+    MemPlan mem;                /* the memory this rank planned (runtime/shard.h) */
+    MemLimit mem_limit;         /* and the limit it was checked against */
 } Trainer;
 
 /* g: the job's groups (kept, not owned). Collective over g->dp_comm (rank 0 writes the
  * synthetic corpus when needed, the others wait for it). */
 void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir, const World *w,
                    Groups *g);
-/* The whole model's parameter table (under pp > 1 each stage has a part of it). */
+/* The table the checkpoint staging is laid out in: this rank's (model/params.h params_select:
+ * under EP its experts only) when pp = 1; under pp > 1 the whole model's (each stage holds a
+ * part of it, gathered into it for checkpoints). */
 const ParamTable *trainer_table(const Trainer *t);
 /* Restore weights, optimizer moments and state from a verified checkpoint directory. */
 void trainer_resume(Trainer *t, const char *ckpt_dir);

@@ -22,6 +22,7 @@
 #include "common.h"
 #include "gpu_peak.h"
 #include "guard.h"
+#include "plan.h"
 #include "train.h"
 #include "train_pp.h"
 #ifdef DSTRAIN_HAVE_CUDA
@@ -231,16 +232,33 @@ static double mfu_peak_flops(Ops *o)
     return ops_measure_gemm_flops(o, 1024);
 }
 
+/* This rank's parameters + gradients + optimizer state beside dstrain plan's figure for the
+ * same config and layout (runtime/plan.h: its ranks are alike within a stage). */
+static void print_rank_state(Trainer *t, const ParamTable *pt)
+{
+    const double MiB = 1048576.0;
+    const double mine = (2.0 * pt->total + shard_optim_floats(&t->shard)) * sizeof(float);
+    Plan p;
+    plan_compute(&p, &t->cfg);
+    const PlanRank *r = &p.ranks[0];
+    const double planned = r->weight_bytes + r->grad_bytes + r->optim_bytes;
+    printf("  %-24s %10.3f MiB  (dstrain plan: %.3f MiB; %zu of the model's parameters here)\n",
+           "params+grads+optimizer", mine / MiB, planned / MiB, pt->total);
+    plan_free(&p);
+}
+
 static void print_banner(Trainer *t)
 {
     const Config *c = &t->cfg;
     const ParamTable *pt = trainer_table(t);
-    double active = params_active(pt, &c->model);
+    ParamTable full;            /* the whole model (a rank may hold a selection of it) */
+    params_build(&full, &c->model);
+    double active = params_active(&full, &c->model);
     printf("%s", "dstrain train: ");
     printf("%s | device %s%s | %s\n", c->train.name, t->o->name, peak_device, c->train.precision);
     printf("model: %.2fM parameters (%.2fM active per token) | %d layers (%d dense) + %d MTP | "
            "%d experts top-%d | %.1f MFLOP/token (train)\n",
-           pt->total / 1e6, active / 1e6, c->model.num_hidden_layers, c->model.first_k_dense_replace,
+           full.total / 1e6, active / 1e6, c->model.num_hidden_layers, c->model.first_k_dense_replace,
            c->model.num_nextn_predict_layers, c->model.n_routed_experts, c->model.num_experts_per_tok,
            t->flops_per_token / 1e6);
     const int dp = t->groups->dp;
@@ -261,18 +279,24 @@ static void print_banner(Trainer *t)
     if (!t->pp) {
         model_print_memory(t->model, stdout);
         printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
-               2.0 * (t->hi - t->lo) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
+               shard_optim_floats(&t->shard) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
+        printf("  %-24s %10.1f MiB  (host snapshot for checkpoints%s)\n", "checkpoint staging",
+               (dp > 1 ? 3.0 : 6.0) * pt->total * sizeof(float) / 1048576.0, dp > 1 ? "" : ", and the writer's copy");
+        memplan_print(&t->mem, &t->mem_limit, !strcmp(t->o->name, "cpu"), stdout);
+        print_rank_state(t, pt);
+    } else {    /* the stages' rows follow (pp_print_memory) */
+        printf("  %-24s %10.1f MiB  (host snapshot of the whole model for checkpoints, and the writer's copy)\n",
+               "checkpoint staging", 6.0 * pt->total * sizeof(float) / 1048576.0);
     }
-    printf("  %-24s %10.1f MiB  (host snapshot for checkpoints)\n", "checkpoint staging",
-           (pt->total + 2.0 * t->padded) * sizeof(float) / 1048576.0);
     if (peak_device[0])
         printf("peak: datasheet dense BF16 %.1f TFLOP/s%s (the MFU denominator)\n", t->peak_flops / 1e12,
                dp > 1 ? ", summed over the dp ranks" : "");
     else
         printf("peak: measured %s GEMM %.1f GFLOP/s%s (the MFU denominator)\n", t->o->name, t->peak_flops / 1e9,
                dp > 1 ? ", summed over the dp ranks" : "");
-    metrics_start(t->metrics, (double)pt->total, active, t->flops_per_token,
+    metrics_start(t->metrics, (double)full.total, active, t->flops_per_token,
                   (double)c->train.grad_accum * c->train.micro_batch_size * c->train.seq_len * dp, t->peak_flops);
+    params_free(&full);
 }
 
 _Static_assert(TRAIN_EXIT_HUNG == WATCHDOG_EXIT, "the watchdog exit status is documented as TRAIN_EXIT_HUNG");
@@ -291,6 +315,10 @@ int cmd_train(int argc, char **argv)
     if (cfg.parallel.pp > 1 && (cfg.train.ema_decay > 0 || cfg.train.sdc_every > 0 || cfg.train.batch_ramp_start > 0))
         DIE("config: 'train.ema_decay', 'train.sdc_every' and 'train.batch_ramp_start' are not supported with "
             "'parallel.pp' = %d > 1 yet (set them to 0)", cfg.parallel.pp);
+    /* the EMA lives on the root, which under per-rank checkpoints holds only its own experts */
+    if (the_world->size > 1 && cfg.train.ema_decay > 0)
+        DIE("config: 'train.ema_decay' = %g is not supported with more than one rank yet (set it to 0)",
+            cfg.train.ema_decay);
     Groups *g = make_groups(the_world, &cfg.parallel);
     const int root = g->dp_rank == 0 && g->stage == 0;
     if (!root && !freopen("/dev/null", "w", stdout))
@@ -362,10 +390,7 @@ void trainer_resume(Trainer *t, const char *ckpt_dir)
         pp_restore(t, st.step);
     } else {
         t->o->upload(t->o, model_params(t->model), t->host_params, bytes);
-        const size_t slice = (t->hi - t->lo) * sizeof(float);
-        t->o->upload(t->o, t->opt.m, t->host_m + t->lo, slice);
-        t->o->upload(t->o, t->opt.v, t->host_v + t->lo, slice);
-        t->opt.step = st.step;
+        shard_load_moments(&t->shard, t->o, t->host_m, t->host_v, st.step);
     }
     t->step = st.step;
     t->tokens = st.tokens;

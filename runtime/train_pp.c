@@ -346,9 +346,20 @@ double pp_evaluate(Trainer *t, double *mtp)
     return sum;
 }
 
+/* Whether this rank's copy of entry p goes into the gathered tables among its stage's dp
+ * ranks: all of them hold the same when ep = 1 (each contributes over pp_comm only); under
+ * EP a replicated tensor comes from dp rank 0 and a routed expert from the first EP group
+ * (ep_index 0), which holds each expert once. */
+static int dp_writer(const Groups *g, const Param *p)
+{
+    if (g->ep == 1) return 1;
+    return p->role == ROLE_ROUTED_EXPERT ? g->ep_index == 0 : g->dp_rank == 0;
+}
+
 void pp_gather_state(Trainer *t)
 {
     struct PpTrainer *p = t->pp;
+    const Groups *g = t->groups;
     const size_t total = p->full.total;
     float *dst[3] = { t->host_params, t->host_m, t->host_v };
     for (int k = 0; k < 3; k++) memset(dst[k], 0, total * sizeof(float));
@@ -358,13 +369,16 @@ void pp_gather_state(Trainer *t)
         for (int k = 0; k < 3; k++) {
             t->o->download(t->o, p->host_tmp, src[k], pt->total * sizeof(float));
             for (int i = 0; i < pt->n; i++)
-                if (p->first_holder[c][i])
+                if (p->first_holder[c][i] && dp_writer(g, &pt->p[i]))
                     memcpy(dst[k] + pt->p[i].global_offset, p->host_tmp + pt->p[i].offset,
                            pt->p[i].numel * sizeof(float));
         }
     }
     /* one holder writes each entry, the others add zero: exact */
-    for (int k = 0; k < 3; k++) comm_allreduce(t->groups->pp_comm, dst[k], total, COMM_F32, COMM_SUM);
+    for (int k = 0; k < 3; k++) {
+        comm_allreduce(g->pp_comm, dst[k], total, COMM_F32, COMM_SUM);
+        if (g->ep > 1) comm_allreduce(g->dp_comm, dst[k], total, COMM_F32, COMM_SUM);
+    }
 }
 
 void pp_restore(Trainer *t, int step)

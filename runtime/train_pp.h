@@ -15,12 +15,16 @@
  * reads its share of every micro-batch, as in train.h; no ZeRO slices here: every replica keeps
  * its stages' moments), and the global norm is taken over that sum once. Under EP the stage's
  * MoE layers run their experts across the EP group (the replicas of one PP rank run the same
- * list, so their exchanges match), expert gradients arriving with the DP sum.
+ * list, so their exchanges match) and a stage holds only its EP rank's experts (model/params.h
+ * params_select: the stage's tensors, of the routed experts E/ep), expert gradients arriving
+ * with the DP sum (zero from the ranks not holding them).
  *
- * Checkpoints stay one-rank checkpoints (layout {1, 1, 1, 1}): the ranks sum their tensors'
- * first holders' weights and moments into full tables (exact: one non-zero term each), rank 0
- * writes, and every rank resumes by taking its tensors' rows back, so a PP run resumes on its
- * own layout bit for bit and any layout can resume it.
+ * Checkpoints stay one-rank checkpoints (layout {1, 1, 1, 1}; not yet the per-rank files of
+ * runtime/ckpt_shard.h): the ranks sum their tensors' first holders' weights and moments into
+ * full tables (exact: one non-zero term each; under EP over the dp ranks too), rank 0 writes,
+ * and every rank resumes by taking its tensors' rows back (from a one-rank or a per-rank
+ * checkpoint: ckpt_load reads any into the whole table), so a PP run resumes on its own layout
+ * bit for bit and any layout can resume it.
  *
  * Calling sequence (runtime/train.c calls these when groups->pp > 1):
  *   pp_setup(t, w, g);   in place of the model and optimizer of trainer_setup

@@ -126,17 +126,25 @@ def check_rank_file(c, h5py, np, path, m, f, export):
         present = {k for k in h.keys() if k != "state"}
         c.expect(present == listed, "%s: datasets differ from the manifest's list (%d vs %d)"
                  % (path, len(present), len(listed)))
+        # format 2: each tensor's rows [start, start + count) of the whole (one block per file)
+        blocks = {}
+        for t, b in zip(f["tensors"], f.get("row_blocks", [])):
+            for s in suffixes:
+                blocks[t + s] = b
         compared = 0
         for name in sorted(listed & present):
             ds = h[name]
             filters = ds._filters
             c.expect(ds.dtype == np.dtype("<f4"), "%s: dtype %s" % (name, ds.dtype))
             c.expect("shuffle" in filters and "32015" in filters, "%s: filters %s" % (name, filters))
-            c.expect(list(ds.attrs["full_shape"]) == list(ds.shape), "%s: full_shape" % name)
-            c.expect(not any(ds.attrs["slice_start"]), "%s: slice_start" % name)
+            full, start = list(ds.attrs["full_shape"]), list(ds.attrs["slice_start"])
+            b = blocks.get(name, [0, ds.shape[0]])
+            c.expect(start == [b[0]] + [0] * (len(start) - 1) and ds.shape[0] == b[1] and b[0] + b[1] <= full[0]
+                     and list(ds.shape[1:]) == full[1:], "%s: slice %s of %s, manifest block %s"
+                     % (name, start, full, b))
             values = ds[()]
             c.expect(np.all(np.isfinite(values)), "%s: non-finite values" % name)
-            if export is not None and name in export:
+            if export is not None and name in export and list(ds.shape) == full:
                 dtype, shape, raw = export[name]
                 same = dtype == "F32" and list(shape) == list(ds.shape) and raw == values.astype("<f4").tobytes()
                 c.expect(same, "%s: h5py's values differ from the export's" % name)

@@ -1,0 +1,184 @@
+/* runtime/shard.c - what one rank owns and what it costs (see shard.h). Not here: the
+ * training loop (train.c) or the limits themselves (memcheck.c).
+ */
+#include "runtime/shard.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "model/params.h"
+#include "runtime/common.h"
+
+void shard_plan_memory(MemPlan *p, const Config *cfg, Ops *o, const Groups *g)
+{
+    const TrainConfig *tc = &cfg->train;
+    const int dp = g->dp;
+    ModelBytes mb;
+    model_plan_bytes(&cfg->model, o, tc->micro_batch_size, tc->seq_len, 1, g->ep, &mb);
+    const double total = (double)mb.params / sizeof(float);
+    const double slice = dp > 1 ? (double)(((size_t)total + dp - 1) / dp) : total, padded = slice * dp;
+    memset(p, 0, sizeof *p);
+    memplan_add(p, "parameter table", (double)mb.table, 0);
+    memplan_add(p, "parameters", (double)mb.params, 1);
+    memplan_add(p, "gradients", (double)mb.grads, 1);
+    memplan_add(p, "optimizer state", 2.0 * slice * sizeof(float), 1);
+    memplan_add(p, "activations", (double)mb.acts, 1);
+    memplan_add(p, "backward scratch", (double)mb.scratch, 1);
+    memplan_add(p, "expert bookkeeping", (double)mb.experts_host, 0);
+    /* model_init_params fills a host copy of the whole table before the upload */
+    memplan_add(p, "initialisation staging", (double)mb.params, 0);
+    /* weights and both moments of the rank's table; on one rank the background writer keeps
+     * its own snapshot of the three as well */
+    memplan_add(p, "checkpoint staging", (dp > 1 ? 3.0 : 6.0) * total * sizeof(float), 0);
+    if (dp > 1) {
+        memplan_add(p, "zero-1 host staging", (padded + slice) * sizeof(float), 0);
+        memplan_add(p, "zero-1 gradient slice", slice * sizeof(float), 1);
+    }
+}
+
+void shard_check_memory(MemPlan *p, MemLimit *l, const Config *cfg, Ops *o, const Groups *g, int local_ranks)
+{
+    shard_plan_memory(p, cfg, o, g);
+    mem_limit(l, local_ranks);
+    size_t entries, total;
+    params_measure(&cfg->model, &entries, &total);
+    char what[256];
+    snprintf(what, sizeof what, "the model (%.3g parameters in %zu tensors; 'model.n_routed_experts' = %d)",
+             (double)total, entries, cfg->model.n_routed_experts);
+    memplan_check(p, l, !strcmp(o->name, "cpu"), what);
+}
+
+static void region_init(Region *r, Ops *o, const ParamTable *t, Comm *comm, size_t base, size_t n,
+                        const OptimConfig *oc, int bf16_moments)
+{
+    memset(r, 0, sizeof *r);
+    r->comm = comm;
+    r->size = comm ? comm->size : 1;
+    r->rank = comm ? comm->rank : 0;
+    r->base = base;
+    r->n = n;
+    r->slice = (n + r->size - 1) / r->size;
+    r->padded = r->slice * r->size;
+    const size_t at = (size_t)r->rank * r->slice;
+    r->lo = base + (at < n ? at : n);
+    r->hi = base + (at + r->slice < n ? at + r->slice : n);
+    if (r->size > 1) {
+        r->full = xcalloc(r->padded, sizeof(float));
+        r->part = xcalloc(r->slice, sizeof(float));
+        r->grad = o->alloc(o, r->slice * sizeof(float));
+    }
+    optim_init_shard(&r->opt, o, t, oc, bf16_moments, r->lo, r->hi);
+}
+
+void shard_init(Shard *s, Ops *o, const ParamTable *t, const Groups *g, const OptimConfig *oc, int bf16_moments)
+{
+    memset(s, 0, sizeof *s);
+    s->dp_comm = g->dp_comm;
+    s->dp = g->dp;
+    if (!t->selected) {
+        s->n = 1;
+        region_init(&s->r[0], o, t, g->dp_comm, 0, t->total, oc, bf16_moments);
+        return;
+    }
+    s->n = 2;
+    region_init(&s->r[0], o, t, g->dp_comm, 0, t->n_replicated, oc, bf16_moments);
+    region_init(&s->r[1], o, t, g->edp_comm, t->n_replicated, t->total - t->n_replicated, oc, bf16_moments);
+}
+
+void shard_free(Shard *s, Ops *o)
+{
+    for (int i = 0; i < s->n; i++) {
+        Region *r = &s->r[i];
+        optim_free(&r->opt);
+        if (r->grad) o->free(o, r->grad);
+        free(r->full);
+        free(r->part);
+    }
+    memset(s, 0, sizeof *s);
+}
+
+void shard_reduce_grads(Shard *s, Ops *o, float *grads)
+{
+    for (int i = 0; i < s->n; i++) {
+        Region *r = &s->r[i];
+        if (r->size == 1) {
+            s->grads[i] = grads + r->lo;
+            continue;
+        }
+        /* the padding past n is zero on every rank (allocated zeroed, never written) */
+        o->download(o, r->full, grads + r->base, r->n * sizeof(float));
+        comm_reduce_scatter(r->comm, r->part, r->full, r->slice, COMM_F32, COMM_SUM);
+        o->upload(o, r->grad, r->part, r->slice * sizeof(float));
+        s->grads[i] = r->grad;
+    }
+}
+
+double shard_grad_norm(Shard *s)
+{
+    double norm[2];
+    for (int i = 0; i < s->n; i++) norm[i] = optim_grad_norm(&s->r[i].opt, s->grads[i]);
+    if (s->n == 1 && s->dp == 1) return norm[0];
+    double sq = 0;
+    for (int i = 0; i < s->n; i++) sq += norm[i] * norm[i];
+    if (s->dp > 1) comm_allreduce(s->dp_comm, &sq, 1, COMM_F64, COMM_SUM);
+    return sqrt(sq) / s->dp;
+}
+
+void shard_step(Shard *s, float *params, double lr, double grad_scale)
+{
+    for (int i = 0; i < s->n; i++) optim_step(&s->r[i].opt, params, s->grads[i], lr, grad_scale);
+}
+
+void shard_skip_step(Shard *s)
+{
+    for (int i = 0; i < s->n; i++) s->r[i].opt.step++;
+}
+
+void shard_gather_params(Shard *s, Ops *o, float *params)
+{
+    for (int i = 0; i < s->n; i++) {
+        Region *r = &s->r[i];
+        if (r->size == 1) continue;
+        float *mine = r->full + (size_t)r->rank * r->slice;
+        o->download(o, mine, params + r->lo, (r->hi - r->lo) * sizeof(float));
+        comm_allgather(r->comm, r->full, mine, r->slice, COMM_F32);
+        o->upload(o, params + r->base, r->full, r->n * sizeof(float));
+    }
+}
+
+void shard_gather_moments(Shard *s, Ops *o, float *host_m, float *host_v)
+{
+    for (int i = 0; i < s->n; i++) {
+        Region *r = &s->r[i];
+        float *dst[2] = { host_m, host_v }, *src[2] = { r->opt.m, r->opt.v };
+        for (int k = 0; k < 2; k++) {
+            if (r->size == 1) {
+                o->download(o, dst[k] + r->base, src[k], r->n * sizeof(float));
+                continue;
+            }
+            float *mine = r->full + (size_t)r->rank * r->slice;
+            o->download(o, mine, src[k], (r->hi - r->lo) * sizeof(float));
+            comm_allgather(r->comm, r->full, mine, r->slice, COMM_F32);
+            memcpy(dst[k] + r->base, r->full, r->n * sizeof(float));
+        }
+    }
+}
+
+void shard_load_moments(Shard *s, Ops *o, const float *host_m, const float *host_v, int step)
+{
+    for (int i = 0; i < s->n; i++) {
+        Region *r = &s->r[i];
+        o->upload(o, r->opt.m, host_m + r->lo, (r->hi - r->lo) * sizeof(float));
+        o->upload(o, r->opt.v, host_v + r->lo, (r->hi - r->lo) * sizeof(float));
+        r->opt.step = step;
+    }
+}
+
+size_t shard_optim_floats(const Shard *s)
+{
+    size_t n = 0;
+    for (int i = 0; i < s->n; i++) n += 2 * (s->r[i].hi - s->r[i].lo);
+    return n;
+}
