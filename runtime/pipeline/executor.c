@@ -188,6 +188,7 @@ void pipe_exec_begin(PipeExec *e, const int32_t *const *windows, ModelLoss *loss
     e->pc = 0;
     e->wq_head = e->wq_tail = 0;
     e->done = 0;
+    e->waiting = 0;
     memset(e->ran, 0, (size_t)2 * C);
     e->windows = windows;
     e->losses = losses;
@@ -256,9 +257,17 @@ static void run_w(PipeExec *e, int mb, int chunk)
     stage_backward_weight(e->stage[chunk], book_slot(book_of(e), chunk, mb));
 }
 
-/* A receive: 0 if it has not arrived; else checks the header and returns 1. */
+static int link_track(const PipeExec *e, int peer) { return peer < e->rank ? TRACE_PP_PREV : TRACE_PP_NEXT; }
+
+/* A receive: 0 if it has not arrived; else checks the header and returns 1. Its spans open at
+ * the first try and close at the arrival. */
 static int run_recv(PipeExec *e, const SchedInstr *in, int kind)
 {
+    if (!e->waiting) {
+        trace_begin(e->trace, TRACE_COMPUTE, kind == PIPE_ACT ? "RECV F" : "RECV B", in->mb, in->chunk);
+        trace_begin(e->trace, link_track(e, in->peer), kind == PIPE_ACT ? "recv F" : "recv B", in->mb, in->chunk);
+        e->waiting = 1;
+    }
     Model *st = e->stage[in->chunk];
     Book *b = book_of(e);
     const int stage = sched_stage_of(e->s, e->rank, in->chunk);
@@ -274,6 +283,9 @@ static int run_recv(PipeExec *e, const SchedInstr *in, int kind)
         BUG("pipeline: rank %d expected %s of micro-batch %d from stage %d (rank %d), got %s of micro-batch %d "
             "from stage %d", e->rank, kind == PIPE_ACT ? "activations" : "gradients", in->mb, from, in->peer,
             got.kind == PIPE_ACT ? "activations" : "gradients", got.mb, got.stage);
+    trace_end(e->trace, link_track(e, in->peer));
+    trace_end(e->trace, TRACE_COMPUTE);
+    e->waiting = 0;
     return 1;
 }
 
@@ -284,7 +296,40 @@ static void run_send(PipeExec *e, const SchedInstr *in, int kind)
     PipeHeader h = { kind, in->mb, sched_stage_of(e->s, e->rank, in->chunk) };
     const void *buf = kind == PIPE_ACT ? (const void *)stage_output(st, slot)
                                        : (const void *)stage_input_grad(st, slot);
+    trace_begin(e->trace, TRACE_COMPUTE, kind == PIPE_ACT ? "SEND F" : "SEND B", in->mb, in->chunk);
+    trace_instant(e->trace, link_track(e, in->peer), kind == PIPE_ACT ? "send F" : "send B", in->mb, in->chunk);
     e->link->send(e->link, in->peer, &h, buf, stage_io_bytes(st));
+    trace_end(e->trace, TRACE_COMPUTE);
+}
+
+/* F, B, W or FB, each a span on the compute track (FB's F and B nested in it). */
+static void run_compute(PipeExec *e, const SchedInstr *in)
+{
+    Trace *t = e->trace;
+    switch ((SchedOp)in->op) {
+    case SOP_F:
+        trace_begin_phase(t, TRACE_COMPUTE, "F", 'F', in->mb, in->chunk);
+        run_f(e, in->mb, in->chunk);
+        break;
+    case SOP_B:
+        trace_begin_phase(t, TRACE_COMPUTE, "B", 'B', in->mb, in->chunk);
+        run_b(e, in->mb, in->chunk, in->fused);
+        break;
+    case SOP_W:
+        trace_begin_phase(t, TRACE_COMPUTE, "W", 'W', in->mb, in->chunk);
+        run_w(e, in->mb, in->chunk);
+        break;
+    default:
+        trace_begin(t, TRACE_COMPUTE, "FB", in->mb, in->chunk);
+        trace_begin_phase(t, TRACE_COMPUTE, "F", 'F', in->mb, in->chunk);
+        run_f(e, in->mb, in->chunk);
+        trace_end(t, TRACE_COMPUTE);
+        trace_begin_phase(t, TRACE_COMPUTE, "B", 'B', in->mb_b, in->chunk_b);
+        run_b(e, in->mb_b, in->chunk_b, in->fused);
+        trace_end(t, TRACE_COMPUTE);
+        break;
+    }
+    trace_end(t, TRACE_COMPUTE);
 }
 
 int pipe_exec_step(PipeExec *e)
@@ -313,10 +358,7 @@ int pipe_exec_step(PipeExec *e)
     case SOP_B:
     case SOP_W:
         book_effects(b, e->s, e->rank, in, 0);
-        if (in->op == SOP_F || in->op == SOP_FB) run_f(e, in->mb, in->chunk);
-        if (in->op == SOP_B) run_b(e, in->mb, in->chunk, in->fused);
-        if (in->op == SOP_FB) run_b(e, in->mb_b, in->chunk_b, in->fused);
-        if (in->op == SOP_W) run_w(e, in->mb, in->chunk);
+        run_compute(e, in);
         book_effects(b, e->s, e->rank, in, 1);
         break;
     default: BUG("pipeline: instruction %d has op %d", e->pc, in->op);

@@ -20,6 +20,13 @@
  * Two implementations: in-memory mailboxes (below; all ranks in one process) and MPI
  * point-to-point over the PP group (comm/p2p.h).
  *
+ * Trace (runtime/pipeline/trace.h; e.trace, set by the caller, NULL for none): one span per
+ * instruction on the compute track, named F, B, W, FB, "SEND F", "SEND B", "RECV F", "RECV B",
+ * with its micro-batch and chunk (an FB holds an F span and a B span, each with its own); a
+ * RECV's wait is a span "recv F"/"recv B" on the link track of its peer ("pp prev" when the
+ * peer's rank is below this one, else "pp next"), open from the first try to the arrival; a SEND
+ * is an instant "send F"/"send B" there.
+ *
  * Calling sequence (each rank, each step):
  *   PipeExec e; pipe_exec_init(&e, &sched, rank, stages, link);   stages[chunk], slots from
  *                                                                  pipe_exec_slots
@@ -36,6 +43,7 @@
 #include "comm/p2p.h"
 #include "model/stage.h"
 #include "runtime/pipeline/schedule.h"
+#include "runtime/pipeline/trace.h"
 
 /* In-memory mailboxes for pp ranks in one process (ops: the backend the payloads live in). */
 typedef struct PipeMailbox PipeMailbox;
@@ -60,6 +68,8 @@ typedef struct PipeExec {
     unsigned char *ran;         /* [chunk * C + mb]: the chunk ran the micro-batch's F this step */
     ModelLoss *step_loss;       /* [C] a chunk's read of the step's losses */
     int done;                   /* the losses of this step have been read */
+    Trace *trace;               /* spans of this rank's instructions (NULL: none; set by the caller) */
+    int waiting;                /* the current RECV's spans are open (it blocked before) */
 } PipeExec;
 
 enum { PIPE_DONE = -1, PIPE_BLOCKED = 0, PIPE_RAN = 1 };
