@@ -6,6 +6,7 @@
  */
 #include "model/stage.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "model/model_internal.h"
@@ -209,6 +210,109 @@ void stage_backward_weight(Model *m, int slot)
     }
     for (int b = m->hi - 1; b >= m->lo; b--) block_backward_weight(m, b, block_input(m, b));
     if (m->first) m->o->embedding_backward(m->o, m->g_embed, m->sl->dres, m->sl->tokens, d->N, d->C);
+}
+
+/* ---- phases ----------------------------------------------------------------------------------- */
+
+void stage_pass_begin(StagePass *p, Model *m, int kind, int slot, int mb, const int32_t *window)
+{
+    CHECK(m->train);
+    memset(p, 0, sizeof *p);
+    p->m = m;
+    p->kind = kind;
+    p->slot = slot;
+    p->mb = mb;
+    p->window = window;
+    p->b = -2;
+}
+
+static const char *const EXCHANGE[2][2] = { { "dispatch", "combine" }, { "combine bwd", "dispatch bwd" } };
+
+/* F from where it stopped to the next post (1) or the end (0). */
+static int pass_forward(StagePass *p)
+{
+    Model *m = p->m;
+    if (p->b == -2) {
+        const Dims *d = &m->d;
+        if (m->first || m->last) stage_tokens(m, p->window);
+        model_refresh_weights(m);
+        if (m->first) m->o->embedding_forward(m->o, m->sl->x0, m->sl->tokens, m->embed, d->N, d->C);
+        p->b = m->lo;
+        p->part = 0;
+    }
+    for (; p->b < m->hi; p->b++, p->part = 0) {
+        if (block_forward_part(m, p->b, block_input(m, p->b), p->part)) {
+            snprintf(p->exchange, sizeof p->exchange, "%s L%d", EXCHANGE[0][p->part], p->b);
+            p->part++;
+            return 1;
+        }
+    }
+    if (m->last) head_forward(m, p->window, 1, p->valid);
+    keep(m, p->mb, p->valid);
+    return 0;
+}
+
+/* B (and W when fused) from where it stopped to the next post (1) or the end (0). */
+static int pass_backward(StagePass *p)
+{
+    Model *m = p->m;
+    const Dims *d = &m->d;
+    const int fused = p->kind == STAGE_PASS_BW;
+    if (p->b == -2) {
+        if (m->last) {
+            backward_start(m);
+            for (int k = d->D; k >= 1; k--) {
+                mtp_backward_input(m, k);
+                if (fused) mtp_backward_weight(m, k);
+            }
+            head_backward_input(m);
+            if (fused) head_backward_weight(m);
+        }
+        p->b = m->hi - 1;
+        p->part = 0;
+    }
+    for (; p->b >= m->lo; p->b--, p->part = 0) {
+        if (block_backward_part(m, p->b, block_input(m, p->b), m->sl->dres, p->part)) {
+            snprintf(p->exchange, sizeof p->exchange, "%s L%d", EXCHANGE[1][p->part], p->b);
+            p->part++;
+            return 1;
+        }
+        if (fused) block_backward_weight(m, p->b, block_input(m, p->b));
+    }
+    if (fused && m->first) m->o->embedding_backward(m->o, m->g_embed, m->sl->dres, m->sl->tokens, d->N, d->C);
+    return 0;
+}
+
+int stage_pass_run(StagePass *p)
+{
+    CHECK(!p->posted && !p->done);
+    use_slot(p->m, p->slot);
+    p->m->lane = p->kind == STAGE_PASS_F ? EP_LANE_F : EP_LANE_B;
+    p->exchange[0] = 0;
+    p->posted = p->kind == STAGE_PASS_F ? pass_forward(p) : pass_backward(p);
+    p->done = !p->posted;
+    p->m->lane = EP_LANE_F;
+    return p->posted;
+}
+
+const char *stage_pass_next(StagePass *p)
+{
+    static const char *const PART[2][3] = { { "", " experts", " out" }, { "", " experts", " gate" } };
+    const Model *m = p->m;
+    const int bwd = p->kind != STAGE_PASS_F;
+    if (p->b == -2 && bwd && m->last) snprintf(p->phase, sizeof p->phase, "head");
+    else if (p->b == -2) snprintf(p->phase, sizeof p->phase, "L%d", bwd ? m->hi - 1 : m->lo);
+    else if (p->b < m->lo || p->b >= m->hi) snprintf(p->phase, sizeof p->phase, bwd ? "embed" : "head");
+    else snprintf(p->phase, sizeof p->phase, "L%d%s", p->b, PART[bwd][p->part]);
+    return p->phase;
+}
+
+void stage_pass_wait(StagePass *p)
+{
+    CHECK(p->posted);
+    use_slot(p->m, p->slot);
+    block_wait(p->m, p->b, p->part, p->kind != STAGE_PASS_F);
+    p->posted = 0;
 }
 
 /* The whole model: the one-stage case on slot 0. */

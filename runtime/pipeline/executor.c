@@ -194,17 +194,15 @@ void pipe_exec_begin(PipeExec *e, const int32_t *const *windows, ModelLoss *loss
     e->losses = losses;
 }
 
-static void run_f(PipeExec *e, int mb, int chunk)
+/* After a chunk's F: DualPipeV's turn, where the next stage is our other chunk (a copy). */
+static void f_done(PipeExec *e, int mb, int chunk)
 {
-    Model *st = e->stage[chunk];
     Book *b = book_of(e);
-    int slot = book_slot(b, chunk, mb);
-    stage_forward(st, slot, mb, e->windows[mb], 1, NULL);     /* losses stay on the device */
     e->ran[chunk * e->s->micro_batches + mb] = 1;
     int next = local_neighbour(e->s, e->rank, mb, chunk, +1);
-    if (next >= 0) {    /* DualPipeV's turn: the next stage is our other chunk */
-        Model *to = e->stage[next];
-        stage_copy_io(st, stage_input(to, book_slot(b, next, mb)), stage_output(st, slot));
+    if (next >= 0) {
+        Model *st = e->stage[chunk], *to = e->stage[next];
+        stage_copy_io(st, stage_input(to, book_slot(b, next, mb)), stage_output(st, book_slot(b, chunk, mb)));
     }
 }
 
@@ -228,22 +226,47 @@ static void read_losses(PipeExec *e)
     }
 }
 
-static void run_b(PipeExec *e, int mb, int chunk, int fused)
+/* After a chunk's B: its W queued (when not fused), and the turn's copy back. */
+static void b_done(PipeExec *e, int mb, int chunk, int fused)
 {
-    Model *st = e->stage[chunk];
     Book *b = book_of(e);
-    int slot = book_slot(b, chunk, mb);
-    if (fused) {
-        stage_backward(st, slot);
-    } else {
-        stage_backward_input(st, slot);
+    if (!fused) {
         CHECK(e->wq_tail < 2 * e->s->micro_batches);
         e->wq[e->wq_tail++] = mb * 2 + chunk;
     }
     int prev = local_neighbour(e->s, e->rank, mb, chunk, -1);
     if (prev >= 0) {
-        Model *to = e->stage[prev];
-        stage_copy_io(st, stage_output_grad(to, book_slot(b, prev, mb)), stage_input_grad(st, slot));
+        Model *st = e->stage[chunk], *to = e->stage[prev];
+        stage_copy_io(st, stage_output_grad(to, book_slot(b, prev, mb)), stage_input_grad(st, book_slot(b, chunk, mb)));
+    }
+}
+
+/* One phase of pass p (its previous exchange waited first), as a span; an exchange it posts
+ * opens a span on the pass's lane track until its wait. */
+static void run_phase(PipeExec *e, StagePass *p, int chunk)
+{
+    const int f = p->kind == STAGE_PASS_F, lane = f ? TRACE_EP_LANE_F : TRACE_EP_LANE_B;
+    if (p->posted) {
+        stage_pass_wait(p);
+        trace_end(e->trace, lane);
+    }
+    trace_begin_phase(e->trace, TRACE_COMPUTE, stage_pass_next(p), f ? 'F' : 'B', p->mb, chunk);
+    int posted = stage_pass_run(p);
+    trace_end(e->trace, TRACE_COMPUTE);
+    if (posted) trace_begin(e->trace, lane, p->exchange, p->mb, chunk);
+}
+
+/* F and/or B passes. Two passes on different chunks ping-pong (DESIGN 4): the F's phases until
+ * one posts, then the B's until one posts, and back, so each exchange is in flight while the
+ * other pass computes. On one chunk (they would share the stage's scratch) they run in turn. */
+static void run_passes(PipeExec *e, StagePass *ps, const int *chunks, int n)
+{
+    const int pingpong = n == 2 && chunks[0] != chunks[1];
+    for (int i = 0; i < n; i++) {
+        while (!ps[i].done) {
+            run_phase(e, &ps[i], chunks[i]);
+            if (pingpong && !ps[1 - i].done) run_phase(e, &ps[1 - i], chunks[1 - i]);
+        }
     }
 }
 
@@ -302,33 +325,36 @@ static void run_send(PipeExec *e, const SchedInstr *in, int kind)
     trace_end(e->trace, TRACE_COMPUTE);
 }
 
-/* F, B, W or FB, each a span on the compute track (FB's F and B nested in it). */
+/* F, B, W or FB, each a span on the compute track holding its phases' spans. */
 static void run_compute(PipeExec *e, const SchedInstr *in)
 {
     Trace *t = e->trace;
-    switch ((SchedOp)in->op) {
-    case SOP_F:
-        trace_begin_phase(t, TRACE_COMPUTE, "F", 'F', in->mb, in->chunk);
-        run_f(e, in->mb, in->chunk);
-        break;
-    case SOP_B:
-        trace_begin_phase(t, TRACE_COMPUTE, "B", 'B', in->mb, in->chunk);
-        run_b(e, in->mb, in->chunk, in->fused);
-        break;
-    case SOP_W:
+    const int op = in->op, has_f = op == SOP_F || op == SOP_FB, has_b = op == SOP_B || op == SOP_FB;
+    const int bm = op == SOP_FB ? in->mb_b : in->mb, bc = op == SOP_FB ? in->chunk_b : in->chunk;
+    Book *b = book_of(e);
+    if (op == SOP_W) {
         trace_begin_phase(t, TRACE_COMPUTE, "W", 'W', in->mb, in->chunk);
         run_w(e, in->mb, in->chunk);
-        break;
-    default:
-        trace_begin(t, TRACE_COMPUTE, "FB", in->mb, in->chunk);
-        trace_begin_phase(t, TRACE_COMPUTE, "F", 'F', in->mb, in->chunk);
-        run_f(e, in->mb, in->chunk);
         trace_end(t, TRACE_COMPUTE);
-        trace_begin_phase(t, TRACE_COMPUTE, "B", 'B', in->mb_b, in->chunk_b);
-        run_b(e, in->mb_b, in->chunk_b, in->fused);
-        trace_end(t, TRACE_COMPUTE);
-        break;
+        return;
     }
+    if (op == SOP_FB) trace_begin(t, TRACE_COMPUTE, "FB", in->mb, in->chunk);
+    else trace_begin_phase(t, TRACE_COMPUTE, op == SOP_F ? "F" : "B", op == SOP_F ? 'F' : 'B', bm, bc);
+    StagePass ps[2];
+    int chunks[2], n = 0;
+    if (has_f) {
+        stage_pass_begin(&ps[n], e->stage[in->chunk], STAGE_PASS_F, book_slot(b, in->chunk, in->mb), in->mb,
+                         e->windows[in->mb]);
+        chunks[n++] = in->chunk;
+    }
+    if (has_b) {
+        stage_pass_begin(&ps[n], e->stage[bc], in->fused ? STAGE_PASS_BW : STAGE_PASS_B, book_slot(b, bc, bm), bm,
+                         NULL);
+        chunks[n++] = bc;
+    }
+    run_passes(e, ps, chunks, n);
+    if (has_f) f_done(e, in->mb, in->chunk);
+    if (has_b) b_done(e, bm, bc, in->fused);
     trace_end(t, TRACE_COMPUTE);
 }
 
