@@ -163,40 +163,6 @@ static void head_backward_weight(Model *m)
     o->rmsnorm_backward_weight(o, m->g_final_norm, m->sl->dhf, block_input(m, m->hi), m->sl->hf_rstd, d->N, d->C);
 }
 
-/* B and W unit by unit (MTP modules last to first, head, blocks last to first, embedding). */
-void stage_backward(Model *m, int slot)
-{
-    const Dims *d = &m->d;
-    use_slot(m, slot);
-    if (m->last) {
-        backward_start(m);
-        for (int k = d->D; k >= 1; k--) {
-            mtp_backward_input(m, k);
-            mtp_backward_weight(m, k);
-        }
-        head_backward_input(m);
-        head_backward_weight(m);
-    }
-    for (int b = m->hi - 1; b >= m->lo; b--) {
-        block_backward_input(m, b, block_input(m, b), m->sl->dres);
-        block_backward_weight(m, b, block_input(m, b));
-    }
-    if (m->first) m->o->embedding_backward(m->o, m->g_embed, m->sl->dres, m->sl->tokens, d->N, d->C);
-}
-
-void stage_backward_input(Model *m, int slot)
-{
-    const Dims *d = &m->d;
-    CHECK(m->train);
-    use_slot(m, slot);
-    if (m->last) {
-        backward_start(m);
-        for (int k = d->D; k >= 1; k--) mtp_backward_input(m, k);
-        head_backward_input(m);
-    }
-    for (int b = m->hi - 1; b >= m->lo; b--) block_backward_input(m, b, block_input(m, b), m->sl->dres);
-}
-
 /* The units in stage_backward's order, so the head and the embedding (shared with MTP) get
  * their contributions in the same order. dres still holds dL/dx0 from stage_backward_input. */
 void stage_backward_weight(Model *m, int slot)
@@ -314,6 +280,19 @@ void stage_pass_wait(StagePass *p)
     block_wait(p->m, p->b, p->part, p->kind != STAGE_PASS_F);
     p->posted = 0;
 }
+
+static void pass_through(Model *m, int kind, int slot)
+{
+    StagePass p;
+    stage_pass_begin(&p, m, kind, slot, 0, NULL);
+    while (stage_pass_run(&p)) stage_pass_wait(&p);
+}
+
+/* B and W unit by unit (MTP modules last to first, head, blocks last to first, embedding):
+ * the phases of pass_backward, each exchange waited at once. */
+void stage_backward(Model *m, int slot) { pass_through(m, STAGE_PASS_BW, slot); }
+
+void stage_backward_input(Model *m, int slot) { pass_through(m, STAGE_PASS_B, slot); }
 
 /* The whole model: the one-stage case on slot 0. */
 void model_forward(Model *m, const int32_t *window, int train, ModelLoss *loss)

@@ -38,6 +38,8 @@ check "(PP, DP, EP) = (2, 2, 2) dualpipe with a trace trains (exit $RC, ${ELAPSE
 "$PY" "$CHECK" runs/ep2/trace.json --ranks 4 --track compute --track "ep lane F" --track "ep lane B" \
     --span FB=1+ > check2.txt 2>&1
 check "check_trace accepts it: $(tail -n 3 check2.txt)" "grep -q '^check_trace: ok' check2.txt"
+check "no event was dropped (the trainer's room per step holds every phase)" \
+    "\"$PY\" -c 'import json, sys; sys.exit(json.load(open(\"runs/ep2/trace.json\"))[\"otherData\"][\"dropped_events\"] != 0)'"
 "$PY" "$SRC/tests/tools/check_overlap.py" runs/ep2/trace.json > overlap.txt 2>&1
 check "FB overlaps each forward dispatch with a backward phase: $(tail -n 3 overlap.txt)" \
     "grep -q '^check_overlap: ok' overlap.txt"
