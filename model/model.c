@@ -419,7 +419,7 @@ void block_backward_input(Model *m, int b, const act *x_in, act *dres)
     mla_backward_input(&x, &m->w[b], &m->sl->bw[b], &m->sl->acts[b], x_in, dres);
 }
 
-int block_forward_part(Model *m, int b, const act *x_in, int part)
+int block_forward_part(Model *m, int b, const act *x_in, int train, int part)
 {
     Ctx x = model_ctx(m);
     BlockActs *a = &m->sl->acts[b];
@@ -436,7 +436,7 @@ int block_forward_part(Model *m, int b, const act *x_in, int part)
         ffn_forward(&x, &m->w[b], a);
         return 0;
     }
-    MoeStats st = model_moe_stats(m, b, 1);
+    MoeStats st = model_moe_stats(m, b, train);
     moe_forward_gate(&x, &m->w[b], a, &st);
     return 1;
 }

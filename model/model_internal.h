@@ -141,7 +141,7 @@ void block_backward_input(Model *m, int b, const act *x_in, act *dres);
 /* A block's F (forward) or B (backward input) in parts, for the phases of model/stage.c: part 0
  * then, when it returns 1 (a MoE block: it posted an exchange on m->lane), part 1 (also posts)
  * and part 2; each exchange is waited (block_wait) before the next part. */
-int block_forward_part(Model *m, int b, const act *x_in, int part);
+int block_forward_part(Model *m, int b, const act *x_in, int train, int part);
 int block_backward_part(Model *m, int b, const act *x_in, act *dres, int part);
 /* Waits for the exchange that part `part` - 1 of block b posted (backward: of its B). */
 void block_wait(Model *m, int b, int part, int backward);

@@ -96,25 +96,6 @@ static void keep(Model *m, int mb, const int *valid)
         m->o->copy(m->o, row + N * (1 + d->D), m->sl->bal_loss, (size_t)m->n_moe * d->B * F);
 }
 
-void stage_forward(Model *m, int slot, int mb, const int32_t *window, int train, ModelLoss *loss)
-{
-    const Dims *d = &m->d;
-    int valid[MTP_MAX] = { 0 };
-    CHECK(!train || m->train);
-    use_slot(m, slot);
-    if (m->first || m->last) stage_tokens(m, window);
-    model_refresh_weights(m);
-    if (m->first) m->o->embedding_forward(m->o, m->sl->x0, m->sl->tokens, m->embed, d->N, d->C);
-    for (int b = m->lo; b < m->hi; b++) block_forward(m, b, block_input(m, b), train);
-    if (m->last) head_forward(m, window, train, valid);
-    if (loss) {
-        memset(loss, 0, sizeof *loss);
-        read_now(m, valid, loss);
-    } else {
-        keep(m, mb, valid);
-    }
-}
-
 void stage_read_losses(Model *m, int n, ModelLoss *out)
 {
     const Dims *d = &m->d;
@@ -180,9 +161,8 @@ void stage_backward_weight(Model *m, int slot)
 
 /* ---- phases ----------------------------------------------------------------------------------- */
 
-void stage_pass_begin(StagePass *p, Model *m, int kind, int slot, int mb, const int32_t *window)
+static void pass_init(StagePass *p, Model *m, int kind, int slot, int mb, const int32_t *window)
 {
-    CHECK(m->train);
     memset(p, 0, sizeof *p);
     p->m = m;
     p->kind = kind;
@@ -190,6 +170,13 @@ void stage_pass_begin(StagePass *p, Model *m, int kind, int slot, int mb, const 
     p->mb = mb;
     p->window = window;
     p->b = -2;
+    p->train = 1;
+}
+
+void stage_pass_begin(StagePass *p, Model *m, int kind, int slot, int mb, const int32_t *window)
+{
+    CHECK(m->train);
+    pass_init(p, m, kind, slot, mb, window);
 }
 
 static const char *const EXCHANGE[2][2] = { { "dispatch", "combine" }, { "combine bwd", "dispatch bwd" } };
@@ -207,14 +194,19 @@ static int pass_forward(StagePass *p)
         p->part = 0;
     }
     for (; p->b < m->hi; p->b++, p->part = 0) {
-        if (block_forward_part(m, p->b, block_input(m, p->b), p->part)) {
+        if (block_forward_part(m, p->b, block_input(m, p->b), p->train, p->part)) {
             snprintf(p->exchange, sizeof p->exchange, "%s L%d", EXCHANGE[0][p->part], p->b);
             p->part++;
             return 1;
         }
     }
-    if (m->last) head_forward(m, p->window, 1, p->valid);
-    keep(m, p->mb, p->valid);
+    if (m->last) head_forward(m, p->window, p->train, p->valid);
+    if (p->loss) {
+        memset(p->loss, 0, sizeof *p->loss);
+        read_now(m, p->valid, p->loss);
+    } else {
+        keep(m, p->mb, p->valid);
+    }
     return 0;
 }
 
@@ -285,6 +277,18 @@ static void pass_through(Model *m, int kind, int slot)
 {
     StagePass p;
     stage_pass_begin(&p, m, kind, slot, 0, NULL);
+    while (stage_pass_run(&p)) stage_pass_wait(&p);
+}
+
+/* The phases of pass_forward, each exchange waited at once; loss: read now (else kept for
+ * stage_read_losses). */
+void stage_forward(Model *m, int slot, int mb, const int32_t *window, int train, ModelLoss *loss)
+{
+    StagePass p;
+    CHECK(!train || m->train);
+    pass_init(&p, m, STAGE_PASS_F, slot, mb, window);
+    p.train = train;
+    p.loss = loss;
     while (stage_pass_run(&p)) stage_pass_wait(&p);
 }
 

@@ -83,8 +83,9 @@ int stage_n_micro(const Model *m);
  * ping-pong: a phase runs the units up to and including one that POSTS an EP exchange on the
  * pass's lane (F: EP_LANE_F; B: EP_LANE_B) - a MoE block's dispatch, combine, or their
  * backward - and returns; the caller may run other work (the other pass), then calls
- * stage_pass_wait before the next phase. The same calls in the same order as stage_forward
- * (train, losses kept) and stage_backward / stage_backward_input, so results are bit-identical.
+ * stage_pass_wait before the next phase. stage_forward, stage_backward and
+ * stage_backward_input are these passes with each exchange waited at once, so a phased run does
+ * the same arithmetic in the same order as an unphased one (bit-identical results).
  *   StagePass p; stage_pass_begin(&p, m, STAGE_PASS_F, slot, mb, window);
  *   while (stage_pass_run(&p)) { ...other work...; stage_pass_wait(&p); }
  * stage_pass_next names the phase the next run starts with ("L3": block 3 from its start, with
@@ -100,6 +101,8 @@ typedef struct StagePass {
     int b, part;                /* next block and its part (model_internal.h); b = -2: not started */
     int posted;                 /* an exchange is in flight: stage_pass_wait before running on */
     int done;
+    int train;                  /* F: counts and gradients' seeds (stage_forward's train); 1 here */
+    ModelLoss *loss;            /* F: read the losses now (stage_forward's loss); NULL here */
     int valid[MTP_MAX];
     char phase[24], exchange[24];
 } StagePass;
