@@ -163,6 +163,7 @@ typedef struct Ctx {
     float attn_scale;
     Scratch *s;                         /* backward temporaries (NULL in evaluation) */
     float *logits_r;                    /* (N,E) router logits, a forward temporary */
+    int lane;                           /* the EP lane its exchanges go on (comm/dispatch.h) */
 } Ctx;
 
 void mla_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, const act *x_in);
@@ -188,6 +189,16 @@ void ffn_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, Block
 void ffn_backward_weight(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockBwd *bw,
                          const BlockActs *a);
 void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st);
+/* moe_forward and moe_backward_input as phases (DESIGN.md section 4): each of gate, experts
+ * (F) and out, experts (B) ends by posting an exchange on x->lane that the caller waits for
+ * (ep_*_wait on a->ep) before the next phase; moe_forward_out and moe_backward_gate post
+ * nothing. The blocking functions are these phases with their waits. */
+void moe_forward_gate(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st);
+void moe_forward_experts(const Ctx *x, const BlockWeights *w, BlockActs *a);
+void moe_forward_out(const Ctx *x, BlockActs *a);
+void moe_backward_out(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, act *dres);
+void moe_backward_experts(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a);
+void moe_backward_gate(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, MoeStats *st, act *dres);
 void moe_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, MoeStats *st,
                         act *dres);
 void moe_backward_weight(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockBwd *bw,

@@ -442,7 +442,7 @@ void model_zero_counts(Model *m)
 Ctx model_ctx(Model *m)
 {
     Ctx x = { m->o, &m->d, &m->cfg, m->rope_cos, m->rope_sin, m->attn_scale, m->train ? &m->s : NULL,
-              m->logits_r };
+              m->logits_r, m->lane };
     return x;
 }
 
@@ -481,6 +481,63 @@ void block_backward_input(Model *m, int b, const act *x_in, act *dres)
         ffn_backward_input(&x, &m->w[b], &m->sl->bw[b], &m->sl->acts[b], dres);
     }
     mla_backward_input(&x, &m->w[b], &m->sl->bw[b], &m->sl->acts[b], x_in, dres);
+}
+
+int block_forward_part(Model *m, int b, const act *x_in, int train, int part)
+{
+    Ctx x = model_ctx(m);
+    BlockActs *a = &m->sl->acts[b];
+    if (part == 1) {
+        moe_forward_experts(&x, &m->w[b], a);
+        return 1;
+    }
+    if (part == 2) {
+        moe_forward_out(&x, a);
+        return 0;
+    }
+    mla_forward(&x, &m->w[b], a, x_in);
+    if (!m->is_moe[b]) {
+        ffn_forward(&x, &m->w[b], a);
+        return 0;
+    }
+    MoeStats st = model_moe_stats(m, b, train);
+    moe_forward_gate(&x, &m->w[b], a, &st);
+    return 1;
+}
+
+int block_backward_part(Model *m, int b, const act *x_in, act *dres, int part)
+{
+    Ctx x = model_ctx(m);
+    BlockActs *a = &m->sl->acts[b];
+    BlockBwd *bw = &m->sl->bw[b];
+    if (part == 1) {
+        moe_backward_experts(&x, &m->w[b], bw, a);
+        return 1;
+    }
+    if (part == 0 && m->is_moe[b]) {
+        moe_backward_out(&x, &m->w[b], bw, a, dres);
+        return 1;
+    }
+    if (part == 2) {
+        MoeStats st = model_moe_stats(m, b, 1);
+        moe_backward_gate(&x, &m->w[b], bw, a, &st, dres);
+    } else {
+        ffn_backward_input(&x, &m->w[b], bw, a, dres);
+    }
+    mla_backward_input(&x, &m->w[b], bw, a, x_in, dres);
+    return 0;
+}
+
+void block_wait(Model *m, int b, int part, int backward)
+{
+    EpHandle *h = &m->sl->acts[b].ep;
+    if (!backward) {
+        if (part == 1) ep_dispatch_wait(m->o, h);
+        else ep_combine_wait(m->o, h);
+    } else {
+        if (part == 1) ep_combine_backward_wait(m->o, h);
+        else ep_dispatch_backward_wait(m->o, h);
+    }
 }
 
 void block_backward_weight(Model *m, int b, const act *x_in)

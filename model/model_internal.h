@@ -83,6 +83,8 @@ struct Model {
     float *host_step;           /* (n_micro, step_row) host staging of that read */
     int *step_valid;            /* (n_micro, MTP_MAX) host: each MTP mean's divisor */
     ModelSlot *sl;              /* the slot the calls below work on */
+    int lane;                   /* the EP lane the calls below exchange on (EP_LANE_F unless a
+                                   StagePass sets it) */
     int nblocks;                /* L main blocks + D MTP blocks */
     int *is_moe;                /* (nblocks) */
     int n_moe;                  /* MoE blocks (main and MTP) */
@@ -136,6 +138,13 @@ MoeStats model_moe_stats(Model *m, int block, int train);
 void block_forward(Model *m, int b, const act *x_in, int train);
 /* Backward of block b: B (dres: dL/dx_out in, dL/dx_in out) and W. */
 void block_backward_input(Model *m, int b, const act *x_in, act *dres);
+/* A block's F (forward) or B (backward input) in parts, for the phases of model/stage.c: part 0
+ * then, when it returns 1 (a MoE block: it posted an exchange on m->lane), part 1 (also posts)
+ * and part 2; each exchange is waited (block_wait) before the next part. */
+int block_forward_part(Model *m, int b, const act *x_in, int train, int part);
+int block_backward_part(Model *m, int b, const act *x_in, act *dres, int part);
+/* Waits for the exchange that part `part` - 1 of block b posted (backward: of its B). */
+void block_wait(Model *m, int b, int part, int backward);
 void block_backward_weight(Model *m, int b, const act *x_in);
 double model_download_mean(Model *m, const float *dev, int n, int valid);
 

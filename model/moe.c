@@ -50,7 +50,9 @@ static SwigluMlp shared_mlp(const Ctx *x, const BlockWeights *w, BlockGrads *g, 
     return m;
 }
 
-void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st)
+/* F phase "gate": norm, router, routing, counts and balance loss, the layout, and the
+ * dispatch of the token rows posted on the pass's lane (x->lane). */
+void moe_forward_gate(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st)
 {
     Ops *o = x->o;
     const Dims *d = x->d;
@@ -70,9 +72,17 @@ void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st
         int n = ep_max_nodes(st->idx_host, N, d->K, d->E, g->size, g->node_of);
         if (n > *st->max_nodes) *st->max_nodes = n;
     }
-
     ep_layout(o, &a->ep, a->idx);
-    ep_dispatch(o, &a->ep, a->xp, a->ln2);
+    ep_dispatch_post(o, &a->ep, x->lane, a->xp, a->ln2);
+}
+
+/* F phase "experts" (after ep_dispatch_wait): the local experts on their rows, the shared
+ * expert, and the combine posted. */
+void moe_forward_experts(const Ctx *x, const BlockWeights *w, BlockActs *a)
+{
+    Ops *o = x->o;
+    const Dims *d = x->d;
+    const int N = d->N, C = d->C;
     const int32_t *off = a->ep.recv_offsets_host;
     for (int j = 0; j < a->ep.n_local; j++) {
         int n = off[j + 1] - off[j];
@@ -87,8 +97,22 @@ void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st
     } else {
         o->zero(o, a->x_out, o->act_bytes * N * C);
     }
-    ep_combine(o, &a->ep, a->x_out, a->yp, a->w);
-    o->add(o, a->x_out, a->x_mid, (size_t)N * C);
+    ep_combine_post(o, &a->ep, x->lane, a->x_out, a->yp, a->w);
+}
+
+/* F phase "out" (after ep_combine_wait): the residual. */
+void moe_forward_out(const Ctx *x, BlockActs *a)
+{
+    x->o->add(x->o, a->x_out, a->x_mid, (size_t)x->d->N * x->d->C);
+}
+
+void moe_forward(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStats *st)
+{
+    moe_forward_gate(x, w, a, st);
+    ep_dispatch_wait(x->o, &a->ep);
+    moe_forward_experts(x, w, a);
+    ep_combine_wait(x->o, &a->ep);
+    moe_forward_out(x, a);
 }
 
 /* Routed experts B: dxp (rows) from dyp (rows), per expert. */
@@ -108,16 +132,14 @@ static void experts_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd
     }
 }
 
-/* B: the input gradient through the experts (dispatch/combine backward: collective over the
- * EP group), the shared expert and the router. */
-void moe_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, MoeStats *st,
-                        act *dres)
+/* B phase "out": the shared expert's input gradient, and the combine's backward posted on the
+ * pass's lane (w * dy rows to the experts). */
+void moe_backward_out(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, act *dres)
 {
     Ops *o = x->o;
     const Dims *d = x->d;
     Scratch *s = x->s;
-    const int N = d->N, C = d->C, E = d->E, K = d->K;
-    const RouteShape r = route_shape(x);
+    const int N = d->N, C = d->C, K = d->K;
 
     o->copy(o, bw->dout, dres, o->act_bytes * N * C);
     o->zero(o, bw->dln2, o->act_bytes * N * C);
@@ -127,11 +149,27 @@ void moe_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, Block
     }
     o->zero(o, bw->dyp, o->act_bytes * (size_t)a->ep.recv_rows * C);
     o->zero(o, s->dw, sizeof(float) * N * K);
-    ep_combine_backward(o, &a->ep, bw->dyp, s->dw, dres, a->yp, a->w);
-    experts_backward_input(x, w, bw, a);
-    ep_dispatch_backward(o, &a->ep, bw->dln2, s->dxp);
+    ep_combine_backward_post(o, &a->ep, x->lane, bw->dyp, s->dw, dres, a->yp, a->w);
+}
 
-    /* router: routing weights and the balance loss both reach the logits through s */
+/* B phase "experts" (after ep_combine_backward_wait): the experts' input gradients, and the
+ * dispatch's backward posted (the rows back to their tokens). */
+void moe_backward_experts(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a)
+{
+    experts_backward_input(x, w, bw, a);
+    ep_dispatch_backward_post(x->o, &a->ep, x->lane, bw->dln2, x->s->dxp);
+}
+
+/* B phase "gate" (after ep_dispatch_backward_wait): the router (routing weights and the
+ * balance loss both reach the logits through s) and the norm. */
+void moe_backward_gate(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, MoeStats *st, act *dres)
+{
+    Ops *o = x->o;
+    const Dims *d = x->d;
+    Scratch *s = x->s;
+    const int N = d->N, C = d->C, E = d->E;
+    const RouteShape r = route_shape(x);
+
     o->zero(o, s->ds, sizeof(float) * N * E);
     o->moe_route_backward(o, s->ds, s->dw, a->s, a->idx, &r);
     if (st && st->bal_dloss && st->alpha > 0)
@@ -140,6 +178,18 @@ void moe_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, Block
     o->sigmoid_backward(o, bw->dlogits_r, s->ds, a->s, (size_t)N * E);
     o->router_backward_input(o, bw->dln2, bw->dlogits_r, &w->router, N, C, E);
     o->rmsnorm_backward_input(o, dres, bw->dln2, a->x_mid, w->ln2, a->ln2_rstd, N, C);
+}
+
+/* B: the input gradient through the experts (dispatch/combine backward: collective over the
+ * EP group), the shared expert and the router; the three phases with their waits. */
+void moe_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, BlockActs *a, MoeStats *st,
+                        act *dres)
+{
+    moe_backward_out(x, w, bw, a, dres);
+    ep_combine_backward_wait(x->o, &a->ep);
+    moe_backward_experts(x, w, bw, a);
+    ep_dispatch_backward_wait(x->o, &a->ep);
+    moe_backward_gate(x, w, bw, a, st, dres);
 }
 
 /* W: shared expert, this rank's routed experts (their rows as B received them), router, norm. */

@@ -6,6 +6,7 @@
  */
 #include "model/stage.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "model/model_internal.h"
@@ -95,25 +96,6 @@ static void keep(Model *m, int mb, const int *valid)
         m->o->copy(m->o, row + N * (1 + d->D), m->sl->bal_loss, (size_t)m->n_moe * d->B * F);
 }
 
-void stage_forward(Model *m, int slot, int mb, const int32_t *window, int train, ModelLoss *loss)
-{
-    const Dims *d = &m->d;
-    int valid[MTP_MAX] = { 0 };
-    CHECK(!train || m->train);
-    use_slot(m, slot);
-    if (m->first || m->last) stage_tokens(m, window);
-    model_refresh_weights(m);
-    if (m->first) m->o->embedding_forward(m->o, m->sl->x0, m->sl->tokens, m->embed, d->N, d->C);
-    for (int b = m->lo; b < m->hi; b++) block_forward(m, b, block_input(m, b), train);
-    if (m->last) head_forward(m, window, train, valid);
-    if (loss) {
-        memset(loss, 0, sizeof *loss);
-        read_now(m, valid, loss);
-    } else {
-        keep(m, mb, valid);
-    }
-}
-
 void stage_read_losses(Model *m, int n, ModelLoss *out)
 {
     const Dims *d = &m->d;
@@ -162,40 +144,6 @@ static void head_backward_weight(Model *m)
     o->rmsnorm_backward_weight(o, m->g_final_norm, m->sl->dhf, block_input(m, m->hi), m->sl->hf_rstd, d->N, d->C);
 }
 
-/* B and W unit by unit (MTP modules last to first, head, blocks last to first, embedding). */
-void stage_backward(Model *m, int slot)
-{
-    const Dims *d = &m->d;
-    use_slot(m, slot);
-    if (m->last) {
-        backward_start(m);
-        for (int k = d->D; k >= 1; k--) {
-            mtp_backward_input(m, k);
-            mtp_backward_weight(m, k);
-        }
-        head_backward_input(m);
-        head_backward_weight(m);
-    }
-    for (int b = m->hi - 1; b >= m->lo; b--) {
-        block_backward_input(m, b, block_input(m, b), m->sl->dres);
-        block_backward_weight(m, b, block_input(m, b));
-    }
-    if (m->first) m->o->embedding_backward(m->o, m->g_embed, m->sl->dres, m->sl->tokens, d->N, d->C);
-}
-
-void stage_backward_input(Model *m, int slot)
-{
-    const Dims *d = &m->d;
-    CHECK(m->train);
-    use_slot(m, slot);
-    if (m->last) {
-        backward_start(m);
-        for (int k = d->D; k >= 1; k--) mtp_backward_input(m, k);
-        head_backward_input(m);
-    }
-    for (int b = m->hi - 1; b >= m->lo; b--) block_backward_input(m, b, block_input(m, b), m->sl->dres);
-}
-
 /* The units in stage_backward's order, so the head and the embedding (shared with MTP) get
  * their contributions in the same order. dres still holds dL/dx0 from stage_backward_input. */
 void stage_backward_weight(Model *m, int slot)
@@ -210,6 +158,145 @@ void stage_backward_weight(Model *m, int slot)
     for (int b = m->hi - 1; b >= m->lo; b--) block_backward_weight(m, b, block_input(m, b));
     if (m->first) m->o->embedding_backward(m->o, m->g_embed, m->sl->dres, m->sl->tokens, d->N, d->C);
 }
+
+/* ---- phases ----------------------------------------------------------------------------------- */
+
+static void pass_init(StagePass *p, Model *m, int kind, int slot, int mb, const int32_t *window)
+{
+    memset(p, 0, sizeof *p);
+    p->m = m;
+    p->kind = kind;
+    p->slot = slot;
+    p->mb = mb;
+    p->window = window;
+    p->b = -2;
+    p->train = 1;
+}
+
+void stage_pass_begin(StagePass *p, Model *m, int kind, int slot, int mb, const int32_t *window)
+{
+    CHECK(m->train);
+    pass_init(p, m, kind, slot, mb, window);
+}
+
+static const char *const EXCHANGE[2][2] = { { "dispatch", "combine" }, { "combine bwd", "dispatch bwd" } };
+
+/* F from where it stopped to the next post (1) or the end (0). */
+static int pass_forward(StagePass *p)
+{
+    Model *m = p->m;
+    if (p->b == -2) {
+        const Dims *d = &m->d;
+        if (m->first || m->last) stage_tokens(m, p->window);
+        model_refresh_weights(m);
+        if (m->first) m->o->embedding_forward(m->o, m->sl->x0, m->sl->tokens, m->embed, d->N, d->C);
+        p->b = m->lo;
+        p->part = 0;
+    }
+    for (; p->b < m->hi; p->b++, p->part = 0) {
+        if (block_forward_part(m, p->b, block_input(m, p->b), p->train, p->part)) {
+            snprintf(p->exchange, sizeof p->exchange, "%s L%d", EXCHANGE[0][p->part], p->b);
+            p->part++;
+            return 1;
+        }
+    }
+    if (m->last) head_forward(m, p->window, p->train, p->valid);
+    if (p->loss) {
+        memset(p->loss, 0, sizeof *p->loss);
+        read_now(m, p->valid, p->loss);
+    } else {
+        keep(m, p->mb, p->valid);
+    }
+    return 0;
+}
+
+/* B (and W when fused) from where it stopped to the next post (1) or the end (0). */
+static int pass_backward(StagePass *p)
+{
+    Model *m = p->m;
+    const Dims *d = &m->d;
+    const int fused = p->kind == STAGE_PASS_BW;
+    if (p->b == -2) {
+        if (m->last) {
+            backward_start(m);
+            for (int k = d->D; k >= 1; k--) {
+                mtp_backward_input(m, k);
+                if (fused) mtp_backward_weight(m, k);
+            }
+            head_backward_input(m);
+            if (fused) head_backward_weight(m);
+        }
+        p->b = m->hi - 1;
+        p->part = 0;
+    }
+    for (; p->b >= m->lo; p->b--, p->part = 0) {
+        if (block_backward_part(m, p->b, block_input(m, p->b), m->sl->dres, p->part)) {
+            snprintf(p->exchange, sizeof p->exchange, "%s L%d", EXCHANGE[1][p->part], p->b);
+            p->part++;
+            return 1;
+        }
+        if (fused) block_backward_weight(m, p->b, block_input(m, p->b));
+    }
+    if (fused && m->first) m->o->embedding_backward(m->o, m->g_embed, m->sl->dres, m->sl->tokens, d->N, d->C);
+    return 0;
+}
+
+int stage_pass_run(StagePass *p)
+{
+    CHECK(!p->posted && !p->done);
+    use_slot(p->m, p->slot);
+    p->m->lane = p->kind == STAGE_PASS_F ? EP_LANE_F : EP_LANE_B;
+    p->exchange[0] = 0;
+    p->posted = p->kind == STAGE_PASS_F ? pass_forward(p) : pass_backward(p);
+    p->done = !p->posted;
+    p->m->lane = EP_LANE_F;
+    return p->posted;
+}
+
+const char *stage_pass_next(StagePass *p)
+{
+    static const char *const PART[2][3] = { { "", " experts", " out" }, { "", " experts", " gate" } };
+    const Model *m = p->m;
+    const int bwd = p->kind != STAGE_PASS_F;
+    if (p->b == -2 && bwd && m->last) snprintf(p->phase, sizeof p->phase, "head");
+    else if (p->b == -2) snprintf(p->phase, sizeof p->phase, "L%d", bwd ? m->hi - 1 : m->lo);
+    else if (p->b < m->lo || p->b >= m->hi) snprintf(p->phase, sizeof p->phase, bwd ? "embed" : "head");
+    else snprintf(p->phase, sizeof p->phase, "L%d%s", p->b, PART[bwd][p->part]);
+    return p->phase;
+}
+
+void stage_pass_wait(StagePass *p)
+{
+    CHECK(p->posted);
+    use_slot(p->m, p->slot);
+    block_wait(p->m, p->b, p->part, p->kind != STAGE_PASS_F);
+    p->posted = 0;
+}
+
+static void pass_through(Model *m, int kind, int slot)
+{
+    StagePass p;
+    stage_pass_begin(&p, m, kind, slot, 0, NULL);
+    while (stage_pass_run(&p)) stage_pass_wait(&p);
+}
+
+/* The phases of pass_forward, each exchange waited at once; loss: read now (else kept for
+ * stage_read_losses). */
+void stage_forward(Model *m, int slot, int mb, const int32_t *window, int train, ModelLoss *loss)
+{
+    StagePass p;
+    CHECK(!train || m->train);
+    pass_init(&p, m, STAGE_PASS_F, slot, mb, window);
+    p.train = train;
+    p.loss = loss;
+    while (stage_pass_run(&p)) stage_pass_wait(&p);
+}
+
+/* B and W unit by unit (MTP modules last to first, head, blocks last to first, embedding):
+ * the phases of pass_backward, each exchange waited at once. */
+void stage_backward(Model *m, int slot) { pass_through(m, STAGE_PASS_BW, slot); }
+
+void stage_backward_input(Model *m, int slot) { pass_through(m, STAGE_PASS_B, slot); }
 
 /* The whole model: the one-stage case on slot 0. */
 void model_forward(Model *m, const int32_t *window, int train, ModelLoss *loss)

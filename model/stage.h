@@ -79,4 +79,37 @@ void stage_copy_io(Model *m, act *dst, const act *src);
 int stage_n_slots(const Model *m);
 int stage_n_micro(const Model *m);
 
+/* A stage's F or B of one micro-batch as phases (DESIGN.md section 4), for the executor's FB
+ * ping-pong: a phase runs the units up to and including one that POSTS an EP exchange on the
+ * pass's lane (F: EP_LANE_F; B: EP_LANE_B) - a MoE block's dispatch, combine, or their
+ * backward - and returns; the caller may run other work (the other pass), then calls
+ * stage_pass_wait before the next phase. stage_forward, stage_backward and
+ * stage_backward_input are these passes with each exchange waited at once, so a phased run does
+ * the same arithmetic in the same order as an unphased one (bit-identical results).
+ *   StagePass p; stage_pass_begin(&p, m, STAGE_PASS_F, slot, mb, window);
+ *   while (stage_pass_run(&p)) { ...other work...; stage_pass_wait(&p); }
+ * stage_pass_next names the phase the next run starts with ("L3": block 3 from its start, with
+ * the embedding or the head before it when the pass starts there; "L3 experts", "L3 out" (F)
+ * or "L3 gate" (B): the parts after an exchange; "head", "embed": what is left after the
+ * last block); p.exchange names what the last run posted ("dispatch L3", "combine L3",
+ * "combine bwd L3", "dispatch bwd L3"). */
+enum { STAGE_PASS_F, STAGE_PASS_B, STAGE_PASS_BW };   /* forward; backward input; B and W fused */
+typedef struct StagePass {
+    Model *m;
+    int kind, slot, mb;
+    const int32_t *window;
+    int b, part;                /* next block and its part (model_internal.h); b = -2: not started */
+    int posted;                 /* an exchange is in flight: stage_pass_wait before running on */
+    int done;
+    int train;                  /* F: counts and gradients' seeds (stage_forward's train); 1 here */
+    ModelLoss *loss;            /* F: read the losses now (stage_forward's loss); NULL here */
+    int valid[MTP_MAX];
+    char phase[24], exchange[24];
+} StagePass;
+void stage_pass_begin(StagePass *p, Model *m, int kind, int slot, int mb, const int32_t *window);
+/* Runs the next phase: 1 if it ended by posting an exchange, 0 when the pass is done. */
+int stage_pass_run(StagePass *p);
+void stage_pass_wait(StagePass *p);
+const char *stage_pass_next(StagePass *p);
+
 #endif

@@ -268,6 +268,7 @@ void pp_train_step(Trainer *t, StepMetrics *s)
     }
     for (int i = 0; i < M; i++) data_next(t->train, p->windows[i]);
     memset(p->losses, 0, (size_t)M * sizeof(ModelLoss));
+    p->ex.trace = t->trace;     /* created after pp_setup; records only in traced steps */
     pipe_exec_begin(&p->ex, (const int32_t *const *)p->windows, p->losses);
     int st;
     while ((st = pipe_exec_step(&p->ex)) == PIPE_RAN) {}

@@ -188,22 +188,21 @@ void pipe_exec_begin(PipeExec *e, const int32_t *const *windows, ModelLoss *loss
     e->pc = 0;
     e->wq_head = e->wq_tail = 0;
     e->done = 0;
+    e->waiting = 0;
     memset(e->ran, 0, (size_t)2 * C);
     e->windows = windows;
     e->losses = losses;
 }
 
-static void run_f(PipeExec *e, int mb, int chunk)
+/* After a chunk's F: DualPipeV's turn, where the next stage is our other chunk (a copy). */
+static void f_done(PipeExec *e, int mb, int chunk)
 {
-    Model *st = e->stage[chunk];
     Book *b = book_of(e);
-    int slot = book_slot(b, chunk, mb);
-    stage_forward(st, slot, mb, e->windows[mb], 1, NULL);     /* losses stay on the device */
     e->ran[chunk * e->s->micro_batches + mb] = 1;
     int next = local_neighbour(e->s, e->rank, mb, chunk, +1);
-    if (next >= 0) {    /* DualPipeV's turn: the next stage is our other chunk */
-        Model *to = e->stage[next];
-        stage_copy_io(st, stage_input(to, book_slot(b, next, mb)), stage_output(st, slot));
+    if (next >= 0) {
+        Model *st = e->stage[chunk], *to = e->stage[next];
+        stage_copy_io(st, stage_input(to, book_slot(b, next, mb)), stage_output(st, book_slot(b, chunk, mb)));
     }
 }
 
@@ -227,22 +226,47 @@ static void read_losses(PipeExec *e)
     }
 }
 
-static void run_b(PipeExec *e, int mb, int chunk, int fused)
+/* After a chunk's B: its W queued (when not fused), and the turn's copy back. */
+static void b_done(PipeExec *e, int mb, int chunk, int fused)
 {
-    Model *st = e->stage[chunk];
     Book *b = book_of(e);
-    int slot = book_slot(b, chunk, mb);
-    if (fused) {
-        stage_backward(st, slot);
-    } else {
-        stage_backward_input(st, slot);
+    if (!fused) {
         CHECK(e->wq_tail < 2 * e->s->micro_batches);
         e->wq[e->wq_tail++] = mb * 2 + chunk;
     }
     int prev = local_neighbour(e->s, e->rank, mb, chunk, -1);
     if (prev >= 0) {
-        Model *to = e->stage[prev];
-        stage_copy_io(st, stage_output_grad(to, book_slot(b, prev, mb)), stage_input_grad(st, slot));
+        Model *st = e->stage[chunk], *to = e->stage[prev];
+        stage_copy_io(st, stage_output_grad(to, book_slot(b, prev, mb)), stage_input_grad(st, book_slot(b, chunk, mb)));
+    }
+}
+
+/* One phase of pass p (its previous exchange waited first), as a span; an exchange it posts
+ * opens a span on the pass's lane track until its wait. */
+static void run_phase(PipeExec *e, StagePass *p, int chunk)
+{
+    const int f = p->kind == STAGE_PASS_F, lane = f ? TRACE_EP_LANE_F : TRACE_EP_LANE_B;
+    if (p->posted) {
+        stage_pass_wait(p);
+        trace_end(e->trace, lane);
+    }
+    trace_begin_phase(e->trace, TRACE_COMPUTE, stage_pass_next(p), f ? 'F' : 'B', p->mb, chunk);
+    int posted = stage_pass_run(p);
+    trace_end(e->trace, TRACE_COMPUTE);
+    if (posted) trace_begin(e->trace, lane, p->exchange, p->mb, chunk);
+}
+
+/* F and/or B passes. Two passes on different chunks ping-pong (DESIGN 4): the F's phases until
+ * one posts, then the B's until one posts, and back, so each exchange is in flight while the
+ * other pass computes. On one chunk (they would share the stage's scratch) they run in turn. */
+static void run_passes(PipeExec *e, StagePass *ps, const int *chunks, int n)
+{
+    const int pingpong = n == 2 && chunks[0] != chunks[1];
+    for (int i = 0; i < n; i++) {
+        while (!ps[i].done) {
+            run_phase(e, &ps[i], chunks[i]);
+            if (pingpong && !ps[1 - i].done) run_phase(e, &ps[1 - i], chunks[1 - i]);
+        }
     }
 }
 
@@ -256,9 +280,17 @@ static void run_w(PipeExec *e, int mb, int chunk)
     stage_backward_weight(e->stage[chunk], book_slot(book_of(e), chunk, mb));
 }
 
-/* A receive: 0 if it has not arrived; else checks the header and returns 1. */
+static int link_track(const PipeExec *e, int peer) { return peer < e->rank ? TRACE_PP_PREV : TRACE_PP_NEXT; }
+
+/* A receive: 0 if it has not arrived; else checks the header and returns 1. Its spans open at
+ * the first try and close at the arrival. */
 static int run_recv(PipeExec *e, const SchedInstr *in, int kind)
 {
+    if (!e->waiting) {
+        trace_begin(e->trace, TRACE_COMPUTE, kind == PIPE_ACT ? "RECV F" : "RECV B", in->mb, in->chunk);
+        trace_begin(e->trace, link_track(e, in->peer), kind == PIPE_ACT ? "recv F" : "recv B", in->mb, in->chunk);
+        e->waiting = 1;
+    }
     Model *st = e->stage[in->chunk];
     Book *b = book_of(e);
     const int stage = sched_stage_of(e->s, e->rank, in->chunk);
@@ -274,6 +306,9 @@ static int run_recv(PipeExec *e, const SchedInstr *in, int kind)
         BUG("pipeline: rank %d expected %s of micro-batch %d from stage %d (rank %d), got %s of micro-batch %d "
             "from stage %d", e->rank, kind == PIPE_ACT ? "activations" : "gradients", in->mb, from, in->peer,
             got.kind == PIPE_ACT ? "activations" : "gradients", got.mb, got.stage);
+    trace_end(e->trace, link_track(e, in->peer));
+    trace_end(e->trace, TRACE_COMPUTE);
+    e->waiting = 0;
     return 1;
 }
 
@@ -284,7 +319,43 @@ static void run_send(PipeExec *e, const SchedInstr *in, int kind)
     PipeHeader h = { kind, in->mb, sched_stage_of(e->s, e->rank, in->chunk) };
     const void *buf = kind == PIPE_ACT ? (const void *)stage_output(st, slot)
                                        : (const void *)stage_input_grad(st, slot);
+    trace_begin(e->trace, TRACE_COMPUTE, kind == PIPE_ACT ? "SEND F" : "SEND B", in->mb, in->chunk);
+    trace_instant(e->trace, link_track(e, in->peer), kind == PIPE_ACT ? "send F" : "send B", in->mb, in->chunk);
     e->link->send(e->link, in->peer, &h, buf, stage_io_bytes(st));
+    trace_end(e->trace, TRACE_COMPUTE);
+}
+
+/* F, B, W or FB, each a span on the compute track holding its phases' spans. */
+static void run_compute(PipeExec *e, const SchedInstr *in)
+{
+    Trace *t = e->trace;
+    const int op = in->op, has_f = op == SOP_F || op == SOP_FB, has_b = op == SOP_B || op == SOP_FB;
+    const int bm = op == SOP_FB ? in->mb_b : in->mb, bc = op == SOP_FB ? in->chunk_b : in->chunk;
+    Book *b = book_of(e);
+    if (op == SOP_W) {
+        trace_begin_phase(t, TRACE_COMPUTE, "W", 'W', in->mb, in->chunk);
+        run_w(e, in->mb, in->chunk);
+        trace_end(t, TRACE_COMPUTE);
+        return;
+    }
+    if (op == SOP_FB) trace_begin(t, TRACE_COMPUTE, "FB", in->mb, in->chunk);
+    else trace_begin_phase(t, TRACE_COMPUTE, op == SOP_F ? "F" : "B", op == SOP_F ? 'F' : 'B', bm, bc);
+    StagePass ps[2];
+    int chunks[2], n = 0;
+    if (has_f) {
+        stage_pass_begin(&ps[n], e->stage[in->chunk], STAGE_PASS_F, book_slot(b, in->chunk, in->mb), in->mb,
+                         e->windows[in->mb]);
+        chunks[n++] = in->chunk;
+    }
+    if (has_b) {
+        stage_pass_begin(&ps[n], e->stage[bc], in->fused ? STAGE_PASS_BW : STAGE_PASS_B, book_slot(b, bc, bm), bm,
+                         NULL);
+        chunks[n++] = bc;
+    }
+    run_passes(e, ps, chunks, n);
+    if (has_f) f_done(e, in->mb, in->chunk);
+    if (has_b) b_done(e, bm, bc, in->fused);
+    trace_end(t, TRACE_COMPUTE);
 }
 
 int pipe_exec_step(PipeExec *e)
@@ -313,10 +384,7 @@ int pipe_exec_step(PipeExec *e)
     case SOP_B:
     case SOP_W:
         book_effects(b, e->s, e->rank, in, 0);
-        if (in->op == SOP_F || in->op == SOP_FB) run_f(e, in->mb, in->chunk);
-        if (in->op == SOP_B) run_b(e, in->mb, in->chunk, in->fused);
-        if (in->op == SOP_FB) run_b(e, in->mb_b, in->chunk_b, in->fused);
-        if (in->op == SOP_W) run_w(e, in->mb, in->chunk);
+        run_compute(e, in);
         book_effects(b, e->s, e->rank, in, 1);
         break;
     default: BUG("pipeline: instruction %d has op %d", e->pc, in->op);

@@ -8,8 +8,13 @@
  * (DualPipeV's turn at rank pp-1: no transfer, a copy). No globals: every rank's state lives
  * in its PipeExec, so one process can run all ranks (tests/unit/test_pipeline.c).
  *
- * FB runs as its F, then its B (then W when fused), one after the other: the phase ping-pong
- * that overlaps the two (DESIGN 4) needs dispatch's post/wait halves and comes later. Mirror
+ * F and B run as phases (model/stage.h StagePass; DESIGN.md section 4): each phase of a pass
+ * may end by posting an EP exchange on the pass's lane (F: EP_LANE_F, B: EP_LANE_B) that the
+ * pass waits for before its next phase. FB is the phase ping-pong: its F's phases until one
+ * posts, then its B's until one posts, and back, so a forward's dispatch is in flight while the
+ * backward computes and the other way round (when F and B are on the same chunk, which shares
+ * one stage's scratch, they run one after the other). The arithmetic is the sequential one, so
+ * results are bit-identical to F then B. Mirror
  * gradients (DualPipe's two copies of a stage; under 1F1B/ZB1P the last stage's embedding
  * copy for MTP) stay in each stage's gradient buffer: the caller sums them.
  *
@@ -19,6 +24,16 @@
  * not a silent wrong gradient. Messages between two ranks of one kind arrive in send order.
  * Two implementations: in-memory mailboxes (below; all ranks in one process) and MPI
  * point-to-point over the PP group (comm/p2p.h).
+ *
+ * Trace (runtime/pipeline/trace.h; e.trace, set by the caller, NULL for none): one span per
+ * instruction on the compute track, named F, B, W, FB, "SEND F", "SEND B", "RECV F", "RECV B",
+ * with its micro-batch and chunk (an FB's are its F's); inside, one span per phase named by
+ * stage_pass_next ("L3", "L3 experts", ...; args.phase F or B, with the pass's micro-batch and
+ * chunk), and per exchange a span on track "ep lane F" or "ep lane B" from its post to the end
+ * of its wait, named by StagePass.exchange ("dispatch L3", ...); a
+ * RECV's wait is a span "recv F"/"recv B" on the link track of its peer ("pp prev" when the
+ * peer's rank is below this one, else "pp next"), open from the first try to the arrival; a SEND
+ * is an instant "send F"/"send B" there.
  *
  * Calling sequence (each rank, each step):
  *   PipeExec e; pipe_exec_init(&e, &sched, rank, stages, link);   stages[chunk], slots from
@@ -36,6 +51,7 @@
 #include "comm/p2p.h"
 #include "model/stage.h"
 #include "runtime/pipeline/schedule.h"
+#include "runtime/pipeline/trace.h"
 
 /* In-memory mailboxes for pp ranks in one process (ops: the backend the payloads live in). */
 typedef struct PipeMailbox PipeMailbox;
@@ -60,6 +76,8 @@ typedef struct PipeExec {
     unsigned char *ran;         /* [chunk * C + mb]: the chunk ran the micro-batch's F this step */
     ModelLoss *step_loss;       /* [C] a chunk's read of the step's losses */
     int done;                   /* the losses of this step have been read */
+    Trace *trace;               /* spans of this rank's instructions (NULL: none; set by the caller) */
+    int waiting;                /* the current RECV's spans are open (it blocked before) */
 } PipeExec;
 
 enum { PIPE_DONE = -1, PIPE_BLOCKED = 0, PIPE_RAN = 1 };
