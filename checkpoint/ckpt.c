@@ -288,6 +288,24 @@ static void unlist_file(CkptManifestFile *f)
     f->row_start = f->row_count = NULL;
 }
 
+/* The last phases of a save, once ckpt-<step>.tmp holds every file and the manifest: rename
+ * it to ckpt-<step> (the commit point), then retention. */
+static int install_and_retain(const CkptRequest *req, const char *tmp, const char *final, const char *crash,
+                              char *err, size_t errlen)
+{
+    const int step = req->state.step;
+    crash_point(crash, "after-manifest", step);
+    crash_point(crash, "before-rename", step);
+    if (install(req->run_dir, tmp, final, err, errlen)) return -1;
+    crash_point(crash, "after-rename", step);
+    if (retention(req->run_dir, step, req->keep, err, errlen)) {
+        char inner[512];
+        snprintf(inner, sizeof inner, "%s", err);
+        return ckpt_fail(err, errlen, "'%s' is complete, but removing old checkpoints failed: %s", final, inner);
+    }
+    return 0;
+}
+
 static CkptManifest manifest_of(const CkptRequest *req)
 {
     CkptManifest m = { .format_version = CKPT_MANIFEST_VERSION, .step = req->state.step,
@@ -327,16 +345,7 @@ static int save_steps(const CkptRequest *req, const char *crash, char *err, size
         fsio_remove_tree(tmp, NULL, 0);   /* best effort: a failed save leaves no partial directory */
         return -1;
     }
-    crash_point(crash, "after-manifest", step);
-    crash_point(crash, "before-rename", step);
-    if (install(req->run_dir, tmp, final, err, errlen)) return -1;
-    crash_point(crash, "after-rename", step);
-    if (retention(req->run_dir, step, req->keep, err, errlen)) {
-        char inner[512];
-        snprintf(inner, sizeof inner, "%s", err);
-        return ckpt_fail(err, errlen, "'%s' is complete, but removing old checkpoints failed: %s", final, inner);
-    }
-    return 0;
+    return install_and_retain(req, tmp, final, crash, err, errlen);
 }
 
 int ckpt_save(const CkptRequest *req, char *err, size_t errlen)
@@ -417,16 +426,7 @@ static int commit_steps(const CkptRequest *req, const CkptRankFile *files, int n
         fsio_remove_tree(tmp, NULL, 0);
         return -1;
     }
-    crash_point(crash, "after-manifest", step);
-    crash_point(crash, "before-rename", step);
-    if (install(req->run_dir, tmp, final, err, errlen)) return -1;
-    crash_point(crash, "after-rename", step);
-    if (retention(req->run_dir, step, req->keep, err, errlen)) {
-        char inner[512];
-        snprintf(inner, sizeof inner, "%s", err);
-        return ckpt_fail(err, errlen, "'%s' is complete, but removing old checkpoints failed: %s", final, inner);
-    }
-    return 0;
+    return install_and_retain(req, tmp, final, crash, err, errlen);
 }
 
 int ckpt_save_commit(const CkptRequest *req, const CkptRankFile *files, int n, char *err, size_t errlen)

@@ -9,6 +9,8 @@
 #   check DESCRIPTION CONDITION passes when CONDITION (shell text) succeeds (status 1 if not)
 #   show OUT                    prints the tail of a run's output (after a failed check)
 #   finish                      prints "N passed, N failed"; exit status 1 on any failure
+#   use_dstrain                 DSTRAIN = the dstrain binary beside BIN_DIR (the test programs'
+#                               directory), and ranks that yield while they wait (oversubscribed)
 if ! command -v mpirun > /dev/null 2>&1; then
     echo "SKIP: mpirun not found (install openmpi-bin to run the MPI tests)"
     exit 77
@@ -48,4 +50,10 @@ show() { echo "---- $1"; tail -n 30 "$1"; echo "----"; }
 finish() {
     echo "$passed passed, $failed failed"
     [ "$failed" -eq 0 ]
+}
+
+use_dstrain() {
+    export OMPI_MCA_mpi_yield_when_idle=1
+    DSTRAIN="$BIN_DIR/../dstrain"
+    [ -x "$DSTRAIN" ] || DSTRAIN="$BIN_DIR/dstrain"
 }

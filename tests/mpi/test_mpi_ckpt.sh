@@ -26,9 +26,7 @@ BIN_DIR=$1
 SRC=$2
 SCRATCH=$3
 . "$SRC/tests/mpi/lib.sh"
-export OMPI_MCA_mpi_yield_when_idle=1
-DSTRAIN="$BIN_DIR/../dstrain"
-[ -x "$DSTRAIN" ] || DSTRAIN="$BIN_DIR/dstrain"
+use_dstrain
 CMP="$BIN_DIR/ckpt_compare"
 ARGS=("$SRC/configs/tiny.toml" --set data.dir="$SCRATCH/data" --set train.run_dir="$SCRATCH/runs"
       --set train.checkpoint_every=10 --set train.steps=20 --set train.val_every=10 --set train.val_batches=2

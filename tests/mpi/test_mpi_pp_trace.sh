@@ -15,9 +15,7 @@ BIN_DIR=$1
 SRC=$2
 SCRATCH=$3
 . "$SRC/tests/mpi/lib.sh"
-export OMPI_MCA_mpi_yield_when_idle=1
-DSTRAIN="$BIN_DIR/../dstrain"
-[ -x "$DSTRAIN" ] || DSTRAIN="$BIN_DIR/dstrain"
+use_dstrain
 PY=${DSTRAIN_TEST_PYTHON:-python3}
 CHECK="$SRC/tests/tools/check_trace.py"
 ARGS=("$SRC/configs/tiny.toml" --set data.dir="$SCRATCH/data" --set train.run_dir="$SCRATCH/runs"

@@ -12,9 +12,7 @@ BIN_DIR=$1
 SRC=$2
 SCRATCH=$3
 . "$SRC/tests/mpi/lib.sh"
-export OMPI_MCA_mpi_yield_when_idle=1
-DSTRAIN="$BIN_DIR/../dstrain"
-[ -x "$DSTRAIN" ] || DSTRAIN="$BIN_DIR/dstrain"
+use_dstrain
 TRAIN=("$DSTRAIN" train "$SRC/configs/tiny.toml" --set train.run_dir=runs --set data.dir=data
        --set train.val_every=0 --set train.val_batches=1 --set parallel.dp=2 --set train.micro_batch_size=2
        --set train.sdc_every=5 --set train.checkpoint_every=5 --set train.steps=20)

@@ -14,9 +14,7 @@ BIN_DIR=$1
 SRC=$2
 SCRATCH=$3
 . "$SRC/tests/mpi/lib.sh"
-export OMPI_MCA_mpi_yield_when_idle=1
-DSTRAIN="$BIN_DIR/../dstrain"
-[ -x "$DSTRAIN" ] || DSTRAIN="$BIN_DIR/dstrain"
+use_dstrain
 COMPARE="$BIN_DIR/ckpt_compare"
 TRIALS=${DSTRAIN_SIGNAL_TRIALS:-2}
 # The moment: after a random step K in [1, 300] plus a random 0-50 ms; 800 steps leave at

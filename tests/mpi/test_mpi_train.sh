@@ -40,9 +40,7 @@ SCRATCH=$3
 . "$SRC/tests/mpi/lib.sh"
 # ranks waiting in a collective yield the core instead of polling it (2 cores shared with the
 # rank doing the work and with other jobs; polling made steps 100x slower under load)
-export OMPI_MCA_mpi_yield_when_idle=1
-DSTRAIN="$BIN_DIR/../dstrain"
-[ -x "$DSTRAIN" ] || DSTRAIN="$BIN_DIR/dstrain"
+use_dstrain
 CLOSE="$BIN_DIR/ckpt_compare"   # with a tolerance: closeness per tensor scale
 CONFIG=${DSTRAIN_MPI_CONFIG:-tiny}
 case $CONFIG in
