@@ -3,12 +3,24 @@
  * moe_gather, moe_combine and their backwards), the transfers are entries of the comm table
  * (isend/irecv per chunk, the local copy for a rank's own rows), so the same code serves the
  * mpi and (issue 6) nccl backends. Not here: routing or the experts (model/moe.c).
+ *
+ * Wire formats (SPEC section 6). Under the fp8 table the dispatch carries each row as FP8
+ * codes with one power-of-two scale per 1x128 tile (kernels/cpu/cpu_wire.h: C + 4*ceil(C/128)
+ * bytes a row instead of 4C): quantised after the gather in the post, dequantised into recv
+ * in the wait. The one-rank path sends nothing and rounds nothing: there the expert GEMM's
+ * own 1x128 quantisation is the only one, as on one GPU. (With P > 1 the GEMM re-quantises
+ * the received rows; that is exact only where its tiles take power-of-two scales too, which
+ * the Fprop of kernels/cpu/cpu_fp8.c does not yet: amax/448.) Under bf16 and fp8 the combine
+ * carries BF16 (2C bytes a row): exact, the rows already hold BF16 values (every act store
+ * rounds). The backward exchanges keep the activation width. fp32: unchanged. The
+ * wire formats are host code: tables with act in host memory (cpu) only.
  */
 #include "comm/dispatch.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/cpu_wire.h"
 #include "runtime/common.h"
 
 /* The group's buffers are planned at 4 bytes an element (ep_group_plan has no table), enough
@@ -17,6 +29,21 @@ static int multi(Ops *o, const EpHandle *h)
 {
     CHECK(o->act_bytes <= sizeof(float));
     return h->g && h->g->size > 1;
+}
+
+/* The compact wire formats (header comment); BUG on a table whose act is not host memory. */
+static int fp8_wire(const Ops *o)
+{
+    if (o->precision != PREC_FP8) return 0;
+    if (strcmp(o->name, "cpu")) BUG("ep: the FP8 dispatch payload is host code; table '%s'", o->name);
+    return 1;
+}
+
+static int bf16_wire(const Ops *o)
+{
+    if (o->precision == PREC_FP32) return 0;
+    if (strcmp(o->name, "cpu")) BUG("ep: the BF16 combine payload is host code; table '%s'", o->name);
+    return 1;
 }
 
 void ep_group_init(EpGroup *g, Comm *comm, int node, int E)
@@ -157,13 +184,12 @@ void ep_layout(Ops *o, EpHandle *h, const int32_t *idx)
 }
 
 /* Rows in send order (every rank) -> rows in receive order (their experts' ranks), posted
- * into the lane's request. Peers are visited from rank + 1 on, so the ranks do not all start
+ * into the lane's request (rows of C bytes). Peers are visited from rank + 1 on, so the ranks do not all start
  * with rank 0. */
-static void post_to_experts(Ops *o, const EpHandle *h, EpLane *ln, act *recv_, const act *send_)
+static void post_to_experts(const EpHandle *h, EpLane *ln, size_t C, void *recv_, const void *send_)
 {
     const EpGroup *g = h->g;
-    const int P = g->size, me = g->rank, nl = h->n_local;
-    const size_t C = (size_t)h->C * o->act_bytes;   /* bytes of a row */
+    const int P = g->size, me = g->rank, nl = h->n_local;   /* C: bytes of a row */
     char *recv = (char *)recv_;
     const char *send = (const char *)send_;
     for (int i = 1; i < P; i++) {
@@ -188,12 +214,11 @@ static void post_to_experts(Ops *o, const EpHandle *h, EpLane *ln, act *recv_, c
 }
 
 /* The reverse: rows in receive order (experts' ranks) -> rows in send order (their tokens'
- * ranks), posted into the lane's request. */
-static void post_to_sources(Ops *o, const EpHandle *h, EpLane *ln, act *back_, const act *rows_)
+ * ranks), posted into the lane's request (rows of C bytes). */
+static void post_to_sources(const EpHandle *h, EpLane *ln, size_t C, void *back_, const void *rows_)
 {
     const EpGroup *g = h->g;
-    const int P = g->size, me = g->rank, nl = h->n_local;
-    const size_t C = (size_t)h->C * o->act_bytes;   /* bytes of a row */
+    const int P = g->size, me = g->rank, nl = h->n_local;   /* C: bytes of a row */
     char *back = (char *)back_;
     const char *rows = (const char *)rows_;
     for (int i = 1; i < P; i++) {
@@ -267,17 +292,31 @@ static EpLane *release(EpHandle *h, EpExchange x)
 void ep_dispatch_post(Ops *o, EpHandle *h, int lane, act *recv, const act *x)
 {
     EpLane *ln = claim(h, lane, EP_DISPATCH);
+    const size_t arow = (size_t)h->C * o->act_bytes;
     if (!multi(o, h)) {
         o->moe_gather(o, recv, x, h->pos, h->N, h->K, h->C);
         return;
     }
-    o->moe_gather(o, ln->send, x, h->pos, h->N, h->K, h->C);
-    post_to_experts(o, h, ln, recv, ln->send);
+    if (!fp8_wire(o)) {
+        o->moe_gather(o, ln->send, x, h->pos, h->N, h->K, h->C);
+        post_to_experts(h, ln, arow, recv, ln->send);
+        return;
+    }
+    /* FP8: gather into the (idle) grad buffer, pack into send, receive packed rows into grad;
+     * P*N*K packed rows fit there while a packed row is at most an FP32 one (C >= 2). */
+    const size_t prow = wire_fp8_row_bytes(h->C);
+    if (prow > arow) BUG("ep: FP8 dispatch rows of %d values do not fit the lane buffers", h->C);
+    o->moe_gather(o, ln->grad, x, h->pos, h->N, h->K, h->C);
+    wire_fp8_pack((uint8_t *)ln->send, (const float *)ln->grad, (size_t)h->N * h->K, h->C);
+    ln->out = recv;
+    post_to_experts(h, ln, prow, ln->grad, ln->send);
 }
 
 void ep_dispatch_wait(Ops *o, EpHandle *h)
 {
-    release(h, EP_DISPATCH);
+    EpLane *ln = release(h, EP_DISPATCH);
+    if (multi(o, h) && fp8_wire(o))
+        wire_fp8_unpack((float *)ln->out, (const uint8_t *)ln->grad, (size_t)h->recv_rows, h->C);
 }
 
 void ep_dispatch_backward_post(Ops *o, EpHandle *h, int lane, act *dx, const act *drecv)
@@ -288,7 +327,7 @@ void ep_dispatch_backward_post(Ops *o, EpHandle *h, int lane, act *dx, const act
         return;
     }
     ln->out = dx;
-    post_to_sources(o, h, ln, ln->send, drecv);
+    post_to_sources(h, ln, (size_t)h->C * o->act_bytes, ln->send, drecv);
 }
 
 void ep_dispatch_backward_wait(Ops *o, EpHandle *h)
@@ -306,13 +345,21 @@ void ep_combine_post(Ops *o, EpHandle *h, int lane, act *y, const act *expert_ou
     }
     ln->out = y;
     ln->w = w;
-    post_to_sources(o, h, ln, h->ret, expert_out);
+    if (!bf16_wire(o)) {
+        post_to_sources(h, ln, (size_t)h->C * o->act_bytes, h->ret, expert_out);
+        return;
+    }
+    /* BF16: the expert rows packed into the (idle) grad buffer, received packed into ret */
+    wire_bf16_pack((uint16_t *)ln->grad, (const float *)expert_out, (size_t)h->recv_rows * h->C);
+    post_to_sources(h, ln, (size_t)h->C * sizeof(uint16_t), h->ret, ln->grad);
 }
 
 void ep_combine_wait(Ops *o, EpHandle *h)
 {
     EpLane *ln = release(h, EP_COMBINE);
-    if (multi(o, h)) o->moe_combine(o, ln->out, h->ret, ln->w, h->pos, h->N, h->K, h->C);
+    if (!multi(o, h)) return;
+    if (bf16_wire(o)) wire_bf16_unpack_inplace(h->ret, (size_t)h->N * h->K * h->C);
+    o->moe_combine(o, ln->out, h->ret, ln->w, h->pos, h->N, h->K, h->C);
 }
 
 void ep_combine_backward_post(Ops *o, EpHandle *h, int lane, act *dexpert_out, float *dw, const act *dy,
@@ -327,7 +374,7 @@ void ep_combine_backward_post(Ops *o, EpHandle *h, int lane, act *dexpert_out, f
     o->zero(o, ln->send, NKC * o->act_bytes);
     o->moe_combine_backward(o, ln->send, dw, dy, h->ret, w, h->pos, h->N, h->K, h->C);
     ln->out = dexpert_out;
-    post_to_experts(o, h, ln, ln->grad, ln->send);
+    post_to_experts(h, ln, (size_t)h->C * o->act_bytes, ln->grad, ln->send);
 }
 
 void ep_combine_backward_wait(Ops *o, EpHandle *h)

@@ -45,6 +45,8 @@ typedef struct PlanItem {
     double replicated;        /* trained parameters replicated over DP (not routed experts) */
     double expert_rank;       /* routed-expert parameters one rank holds (all / ep) */
     double state;             /* untrained FP32 state (router bias) */
+    double copy_replicated;   /* bytes of the compute copies of `replicated` (see plan_memory) */
+    double copy_expert_rank;  /* bytes of the compute copies of `expert_rank` */
     double mm_fp8, mm_bf16;   /* forward matmul FLOPs per token by GEMM precision */
     double attn;              /* forward attention-core FLOPs per token */
     double act_token;         /* activation bytes stored per token for backward */

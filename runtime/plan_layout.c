@@ -80,6 +80,20 @@ static int fp8_gemm(const Config *c, ParamRole r)
            r == ROLE_ROUTED_EXPERT || r == ROLE_MTP_PROJ;
 }
 
+/* Bytes of one trained tensor's compute copy (SPEC section 6): FP32 at fp32 (the master is the
+ * compute copy); BF16, 2 B per value, at bf16 and for what stays BF16 at fp8; at fp8 a Linear
+ * weight the parameter table types FP8 (params_compute_type) holds its E4M3 codes (1 B), the
+ * transposed copy Dgrad reads (1 B) and one FP32 scale per 128x128 block, which the transposed
+ * copy shares (a transposed block has the same amax). */
+static double copy_bytes(const Config *c, const Param *q)
+{
+    if (!strcmp(c->train.precision, "fp32")) return 4.0 * (double)q->numel;
+    if (strcmp(c->train.precision, "fp8") || params_compute_type(q, PREC_FP8) != WGT_FP8)
+        return 2.0 * (double)q->numel;
+    const double blocks = ceil(q->rows / 128.0) * ceil(q->cols / 128.0);
+    return 2.0 * (double)q->numel + 4.0 * blocks;
+}
+
 void plan_build_items(Plan *p, const ParamTable *t)
 {
     const Config *c = &p->cfg;
@@ -96,8 +110,13 @@ void plan_build_items(Plan *p, const ParamTable *t)
         PlanItem *it = &p->items[idx];
         it->params += (long long)q->numel;
         if (!q->trained) it->state += (double)q->numel;
-        else if (q->role == ROLE_ROUTED_EXPERT) it->expert_rank += (double)q->numel / c->parallel.ep;
-        else it->replicated += (double)q->numel;
+        else if (q->role == ROLE_ROUTED_EXPERT) {
+            it->expert_rank += (double)q->numel / c->parallel.ep;
+            it->copy_expert_rank += copy_bytes(c, q) / c->parallel.ep;
+        } else {
+            it->replicated += (double)q->numel;
+            it->copy_replicated += copy_bytes(c, q);
+        }
         if (q->role == ROLE_ROUTED_EXPERT) it->moe = 1;
         double f = flops_param_forward(q, m);
         if (fp8_gemm(c, q->role)) it->mm_fp8 += f;
@@ -224,7 +243,8 @@ int plan_stage_items(const Plan *p, int s, int *idx)
 
 /* Stage activations per micro-batch and, per rank, parameters, gradients, optimizer state
  * (ZeRO-1), activations at the schedule's peak and the logits workspace. Conventions (SPEC 6):
- * compute copies BF16 (FP32 at fp32, where the master is the compute copy), the router bias
+ * compute copies BF16 (FP32 at fp32, where the master is the compute copy; at fp8 the FP8
+ * Linear weights as codes + transposed codes + 128x128 block scales, copy_bytes), the router bias
  * FP32 state; gradients FP32 for every trained parameter held (ZeRO-1 shards only optimizer
  * state); FP32 master + two AdamW moments (BF16 when train.bf16_moments, else FP32) sharded
  * over the ranks that replicate the parameter: dp for dense ones, dp/ep for routed experts.
@@ -233,7 +253,6 @@ void plan_memory(Plan *p)
 {
     const Config *c = &p->cfg;
     const int fp32 = !strcmp(c->train.precision, "fp32");
-    const double wb = fp32 ? 4.0 : 2.0;
     const double ob = (fp32 ? 0.0 : 4.0) + 2.0 * (c->train.bf16_moments ? 2.0 : 4.0);
     const double dp = c->parallel.dp, dpe = fmax(1.0, dp / c->parallel.ep);
     const double N = (double)c->train.micro_batch_size * c->train.seq_len;
@@ -255,7 +274,7 @@ void plan_memory(Plan *p)
         rk->chunk[0] = r;
         rk->chunk[1] = dual ? S - 1 - r : -1;
         rk->embedding_copy = !dual && D > 0 && pp > 1 && r == pp - 1;
-        double repl = 0.0, expert = 0.0, state = 0.0, act = 0.0;
+        double repl = 0.0, expert = 0.0, state = 0.0, act = 0.0, copies = 0.0;
         int head = 0;
         for (int k = 0; k < rk->n_chunks; k++) {
             int s = rk->chunk[k];
@@ -265,15 +284,19 @@ void plan_memory(Plan *p)
                 repl += it->replicated;
                 expert += it->expert_rank;
                 state += it->state;
+                copies += it->copy_replicated + it->copy_expert_rank;
             }
             act += p->stages[s].act_bytes;
             head |= p->stages[s].head;
         }
-        if (rk->embedding_copy) repl += p->items[L + D].replicated;
+        if (rk->embedding_copy) {
+            repl += p->items[L + D].replicated;
+            copies += p->items[L + D].copy_replicated;
+        }
         rk->replicated = repl;
         rk->expert = expert;
         rk->params = repl + expert + state;
-        rk->weight_bytes = (repl + expert) * wb + state * 4.0;
+        rk->weight_bytes = copies + state * 4.0;
         rk->grad_bytes = (repl + expert) * 4.0;
         rk->optim_bytes = repl * ob / dp + expert * ob / dpe;
         rk->act_chunk_bytes = act / rk->n_chunks;

@@ -20,6 +20,11 @@
  * gradient rows, y, dx, dw) must equal the blocking calls' bit for bit and pass the same route
  * checks.
  *
+ * The fp8 table (FP8 dispatch payload, BF16 combine, comm/dispatch.c): payloads are BF16 values
+ * that E4M3 does not hold; every received row must be wire_fp8_round of its source row (the
+ * same routes as above), and y, dx, dw must equal a one-rank handle's run on the rounded rows
+ * bit for bit (the BF16 combine of BF16 expert outputs is exact).
+ *
  * Tolerances: none. Payloads are small integers and weights k/8, so every value is exact in
  * FP32; results are compared with ==.
  */
@@ -30,6 +35,8 @@
 
 #include "comm/dispatch.h"
 #include "comm/world.h"
+#include "kernels/cpu/cpu_wire.h"
+#include "kernels/fp8.h"
 #include "kernels/ops.h"
 #include "runtime/common.h"
 #include "tests/mpi/mpi_testing.h"
@@ -44,9 +51,19 @@ typedef struct Src {
     float x[N * C], w[N * K], dy[N * C];
 } Src;
 
-/* the "experts": exact elementwise maps that depend on the global expert */
-static float expert_fn(int e, float v) { return v * (float)(e + 1) * 0.5f + (float)e; }
-static float expert_grad(int e, float v) { return v * 2 - (float)e; }
+/* the "experts": exact elementwise maps that depend on the global expert (rounded to BF16
+ * under the fp8 table, whose act stores hold BF16 values) */
+static int round_out;
+static float expert_fn(int e, float v)
+{
+    float y = v * (float)(e + 1) * 0.5f + (float)e;
+    return round_out ? bf16_round(y) : y;
+}
+static float expert_grad(int e, float v)
+{
+    float y = v * 2 - (float)e;
+    return round_out ? bf16_round(y) : y;
+}
 
 static int allowed(int load, int e, int P)
 {
@@ -236,6 +253,76 @@ static void test_layout(World *w, Ops *o, int ep, uint64_t seed, int rpn)
     groups_free(gr);
 }
 
+/* Received rows of the fp8 table against the rounded source rows, in route order. */
+static int check_fp8_rows(const EpHandle *h, const EpGroup *g, const Src *all, const float *recv)
+{
+    const int P = g->size, nl = g->n_local;
+    int bad = 0, row = 0;
+    for (int j = 0; j < nl; j++)
+        for (int s = 0; s < P; s++)
+            for (int n = 0; n < N; n++)
+                for (int k = 0; k < K; k++) {
+                    if (all[s].idx[n * K + k] != g->rank * nl + j) continue;
+                    float want[C];
+                    memcpy(want, all[s].x + n * C, sizeof want);
+                    wire_fp8_round(want, 1, C);
+                    bad += memcmp(recv + (size_t)row * C, want, sizeof want) != 0;
+                    row++;
+                }
+    return bad + (row != h->recv_rows);
+}
+
+static void test_fp8(World *w, int ep, uint64_t seed)
+{
+    Ops *o = ops_cpu_create(1, PREC_FP8);
+    Groups *gr = groups_create(w, 1, w->size, ep);
+    EpGroup g;
+    ep_group_init(&g, gr->ep_comm, w->node, E);
+    EpHandle h, h1;
+    Arena ar = { 0 }, ar1 = { 0 };
+    plan(&g, &h, &ar);
+    plan(NULL, &h1, &ar1);
+    const int P = g.size, gi = gr->ep_index;
+    Src *all = xcalloc((size_t)P, sizeof(Src));
+    Out r, r1;
+    out_alloc(&r, h.recv_cap);
+    out_alloc(&r1, h1.recv_cap);
+    float *yp = xcalloc((size_t)h.recv_cap * C, sizeof(float)), *drecv = xcalloc((size_t)h.recv_cap * C, sizeof(float));
+    round_out = 1;
+    for (int s = 0; s < P; s++) {
+        gen(&all[s], LOAD_RANDOM, seed, gi, s, P);
+        for (int i = 0; i < N * C; i++) all[s].x[i] = bf16_round(all[s].x[i] * 1.0078125f + 0.3f);
+    }
+    Src mine = all[g.rank];
+    run(o, &h, g.rank * g.n_local, &mine, &r, yp, drecv);
+    int bad = check_fp8_rows(&h, &g, all, r.recv), moved = 0;
+    MEXPECT(P == 1 || bad == 0, "ep %d, fp8: %d received rows are not their rounded source rows", ep, bad);
+    wire_fp8_round(mine.x, N, C);
+    for (int i = 0; i < N * C; i++) moved += mine.x[i] != all[g.rank].x[i];
+    MEXPECT(moved > 0, "ep %d, fp8: the payload was E4M3 already", ep);
+    if (P > 1) {
+        run(o, &h1, 0, &mine, &r1, yp, drecv);
+        int same = !memcmp(r.y, r1.y, sizeof r.y) && !memcmp(r.dx, r1.dx, sizeof r.dx) &&
+                   !memcmp(r.dw, r1.dw, sizeof r.dw);
+        MEXPECT(same, "ep %d, fp8: differs from the one-rank path on the rounded rows", ep);
+    }
+    round_out = 0;
+    free(all);
+    free(yp);
+    free(drecv);
+    free(r.recv);
+    free(r.dexp);
+    free(r1.recv);
+    free(r1.dexp);
+    ep_handle_free(&h);
+    ep_handle_free(&h1);
+    ep_group_free(&g);
+    free(ar.base);
+    free(ar1.base);
+    groups_free(gr);
+    ops_destroy(o);
+}
+
 typedef void (*WaitFn)(Ops *, EpHandle *);
 
 /* Waits for A's exchange then B's (order 0), B's then A's (1), or by rank parity (2: even
@@ -379,6 +466,7 @@ int main(int argc, char **argv)
         if (w->size % ep == 0 && E % ep == 0) {
             test_layout(w, o, ep, (uint64_t)seed, rpn);
             test_overlap(w, o, ep, (uint64_t)seed);
+            test_fp8(w, ep, (uint64_t)seed);
         }
     ops_destroy(o);
     int rc = mpi_test_finish(w, "ep dispatch/combine");

@@ -6,16 +6,25 @@
  * and backward, waits in both orders), equal the blocking calls bit for bit; posting on a busy
  * lane or handle, or waiting for what was not posted, is a BUG with a clear message (forked
  * children). Multi-rank groups: tests/mpi/ep_mpi_test.c.
+ * The wire formats of the fp8 / bf16 tables (kernels/cpu/cpu_wire.h): FP8 pack + unpack equals
+ * the in-place rounding bit for bit, scales are powers of two, every value lies within half an
+ * E4M3 step of its input, and re-quantising the rounded rows with power-of-two 1x128 tiles (the
+ * expert GEMM's quantiser, pow2 on) gives them back exactly; BF16 pack + in-place unpack equals
+ * bf16_round; on one rank the fp8 table's dispatch rounds nothing.
  *
  * Tolerances: none. Payloads are small integers and weights dyadic (k/8), so every product and
  * sum below is exact in FP32 and results are compared with ==.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "comm/dispatch.h"
 #include "comm/world.h"
+#include "kernels/cpu/cpu.h"
+#include "kernels/cpu/cpu_wire.h"
+#include "kernels/fp8.h"
 #include "kernels/ops.h"
 #include "runtime/common.h"
 #include "tests/unit/testing.h"
@@ -388,6 +397,107 @@ static void test_misuse(void)
     }
 }
 
+/* a row of C values: N(0, 1) times 2^(-8..8) per row, BF16 (what an act of the fp8 table holds) */
+static void wire_rows(float *x, int rows, int C)
+{
+    for (int r = 0; r < rows; r++) {
+        float mag = ldexpf(1.0f, (int)(rng_u32(&rng) % 17) - 8);
+        for (int c = 0; c < C; c++) x[r * C + c] = bf16_round(rng_normal(&rng) * mag);
+    }
+}
+
+static void test_wire_fp8(Ops *o)
+{
+    static const int widths[] = { 2, 5, 127, 128, 200, 256, 300 };
+    enum { R = 9 };
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        const int W = widths[wi], nt = (W + 127) / 128;
+        EXPECT(wire_fp8_row_bytes(W) == (size_t)W + 4 * (size_t)nt, "C %d: row bytes %zu", W, wire_fp8_row_bytes(W));
+        float *x = xcalloc((size_t)R * W, sizeof(float)), *a = xcalloc((size_t)R * W, sizeof(float));
+        float *b = xcalloc((size_t)R * W, sizeof(float)), *q = xcalloc((size_t)R * W, sizeof(float));
+        uint8_t *wire = xcalloc(R, wire_fp8_row_bytes(W));
+        wire_rows(x, R, W);
+        wire_fp8_pack(wire, x, R, W);
+        wire_fp8_unpack(a, wire, R, W);
+        memcpy(b, x, (size_t)R * W * sizeof(float));
+        wire_fp8_round(b, R, W);
+        EXPECT(!memcmp(a, b, (size_t)R * W * sizeof(float)), "C %d: pack + unpack differs from the rounding", W);
+        int bad_scale = 0, bad_err = 0, moved = 0;
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < nt; t++) {
+                float s;
+                memcpy(&s, wire + r * wire_fp8_row_bytes(W) + W + 4 * t, sizeof s);
+                int e;
+                bad_scale += frexpf(s, &e) != 0.5f;
+                /* E4M3 keeps 3 mantissa bits: |x - Q(x)| <= 2^-4 |x| for normal codes, and at
+                 * most half the subnormal step 2^-9 s below them */
+                for (int c = t * 128; c < W && c < (t + 1) * 128; c++) {
+                    float v = x[r * W + c], d = fabsf(a[r * W + c] - v);
+                    bad_err += d > fmaxf(fabsf(v) / 16, s * 0x1p-10f);
+                    moved += d != 0;
+                }
+            }
+        EXPECT(bad_scale == 0, "C %d: %d scales are not powers of two", W, bad_scale);
+        EXPECT(bad_err == 0, "C %d: %d values off by more than half an E4M3 step", W, bad_err);
+        EXPECT(moved > 0, "C %d: the rounding changed no value of BF16 inputs", W);
+        /* re-quantised with power-of-two tiles, the rows come back exactly: each tile's amax is
+         * its largest code times s, so the new scale is s or s / 2^j with every code times 2^j
+         * still an E4M3 value */
+        cpu_fp8_quantize_rows(o, q, a, R, W, 1);
+        EXPECT(!memcmp(q, a, (size_t)R * W * sizeof(float)), "C %d: re-quantisation is not exact", W);
+        free(x);
+        free(a);
+        free(b);
+        free(q);
+        free(wire);
+    }
+}
+
+static void test_wire_bf16(void)
+{
+    enum { M = 4096 };
+    float *x = xcalloc(M, sizeof(float)), *buf = xcalloc(M, sizeof(float));
+    for (int i = 0; i < M; i++) x[i] = rng_normal(&rng) * ldexpf(1.0f, (int)(rng_u32(&rng) % 60) - 30);
+    x[0] = 0.0f;
+    x[1] = -0.0f;
+    x[2] = 1.0f + 0x1p-8f;          /* a tie: to even (1.0) */
+    x[3] = 1.0f + 3 * 0x1p-8f;      /* a tie: to even (1 + 2^-6) */
+    wire_bf16_pack((uint16_t *)buf, x, M);
+    wire_bf16_unpack_inplace(buf, M);
+    int bad = 0;
+    for (int i = 0; i < M; i++) bad += memcmp(&buf[i], &(float){ bf16_round(x[i]) }, sizeof(float)) != 0;
+    EXPECT(bad == 0, "BF16 wire: %d of %d values differ from bf16_round", bad, M);
+    EXPECT(buf[2] == 1.0f && buf[3] == 1.0f + 0x1p-6f, "BF16 wire ties: %a %a", buf[2], buf[3]);
+    free(x);
+    free(buf);
+}
+
+/* One rank under the fp8 table: the dispatch sends nothing and rounds nothing. */
+static void test_fp8_one_rank(void)
+{
+    Ops *o = ops_cpu_create(1, PREC_FP8);
+    EpHandle h;
+    Arena ar = { 0 };
+    for (int pass = 0; pass < 2; pass++) {
+        ep_handle_plan(&h, N, K, E, C, &ar);
+        if (pass == 0) ar = (Arena){ xcalloc(1, ar.used), 0 };
+    }
+    int32_t idx[N * K];
+    static float x[N * C], recv[N * K * C];
+    route(LOAD_RANDOM, idx);
+    wire_rows(x, N, C);
+    ep_layout(o, &h, idx);
+    ep_dispatch(o, &h, (act *)recv, (const act *)x);
+    int bad = 0;
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++)
+            bad += memcmp(recv + (size_t)h.pos[n * K + k] * C, x + n * C, C * sizeof(float)) != 0;
+    EXPECT(bad == 0, "fp8 table, one rank: %d dispatched rows differ from their token", bad);
+    ep_handle_free(&h);
+    free(ar.base);
+    ops_destroy(o);
+}
+
 int main(void)
 {
     rng_seed(&rng, test_seed());
@@ -397,6 +507,9 @@ int main(void)
     test_max_nodes(o);
     test_overlap(o, w->comm);
     test_misuse();
+    test_wire_fp8(o);
+    test_wire_bf16();
+    test_fp8_one_rank();
     world_free(w);
     ops_destroy(o);
     return test_finish();

@@ -353,6 +353,30 @@ static void test_tiny_fp8(const Config *base)
     /* layer 1 forward: 16 * (928/(2e6*0.5) + (64 + 96)/(1e6*0.5)) = 0.01484800 + 0.00512 */
     EXPECT_NEAR(p.comm.layer_fwd_s, 16 * (928 / 1e6 + 160 / 5e5));
     EXPECT_NEAR(p.flops.training_with_mtp, 17856);   /* FLOPs do not depend on precision */
+    /* Compute copies at fp8 (SPEC 6): an FP8 Linear weight keeps its codes (1 B) and the
+     * transposed copy (1 B), i.e. the 2 B/param of its BF16 copy, plus one FP32 scale per
+     * 128x128 block; every tiny matrix is under 128 wide, so one 4 B scale per tensor. FP8
+     * tensors: MLA q_a, q_b, kv_a, kv_b, o = 5; dense gate/up/down 3; shared expert 3; one
+     * routed expert per rank (4 experts over ep 4) 3; MTP adds eh_proj. Embedding, head,
+     * router and norms stay 2 B. Rank 0 (layers 0-2): 8 + 11 + 11 = 30 tensors -> +120 B over
+     * test_tiny_memory's 2864; rank 1 (layer 3, MTP, head, embedding copy): 11 + 12 = 23 ->
+     * +92 B over 2368. Activations: stage 0 = (8 + 92.75 + 141.25 + 141.25) * 16 = 6132 B. */
+    EXPECT_NEAR(p.ranks[0].weight_bytes, 2864 + 120);
+    EXPECT_NEAR(p.ranks[1].weight_bytes, 2368 + 92);
+    EXPECT_NEAR(p.stages[0].act_bytes, 6132);
+    EXPECT_NEAR(p.ranks[0].optim_bytes, 1224 * 8 / 4.0 + 192 * 8);   /* BF16 moments */
+    plan_free(&p);
+    /* FP32 moments (train.bf16_moments off): master 4 + 2 x 4 = 12 B per param */
+    c.train.bf16_moments = 0;
+    plan_compute(&p, &c);
+    EXPECT_NEAR(p.ranks[0].optim_bytes, 1224 * 12 / 4.0 + 192 * 12);
+    plan_free(&p);
+    /* fp32: the master is the compute copy, 4 B for every trained param + the 4 B bias state;
+     * activations at 4 B */
+    snprintf(c.train.precision, sizeof c.train.precision, "fp32");
+    plan_compute(&p, &c);
+    EXPECT_NEAR(p.ranks[0].weight_bytes, 1416 * 4 + 8 * 4);
+    EXPECT_NEAR(p.ranks[0].optim_bytes, 1224 * 8 / 4.0 + 192 * 8);   /* 2 x 4 B moments */
     plan_free(&p);
 }
 
