@@ -9,6 +9,9 @@
 #   (default a fresh temporary one, kept), STEPS per run (default 6: steps 4-6 are traced,
 #   1-3 warm up), GRAD_ACCUM the micro-batches per step (default 8 = 2 pp, the least dualpipe
 #   and dualpipev accept).
+# The model is configs/small.toml with model.num_hidden_layers = 8 (2 dense + 6 MoE) for every
+# schedule: dualpipev at pp = 4 has 8 stages and each needs a layer, and small's 6 cannot fill
+# them; the same 8 layers for all four keeps the runs comparable.
 # Timings are only meaningful with no more ranks than idle cores: on a 2-core machine the 4
 # ranks are oversubscribed, every rank's spans include time it spent descheduled, and the
 # figures are indicative only (the script says so).
@@ -35,7 +38,7 @@ for s in 1f1b zb1p dualpipe dualpipev; do
     t0=$(date +%s)
     timeout 600 mpirun --allow-run-as-root --oversubscribe -np "$PP" "$BUILD/dstrain" train \
         "$here/configs/small.toml" --set parallel.pp=$PP --set parallel.schedule=$s \
-        --set train.grad_accum="$ACCUM" --set train.steps="$STEPS" --set train.trace_steps="$first-$STEPS" \
+        --set model.num_hidden_layers=8 --set train.grad_accum="$ACCUM" --set train.steps="$STEPS" --set train.trace_steps="$first-$STEPS" \
         --set train.val_every=0 --set train.checkpoint_every=0 \
         --set train.run_dir="$OUT" --set train.name="$s" > "$OUT/$s.log" 2>&1 \
         || { echo "pp_bench: $s failed, see $OUT/$s.log"; tail -5 "$OUT/$s.log"; exit 1; }
