@@ -417,7 +417,7 @@ int plot_run(const char *run_dir, const char *out, char *err, size_t errlen)
 void plot_refresh(const char *run_dir)
 {
     char err[1024];
-    if (plot_run(run_dir, NULL, err, sizeof err) != 0) fprintf(stderr, "plot: %s (training continues)\n", err);
+    if (plot_run(run_dir, NULL, err, sizeof err) != 0) fprintf(stderr, "dstrain: plot: %s (training continues)\n", err);
 }
 
 static void plot_usage(FILE *f)
