@@ -24,7 +24,7 @@ static int local_neighbour(const Schedule *s, int rank, int mb, int chunk, int d
 /* Slot bookkeeping shared by the executor and pipe_exec_slots: a micro-batch takes a slot of a
  * chunk at its RECV_F, its F, or its previous local chunk's F (the hand-off), and gives it back
  * after its W (or its fused B). */
-typedef struct Book {
+typedef struct PipeBook {
     int C, max;                 /* micro-batches; slots per chunk at most */
     int cap[2];                 /* slots of each chunk */
     int *slot_of;               /* [chunk * C + mb] */
@@ -140,7 +140,7 @@ int pipe_exec_train_mode(const Schedule *s, int rank, int chunk)
 
 /* ---- the executor --------------------------------------------------------------------------- */
 
-static Book *book_of(PipeExec *e) { return (Book *)e->slot_busy; }
+static Book *book_of(PipeExec *e) { return e->book; }
 
 void pipe_exec_init(PipeExec *e, const Schedule *s, int rank, Model *const *stages, PipeLink *link)
 {
@@ -163,7 +163,7 @@ void pipe_exec_init(PipeExec *e, const Schedule *s, int rank, Model *const *stag
     }
     Book *b = xmalloc(sizeof *b);
     book_init(b, s->micro_batches, stage_n_slots(stages[0]), s->n_chunks > 1 ? stage_n_slots(stages[1]) : 0);
-    e->slot_busy = (int *)b;
+    e->book = b;
     e->wq = xmalloc((size_t)2 * s->micro_batches * sizeof(int));
     e->ran = xcalloc((size_t)2 * s->micro_batches, 1);
     e->step_loss = xcalloc((size_t)s->micro_batches, sizeof(ModelLoss));
@@ -171,8 +171,8 @@ void pipe_exec_init(PipeExec *e, const Schedule *s, int rank, Model *const *stag
 
 void pipe_exec_free(PipeExec *e)
 {
-    if (e->slot_busy) book_free(book_of(e));
-    free(e->slot_busy);
+    if (e->book) book_free(e->book);
+    free(e->book);
     free(e->wq);
     free(e->ran);
     free(e->step_loss);

@@ -66,8 +66,7 @@ typedef struct PipeExec {
     int rank, pc;
     Model *stage[2];            /* [chunk] */
     PipeLink *link;
-    int *slot_of;               /* [chunk * C + mb] slot or -1 */
-    int *slot_busy;             /* [chunk * max_slots + slot] */
+    struct PipeBook *book;      /* which slot each (chunk, micro-batch) holds (executor.c) */
     int max_slots;
     int *wq;                    /* W FIFO of mb * 2 + chunk, capacity 2C */
     int wq_head, wq_tail;
