@@ -15,8 +15,13 @@
  * all four. Expert e lives on EP rank e / n_local (n_local = E / P consecutive experts per
  * rank, so a routing group of E / n_group experts lies on one rank or on consecutive ranks).
  * Dropless: any load, including every token of every rank to one expert and experts or ranks
- * that receive nothing. Every buffer is sized for the worst case up front (a rank receives at
- * most P * N * K rows: all slots of all P ranks); nothing is allocated per step.
+ * that receive nothing. The group's exchange buffers (the lanes') are sized for the worst case
+ * up front (a rank receives at most P * N * K rows: all slots of all P ranks) and shared by
+ * every layer; nothing is allocated per step. The receive rows (recv, expert_out, their
+ * gradients) are the caller's: they must hold recv_rows rows, known after ep_layout and
+ * before the dispatch is posted. The model keeps them in a pool sized by a capacity factor
+ * below the worst case and stops when a layout needs more (model/moe.c); recv_cap is the
+ * worst case, the most a layout can give.
  *
  * Buffers, P = 2 ranks, E = 4 experts (n_local = 2), rank r's side:
  *
@@ -124,7 +129,7 @@ typedef struct EpHandle {
     int N, K, E, C;
     EpGroup *g;                 /* NULL: one rank */
     int n_local;                /* experts on this rank (E for one rank) */
-    int recv_cap;               /* rows the receive buffers must hold: P * N * K */
+    int recv_cap;               /* the most rows a layout can give: P * N * K */
     int recv_rows;              /* rows received by the last ep_layout */
     int32_t *pos;               /* (N,K) backend memory: send row of (token n, slot k) */
     int32_t *offsets;           /* (E+1) backend memory: send rows of each expert */
@@ -160,7 +165,7 @@ void ep_handle_free(EpHandle *h);
 void ep_layout(Ops *o, EpHandle *h, const int32_t *idx);
 
 /* The blocking exchanges (a post on lane EP_LANE_F and its wait; BUG when that lane is busy).
- * ep_dispatch: recv (recv_cap, C) rows [0, recv_rows) <- the rows of x (N,C) routed to this
+ * ep_dispatch: recv (>= recv_rows, C) rows [0, recv_rows) <- the rows of x (N,C) routed to this
  * rank's experts, in receive order (overwritten). */
 void ep_dispatch(Ops *o, EpHandle *h, act *recv, const act *x);
 /* dx (N,C) += sum over each token's slots of its rows of drecv (recv_rows, C). */

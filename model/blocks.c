@@ -248,7 +248,7 @@ void block_acts_plan(BlockActs *a, const Dims *d, int moe, Arena *ar)
         a->hp = arena_take(ar, ACT(R * d->F));
         a->yp = arena_take(ar, ACT(R * d->C));
         ep_handle_plan_group(&a->ep, d->ep, d->N, d->K, d->E, d->C, ar);
-        CHECK(a->ep.recv_cap == d->R);
+        CHECK(a->ep.recv_cap >= d->R);   /* the pool: at most the worst case (moe_plan_pool) */
     }
     a->x_out = arena_take(ar, ACT(N * d->C));
 }

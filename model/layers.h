@@ -123,11 +123,24 @@ typedef struct BlockBwd {
 typedef struct Dims {
     int B, T, N, C, H, Dn, Dr, Dv, Dqk, Rq, Rkv, E, K, F, Fs, I, V, L, D;
     EpGroup *ep;                /* the expert-parallel group (NULL: one rank holds every expert) */
-    int R;                      /* expert rows a rank may hold: recv_cap = P*N*K (N*K for one rank) */
+    int R;                      /* expert rows a rank keeps per MoE layer and slot, the pool
+                                 * (moe_plan_pool): the rows it may receive, checked each forward */
+    int P;                      /* ranks of the EP group (1: none) */
+    double capacity_factor;     /* 'moe.capacity_factor' R was sized with (0: the worst case) */
     int act_bytes;              /* bytes of one activation element (Ops.act_bytes) */
 } Dims;
 
 void dims_from_config(Dims *d, const ModelConfig *c, int B, int T, int act_bytes);
+/* The expert-row pool (model/moe.c): R = ceil(capacity_factor * N*K) rows, at most the worst
+ * case P*N*K a rank of an EP group of P may receive (all K slots of all P ranks' N tokens);
+ * capacity_factor 0: that worst case. A rank receives N*K rows on average (every rank sends
+ * N*K and holds E/P of the E experts), so for one rank R = N*K whatever the factor (>= 1).
+ * Sets d->R, d->P, d->capacity_factor. */
+void moe_plan_pool(Dims *d, int P, double capacity_factor);
+/* Bytes of the expert rows the pool holds per MoE layer and slot with `rows` rows: the
+ * forward's xp, gup, hp, yp (2C + 3F per row) and, with split (W apart from B), the dyp and
+ * dgup B leaves for W (C + 2F). */
+size_t moe_pool_bytes(const Dims *d, int rows, int split);
 
 /* Binding by name: a block's weights to the parameters (each Linear weight with its compute
  * copy taken from the arena `copies`, its type from the parameter table for o's precision;
@@ -182,6 +195,7 @@ typedef struct MoeStats {
     int *max_nodes;             /* raised to the most nodes any token's experts live on (EP over
                                  * several ranks; NULL: not measured) */
     int32_t *idx_host;          /* (N,K) host staging for that measurement */
+    int layer;                  /* the block's layer index, for messages */
 } MoeStats;
 
 void ffn_forward(const Ctx *x, const BlockWeights *w, BlockActs *a);

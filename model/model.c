@@ -24,6 +24,15 @@ static int stage_has_embed(const Model *m)
     return m->first || (m->last && m->d.D > 0);
 }
 
+/* Bytes of the expert-row pool of this stage's MoE layers over its slots, with `rows` rows a
+ * layer (the pool's, or the worst case's). */
+static size_t pool_bytes(const Model *m, int rows)
+{
+    size_t layers = 0;
+    for (int b = 0; b < m->nblocks; b++) layers += m->is_moe[b] && stage_has_block(m, b);
+    return layers * (size_t)m->n_slots * moe_pool_bytes(&m->d, rows, m->train == MODEL_TRAIN_SPLIT);
+}
+
 /* The entries of the whole table a stage keeps (params_select). */
 typedef struct Keep {
     const StageSpec *sp;
@@ -185,7 +194,8 @@ static void mark_blocks(Model *m)
     }
 }
 
-void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, ModelBytes *out)
+void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, double capacity_factor,
+                      ModelBytes *out)
 {
     memset(out, 0, sizeof *out);
     Model *m = xcalloc(1, sizeof *m);
@@ -199,8 +209,8 @@ void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int
         m->ep.E = m->d.E;
         m->ep.n_local = m->d.E / ep;
         m->d.ep = &m->ep;
-        m->d.R = ep * m->d.N * m->d.K;
     }
+    moe_plan_pool(&m->d, m->d.ep ? ep : 1, capacity_factor);
     /* the whole model as one stage with one slot (model_create_ep's) */
     m->hi = c->num_hidden_layers;
     m->first = m->last = 1;
@@ -226,6 +236,7 @@ void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int
     ar.used = 0;
     if (train) plan_backward(m, &ar);
     out->scratch = ar.used;
+    out->pool = pool_bytes(m, m->d.R);
     /* model_create's per-expert host arrays: two Wgts per expert and MoE block, the counts and
      * the bias update's staging */
     const size_t E = (size_t)m->d.E, nm = (size_t)m->n_moe;
@@ -242,12 +253,13 @@ void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int
 
 Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train)
 {
-    return model_create_ep(c, o, B, T, train, NULL, 0);
+    return model_create_ep(c, o, B, T, train, NULL, 0, 0.0);
 }
 
-Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Comm *ep_comm, int node)
+Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Comm *ep_comm, int node,
+                       double capacity_factor)
 {
-    StageSpec whole = { 0, c->num_hidden_layers, 1, 1, 1, 0 };
+    StageSpec whole = { 0, c->num_hidden_layers, 1, 1, 1, 0, capacity_factor };
     return stage_create(c, o, B, T, train, &whole, ep_comm, node);
 }
 
@@ -278,8 +290,8 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
     if (ep_comm && ep_comm->size > 1 && m->d.E > 0) {
         ep_group_init(&m->ep, ep_comm, node, m->d.E);
         m->d.ep = &m->ep;
-        m->d.R = ep_comm->size * m->d.N * m->d.K;
     }
+    moe_plan_pool(&m->d, m->d.ep ? ep_comm->size : 1, sp->capacity_factor);
     params_build(&m->table, c);
     if (!(m->first && m->last) || m->d.ep) {
         /* a stage keeps only its tensors, and of the routed experts only this rank's (DESIGN.md
@@ -379,6 +391,7 @@ int model_n_moe_layers(const Model *m) { return m->n_moe; }
 
 void model_memory(const Model *m, ModelMemory *mm)
 {
+    mm->pool = pool_bytes(m, m->d.R);
     mm->params = m->bytes_params;
     mm->grads = m->grads ? m->bytes_params : 0;
     mm->copies = m->bytes_copies;
@@ -395,6 +408,13 @@ void model_print_memory(const Model *m, FILE *f)
     fprintf(f, "  %-24s %10.1f MiB\n", "weight compute copies", m->bytes_copies / MiB);
     fprintf(f, "  %-24s %10.1f MiB  (micro-batch %d x %d)\n", "activations", m->bytes_acts / MiB, m->d.B, m->d.T);
     fprintf(f, "  %-24s %10.1f MiB\n", "backward scratch", m->bytes_scratch / MiB);
+    if (m->n_moe == 0) return;
+    const Dims *d = &m->d;
+    const int mean = d->N * d->K;
+    fprintf(f, "  %-24s %10.1f MiB  (%zu bytes of the above: %d rows per MoE layer and slot = %g x the mean %d "
+            "('moe.capacity_factor' = %g, at most ep %d x); worst case %zu bytes)\n", "expert-row pool",
+            pool_bytes(m, d->R) / MiB, pool_bytes(m, d->R), d->R, (double)d->R / mean, mean, d->capacity_factor, d->P,
+            pool_bytes(m, d->P * mean));
 }
 
 void model_init_params(Model *m, uint64_t seed)
@@ -449,7 +469,7 @@ Ctx model_ctx(Model *m)
 MoeStats model_moe_stats(Model *m, int block, int train)
 {
     int slot = m->moe_slot[block];
-    MoeStats st = { NULL, NULL, m->bal_dloss, (float)m->alpha, NULL, m->host_idx };
+    MoeStats st = { NULL, NULL, m->bal_dloss, (float)m->alpha, NULL, m->host_idx, block };
     if (slot < 0) return st;
     if (train) {
         st.counts = m->counts + (size_t)slot * m->d.E;

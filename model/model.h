@@ -59,19 +59,25 @@ Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train);
  * ep_rank * E/P .. (ep_rank + 1) * E/P - 1, on the tokens every rank of the group routes to
  * them (comm/dispatch.h), so forward and backward are collective over ep_comm and the other
  * experts' weights are unused here and their gradients stay zero. node: this rank's node
- * (routing report). Collective over ep_comm. */
-Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Comm *ep_comm, int node);
+ * (routing report). capacity_factor: 'moe.capacity_factor', the rows a rank keeps per MoE
+ * layer for backward as a multiple of the mean B*T*K (model/layers.h moe_plan_pool; 0: the
+ * worst case, P times the mean); a forward that receives more stops with one line naming the
+ * key. Collective over ep_comm. */
+Model *model_create_ep(const ModelConfig *c, Ops *o, int B, int T, int train, Comm *ep_comm, int node,
+                       double capacity_factor);
 void model_destroy(Model *m);
 
 /* What model_create_ep would take, without taking it (for the check against the memory
  * available before anything large is allocated): the parameter table's entries (host),
  * parameters, gradients, activations and backward scratch (backend memory), and the per-expert
- * bookkeeping (host). ep: ranks of the expert-parallel group (1: none). Weight compute copies
+ * bookkeeping (host). ep: ranks of the expert-parallel group (1: none); capacity_factor as for
+ * model_create_ep. pool: the expert-row pool's share of acts and scratch. Weight compute copies
  * are not counted (none under fp32, where they alias the masters). */
 typedef struct ModelBytes {
-    size_t table, params, grads, acts, scratch, experts_host;
+    size_t table, params, grads, acts, scratch, experts_host, pool;
 } ModelBytes;
-void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, ModelBytes *out);
+void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, double capacity_factor,
+                      ModelBytes *out);
 
 const ParamTable *model_table(const Model *m);
 const ModelConfig *model_config(const Model *m);
@@ -81,7 +87,8 @@ float *model_params(Model *m);
 float *model_grads(Model *m);           /* backend memory, table order; NULL if !train */
 /* Bytes per lifetime class, for the start-up memory table. */
 void model_print_memory(const Model *m, FILE *f);
-typedef struct ModelMemory { size_t params, grads, copies, acts, scratch; } ModelMemory;
+/* pool: the expert-row pool's share of acts and scratch (model/layers.h moe_plan_pool). */
+typedef struct ModelMemory { size_t params, grads, copies, acts, scratch, pool; } ModelMemory;
 void model_memory(const Model *m, ModelMemory *mm);
 
 /* Initial weights from the table's init rules, deterministic in seed. */

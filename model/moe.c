@@ -7,7 +7,11 @@
  *
  * Expert loads are counted once per forward (for the bias update); the sequence-wise
  * balance loss (weight alpha) flows into the router through P only. Dropless: every
- * (token, slot) row is computed, whatever the load. With an expert-parallel group
+ * (token, slot) row is computed; the rows a rank receives are kept for backward in a pool
+ * per MoE layer and slot of ceil('moe.capacity_factor' x the mean N*K) rows (moe_plan_pool),
+ * and a forward that needs more stops the run with one line naming the key, the layer and the
+ * rows (never a dropped token). The exchange buffers stay worst-case, shared by every layer
+ * (comm/dispatch.h). With an expert-parallel group
  * (comm/dispatch.h) each rank runs only its n_local experts, on the rows dispatched to it from
  * every rank of the group, bound by local index j (global expert ep_rank * n_local + j; the
  * global id is used for routing and counts only); the other experts are not held here
@@ -16,12 +20,40 @@
  */
 #include "ffn.h"
 
+#include <math.h>
+
 static RouteShape route_shape(const Ctx *x)
 {
     const ModelConfig *c = x->cfg;
     RouteShape r = { x->d->N, x->d->E, x->d->K, c->n_group, c->topk_group,
                      (float)c->routed_scaling_factor, c->norm_topk_prob };
     return r;
+}
+
+void moe_plan_pool(Dims *d, int P, double capacity_factor)
+{
+    CHECK(P >= 1 && (capacity_factor == 0 || capacity_factor >= 1));
+    const int mean = d->N * d->K, worst = P * mean;
+    d->P = P;
+    d->capacity_factor = capacity_factor;
+    d->R = capacity_factor == 0 || capacity_factor >= P ? worst : (int)ceil(capacity_factor * mean);
+    CHECK(d->R >= mean && d->R <= worst);
+}
+
+size_t moe_pool_bytes(const Dims *d, int rows, int split)
+{
+    const size_t per_row = (size_t)2 * d->C + 3 * (size_t)d->F + (split ? (size_t)d->C + 2 * (size_t)d->F : 0);
+    return (size_t)rows * per_row * (size_t)d->act_bytes;
+}
+
+/* The rows this forward received against the pool (layer: for the message). Every rank
+ * checks its own count; the one that overflows stops the job (DIE aborts every rank). */
+static void check_pool(const Dims *d, const EpHandle *h, int layer)
+{
+    if (h->recv_rows <= d->R) return;
+    DIE("moe: layer %d needs %d expert rows on this rank, more than its pool of %d ('moe.capacity_factor' = "
+        "%g x the mean %d rows); raise 'moe.capacity_factor' (0: the worst case, %d rows)",
+        layer, h->recv_rows, d->R, d->capacity_factor, d->N * d->K, d->P * d->N * d->K);
 }
 
 /* Routed expert e's MLP (e: local index, the weights and gradients held here) on its rows
@@ -73,6 +105,7 @@ void moe_forward_gate(const Ctx *x, const BlockWeights *w, BlockActs *a, MoeStat
         if (n > *st->max_nodes) *st->max_nodes = n;
     }
     ep_layout(o, &a->ep, a->idx);
+    check_pool(d, &a->ep, st ? st->layer : -1);
     ep_dispatch_post(o, &a->ep, x->lane, a->xp, a->ln2);
 }
 

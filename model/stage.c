@@ -342,6 +342,7 @@ void stage_split(int L, int S, int s, StageSpec *sp)
     sp->last = sp->hi == L;
     sp->n_slots = 1;
     sp->n_micro = 0;
+    sp->capacity_factor = 0.0;
 }
 
 act *stage_input(Model *m, int slot)

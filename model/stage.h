@@ -34,6 +34,8 @@ typedef struct StageSpec {
     int first, last;        /* lo == 0: embedding here; hi == L: final norm, head, MTP here */
     int n_slots;            /* micro-batches held at once (>= 1) */
     int n_micro;            /* micro-batches a step keeps losses of on the device (0: none) */
+    double capacity_factor; /* 'moe.capacity_factor': the expert-row pool (model/layers.h
+                               moe_plan_pool; 0: the worst case) */
 } StageSpec;
 
 /* Whether stage sp holds table entry p: its blocks [lo, hi); the embedding when first, and

@@ -818,5 +818,8 @@ void config_validate(const Config *c)
     need_at_least("data.synthetic_tokens", c->data.synthetic_tokens, 1000);
     validate_parallel(c);
     if (has_moe(&c->model)) validate_moe(c);
+    if (c->moe.capacity_factor != 0 && !(c->moe.capacity_factor >= 1))
+        DIE("config: 'moe.capacity_factor' = %.15g must be 0 (the worst case) or >= 1 (the mean load)",
+            c->moe.capacity_factor);
     validate_cluster(&c->cluster);
 }

@@ -66,7 +66,9 @@
     X(I64, bias_update_stop_tokens, "0", "tokens after which gamma becomes 0 (0: never)") \
     X(BOOL, bias_zero_mean, "false", "subtract the mean of each bias update") \
     X(F64, balance_alpha, "0.0001", "alpha: weight of the sequence-wise balance loss") \
-    X(INT, max_nodes, "4", "node limit M for node-limited routing")
+    X(INT, max_nodes, "4", "node limit M for node-limited routing") \
+    X(F64, capacity_factor, "4", "expert rows a rank keeps per MoE layer and micro-batch, as a multiple of the " \
+      "mean B*T*K (at most parallel.ep x; 0: that worst case); more rows stop the run with an error")
 
 #define MTP_KEYS(X) \
     X(F64, lambda, "0.3", "MTP loss weight lambda") \

@@ -149,6 +149,9 @@ typedef struct Plan {
     PlanPipe pipe;
     int peak_rank;
     double peak_rank_bytes, hbm_bytes;
+    double pool_factor;           /* expert rows an MoE layer keeps per micro-batch, as a multiple
+                                     of the mean K per token (plan_pool_factor) */
+    double pool_layer_bytes;      /* their bytes per MoE layer and micro-batch */
     PlanRow rows[PLAN_SCHED_COUNT];
     int n_problems, n_errors;
     int problem_error[PLAN_MAX_PROBLEMS];   /* 1: the layout cannot run; 0: a note */
@@ -178,5 +181,9 @@ void plan_comm(Plan *p);
 void plan_pipeline(Plan *p);
 double plan_item_seconds(const Plan *p, const PlanItem *it);   /* compute time per token */
 int plan_stage_items(const Plan *p, int s, int *idx);   /* item indices of stage s (<= n_items) */
+/* The expert-row pool (model/layers.h moe_plan_pool): 'moe.capacity_factor', at most
+ * parallel.ep (the worst case, which 0 selects); 1 without EP, where a rank receives exactly
+ * the mean. */
+double plan_pool_factor(const Config *c);
 
 #endif

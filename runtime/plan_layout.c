@@ -44,8 +44,10 @@ static double linear_input_bytes(const Config *c)
  *     scores   E          4  router sigmoid scores FP32 (gate gradient, balance loss)
  *     topk     K          8  expert index int32 + routing weight FP32
  *     shared   2Fs        q  shared-expert gate|up (SwiGLU input)
- *     copies   K*C        q  token copies the experts received (the dispatch payload kept)
- *     gate|up  K*2F       q  routed SwiGLU inputs; SwiGLU outputs recomputed (TR 3.3.3)
+ *     copies   f*K*C      q  token copies the experts received (the dispatch payload kept)
+ *     gate|up  f*K*2F     q  routed SwiGLU inputs; SwiGLU outputs recomputed (TR 3.3.3)
+ *     f = plan_pool_factor: a rank receives K rows per token on average but keeps a pool of
+ *     f times that, sized before the step (moe.capacity_factor, at most ep: the worst case)
  *     Expert outputs are not stored: the routing-weight gradient <dy, W_down s_k> equals
  *     <W_down^T dy, s_k>, from down_proj's input gradient and the recomputed s_k.
  *   MTP module, besides its block: enorm and hnorm inputs 2C (a) (the norms and eh_proj's
@@ -69,7 +71,13 @@ static double block_act_token(const Config *c, int moe)
     if (!moe) return b + 2.0 * m->intermediate_size * q;
     const double E = m->n_routed_experts, K = m->num_experts_per_tok, F = m->moe_intermediate_size;
     const double Fs = (double)m->n_shared_experts * F;
-    return b + E * 4.0 + K * 8.0 + 2.0 * Fs * q + K * C * q + K * 2.0 * F * q;
+    return b + E * 4.0 + K * 8.0 + 2.0 * Fs * q + plan_pool_factor(c) * K * (C + 2.0 * F) * q;
+}
+
+double plan_pool_factor(const Config *c)
+{
+    const double ep = c->parallel.ep > 1 ? c->parallel.ep : 1.0, f = c->moe.capacity_factor;
+    return f > 0 && f < ep ? f : ep;
 }
 
 static int fp8_gemm(const Config *c, ParamRole r)
@@ -314,5 +322,9 @@ void plan_memory(Plan *p)
         }
     }
     p->hbm_bytes = c->cluster.hbm_gib * 1073741824.0;
+    const ModelConfig *m = &c->model;
+    p->pool_factor = plan_pool_factor(c);
+    p->pool_layer_bytes = N * p->pool_factor * m->num_experts_per_tok *
+                          (m->hidden_size + 2.0 * m->moe_intermediate_size) * linear_input_bytes(c);
     free(idx);
 }

@@ -181,8 +181,13 @@ static void text_memory(const Plan *p, FILE *f)
                 fmem(k->optim_bytes).s, fmem(k->act_chunk_bytes).s, k->in_flight, fmem(k->act_bytes).s,
                 fmem(k->workspace_bytes).s, fmem(k->total_bytes).s);
     }
-    fprintf(f, "  peak: pp rank %d, %s of %s\n\n", p->peak_rank, fmem(p->peak_rank_bytes).s,
+    fprintf(f, "  peak: pp rank %d, %s of %s\n", p->peak_rank, fmem(p->peak_rank_bytes).s,
             fmem(p->hbm_bytes).s);
+    if (p->comm.moe)
+        fprintf(f, "  expert-row pool: %s per MoE layer and micro-batch = %g x the mean rows ('moe.capacity_factor' "
+                "= %g; at most ep = %d x, the worst case)\n", fmem(p->pool_layer_bytes).s, p->pool_factor,
+                p->cfg.moe.capacity_factor, p->cfg.parallel.ep);
+    fprintf(f, "\n");
 }
 
 static void text_comm(const Plan *p, FILE *f)
@@ -418,6 +423,8 @@ static json_t *json_memory(const Plan *p)
     jnum(o, "peak_bytes", p->peak_rank_bytes);
     jnum(o, "hbm_bytes", p->hbm_bytes);
     jbool(o, "fits", p->peak_rank_bytes <= p->hbm_bytes);
+    jnum(o, "expert_pool_factor", p->pool_factor);
+    jnum(o, "expert_pool_bytes_per_layer", p->pool_layer_bytes);
     return o;
 }
 

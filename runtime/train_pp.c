@@ -44,6 +44,7 @@ static void spec_of(const Trainer *t, int rank, int chunk, StageSpec *sp)
     sp->last = sp->hi == t->cfg.model.num_hidden_layers;
     sp->n_slots = pipe_exec_slots(&p->sched, rank, chunk);
     sp->n_micro = p->sched.micro_batches;
+    sp->capacity_factor = t->cfg.moe.capacity_factor;
 }
 
 /* The stages' layers: plan's split (runtime/plan.h: contiguous runs that balance the stages'

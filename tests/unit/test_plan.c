@@ -58,6 +58,7 @@ static void tiny_config(Config *c)
     snprintf(c->train.precision, sizeof c->train.precision, "bf16");
     c->train.bf16_moments = 1;
     c->moe.max_nodes = 1;
+    c->moe.capacity_factor = 1;   /* the expert-row pool at the mean load (test_tiny_pool varies it) */
     c->parallel.pp = 2;
     c->parallel.dp = 4;
     c->parallel.ep = 4;
@@ -338,6 +339,40 @@ static void test_tiny_dualpipev(const Config *base)
  * dispatch payload C + ceil(C/128)*4 = 12 bytes. MoE layer: FP8 GEMMs 2*(176 + 96 + 192) = 928,
  * BF16 GEMM the router 64; activations 68 + E*4 + K*8 + (2Fs + K*C + K*2F)*(1 + 4/128)
  * = 100 + 40*1.03125 = 141.25 B per token; dense layer 68 + 24*1.03125 = 92.75. */
+/* The expert-row pool: an MoE layer keeps f x the mean K rows per token, f = the capacity
+ * factor capped at ep (4 here; 0 selects that worst case), 1 without EP. Each row holds the
+ * token copy and the routed gate|up, C + 2F = 16 values of 2 B (bf16): 64 B per token and
+ * unit of f on top of the fixture's f = 1 figures, and N = 16 tokens x f x 2 x 32 B =
+ * 1024 f B per layer and micro-batch. */
+static void test_tiny_pool(const Config *base)
+{
+    Plan p1;
+    plan_compute(&p1, base);
+    EXPECT_NEAR(p1.pool_factor, 1);
+    EXPECT_NEAR(p1.pool_layer_bytes, 1024);
+    const struct { double key; int ep, dp; double f; } cases[] = {
+        { 2, 4, 4, 2 }, { 0, 4, 4, 4 }, { 8, 4, 4, 4 }, { 2.5, 2, 4, 2 }, { 3, 1, 4, 1 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        Config c = *base;
+        c.moe.capacity_factor = cases[i].key;
+        c.parallel.ep = cases[i].ep;
+        c.parallel.dp = cases[i].dp;
+        Config c1 = c;
+        c1.moe.capacity_factor = 1;
+        Plan p, q;
+        plan_compute(&p, &c);
+        plan_compute(&q, &c1);
+        EXPECT_NEAR(p.pool_factor, cases[i].f);
+        EXPECT_NEAR(p.pool_layer_bytes, 1024 * cases[i].f);
+        EXPECT_NEAR(p.items[1].act_token - q.items[1].act_token, 64 * (cases[i].f - 1));
+        EXPECT_NEAR(p.items[0].act_token, q.items[0].act_token);   /* the dense layer keeps no rows */
+        plan_free(&p);
+        plan_free(&q);
+    }
+    plan_free(&p1);
+}
+
 static void test_tiny_fp8(const Config *base)
 {
     Config c = *base;
@@ -458,6 +493,7 @@ static void test_tiny(void)
     test_tiny_dualpipe(&c);
     test_tiny_dualpipev(&c);
     test_tiny_fp8(&c);
+    test_tiny_pool(&c);
     test_layout_errors(&c);
 }
 
@@ -491,6 +527,7 @@ static void v3_config(Config *c)
     snprintf(c->train.precision, sizeof c->train.precision, "fp8");
     c->train.bf16_moments = 1;
     c->moe.max_nodes = 4;
+    c->moe.capacity_factor = 1.5;   /* as configs/deepseek-v3-671b.toml */
     c->parallel.pp = 16;
     c->parallel.dp = 128;
     c->parallel.ep = 64;
