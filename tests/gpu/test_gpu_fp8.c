@@ -1,0 +1,445 @@
+/* tests/gpu/test_gpu_fp8.c - the GPU's FP8 (kernels/cuda/cuda_fp8.cu, API in cuda_ops.h)
+ * against kernels/fp8.h and the double-precision reference kernels/cpu/fp8_gemm_ref.h:
+ *   1. e4m3_from_float / e4m3_to_float on the device, bit for bit with the host: every code,
+ *      every midpoint between neighbours (ties to even) and one float either side of it,
+ *      saturation (448, 464, 480, huge, inf), NaN payloads, +-0, subnormal floats, and random
+ *      floats over the whole exponent range;
+ *   2. the quantisers bit for bit (codes, scales, the zero padding of K): 1x128 tiles along
+ *      rows (FP32 and BF16 input, plain and power-of-two scales), Wgrad's transposed
+ *      token-padded copy (128x1 tiles, power of two), weights in 128x128 blocks and their
+ *      transposed copy, on awkward shapes (1 row, K = 1, 127, 129, 200, 300) and edge tiles
+ *      (all zero: the amax floor; amax below the floor; a NaN element; an inf element;
+ *      subnormal inputs; every code's value);
+ *   3. the three FP8 GEMMs of a Linear layer (Fprop, Dgrad, Wgrad; SPEC.md section 6) on
+ *      1 row, K = 200, K not a multiple of 128, on both paths (cuBLASLt's block scaling, the
+ *      tiled kernel), FP32 and BF16 output, overwrite and accumulate, each output within a
+ *      budget derived below against fp8_gemm_ref over the same quantised operands (which
+ *      part 2 shows identical on both sides).
+ * The cuBLASLt path is required on sm_90; on other GPUs, where CUDA 13.0's cuBLASLt has no
+ * block-scaled FP8 algorithm, its cases are reported and not counted.
+ *
+ * Without a GPU: prints "SKIP: no CUDA GPU (...)" and exits 77 (ctest: SKIP_RETURN_CODE).
+ * Seed printed; DSTRAIN_TEST_SEED replays.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../unit/testing.h"
+#include "kernels/cpu/fp8_gemm_ref.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/fp8.h"
+#include "runtime/common.h"
+
+static Ops *o;
+static Rng rng;
+static int sm;
+
+static void *dev_put(const void *host, size_t bytes)
+{
+    void *d = o->alloc(o, bytes ? bytes : 1);
+    if (bytes) o->upload(o, d, host, bytes);
+    return d;
+}
+
+static void *host_get(const void *dev, size_t bytes)
+{
+    void *h = xmalloc(bytes ? bytes : 1);
+    if (bytes) o->download(o, h, dev, bytes);
+    o->synchronize(o);
+    return h;
+}
+
+static uint32_t bits(float x) { return fp8_float_bits(x); }
+
+/* ---- 1. single values ---- */
+
+static void test_convert(void)
+{
+    size_t n = 0, cap = 4096 + 200000;
+    float *x = xmalloc(cap * sizeof(float));
+    for (int c = 0; c < 256; c++) {
+        float v = e4m3_to_float((uint8_t)c), w = e4m3_to_float((uint8_t)(c + 1));
+        x[n++] = v;
+        if ((c & 0x7F) < 0x7E) {                    /* midpoint to the next code, and either side */
+            float mid = (v + w) / 2;                /* exact: 4 significant bits */
+            x[n++] = mid;
+            x[n++] = nextafterf(mid, -INFINITY);
+            x[n++] = nextafterf(mid, INFINITY);
+        }
+    }
+    const float edge[] = { 0.0f, -0.0f, 448.0f, 449.0f, 463.999f, 464.0f, 464.00003f, 479.0f, 480.0f, 1e30f,
+                           INFINITY, -448.0f, -464.0f, -464.00003f, -1e30f, -INFINITY, 0x1p-10f, 0x1.000002p-10f,
+                           0x3p-10f, 0x1p-9f, 0x1p-6f, 0x1.fp-7f, 1e-45f, -1e-45f, 1e-40f, FLT_MIN, -FLT_MIN };
+    for (size_t i = 0; i < sizeof edge / sizeof *edge; i++) x[n++] = edge[i];
+    const uint32_t nans[] = { 0x7FC00000u, 0xFFC00000u, 0x7F800001u, 0xFFFFFFFFu, 0x7FBFFFFFu };
+    for (size_t i = 0; i < sizeof nans / sizeof *nans; i++) x[n++] = fp8_bits_float(nans[i]);
+    while (n < cap) x[n++] = fp8_bits_float(rng_u32(&rng));     /* every exponent, NaN and inf too */
+    float *dx = dev_put(x, n * sizeof(float));
+    uint8_t *dq = o->alloc(o, n);
+    cuda_fp8_convert(o, dq, dx, n, 0);
+    uint8_t *q = host_get(dq, n);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++)
+        if (q[i] != e4m3_from_float(x[i]) && bad++ < 5)
+            fprintf(stderr, "e4m3_from_float(%a = 0x%08x): device 0x%02x, host 0x%02x\n", (double)x[i], bits(x[i]),
+                    q[i], e4m3_from_float(x[i]));
+    EXPECT(bad == 0, "e4m3_from_float on the device: %d of %zu values differ from the host", bad, n);
+    /* decode: every code */
+    uint8_t codes[256];
+    for (int c = 0; c < 256; c++) codes[c] = (uint8_t)c;
+    o->upload(o, dq, codes, 256);
+    cuda_fp8_convert(o, dq, dx, 256, 1);
+    float *y = host_get(dx, 256 * sizeof(float));
+    bad = 0;
+    for (int c = 0; c < 256; c++) bad += bits(y[c]) != bits(e4m3_to_float((uint8_t)c));
+    EXPECT(bad == 0, "e4m3_to_float on the device: %d of 256 codes differ from the host", bad);
+    printf("convert: %zu values encoded, 256 codes decoded\n", n);
+    free(y);
+    free(q);
+    free(x);
+    o->free(o, dx);
+    o->free(o, dq);
+}
+
+/* ---- 2. quantisers ---- */
+
+/* rows x K values: per row a magnitude (some rows all zero, one below the amax floor), per
+ * 128-block another, 2^-6 of spread, ~5% zeros; `edges` plants edge tiles in the first rows */
+static float *rand_matrix(int rows, int K, int edges)
+{
+    float *x = xcalloc((size_t)rows * K, sizeof(float));
+    for (int r = 0; r < rows; r++) {
+        float mag = 24 * rng_uniform(&rng) - 12;
+        int kind = rng_u32(&rng) % 16;
+        for (int k = 0; k < K; k++) {
+            float v = exp2f(mag + (float)((k / FP8_TILE * 7 + r) % 5) - 2 - 6 * rng_uniform(&rng));
+            if (kind == 0) v = 0.0f;                        /* all zero: the floor */
+            else if (kind == 1) v *= 1e-20f;                /* amax below the floor */
+            else if (kind == 2) v = 1e-41f * (float)(k % 7);  /* subnormal inputs */
+            x[(size_t)r * K + k] = rng_uniform(&rng) < 0.05f ? 0.0f : (rng_u32(&rng) & 1) ? -v : v;
+        }
+    }
+    if (edges && rows >= 4) {
+        for (int k = 0; k < K; k++) {               /* row 0: every code's value, scale 2^-3 */
+            float v = e4m3_to_float((uint8_t)(k % 256));
+            x[k] = isnan(v) ? 0.0f : v * 0.125f;
+        }
+        x[0] = 448.0f * 0.125f;                     /* pins the first tile's scale */
+        x[(size_t)1 * K + K / 2] = NAN;             /* row 1: a NaN element */
+        x[(size_t)2 * K + K / 3] = INFINITY;        /* row 2: an inf element */
+        for (int k = 0; k < K; k++)                 /* row 3: ties of the scaled grid */
+            x[(size_t)3 * K + k] = (e4m3_to_float((uint8_t)(k % 126)) + e4m3_to_float((uint8_t)(k % 126 + 1))) / 2;
+        x[(size_t)3 * K] = 448.0f;
+    }
+    return x;
+}
+
+static void round_bf16(float *x, size_t n, uint16_t *h)
+{
+    for (size_t i = 0; i < n; i++) {
+        h[i] = bf16_from_float(x[i]);
+        x[i] = bf16_to_float(h[i]);
+    }
+}
+
+/* GPU matrix m (downloaded) against host codes hq (rows, K, ld K) and host scales hs in
+ * fp8_gemm_ref's layout; the padding of every row must be code 0. */
+static void compare_mat(const char *what, const CudaFp8Mat *m, const uint8_t *hq, const float *hs)
+{
+    const int nkb = cuda_fp8_kblocks(m->K), srows = m->block ? (m->rows + FP8_TILE - 1) / FP8_TILE : m->rows;
+    uint8_t *q = host_get(m->q, (size_t)m->rows * m->ldq);
+    float *s = host_get(m->scale, cuda_fp8_mat_bytes(m->rows, m->K, m->block) -
+                                      (size_t)((char *)m->scale - (char *)m->q));
+    int bad_q = 0, bad_pad = 0, bad_s = 0;
+    for (int r = 0; r < m->rows; r++)
+        for (int k = 0; k < m->ldq; k++) {
+            uint8_t g = q[(size_t)r * m->ldq + k];
+            if (k >= m->K) bad_pad += g != 0;
+            else if (g != hq[(size_t)r * m->K + k] && bad_q++ < 3)
+                fprintf(stderr, "%s: code (%d, %d) device 0x%02x host 0x%02x\n", what, r, k, g, hq[(size_t)r * m->K + k]);
+        }
+    for (int r = 0; r < srows; r++)
+        for (int kb = 0; kb < nkb; kb++) {
+            float g = s[cuda_fp8_scale_at(m, r * (m->block ? FP8_TILE : 1), kb)], h = hs[(size_t)r * nkb + kb];
+            if (bits(g) != bits(h) && bad_s++ < 3)
+                fprintf(stderr, "%s: scale (%d, %d) device %a host %a\n", what, r, kb, (double)g, (double)h);
+        }
+    EXPECT(bad_q == 0 && bad_pad == 0 && bad_s == 0, "%s: %d codes, %d padding codes, %d scales differ", what, bad_q,
+           bad_pad, bad_s);
+    free(q);
+    free(s);
+}
+
+typedef struct DevMat { CudaFp8Mat m; void *mem; } DevMat;
+
+static DevMat mat_new(int rows, int K, int block)
+{
+    DevMat d;
+    d.mem = o->alloc(o, cuda_fp8_mat_bytes(rows, K, block));
+    cuda_fp8_mat_init(&d.m, d.mem, rows, K, block);
+    return d;
+}
+
+static void mat_free(DevMat *d) { o->free(o, d->mem); }
+
+/* fp8_gemm_ref's operand of x (rows, K) quantised on the host (caller frees q and scale) */
+static Fp8Operand host_quant(const float *x, int rows, int K, int block, int pow2)
+{
+    int srows = block ? (rows + FP8_TILE - 1) / FP8_TILE : rows;
+    uint8_t *q = xcalloc((size_t)rows * K, 1);
+    float *s = xcalloc((size_t)srows * fp8_kblocks(K), sizeof(float));
+    fp8_quantize_matrix(x, rows, K, K, block, pow2, q, K, s);
+    return (Fp8Operand){ q, K, s, block };
+}
+
+static void op_free(Fp8Operand *p)
+{
+    free((void *)p->q);
+    free((void *)p->scale);
+}
+
+static float *transpose(const float *x, int rows, int cols)
+{
+    float *t = xmalloc((size_t)rows * cols * sizeof(float));
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) t[(size_t)c * rows + r] = x[(size_t)r * cols + c];
+    return t;
+}
+
+static void test_quant_rows(int rows, int K, int pow2, int bf16)
+{
+    char what[96];
+    float *x = rand_matrix(rows, K, 1);
+    uint16_t *h = xmalloc((size_t)rows * K * sizeof(uint16_t));
+    if (bf16) round_bf16(x, (size_t)rows * K, h);
+    void *dx = bf16 ? dev_put(h, (size_t)rows * K * 2) : dev_put(x, (size_t)rows * K * 4);
+    DevMat d = mat_new(rows, K, 0);
+    cuda_fp8_quantize_rows(o, &d.m, dx, bf16, K, pow2);
+    Fp8Operand ref = host_quant(x, rows, K, 0, pow2);
+    snprintf(what, sizeof what, "quantize_rows %dx%d%s%s", rows, K, pow2 ? " pow2" : "", bf16 ? " bf16" : "");
+    compare_mat(what, &d.m, ref.q, ref.scale);
+    op_free(&ref);
+    mat_free(&d);
+    o->free(o, dx);
+    free(h);
+    free(x);
+}
+
+/* Wgrad's copy of x (n tokens, C): the host's transposed matrix (C, n) in 1x128 pow2 tiles */
+static void test_quant_cols(int n, int C, int bf16)
+{
+    char what[96];
+    float *x = rand_matrix(n, C, 0);
+    uint16_t *h = xmalloc((size_t)n * C * sizeof(uint16_t));
+    if (bf16) round_bf16(x, (size_t)n * C, h);
+    void *dx = bf16 ? dev_put(h, (size_t)n * C * 2) : dev_put(x, (size_t)n * C * 4);
+    DevMat d = mat_new(C, n, 0);
+    cuda_fp8_quantize_cols(o, &d.m, dx, bf16, n, C);
+    float *xt = transpose(x, n, C);
+    Fp8Operand ref = host_quant(xt, C, n, 0, 1);
+    snprintf(what, sizeof what, "quantize_cols %d tokens x %d%s", n, C, bf16 ? " bf16" : "");
+    compare_mat(what, &d.m, ref.q, ref.scale);
+    op_free(&ref);
+    mat_free(&d);
+    o->free(o, dx);
+    free(xt);
+    free(h);
+    free(x);
+}
+
+static void test_quant_weight(int rows, int cols)
+{
+    char what[96];
+    float *w = rand_matrix(rows, cols, 1);
+    void *dw = dev_put(w, (size_t)rows * cols * 4);
+    DevMat d = mat_new(rows, cols, 1), dt = mat_new(cols, rows, 1);
+    cuda_fp8_quantize_weight(o, &d.m, &dt.m, dw, cols);
+    float *wt = transpose(w, rows, cols);
+    Fp8Operand ref = host_quant(w, rows, cols, 1, 0), reft = host_quant(wt, cols, rows, 1, 0);
+    snprintf(what, sizeof what, "quantize_weight %dx%d", rows, cols);
+    compare_mat(what, &d.m, ref.q, ref.scale);
+    snprintf(what, sizeof what, "quantize_weight %dx%d transposed copy", rows, cols);
+    compare_mat(what, &dt.m, reft.q, reft.scale);
+    op_free(&ref);
+    op_free(&reft);
+    mat_free(&d);
+    mat_free(&dt);
+    o->free(o, dw);
+    free(wt);
+    free(w);
+}
+
+/* ---- 3. GEMMs ---- */
+
+/* Budget of one output against ref = fp8_gemm_ref (the exact block sums, scaled and summed in
+ * double, rounded once), with S = sum over k of |q_a q_b| s_a s_b and u = 2^-24:
+ *   in-block sums: the tiled kernel adds 128 exact products in FP32 (fmaf), |err| <= 127 u S_b;
+ *     Hopper's FP8 tensor cores keep about 14 bits of the in-block sum (DeepSeek-V3 TR
+ *     3.3.2), so each of the 128 products may lose 2^-13 of the largest magnitude in its sum,
+ *     |err| <= 128 2^-13 S_b;
+ *   scaling each block sum by s_a s_b: two FP32 roundings, 2 u S; summing nkb block terms in
+ *     FP32: nkb u S; the reference's own error: nkb 2^-53 S + its FP32 rounding u |ref|.
+ *   Total: (inblock + (nkb + 3) u) S + u |ref|. Accumulating (beta 1) onto c0 adds the FP32
+ *   add (and cuBLASLt's separate beta product): 2 u (|c0| + |ref| + budget). A BF16 output
+ *   rounds once more: 2^-8 (|expected| + budget). */
+static double gemm_budget(int lt, int nkb, double S, double ref, double c0, int beta, int bf16)
+{
+    const double u = 0x1p-24;
+    double b = ((lt ? 128 * 0x1p-13 : 127 * u) + (nkb + 3) * u) * S + u * fabs(ref);
+    if (beta) b += 2 * u * (fabs(c0) + fabs(ref) + b);
+    if (bf16) b += 0x1p-8 * (fabs(ref + c0) + b);
+    return b;
+}
+
+/* S of every output from the host operands (double, exact products) */
+static double *abs_products(int M, int N, int K, const Fp8Operand *a, const Fp8Operand *b)
+{
+    const int nkb = fp8_kblocks(K);
+    double *S = xcalloc((size_t)M * N, sizeof(double));
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++) {
+                int kb = k / FP8_TILE;
+                double sa = a->scale[(size_t)(a->block ? m / FP8_TILE : m) * nkb + kb];
+                double sb = b->scale[(size_t)(b->block ? n / FP8_TILE : n) * nkb + kb];
+                acc += fabs((double)e4m3_to_float(a->q[(size_t)m * a->ld + k]) *
+                            e4m3_to_float(b->q[(size_t)n * b->ld + k])) * sa * sb;
+            }
+            S[(size_t)m * N + n] = acc;
+        }
+    return S;
+}
+
+typedef struct GemmCase {
+    const char *kind;
+    int M, N, K;
+    const CudaFp8Mat *a, *b;        /* device operands */
+    const float *ref;               /* (M, N) fp8_gemm_ref */
+    const double *S;                /* (M, N) */
+} GemmCase;
+
+static int lt_missing_noted;
+
+/* One run of the case on `path` with the output kind (bf16, beta) */
+static void run_gemm(const GemmCase *g, CudaFp8Path path, int bf16, int beta)
+{
+    const size_t n = (size_t)g->M * g->N, es = bf16 ? 2 : 4;
+    float *c0 = xmalloc(n * sizeof(float));
+    uint16_t *h = xmalloc(n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) c0[i] = beta ? 2 * rng_uniform(&rng) - 1 : NAN;   /* NaN: unwritten fails */
+    if (bf16) round_bf16(c0, n, h);
+    void *dc = dev_put(bf16 ? (void *)h : (void *)c0, n * es);
+    char why[512], what[160];
+    int ran = cuda_fp8_gemm(o, g->a, g->b, dc, bf16, g->N, beta ? 1.0f : 0.0f, path, why, sizeof why);
+    snprintf(what, sizeof what, "%s M=%d N=%d K=%d %s, %s out%s", g->kind, g->M, g->N, g->K,
+             path == CUDA_FP8_CUBLASLT ? "cuBLASLt" : "tiled", bf16 ? "BF16" : "FP32", beta ? ", accumulate" : "");
+    if (!ran) {
+        EXPECT(sm != 90, "%s: cuBLASLt has no block-scaled FP8 algorithm on sm_90: %s", what, why);
+        if (sm != 90 && !lt_missing_noted++) printf("NOTE (not counted): %s\n", why);
+    } else {
+        void *out = host_get(dc, n * es);
+        int bad = 0;
+        double worst = 0;
+        for (size_t i = 0; i < n; i++) {
+            double got = bf16 ? bf16_to_float(((uint16_t *)out)[i]) : ((float *)out)[i];
+            double start = beta ? c0[i] : 0.0, want = start + g->ref[i];
+            double bud = gemm_budget(path == CUDA_FP8_CUBLASLT, fp8_kblocks(g->K), g->S[i], g->ref[i], start, beta, bf16);
+            double err = fabs(got - want);
+            if (!(err <= bud) && bad++ < 3)
+                fprintf(stderr, "%s: (%zu, %zu) got %.9g want %.9g, error %.3g > budget %.3g\n", what, i / g->N,
+                        i % g->N, got, want, err, bud);
+            if (bud > 0 && err / bud > worst) worst = err / bud;
+        }
+        printf("%s: worst error %.4f of its budget\n", what, worst);
+        EXPECT(bad == 0, "%s: %d of %zu outputs beyond the budget", what, bad, n);
+        free(out);
+    }
+    o->free(o, dc);
+    free(h);
+    free(c0);
+}
+
+static void gemm_case(const char *kind, int M, int N, int K, const CudaFp8Mat *a, const CudaFp8Mat *b,
+                      const Fp8Operand *ha, const Fp8Operand *hb)
+{
+    char what[96];
+    snprintf(what, sizeof what, "%s operand A", kind);
+    compare_mat(what, a, ha->q, ha->scale);
+    snprintf(what, sizeof what, "%s operand B", kind);
+    compare_mat(what, b, hb->q, hb->scale);
+    float *ref = xmalloc((size_t)M * N * sizeof(float));
+    fp8_gemm_ref(M, N, K, ha, hb, ref, N);
+    double *S = abs_products(M, N, K, ha, hb);
+    GemmCase g = { kind, M, N, K, a, b, ref, S };
+    const CudaFp8Path paths[2] = { CUDA_FP8_CUBLASLT, CUDA_FP8_TILED };
+    for (int p = 0; p < 2; p++) {
+        run_gemm(&g, paths[p], 0, 0);
+        run_gemm(&g, paths[p], 0, 1);
+        run_gemm(&g, paths[p], 1, 0);
+    }
+    free(S);
+    free(ref);
+}
+
+/* The three GEMMs of a Linear layer x (T, IC), W (OC, IC), dy (T, OC), as SPEC section 6 and
+ * kernels/cpu/cpu_fp8.c define them. */
+static void test_linear(int T, int IC, int OC)
+{
+    float *x = rand_matrix(T, IC, 0), *w = rand_matrix(OC, IC, 0), *dy = rand_matrix(T, OC, 0);
+    float *xt = transpose(x, T, IC), *wt = transpose(w, OC, IC), *dyt = transpose(dy, T, OC);
+    float *dx_ = dev_put(x, (size_t)T * IC * 4), *dw_ = dev_put(w, (size_t)OC * IC * 4);
+    float *ddy = dev_put(dy, (size_t)T * OC * 4);
+    DevMat xq = mat_new(T, IC, 0), wq = mat_new(OC, IC, 1), wtq = mat_new(IC, OC, 1), dyq = mat_new(T, OC, 0);
+    DevMat dytq = mat_new(OC, T, 0), xtq = mat_new(IC, T, 0);
+    cuda_fp8_quantize_rows(o, &xq.m, dx_, 0, IC, 0);
+    cuda_fp8_quantize_weight(o, &wq.m, &wtq.m, dw_, IC);
+    cuda_fp8_quantize_rows(o, &dyq.m, ddy, 0, OC, 0);
+    cuda_fp8_quantize_cols(o, &dytq.m, ddy, 0, T, OC);
+    cuda_fp8_quantize_cols(o, &xtq.m, dx_, 0, T, IC);
+    Fp8Operand hx = host_quant(x, T, IC, 0, 0), hw = host_quant(w, OC, IC, 1, 0);
+    Fp8Operand hwt = host_quant(wt, IC, OC, 1, 0), hdy = host_quant(dy, T, OC, 0, 0);
+    Fp8Operand hdyt = host_quant(dyt, OC, T, 0, 1), hxt = host_quant(xt, IC, T, 0, 1);
+    gemm_case("Fprop", T, OC, IC, &xq.m, &wq.m, &hx, &hw);
+    gemm_case("Dgrad", T, IC, OC, &dyq.m, &wtq.m, &hdy, &hwt);
+    gemm_case("Wgrad", OC, IC, T, &dytq.m, &xtq.m, &hdyt, &hxt);
+    Fp8Operand *ops[] = { &hx, &hw, &hwt, &hdy, &hdyt, &hxt };
+    for (int i = 0; i < 6; i++) op_free(ops[i]);
+    DevMat *mats[] = { &xq, &wq, &wtq, &dyq, &dytq, &xtq };
+    for (int i = 0; i < 6; i++) mat_free(mats[i]);
+    o->free(o, dx_);
+    o->free(o, dw_);
+    o->free(o, ddy);
+    free(x), free(w), free(dy), free(xt), free(wt), free(dyt);
+}
+
+int main(int argc, char **argv)
+{
+    char why[256];
+    int probe = argc > 1 && !strcmp(argv[1], "--probe");
+    if (cuda_gpu_count(why, sizeof why) == 0) {
+        printf("SKIP: no CUDA GPU (%s)\n", why);
+        return 77;
+    }
+    if (probe) return 0;
+    rng_seed(&rng, test_seed());
+    o = cuda_ops_create(PREC_BF16);
+    sm = cuda_compute_capability(o);
+    printf("device sm_%d\n", sm);
+    test_convert();
+    const int shapes[][2] = { { 1, 1 }, { 1, 128 }, { 3, 127 }, { 4, 129 }, { 5, 200 }, { 130, 300 }, { 257, 1024 } };
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        for (int v = 0; v < 4; v++) test_quant_rows(shapes[i][0], shapes[i][1], v & 1, v >> 1);
+    const int tok[][2] = { { 1, 1 }, { 1, 40 }, { 127, 33 }, { 129, 70 }, { 200, 64 }, { 300, 5 } };
+    for (size_t i = 0; i < sizeof tok / sizeof *tok; i++)
+        for (int bf16 = 0; bf16 < 2; bf16++) test_quant_cols(tok[i][0], tok[i][1], bf16);
+    const int wsh[][2] = { { 1, 1 }, { 4, 200 }, { 130, 200 }, { 256, 384 }, { 300, 129 } };
+    for (size_t i = 0; i < sizeof wsh / sizeof *wsh; i++) test_quant_weight(wsh[i][0], wsh[i][1]);
+    const int lin[][3] = { { 1, 256, 128 }, { 3, 200, 144 }, { 130, 200, 320 }, { 257, 384, 256 } };
+    for (size_t i = 0; i < sizeof lin / sizeof *lin; i++) test_linear(lin[i][0], lin[i][1], lin[i][2]);
+    cuda_ops_destroy(o);
+    return test_finish();
+}
