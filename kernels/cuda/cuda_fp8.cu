@@ -426,3 +426,76 @@ extern "C" int cuda_fp8_gemm(Ops *o, const CudaFp8Mat *a, const CudaFp8Mat *b, v
     tiled_gemm(o, a, b, c, c_bf16, ldc, beta);
     return CUDA_FP8_TILED;
 }
+
+/* ---- the Linear GEMMs of an fp8 table (SPEC section 6; kernels/cpu/cpu_fp8.c on the CPU) ----
+ * A WGT_FP8 weight's compute copy (Wgt.data) holds two matrices, each cuda_fp8_mat_bytes:
+ * W (rows, cols) and its transposed copy W^T (cols, rows), both in 128x128 blocks, rebuilt
+ * from the FP32 master by cuda_fp8_weight_refresh. Activations are read and written in the
+ * table's activation type (act_bytes 4: FP32, 2: BF16); weight gradients are FP32.
+ *   Fprop   out (N, OC)  = Q(inp) W^T          Q: 1x128 tiles along IC
+ *   Dgrad   dinp (N, IC) += Q(dout) (W^T)^T    Q: 1x128 tiles along OC; the transposed copy
+ *   Wgrad   dW (OC, IC)  += Qt(dout) Qt(inp)^T Qt: 128x1 tiles along the N tokens (padded to
+ *                                              128 with 0), power-of-two scales */
+
+static void weight_mats(const Wgt *w, CudaFp8Mat *m, CudaFp8Mat *mt)
+{
+    cuda_fp8_mat_init(m, w->data, w->rows, w->cols, 1);
+    cuda_fp8_mat_init(mt, (char *)w->data + cuda_fp8_mat_bytes(w->rows, w->cols, 1), w->cols, w->rows, 1);
+}
+
+extern "C" size_t cuda_fp8_weight_bytes(int rows, int cols)
+{
+    if (rows < 1 || cols < 1) return 0;
+    return cuda_fp8_mat_bytes(rows, cols, 1) + cuda_fp8_mat_bytes(cols, rows, 1);
+}
+
+extern "C" void cuda_fp8_weight_refresh(Ops *o, Wgt *w)
+{
+    if (w->type != WGT_FP8 || w->data == w->master) DIE("cuda fp8: weight_refresh of a weight without an FP8 copy");
+    CudaFp8Mat m, mt;
+    weight_mats(w, &m, &mt);
+    cuda_fp8_quantize_weight(o, &m, &mt, w->master, w->cols);
+}
+
+/* A scratch matrix (rows, K) block 0 in slot */
+static CudaFp8Mat scratch_mat(Ops *o, CudaScratch slot, int rows, int K)
+{
+    CudaFp8Mat m;
+    cuda_fp8_mat_init(&m, cuda_scratch(o, slot, cuda_fp8_mat_bytes(rows, K, 0)), rows, K, 0);
+    return m;
+}
+
+static void zero_act(Ops *o, void *p, size_t n)
+{
+    CUDA_CHECK(cudaMemsetAsync(p, 0, n * (size_t)o->act_bytes, cuda_stream(o)));
+}
+
+extern "C" void cuda_fp8_matmul_forward(Ops *o, void *out, const void *inp, const Wgt *w, int N, int IC, int OC)
+{
+    if (N <= 0 || OC <= 0) return;
+    if (IC <= 0) { zero_act(o, out, (size_t)N * OC); return; }
+    CudaFp8Mat m, mt, xq = scratch_mat(o, SCR_FP8_A, N, IC);
+    weight_mats(w, &m, &mt);
+    cuda_fp8_quantize_rows(o, &xq, inp, o->act_bytes == 2, IC, 0);
+    cuda_fp8_gemm(o, &xq, &m, out, o->act_bytes == 2, OC, 0.0f, CUDA_FP8_AUTO, NULL, 0);
+}
+
+extern "C" void cuda_fp8_matmul_backward_input(Ops *o, void *dinp, const void *dout, const Wgt *w, int N, int IC,
+                                               int OC)
+{
+    if (N <= 0 || IC <= 0 || OC <= 0) return;
+    CudaFp8Mat m, mt, dq = scratch_mat(o, SCR_FP8_A, N, OC);
+    weight_mats(w, &m, &mt);
+    cuda_fp8_quantize_rows(o, &dq, dout, o->act_bytes == 2, OC, 0);
+    cuda_fp8_gemm(o, &dq, &mt, dinp, o->act_bytes == 2, IC, 1.0f, CUDA_FP8_AUTO, NULL, 0);
+}
+
+extern "C" void cuda_fp8_matmul_backward_weight(Ops *o, float *dweight, const void *dout, const void *inp, int N,
+                                                int IC, int OC)
+{
+    if (N <= 0 || IC <= 0 || OC <= 0) return;
+    CudaFp8Mat dt = scratch_mat(o, SCR_FP8_A, OC, N), xt = scratch_mat(o, SCR_FP8_B, IC, N);
+    cuda_fp8_quantize_cols(o, &dt, dout, o->act_bytes == 2, N, OC);
+    cuda_fp8_quantize_cols(o, &xt, inp, o->act_bytes == 2, N, IC);
+    cuda_fp8_gemm(o, &dt, &xt, dweight, 0, IC, 1.0f, CUDA_FP8_AUTO, NULL, 0);
+}

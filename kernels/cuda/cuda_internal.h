@@ -60,6 +60,8 @@ typedef enum {
     SCR_ATTN_DP,        /* attention backward: dP / dS of one query chunk */
     SCR_REDUCE,         /* partial sums of reductions (rmsnorm dweight, sumsq, balance loss) */
     SCR_INDEX,          /* int32 work of the permutation and embedding backward */
+    SCR_FP8_A,          /* FP8 codes + scales of a Linear's quantised operand (cuda_fp8.cu) */
+    SCR_FP8_B,          /* the second one (Wgrad) */
     SCR_COUNT
 } CudaScratch;
 

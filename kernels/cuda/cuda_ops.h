@@ -125,6 +125,17 @@ typedef enum { CUDA_FP8_AUTO = 0, CUDA_FP8_CUBLASLT, CUDA_FP8_TILED } CudaFp8Pat
 int cuda_fp8_gemm(Ops *o, const CudaFp8Mat *a, const CudaFp8Mat *b, void *c, int c_bf16, int ldc, float beta,
                   CudaFp8Path path, char *why, size_t why_len);
 
+/* The Linear entries of an fp8 table for a WGT_FP8 weight (cuda_fp8.cu's comment gives the
+ * recipe; kernels/ops.h the shapes and the overwrite/accumulate contract): weight_bytes of
+ * its compute copy (W and W^T in 128x128 blocks), the refresh that quantises the master into
+ * it, and the three GEMMs, with activations in the table's type (o->act_bytes). */
+size_t cuda_fp8_weight_bytes(int rows, int cols);
+void cuda_fp8_weight_refresh(Ops *o, Wgt *w);
+void cuda_fp8_matmul_forward(Ops *o, void *out, const void *inp, const Wgt *w, int N, int IC, int OC);
+void cuda_fp8_matmul_backward_input(Ops *o, void *dinp, const void *dout, const Wgt *w, int N, int IC, int OC);
+void cuda_fp8_matmul_backward_weight(Ops *o, float *dweight, const void *dout, const void *inp, int N, int IC,
+                                     int OC);
+
 #ifdef __cplusplus
 }
 #endif

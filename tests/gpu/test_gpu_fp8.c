@@ -14,7 +14,9 @@
  *      1 row, K = 200, K not a multiple of 128, on both paths (cuBLASLt's block scaling, the
  *      tiled kernel), FP32 and BF16 output, overwrite and accumulate, each output within a
  *      budget derived below against fp8_gemm_ref over the same quantised operands (which
- *      part 2 shows identical on both sides).
+ *      part 2 shows identical on both sides);
+ *   4. the Linear entries of an fp8 table (cuda_fp8_matmul_*: quantise, GEMM, accumulate) on a
+ *      WGT_FP8 weight refreshed from its master, against the same reference.
  * The cuBLASLt path is required on sm_90; on other GPUs, where CUDA 13.0's cuBLASLt has no
  * block-scaled FP8 algorithm, its cases are reported and not counted.
  *
@@ -328,6 +330,25 @@ typedef struct GemmCase {
 
 static int lt_missing_noted;
 
+/* got (M, N) against c0 (NULL: 0) + ref within gemm_budget */
+static void check_out(const char *what, const GemmCase *g, const double *got, const float *c0, int lt, int bf16)
+{
+    const size_t n = (size_t)g->M * g->N;
+    int bad = 0;
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double start = c0 ? c0[i] : 0.0, want = start + g->ref[i];
+        double bud = gemm_budget(lt, fp8_kblocks(g->K), g->S[i], g->ref[i], start, c0 != NULL, bf16);
+        double err = fabs(got[i] - want);
+        if (!(err <= bud) && bad++ < 3)
+            fprintf(stderr, "%s: (%zu, %zu) got %.9g want %.9g, error %.3g > budget %.3g\n", what, i / g->N,
+                    i % g->N, got[i], want, err, bud);
+        if (bud > 0 && err / bud > worst) worst = err / bud;
+    }
+    printf("%s: worst error %.4f of its budget\n", what, worst);
+    EXPECT(bad == 0, "%s: %d of %zu outputs beyond the budget", what, bad, n);
+}
+
 /* One run of the case on `path` with the output kind (bf16, beta) */
 static void run_gemm(const GemmCase *g, CudaFp8Path path, int bf16, int beta)
 {
@@ -346,20 +367,10 @@ static void run_gemm(const GemmCase *g, CudaFp8Path path, int bf16, int beta)
         if (sm != 90 && !lt_missing_noted++) printf("NOTE (not counted): %s\n", why);
     } else {
         void *out = host_get(dc, n * es);
-        int bad = 0;
-        double worst = 0;
-        for (size_t i = 0; i < n; i++) {
-            double got = bf16 ? bf16_to_float(((uint16_t *)out)[i]) : ((float *)out)[i];
-            double start = beta ? c0[i] : 0.0, want = start + g->ref[i];
-            double bud = gemm_budget(path == CUDA_FP8_CUBLASLT, fp8_kblocks(g->K), g->S[i], g->ref[i], start, beta, bf16);
-            double err = fabs(got - want);
-            if (!(err <= bud) && bad++ < 3)
-                fprintf(stderr, "%s: (%zu, %zu) got %.9g want %.9g, error %.3g > budget %.3g\n", what, i / g->N,
-                        i % g->N, got, want, err, bud);
-            if (bud > 0 && err / bud > worst) worst = err / bud;
-        }
-        printf("%s: worst error %.4f of its budget\n", what, worst);
-        EXPECT(bad == 0, "%s: %d of %zu outputs beyond the budget", what, bad, n);
+        double *got = xmalloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++) got[i] = bf16 ? bf16_to_float(((uint16_t *)out)[i]) : ((float *)out)[i];
+        check_out(what, g, got, beta ? c0 : NULL, path == CUDA_FP8_CUBLASLT, bf16);
+        free(got);
         free(out);
     }
     o->free(o, dc);
@@ -420,6 +431,81 @@ static void test_linear(int T, int IC, int OC)
     free(x), free(w), free(dy), free(xt), free(wt), free(dyt);
 }
 
+/* ---- 4. the fp8 table's Linear entries (cuda_fp8_matmul_*) on a WGT_FP8 weight ---- */
+
+/* n activations of the table from host (which then holds the values as stored) */
+static void *act_put(float *host, size_t n)
+{
+    void *d = o->alloc(o, n * (size_t)o->act_bytes);
+    o->act_upload(o, d, host, n);
+    o->act_download(o, host, d, n);
+    o->synchronize(o);
+    return d;
+}
+
+static double *act_get(const void *d, size_t n, int act)
+{
+    float *f = xmalloc(n * sizeof(float));
+    if (act) o->act_download(o, f, d, n);
+    else o->download(o, f, d, n * sizeof(float));
+    o->synchronize(o);
+    double *g = xmalloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) g[i] = f[i];
+    free(f);
+    return g;
+}
+
+/* the entry's result (device d, activation type or FP32) against c0 + the reference; the
+ * entries take whichever GEMM path AUTO finds, so cuBLASLt's (wider) budget */
+static void op_check(const char *what, const void *d, int act, int M, int N, int K, const Fp8Operand *ha,
+                     const Fp8Operand *hb, const float *c0)
+{
+    float *ref = xmalloc((size_t)M * N * sizeof(float));
+    fp8_gemm_ref(M, N, K, ha, hb, ref, N);
+    double *S = abs_products(M, N, K, ha, hb), *got = act_get(d, (size_t)M * N, act);
+    GemmCase g = { what, M, N, K, NULL, NULL, ref, S };
+    check_out(what, &g, got, c0, 1, act && o->act_bytes == 2);
+    free(got);
+    free(S);
+    free(ref);
+}
+
+static void test_linear_ops(int T, int IC, int OC)
+{
+    char what[96];
+    float *x = rand_matrix(T, IC, 0), *w = rand_matrix(OC, IC, 0), *dy = rand_matrix(T, OC, 0);
+    void *dx = act_put(x, (size_t)T * IC), *ddy = act_put(dy, (size_t)T * OC);
+    float *dw = dev_put(w, (size_t)OC * IC * 4);
+    Wgt wg = { dw, OC, IC, WGT_FP8, o->alloc(o, cuda_fp8_weight_bytes(OC, IC)) };
+    cuda_fp8_weight_refresh(o, &wg);
+    float *xt = transpose(x, T, IC), *wt = transpose(w, OC, IC), *dyt = transpose(dy, T, OC);
+    Fp8Operand hx = host_quant(x, T, IC, 0, 0), hw = host_quant(w, OC, IC, 1, 0);
+    Fp8Operand hwt = host_quant(wt, IC, OC, 1, 0), hdy = host_quant(dy, T, OC, 0, 0);
+    Fp8Operand hdyt = host_quant(dyt, OC, T, 0, 1), hxt = host_quant(xt, IC, T, 0, 1);
+    float *start = xmalloc((size_t)T * (IC > OC ? IC : OC) * sizeof(float));
+    for (size_t i = 0; i < (size_t)T * OC; i++) start[i] = NAN;        /* forward overwrites */
+    void *out = act_put(start, (size_t)T * OC);
+    cuda_fp8_matmul_forward(o, out, dx, &wg, T, IC, OC);
+    snprintf(what, sizeof what, "entry matmul_forward fp8 %dx%dx%d", T, IC, OC);
+    op_check(what, out, 1, T, OC, IC, &hx, &hw, NULL);
+    for (size_t i = 0; i < (size_t)T * IC; i++) start[i] = 2 * rng_uniform(&rng) - 1;
+    void *dinp = act_put(start, (size_t)T * IC);
+    cuda_fp8_matmul_backward_input(o, dinp, ddy, &wg, T, IC, OC);
+    snprintf(what, sizeof what, "entry matmul_backward_input fp8 %dx%dx%d", T, IC, OC);
+    op_check(what, dinp, 1, T, IC, OC, &hdy, &hwt, start);
+    float *g0 = xmalloc((size_t)OC * IC * sizeof(float));
+    for (size_t i = 0; i < (size_t)OC * IC; i++) g0[i] = 2 * rng_uniform(&rng) - 1;
+    float *dgw = dev_put(g0, (size_t)OC * IC * 4);
+    cuda_fp8_matmul_backward_weight(o, dgw, ddy, dx, T, IC, OC);
+    snprintf(what, sizeof what, "entry matmul_backward_weight fp8 %dx%dx%d", T, IC, OC);
+    op_check(what, dgw, 0, OC, IC, T, &hdyt, &hxt, g0);
+    Fp8Operand *ops[] = { &hx, &hw, &hwt, &hdy, &hdyt, &hxt };
+    for (int i = 0; i < 6; i++) op_free(ops[i]);
+    void *dev[] = { dx, ddy, dw, wg.data, out, dinp, dgw };
+    for (int i = 0; i < 7; i++) o->free(o, dev[i]);
+    free(x), free(w), free(dy), free(xt), free(wt), free(dyt), free(start), free(g0);
+}
+
 int main(int argc, char **argv)
 {
     char why[256];
@@ -444,6 +530,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof wsh / sizeof *wsh; i++) test_quant_weight(wsh[i][0], wsh[i][1]);
     const int lin[][3] = { { 1, 256, 128 }, { 3, 200, 144 }, { 130, 200, 320 }, { 257, 384, 256 } };
     for (size_t i = 0; i < sizeof lin / sizeof *lin; i++) test_linear(lin[i][0], lin[i][1], lin[i][2]);
+    for (size_t i = 0; i < sizeof lin / sizeof *lin; i++) test_linear_ops(lin[i][0], lin[i][1], lin[i][2]);
     cuda_ops_destroy(o);
     return test_finish();
 }
