@@ -347,6 +347,7 @@ extern "C" void cuda_ops_destroy(Ops *o)
     device_free(st, st->workspace);
     device_free(st, st->err_dev);
     cuda_gemm_cache_free(st);
+    cuda_fp8_cache_free(st);
     CUBLAS_CHECK(cublasLtDestroy(st->lt));
     CUDA_CHECK(cudaStreamDestroy(st->stream));
     CUDA_CHECK(cudaFreeHost(st->host_i32));

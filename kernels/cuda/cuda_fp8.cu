@@ -31,6 +31,7 @@
 
 #include <cuda_bf16.h>
 #include <stdio.h>
+#include <string.h>
 
 #define FP8_THREADS 256
 
@@ -382,25 +383,90 @@ static cublasStatus_t lt_fp8_describe(LtFp8 *L, const CudaFp8Mat *a, const CudaF
     return CUBLAS_STATUS_SUCCESS;
 }
 
+/* ---- cuBLASLt's answer per shape: an algorithm, or that it has none (AUTO then goes straight
+ * to the tiled kernel). Open addressing, bounded; when full, the heuristic is asked each call. */
+
+typedef struct Fp8Key { int m, n, k, blocks, c_bf16, ldc, beta_zero, align_c; } Fp8Key;
+
+#define FP8_CACHE_SLOTS 1024
+
+typedef struct Fp8Cache {
+    Fp8Key key[FP8_CACHE_SLOTS];
+    cublasLtMatmulAlgo_t algo[FP8_CACHE_SLOTS];
+    signed char state[FP8_CACHE_SLOTS];     /* 0 empty, 1 algo, -1 no algorithm */
+    int n_used;
+} Fp8Cache;
+
+void cuda_fp8_cache_free(CudaState *st)
+{
+    free(st->fp8_cache);
+    st->fp8_cache = NULL;
+}
+
+/* The slot of k (*found), or the empty slot where it goes, or -1 when the table is full. */
+static int fp8_cache_slot(CudaState *st, const Fp8Key *k, int *found)
+{
+    if (!st->fp8_cache) st->fp8_cache = (Fp8Cache *)xcalloc(1, sizeof(Fp8Cache));
+    Fp8Cache *c = st->fp8_cache;
+    unsigned h = 2166136261u;
+    const int *v = &k->m;
+    for (size_t i = 0; i < sizeof *k / sizeof(int); i++) h = (h ^ (unsigned)v[i]) * 16777619u;
+    *found = 0;
+    for (int i = 0; i < FP8_CACHE_SLOTS; i++) {
+        int s = (int)((h + (unsigned)i) % FP8_CACHE_SLOTS);
+        if (!c->state[s]) return c->n_used < FP8_CACHE_SLOTS / 2 ? s : -1;
+        if (!memcmp(&c->key[s], k, sizeof *k)) { *found = 1; return s; }
+    }
+    return -1;
+}
+
+/* Largest power of two (<= 256) dividing the address: what the algorithm may assume of C/D. */
+static int fp8_alignment(const void *p)
+{
+    uintptr_t a = (uintptr_t)p | 256;
+    return (int)(a & (~a + 1));
+}
+
 /* 1: ran; 0: cuBLASLt has no algorithm or refused (why says which status) */
 static int lt_fp8_gemm(Ops *o, const CudaFp8Mat *a, const CudaFp8Mat *b, void *c, int c_bf16, int ldc, float beta,
                        char *why, size_t why_len)
 {
     CudaState *st = cuda_state(o);
     LtFp8 L = {};
-    cublasLtMatmulHeuristicResult_t res;
-    int n = 0;
+    cublasLtMatmulAlgo_t algo;
     const float alpha = 1.0f;
     const char *stage = "describing the matmul";
-    cublasStatus_t s = lt_fp8_describe(&L, a, b, c_bf16, ldc);
-    if (s == CUBLAS_STATUS_SUCCESS) {
+    Fp8Key key;
+    memset(&key, 0, sizeof key);
+    key = { b->rows, a->rows, a->ldq, 2 * a->block + b->block, c_bf16, ldc, beta == 0.0f, fp8_alignment(c) };
+    int found = 0, slot = fp8_cache_slot(st, &key, &found);
+    cublasStatus_t s = found && st->fp8_cache->state[slot] < 0 ? CUBLAS_STATUS_NOT_SUPPORTED
+                                                                : lt_fp8_describe(&L, a, b, c_bf16, ldc);
+    if (found && st->fp8_cache->state[slot] < 0) stage = "(no algorithm for this shape, remembered)";
+    if (s == CUBLAS_STATUS_SUCCESS && found) {
+        algo = st->fp8_cache->algo[slot];
+    } else if (s == CUBLAS_STATUS_SUCCESS) {
         stage = "asking the heuristic";
-        s = cublasLtMatmulAlgoGetHeuristic(st->lt, L.desc, L.la, L.lb, L.lc, L.lc, L.pref, 1, &res, &n);
+        uint32_t al = (uint32_t)key.align_c;
+        cublasLtMatmulHeuristicResult_t res;
+        int n = 0;
+        s = cublasLtMatmulPreferenceSetAttribute(L.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulPreferenceSetAttribute(L.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulAlgoGetHeuristic(st->lt, L.desc, L.la, L.lb, L.lc, L.lc, L.pref, 1, &res, &n);
+        if (s == CUBLAS_STATUS_SUCCESS && n < 1) s = CUBLAS_STATUS_NOT_SUPPORTED;
+        if (slot >= 0 && (s == CUBLAS_STATUS_SUCCESS || s == CUBLAS_STATUS_NOT_SUPPORTED)) {
+            st->fp8_cache->key[slot] = key;
+            st->fp8_cache->state[slot] = s == CUBLAS_STATUS_SUCCESS ? 1 : -1;
+            if (s == CUBLAS_STATUS_SUCCESS) st->fp8_cache->algo[slot] = res.algo;
+            st->fp8_cache->n_used++;
+        }
+        if (s == CUBLAS_STATUS_SUCCESS) algo = res.algo;
     }
-    if (s == CUBLAS_STATUS_SUCCESS && n < 1) s = CUBLAS_STATUS_NOT_SUPPORTED;
     if (s == CUBLAS_STATUS_SUCCESS) {
         stage = "running the matmul";
-        s = cublasLtMatmul(st->lt, L.desc, &alpha, b->q, L.la, a->q, L.lb, &beta, c, L.lc, c, L.lc, &res.algo,
+        s = cublasLtMatmul(st->lt, L.desc, &alpha, b->q, L.la, a->q, L.lb, &beta, c, L.lc, c, L.lc, &algo,
                            st->workspace, CUDA_LT_WORKSPACE, st->stream);
     }
     lt_fp8_destroy(&L);
