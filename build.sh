@@ -142,7 +142,7 @@ gpu_bundle() {
     local bins="dstrain tests/gpu/test_gpu_ops tests/gpu/test_gpu_moe tests/gpu/gpu_bench tests/ckpt_compare"
     local t targets="" known
     known=$(cmake --build "$b" --target help)
-    for t in test_nccl test_gpu_optim; do     # built only where NCCL / the fused optimizer are
+    for t in test_nccl test_gpu_optim test_gpu_fp8; do     # built only where NCCL / the fused optimizer / FP8 are
         grep -q "\.\.\. $t\$" <<< "$known" && bins="$bins tests/gpu/$t"
     done
     for t in $bins; do targets="$targets --target $(basename "$t")"; done

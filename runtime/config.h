@@ -33,7 +33,7 @@
     X(INT, batch_ramp_start, "0", "batch-size ramp: micro-batches per step at the start (0: no ramp)") \
     X(I64, batch_ramp_tokens, "0", "batch-size ramp: tokens over which they grow linearly to grad_accum") \
     X(STR, device, "cpu", "compute backend: cpu or cuda") \
-    X(STR, precision, "fp32", "fp32, bf16 or fp8 (emulated on cpu; fp8 not on cuda yet)") \
+    X(STR, precision, "fp32", "fp32, bf16 or fp8 (emulated on cpu)") \
     X(INT, threads, "0", "CPU threads, at most 1024 (0: all cores)") \
     X(INT, log_every, "1", "print a metrics line every N steps") \
     X(INT, val_every, "50", "validation loss every N steps (0: only at the end)") \

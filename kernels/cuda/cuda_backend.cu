@@ -300,8 +300,6 @@ extern "C" void cuda_ops_fill(Ops *o)
 
 extern "C" Ops *cuda_ops_create(Precision precision)
 {
-    if (precision == PREC_FP8)
-        DIE("device 'cuda': precision 'fp8' is not available yet (use 'bf16' or 'fp32')");
     char why[256];
     if (cuda_gpu_count(why, sizeof why) == 0) DIE("device 'cuda': no CUDA GPU found (%s)", why);
     CudaState *st = (CudaState *)xcalloc(1, sizeof *st);
@@ -349,6 +347,7 @@ extern "C" void cuda_ops_destroy(Ops *o)
     device_free(st, st->workspace);
     device_free(st, st->err_dev);
     cuda_gemm_cache_free(st);
+    cuda_fp8_cache_free(st);
     CUBLAS_CHECK(cublasLtDestroy(st->lt));
     CUDA_CHECK(cudaStreamDestroy(st->stream));
     CUDA_CHECK(cudaFreeHost(st->host_i32));

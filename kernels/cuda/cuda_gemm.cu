@@ -1,7 +1,8 @@
 /* kernels/cuda/cuda_gemm.cu - every GEMM of the CUDA backend through cuBLASLt: the Linear
  * entries (forward, input gradient, weight gradient) and the batched products of attention.
  *
- * Not here: fused epilogues (bias/activation; the model has no Linear bias) or FP8. The
+ * Not here: fused epilogues (bias/activation; the model has no Linear bias); the FP8 GEMMs of
+ * WGT_FP8 weights (kernels/cuda/cuda_fp8.cu, called from the Linear entries below). The
  * semantics follow kernels/ops.h; numerics per precision:
  *   PREC_FP32: FP32 operands, CUBLAS_COMPUTE_32F (true FP32, no TF32), so GPU and CPU agree
  *              to FP32 summation-order rounding.
@@ -23,6 +24,7 @@
  * cache is bounded and simply stops inserting when full.
  */
 #include "kernels/cuda/cuda_internal.h"
+#include "kernels/cuda/cuda_ops.h"
 
 #include <cuda_bf16.h>
 #include <stdlib.h>
@@ -312,17 +314,20 @@ static void linear_backward_weight(Ops *o, float *dweight, const float *dout, co
     cuda_gemm(o, &g);
 }
 
-/* Compute copies: not kept yet; the GEMMs read the FP32 master and round both operands per
- * call under PREC_BF16 (lt_operands). */
+/* Compute copies: kept for WGT_FP8 weights of an fp8 table (codes and block scales of W and
+ * W^T, kernels/cuda/cuda_fp8.cu); otherwise not yet: the GEMMs read the FP32 master and round
+ * both operands per call under PREC_BF16 and PREC_FP8 (lt_operands). */
 size_t cuda_weight_bytes(Ops *o, WgtType t, int rows, int cols)
 {
-    (void)o, (void)t, (void)rows, (void)cols;
-    return 0;
+    return t == WGT_FP8 && o->precision == PREC_FP8 ? cuda_fp8_weight_bytes(rows, cols) : 0;
 }
+
+static int wgt_fp8(const Wgt *w) { return w->type == WGT_FP8 && w->data != w->master; }
 
 void cuda_weight_refresh(Ops *o, Wgt *w)
 {
-    CHECK(w->data == w->master);
+    if (wgt_fp8(w)) cuda_fp8_weight_refresh(o, w);
+    else CHECK(w->data == w->master);
 }
 
 static const float *wgt_f32(const Wgt *w) { return (const float *)w->data; }
@@ -330,12 +335,20 @@ static const float *wgt_f32(const Wgt *w) { return (const float *)w->data; }
 void cuda_matmul_forward(Ops *o, act *out, const act *inp, const Wgt *w, int N, int IC, int OC)
 {
     CUDA_PROF(o, "matmul_forward", "gemm");
+    if (wgt_fp8(w)) {
+        cuda_fp8_matmul_forward(o, out, inp, w, N, IC, OC);
+        return;
+    }
     linear_forward(o, cuda_f(out), cuda_cf(inp), wgt_f32(w), N, IC, OC, 0);
 }
 
 void cuda_matmul_backward_input(Ops *o, act *dinp, const act *dout, const Wgt *w, int N, int IC, int OC)
 {
     CUDA_PROF(o, "matmul_backward_input", "gemm");
+    if (wgt_fp8(w)) {
+        cuda_fp8_matmul_backward_input(o, dinp, dout, w, N, IC, OC);
+        return;
+    }
     linear_backward_input(o, cuda_f(dinp), cuda_cf(dout), wgt_f32(w), N, IC, OC, 0);
 }
 
@@ -343,6 +356,10 @@ void cuda_matmul_backward_weight(Ops *o, float *dweight, const Wgt *w, const act
                                  int OC)
 {
     CUDA_PROF(o, "matmul_backward_weight", "gemm");
+    if (wgt_fp8(w)) {
+        cuda_fp8_matmul_backward_weight(o, dweight, dout, inp, N, IC, OC);
+        return;
+    }
     linear_backward_weight(o, dweight, cuda_cf(dout), cuda_cf(inp), N, IC, OC, 0);
 }
 

@@ -60,6 +60,8 @@ typedef enum {
     SCR_ATTN_DP,        /* attention backward: dP / dS of one query chunk */
     SCR_REDUCE,         /* partial sums of reductions (rmsnorm dweight, sumsq, balance loss) */
     SCR_INDEX,          /* int32 work of the permutation and embedding backward */
+    SCR_FP8_A,          /* FP8 codes + scales of a Linear's quantised operand (cuda_fp8.cu) */
+    SCR_FP8_B,          /* the second one (Wgrad) */
     SCR_COUNT
 } CudaScratch;
 
@@ -97,6 +99,7 @@ typedef struct CudaState {
     int n_allocs, cap_allocs;
     size_t bytes_now, bytes_peak;
     struct GemmCache *gemm_cache;   /* cuBLASLt algorithms by shape (cuda_gemm.cu) */
+    struct Fp8Cache *fp8_cache;     /* the same for the FP8 GEMMs (cuda_fp8.cu) */
     size_t attn_chunk_bytes;        /* scratch of one attention chunk's P (cuda_attention.cu);
                                        DSTRAIN_CUDA_ATTN_CHUNK_BYTES overrides, for tests */
     CudaProfile prof;
@@ -147,6 +150,7 @@ typedef struct CudaGemm {
 } CudaGemm;
 void cuda_gemm(Ops *o, const CudaGemm *g);
 void cuda_gemm_cache_free(CudaState *st);
+void cuda_fp8_cache_free(CudaState *st);
 
 /* The entries of the table (kernels/ops.h OPS_ENTRIES), each cuda_<entry>: memory in
  * cuda_backend.cu, Linear and router in cuda_gemm.cu, norms, elementwise, embedding, loss and

@@ -8,8 +8,9 @@
 #   0 env       nvidia-smi, driver/CUDA/cuDNN/torch versions, CPU flags, the library bundle
 #               unpacked and ldd's missing libraries (CUDA's looked up in python's nvidia/*)
 #   1 ops       op parity CUDA vs CPU, fp32 + bf16 (test_gpu_ops; DSTRAIN_TEST_SEED printed)
-#   2 moe       MoE routing and permutation parity (test_gpu_moe), then the NCCL and fused-
-#               optimizer tests where the bundle has them
+#   2 moe       MoE routing and permutation parity (test_gpu_moe), then the NCCL, fused-
+#               optimizer and FP8 tests (test_gpu_fp8: quantisers bit-exact, FP8 GEMMs on
+#               cuBLASLt and the tiled kernel) where the bundle has them
 #   3 ceilings  tests/gpu/ceilings.py (torch): HBM copy, BF16 GEMM at bench-m's shapes, grouped
 #               GEMM, fused attention, FP8 block-scaled GEMM
 #   4 bench-s   gpu_bench on configs/bench-s.toml, a few steps
@@ -158,9 +159,9 @@ setup_libs() {
 # ---- stages 1-7 ----
 gpu_or_skip() { [ $GPU = yes ] || { echo "SKIP: no GPU (test_gpu_ops --probe)"; return 77; }; }
 
-parity_extra() {     # the bundle's optional GPU tests (NCCL, fused optimizer)
+parity_extra() {     # the bundle's optional GPU tests (NCCL, fused optimizer, FP8)
     local t rc=0 r
-    for t in test_nccl test_gpu_optim; do
+    for t in test_nccl test_gpu_optim test_gpu_fp8; do
         [ -x "$BIN/$t" ] || continue
         "$BIN/$t"; r=$?
         [ $r -eq 0 ] || [ $r -eq 77 ] || rc=$r
@@ -209,7 +210,7 @@ main() {
     stage 0 env 40 env.txt bash -c 'cat "$WORK/libs.txt"; env_report'
     cd "$WORK" || exit 1
     want 1 && stage 1 ops 150 parity.txt "$BIN/test_gpu_ops"
-    want 2 && stage 2 moe 90 parity.txt moe_stage
+    want 2 && stage 2 moe 110 parity.txt moe_stage
     want 3 && stage 3 ceilings 100 ceilings.txt ceilings
     want 4 && stage 4 bench-s 60 bench.txt bench configs/bench-s.toml bench-s --steps 3 --warmup 1
     want 5 && stage 5 bench-m 180 bench.txt bench_m
