@@ -72,6 +72,8 @@ struct Model {
     Dims d;
     EpGroup ep;                 /* the expert-parallel group when d.ep == &ep */
     int train;                  /* MODEL_EVAL, MODEL_TRAIN or MODEL_TRAIN_SPLIT */
+    int recompute;              /* MODEL_RECOMPUTE: the blocks share one set of the dropped
+                                 * tensors (rc) and backward recomputes them */
     int lo, hi, first, last;    /* the stage: main blocks [lo, hi), embedding when first, final
                                  * norm, head and MTP when last (the whole model: 0, L, 1, 1) */
     int n_slots;
@@ -115,8 +117,14 @@ struct Model {
     float *counts;              /* (n_moe, E) tokens per expert since model_zero_counts */
     float *bal_dloss;           /* (B) */
 
+    BlockActs rc;               /* recompute: the dropped tensors (block_dropped_plan) */
+    const ModelSlot *rc_slot;   /* recompute: the F whose ln2 rc holds (a MoE block's gate to */
+    int rc_block;               /* its experts phase), for the check that no other F ran between */
+
     /* backward (scratch_arena) */
     Scratch s;
+    act *rc_ln2;                /* (N,C) recompute: W's post_attention_layernorm output */
+    float *rc_rstd;             /* (N) recompute: the recomputed norms' rstd (discarded) */
     act *dcat;                  /* (N,2C) */
 
     double lambda, alpha;
