@@ -192,9 +192,10 @@ void plan_compute(Plan *p, const Config *c)
         const double G = 1073741824.0;
         plan_problem(p, 1, "pp rank %d needs %.4g GiB per GPU > 'cluster.hbm_gib' = %g (weights "
                      "%.4g, gradients %.4g, optimizer %.4g, activations %.4g, workspace %.4g GiB); "
-                     "raise 'parallel.pp' or 'parallel.dp', or lower 'train.micro_batch_size'",
+                     "raise 'parallel.pp' or 'parallel.dp', or lower 'train.micro_batch_size'%s",
                      p->peak_rank, r->total_bytes / G, p->cfg.cluster.hbm_gib, r->weight_bytes / G,
-                     r->grad_bytes / G, r->optim_bytes / G, r->act_bytes / G, r->workspace_bytes / G);
+                     r->grad_bytes / G, r->optim_bytes / G, r->act_bytes / G, r->workspace_bytes / G,
+                     p->cfg.train.recompute ? "" : ", or set 'train.recompute = true'");
     }
     params_free(&t);
 }

@@ -181,8 +181,13 @@ static void text_memory(const Plan *p, FILE *f)
                 fmem(k->optim_bytes).s, fmem(k->act_chunk_bytes).s, k->in_flight, fmem(k->act_bytes).s,
                 fmem(k->workspace_bytes).s, fmem(k->total_bytes).s);
     }
-    fprintf(f, "  peak: pp rank %d, %s of %s\n\n", p->peak_rank, fmem(p->peak_rank_bytes).s,
+    fprintf(f, "  peak: pp rank %d, %s of %s\n", p->peak_rank, fmem(p->peak_rank_bytes).s,
             fmem(p->hbm_bytes).s);
+    if (p->build_act_bytes >= 0)
+        fprintf(f, "  train's start-up table (this build, FP32 containers, train.recompute = %s): activations "
+                "%.0f bytes, backward scratch %.0f bytes\n", p->cfg.train.recompute ? "true" : "false",
+                p->build_act_bytes, p->build_scratch_bytes);
+    fprintf(f, "\n");
 }
 
 static void text_comm(const Plan *p, FILE *f)
@@ -417,6 +422,11 @@ static json_t *json_memory(const Plan *p)
     jint(o, "peak_pp_rank", p->peak_rank);
     jnum(o, "peak_bytes", p->peak_rank_bytes);
     jnum(o, "hbm_bytes", p->hbm_bytes);
+    jbool(o, "recompute", p->cfg.train.recompute);
+    if (p->build_act_bytes >= 0) {
+        jnum(o, "train_activation_bytes", p->build_act_bytes);
+        jnum(o, "train_scratch_bytes", p->build_scratch_bytes);
+    }
     jbool(o, "fits", p->peak_rank_bytes <= p->hbm_bytes);
     return o;
 }
