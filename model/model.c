@@ -49,11 +49,11 @@ static void plan_slot_acts(Model *m, ModelSlot *sl, Arena *ar)
         if (stage_has_block(m, b)) block_acts_plan(&sl->acts[b], d, m->is_moe[b], m->recompute ? &m->rc : NULL, ar);
     sl->bal_loss = arena_take(ar, (size_t)(m->n_moe ? m->n_moe : 1) * d->B * sizeof(float));
     if (!m->last) return;
-    sl->hf = arena_take(ar, N * d->C * d->act_bytes);
+    sl->hf = m->recompute ? m->rc_hf : arena_take(ar, N * d->C * d->act_bytes);
     sl->hf_rstd = arena_take(ar, N * sizeof(float));
     sl->logits = arena_take(ar, N * d->V * d->act_bytes);
     sl->losses = arena_take(ar, N * sizeof(float));
-    for (int k = 0; k < d->D; k++) mtp_acts_plan(&sl->mtp[k], d, ar);
+    for (int k = 0; k < d->D; k++) mtp_acts_plan(&sl->mtp[k], d, m->recompute ? &m->rc_mtp : NULL, ar);
 }
 
 /* Activations of every slot, and what the slots share. */
@@ -63,6 +63,10 @@ static void plan_acts(Model *m, Arena *ar)
     const size_t N = (size_t)d->N;
     if (d->ep) ep_group_plan(d->ep, d->N, d->K, d->C, ar);
     if (m->recompute) block_dropped_plan(&m->rc, d, ar);
+    if (m->recompute && m->last) {
+        m->rc_hf = arena_take(ar, N * d->C * d->act_bytes);
+        if (d->D > 0) mtp_dropped_plan(&m->rc_mtp, d, ar);
+    }
     for (int i = 0; i < m->n_slots; i++) plan_slot_acts(m, &m->slots[i], ar);
     m->dloss_main = arena_take(ar, N * sizeof(float));
     m->logits_r = arena_take(ar, N * (d->E > 0 ? d->E : 1) * sizeof(float));

@@ -40,7 +40,8 @@ typedef struct Model Model;
 enum { MODEL_EVAL = 0, MODEL_TRAIN = 1, MODEL_TRAIN_SPLIT = 2 };
 /* Or'ed into train (train.recompute, SPEC.md section 3): the blocks keep neither their RMSNorm
  * outputs nor the MLA up-projections' outputs (one set serves every block and slot; layers.h
- * block_dropped_plan) and backward recomputes them: the same results bit for bit, less memory. */
+ * block_dropped_plan), nor the last stage its final and MTP norms' outputs, and backward
+ * recomputes them: the same results bit for bit, less memory. */
 enum { MODEL_RECOMPUTE = 4 };
 
 typedef struct ModelLoss {

@@ -1,10 +1,12 @@
 /* tests/unit/test_recompute.c - train.recompute (SPEC.md section 3, TR 3.2.3): the blocks drop
  * their RMSNorm outputs (input_layernorm, q_a_layernorm, kv_a_layernorm,
  * post_attention_layernorm) and the MLA up-projections' outputs (q_b_proj, kv_b_proj, and the
- * k, v built from kv_b_proj's), and backward recomputes them.
+ * k, v built from kv_b_proj's), the last stage the final norm's and the MTP modules' norm
+ * outputs (enorm, hnorm, their concatenation, shared_head.norm), and backward recomputes them.
  *
  * Claim 1, results: recomputation runs the forward's own ops on the same kept inputs (x_in,
- * q_a_proj's and kv_a_proj's outputs, the roped rope key) with the same weights, and those ops
+ * q_a_proj's and kv_a_proj's outputs, the roped rope key, the norms' inputs) with the same
+ * weights, and those ops
  * are deterministic, so every recomputed value has the forward's bits; nothing else changes.
  * Hence losses and every gradient bit-identical with and without (memcmp, no tolerance), at
  * fp32, bf16 and fp8, with W right after B (MODEL_TRAIN) and apart (MODEL_TRAIN_SPLIT, where W
@@ -12,24 +14,28 @@
  * Configs: configs/tiny.toml (MTP depth 1, q_lora_rank 16) and tiny with q_lora_rank 0 (q_proj:
  * its output stays per block) and MTP depth 2; 3 micro-batches accumulated, balance loss on.
  *
- * Claim 2, memory (exact, integer byte counts): per block and slot the dropped tensors take
+ * Claim 2, memory (exact, integer byte counts), on a whole-model stage with S = 3 slots (the
+ * micro-batches a pipeline stage holds): per block and slot the dropped tensors take
  *   drop = A(N*C*4) [ln1] + A(N*Rq*4) + A(N*H*Dqk*4) [cq, q: only when Rq > 0] + A(N*Rkv*4)
  *          + A(N*H*(Dn+Dv)*4) + A(N*H*Dqk*4) + A(N*H*Dv*4) [ckv, kv, k, v] + A(N*C*4) [ln2]
  * bytes (act_bytes 4 on the CPU; A rounds up to the arena's 256-byte alignment of every piece,
- * none of them the arena's last); with recompute the activations hold them once for all blocks,
- * so acts(off) - acts(on) = (nblocks - 1) * drop, and W's own ln2 and the recomputed rstd add
- * A(N*C*4) + A(N*4) to the backward scratch.
+ * none of them the arena's last), per MTP module and slot mdrop = 3 A(N*C*4) + A(2*N*C*4) (en,
+ * hn, shn, cat), per slot A(N*C*4) (the final norm's hf). With recompute the activations hold
+ * each once, so acts(off) - acts(on) = (S*nblocks - 1) drop + (S*D - 1) mdrop + (S - 1) A(N*C*4),
+ * and W's own ln2 and the recomputed rstd add A(N*C*4) + A(N*4) to the backward scratch.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/model.h"
+#include "model/stage.h"
 #include "runtime/common.h"
 #include "runtime/config.h"
 #include "testing.h"
 
 #define MICRO 3
+#define SLOTS 3
 
 static void source_path(char *out, size_t n, const char *rel)
 {
@@ -70,6 +76,9 @@ static void run(const ModelConfig *c, Precision prec, int mode, uint64_t seed, R
     out->n = model_table(m)->total;
     out->grads = xmalloc(out->n * sizeof(float));
     o->download(o, out->grads, model_grads(m), out->n * sizeof(float));
+    model_destroy(m);
+    StageSpec sp = { 0, c->num_hidden_layers, 1, 1, SLOTS, 0 };
+    m = stage_create(c, o, B, T, mode, &sp, NULL, 0);
     model_memory(m, &out->mem);
     model_destroy(m);
     ops_destroy(o);
@@ -107,14 +116,16 @@ static void check(const ModelConfig *c, Precision prec, int mode, uint64_t seed)
     const size_t drop = A(N * C * 4) + (Rq > 0 ? A(N * Rq * 4) + A(N * H * Dqk * 4) : 0) +
                         A(N * (size_t)c->kv_lora_rank * 4) + A(N * H * (size_t)(c->qk_nope_head_dim + c->v_head_dim) * 4) +
                         A(N * H * Dqk * 4) + A(N * H * Dv * 4) + A(N * C * 4);
-    const size_t nblocks = (size_t)(c->num_hidden_layers + c->num_nextn_predict_layers);
-    EXPECT(off.mem.acts - on.mem.acts == (nblocks - 1) * drop, "%s: activations %zu without, %zu with recompute; "
-           "expected %zu less", what, off.mem.acts, on.mem.acts, (nblocks - 1) * drop);
+    const size_t D = (size_t)c->num_nextn_predict_layers, nblocks = (size_t)c->num_hidden_layers + D;
+    const size_t mdrop = 3 * A(N * C * 4) + A(2 * N * C * 4);
+    const size_t less = (SLOTS * nblocks - 1) * drop + (D > 0 ? (SLOTS * D - 1) * mdrop : 0) + (SLOTS - 1) * A(N * C * 4);
+    EXPECT(off.mem.acts - on.mem.acts == less, "%s: activations %zu without, %zu with recompute; expected %zu less",
+           what, off.mem.acts, on.mem.acts, less);
     EXPECT(on.mem.scratch - off.mem.scratch == A(N * C * 4) + A(N * 4), "%s: backward scratch %zu without, %zu with",
            what, off.mem.scratch, on.mem.scratch);
-    printf("%s Rq %zu mtp %d %s: %zu gradients (%zu non-zero) bit-identical: %s; activations %zu -> %zu bytes\n",
+    printf("%s Rq %zu mtp %d %s: %zu gradients (%zu non-zero) bit-identical: %s; activations (%d slots) %zu -> %zu bytes\n",
            what, Rq, c->num_nextn_predict_layers, mode == MODEL_TRAIN ? "fused" : "split", off.n, nonzero,
-           first_diff == off.n ? "yes" : "no", off.mem.acts, on.mem.acts);
+           first_diff == off.n ? "yes" : "no", SLOTS, off.mem.acts, on.mem.acts);
     free(off.grads);
     free(on.grads);
 }
