@@ -271,16 +271,14 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
         DIE("model: 'train.seq_len' = %d leaves no position for MTP depth %d", T, c->num_nextn_predict_layers);
     if (strcmp(c->attention, "mla") != 0)
         DIE("model: 'model.attention' = '%s' can be planned but not trained; training supports 'mla'", c->attention);
-    const int recompute = !!(train & MODEL_RECOMPUTE);
-    train &= ~MODEL_RECOMPUTE;
-    CHECK(train == MODEL_EVAL || train == MODEL_TRAIN || train == MODEL_TRAIN_SPLIT);
+    CHECK(train >= MODEL_EVAL && (train & ~MODEL_RECOMPUTE) <= MODEL_TRAIN_SPLIT);
     CHECK(sp->lo >= 0 && sp->lo <= sp->hi && sp->hi <= c->num_hidden_layers && sp->n_slots >= 1);
     CHECK(sp->first == (sp->lo == 0) && sp->last == (sp->hi == c->num_hidden_layers));
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *c;
     m->o = o;
-    m->train = train;
-    m->recompute = recompute;
+    m->train = train & ~MODEL_RECOMPUTE;
+    m->recompute = !!(train & MODEL_RECOMPUTE);
     m->lo = sp->lo;
     m->hi = sp->hi;
     m->first = sp->first;
@@ -316,13 +314,13 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
 
     m->bytes_params = m->table.total * sizeof(float);
     m->params = o->alloc(o, m->bytes_params);
-    if (train) m->grads = o->alloc(o, m->bytes_params);
+    if (m->train) m->grads = o->alloc(o, m->bytes_params);
     m->copy_arena = arena_build(m, plan_weights, &m->bytes_copies);
     list_weights(m);
     if (m->grads) bind_grads(m);
     m->step_row = (size_t)m->d.N * (1 + m->d.D) + (size_t)m->n_moe * B;
     m->act_arena = arena_build(m, plan_acts, &m->bytes_acts);
-    if (train) m->scratch_arena = arena_build(m, plan_backward, &m->bytes_scratch);
+    if (m->train) m->scratch_arena = arena_build(m, plan_backward, &m->bytes_scratch);
 
     const size_t half = (size_t)m->d.Dr / 2;
     float *cs = xcalloc((size_t)T * half + 1, sizeof(float)), *sn = xcalloc((size_t)T * half + 1, sizeof(float));
