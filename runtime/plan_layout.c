@@ -77,8 +77,9 @@ static double block_act_token(const Config *c, int moe)
 /* What train.recompute = false keeps besides, per token (a each): block: input_layernorm and
  * post_attention_layernorm outputs 2C; MLA: q_a_layernorm's Rq and W_qb's H*Dqk (Rq > 0),
  * kv_a_layernorm's Rkv and W_kvb's H*(Dn+Dv); MTP module: enorm|hnorm outputs (eh_proj's
- * input) 2C and shared_head.norm's C; head: the final norm's C. (The k, v the kernel reads are
- * views of W_kvb's output and the rope key, as o is of W_o's input.) */
+ * input) 2C and shared_head.norm's C; head: the final norm's C. (The attention kernel's k, v
+ * are W_kvb's output and the rope key rearranged: a kernel reading them in place needs no
+ * copy, so they are not counted; this build's copy is in train's own figure, plan_build_arenas.) */
 static double dropped_act_token(const Config *c, int item)
 {
     const ModelConfig *m = &c->model;
