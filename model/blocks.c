@@ -209,29 +209,33 @@ void block_bind_grads(BlockGrads *g, const ParamTable *t, const ModelConfig *c, 
 #define ACT(n) ((size_t)(n) * (size_t)d->act_bytes)
 #define I32(n) ((size_t)(n) * sizeof(int32_t))
 
-void block_acts_plan(BlockActs *a, const Dims *d, int moe, Arena *ar)
+/* A block's own buffer of n bytes, or the shared set's member (train.recompute). */
+#define OWN(sh, member, n) ((sh) ? (void *)(sh)->member : arena_take(ar, (n)))
+
+void block_acts_plan(BlockActs *a, const Dims *d, int moe, const BlockActs *sh, Arena *ar)
 {
     memset(a, 0, sizeof *a);
     const size_t N = (size_t)d->N, NK = N * (size_t)d->K;
-    a->ln1 = arena_take(ar, ACT(N * d->C));
+    a->ln1 = OWN(sh, ln1, ACT(N * d->C));
     a->ln1_rstd = arena_take(ar, F32(N));
     if (d->Rq > 0) {
         a->cq_raw = arena_take(ar, ACT(N * d->Rq));
-        a->cq = arena_take(ar, ACT(N * d->Rq));
+        a->cq = OWN(sh, cq, ACT(N * d->Rq));
         a->cq_rstd = arena_take(ar, F32(N));
     }
-    a->q = arena_take(ar, ACT(N * d->H * d->Dqk));
+    const BlockActs *shq = d->Rq > 0 ? sh : NULL;  /* q_proj's output (Rq = 0) is kept */
+    a->q = OWN(shq, q, ACT(N * d->H * d->Dqk));
     a->ckv_raw = arena_take(ar, ACT(N * d->Rkv));
-    a->ckv = arena_take(ar, ACT(N * d->Rkv));
+    a->ckv = OWN(sh, ckv, ACT(N * d->Rkv));
     a->ckv_rstd = arena_take(ar, F32(N));
     a->k_rope = arena_take(ar, ACT(N * d->Dr));
-    a->kv = arena_take(ar, ACT(N * d->H * (d->Dn + d->Dv)));
-    a->k = arena_take(ar, ACT(N * d->H * d->Dqk));
-    a->v = arena_take(ar, ACT(N * d->H * d->Dv));
+    a->kv = OWN(sh, kv, ACT(N * d->H * (d->Dn + d->Dv)));
+    a->k = OWN(sh, k, ACT(N * d->H * d->Dqk));
+    a->v = OWN(sh, v, ACT(N * d->H * d->Dv));
     a->att = arena_take(ar, ACT(N * d->H * d->Dv));
     a->lse = arena_take(ar, F32((size_t)d->B * d->H * d->T));
     a->x_mid = arena_take(ar, ACT(N * d->C));
-    a->ln2 = arena_take(ar, ACT(N * d->C));
+    a->ln2 = OWN(sh, ln2, ACT(N * d->C));
     a->ln2_rstd = arena_take(ar, F32(N));
     int hidden = moe ? d->Fs : d->I;
     if (hidden > 0) {
@@ -251,6 +255,22 @@ void block_acts_plan(BlockActs *a, const Dims *d, int moe, Arena *ar)
         CHECK(a->ep.recv_cap >= d->R);   /* the pool: at most the worst case (moe_plan_pool) */
     }
     a->x_out = arena_take(ar, ACT(N * d->C));
+}
+
+void block_dropped_plan(BlockActs *a, const Dims *d, Arena *ar)
+{
+    memset(a, 0, sizeof *a);
+    const size_t N = (size_t)d->N;
+    a->ln1 = arena_take(ar, ACT(N * d->C));
+    if (d->Rq > 0) {
+        a->cq = arena_take(ar, ACT(N * d->Rq));
+        a->q = arena_take(ar, ACT(N * d->H * d->Dqk));
+    }
+    a->ckv = arena_take(ar, ACT(N * d->Rkv));
+    a->kv = arena_take(ar, ACT(N * d->H * (d->Dn + d->Dv)));
+    a->k = arena_take(ar, ACT(N * d->H * d->Dqk));
+    a->v = arena_take(ar, ACT(N * d->H * d->Dv));
+    a->ln2 = arena_take(ar, ACT(N * d->C));
 }
 
 void scratch_plan(Scratch *s, const Dims *d, Arena *ar)

@@ -154,8 +154,16 @@ void param_bind_wgt(Wgt *w, Ops *o, const ParamTable *t, float *params, const ch
 /* The block's Linear weights that are bound (list NULL: only counted); returns the count. */
 int block_wgts(BlockWeights *w, int E, Wgt **list);
 
-/* Activation and scratch planning in an arena (runtime/common.h: count, then take). */
-void block_acts_plan(BlockActs *a, const Dims *d, int moe, Arena *ar);
+/* Activation and scratch planning in an arena (runtime/common.h: count, then take). shared:
+ * NULL, or (train.recompute) the one set of the dropped tensors that block_dropped_plan planned,
+ * which the block's members point at instead of buffers of its own. */
+void block_acts_plan(BlockActs *a, const Dims *d, int moe, const BlockActs *shared, Arena *ar);
+/* train.recompute (SPEC.md section 3): the tensors a block does not keep, planned once for all
+ * blocks and slots: the RMSNorm outputs ln1, cq, ckv, ln2 and the MLA up-projections' outputs q
+ * (W_qb; q_proj's output stays per block when Rq = 0), kv (W_kvb) and the k, v built from it.
+ * Each is live only inside one synchronous call (the MLA forward, B or W) except ln2, which a
+ * MoE block's F holds from its gate to its experts phase (one F pass in flight per Model). */
+void block_dropped_plan(BlockActs *a, const Dims *d, Arena *ar);
 void block_acts_free(BlockActs *a);     /* the host-side parts (dispatch offsets) */
 void scratch_plan(Scratch *s, const Dims *d, Arena *ar);
 /* moe: 1 for an MoE block, 0 for a dense one, -1 for a set every block shares. */
@@ -184,6 +192,11 @@ void mla_backward_input(const Ctx *x, const BlockWeights *w, BlockBwd *bw, Block
                         act *dres);
 void mla_backward_weight(const Ctx *x, const BlockWeights *w, BlockGrads *g, const BlockBwd *bw,
                          const BlockActs *a, const act *x_in);
+/* train.recompute: the dropped tensors again from what the block keeps (x_in, cq_raw, ckv_raw,
+ * the roped k_rope), by the forward's ops on the same inputs (the same bits). weights 0 (for B):
+ * q, k, v and the cq, ckv they come from; weights 1 (for W): ln1, cq, ckv. rstd: (N) scratch
+ * for the recomputed norms' rstd (the kept ones are not written). */
+void mla_recompute(const Ctx *x, const BlockWeights *w, BlockActs *a, const act *x_in, float *rstd, int weights);
 
 /* FFN sublayer: a->x_mid -> a->x_out. MoE also writes expert counts (E) when counts != NULL
  * and the per-sequence balance loss (B) when bal_loss != NULL. */

@@ -127,3 +127,25 @@ void mla_backward_weight(const Ctx *x, const BlockWeights *w, BlockGrads *g, con
     }
     o->rmsnorm_backward_weight(o, g->ln1, bw->dln1, x_in, a->ln1_rstd, N, C);
 }
+
+void mla_recompute(const Ctx *x, const BlockWeights *w, BlockActs *a, const act *x_in, float *rstd, int weights)
+{
+    Ops *o = x->o;
+    const Dims *d = x->d;
+    const int N = d->N, C = d->C, H = d->H, Dqk = d->Dqk;
+
+    if (weights) o->rmsnorm_forward(o, a->ln1, rstd, x_in, w->ln1, N, C, (float)x->cfg->rms_norm_eps);
+    if (d->Rq > 0) {
+        o->rmsnorm_forward(o, a->cq, rstd, a->cq_raw, w->q_a_norm, N, d->Rq, MLA_LATENT_NORM_EPS);
+        if (!weights) {
+            o->matmul_forward(o, a->q, a->cq, &w->q_b, N, d->Rq, H * Dqk);
+            RopeShape rq = { N, d->T, H, H * Dqk, Dqk, d->Dn, d->Dr };
+            o->rope_forward(o, a->q, x->rope_cos, x->rope_sin, &rq);
+        }
+    }
+    o->rmsnorm_forward(o, a->ckv, rstd, a->ckv_raw, w->kv_a_norm, N, d->Rkv, MLA_LATENT_NORM_EPS);
+    if (weights) return;
+    o->matmul_forward(o, a->kv, a->ckv, &w->kv_b, N, d->Rkv, H * (d->Dn + d->Dv));
+    MlaKvShape ks = { N, H, d->Dn, d->Dr, d->Dv };
+    o->mla_kv_split(o, a->k, a->v, a->kv, a->k_rope, &ks);
+}

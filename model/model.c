@@ -55,14 +55,14 @@ static void plan_slot_acts(Model *m, ModelSlot *sl, Arena *ar)
     sl->targets = arena_take(ar, N * sizeof(int32_t));
     sl->x0 = arena_take(ar, N * d->C * d->act_bytes);
     for (int b = 0; b < m->nblocks; b++)
-        if (stage_has_block(m, b)) block_acts_plan(&sl->acts[b], d, m->is_moe[b], ar);
+        if (stage_has_block(m, b)) block_acts_plan(&sl->acts[b], d, m->is_moe[b], m->recompute ? &m->rc : NULL, ar);
     sl->bal_loss = arena_take(ar, (size_t)(m->n_moe ? m->n_moe : 1) * d->B * sizeof(float));
     if (!m->last) return;
-    sl->hf = arena_take(ar, N * d->C * d->act_bytes);
+    sl->hf = m->recompute ? m->rc_hf : arena_take(ar, N * d->C * d->act_bytes);
     sl->hf_rstd = arena_take(ar, N * sizeof(float));
     sl->logits = arena_take(ar, N * d->V * d->act_bytes);
     sl->losses = arena_take(ar, N * sizeof(float));
-    for (int k = 0; k < d->D; k++) mtp_acts_plan(&sl->mtp[k], d, ar);
+    for (int k = 0; k < d->D; k++) mtp_acts_plan(&sl->mtp[k], d, m->recompute ? &m->rc_mtp : NULL, ar);
 }
 
 /* Activations of every slot, and what the slots share. */
@@ -71,6 +71,11 @@ static void plan_acts(Model *m, Arena *ar)
     const Dims *d = &m->d;
     const size_t N = (size_t)d->N;
     if (d->ep) ep_group_plan(d->ep, d->N, d->K, d->C, ar);
+    if (m->recompute) block_dropped_plan(&m->rc, d, ar);
+    if (m->recompute && m->last) {
+        m->rc_hf = arena_take(ar, N * d->C * d->act_bytes);
+        if (d->D > 0) mtp_dropped_plan(&m->rc_mtp, d, ar);
+    }
     for (int i = 0; i < m->n_slots; i++) plan_slot_acts(m, &m->slots[i], ar);
     m->dloss_main = arena_take(ar, N * sizeof(float));
     m->logits_r = arena_take(ar, N * (d->E > 0 ? d->E : 1) * sizeof(float));
@@ -88,6 +93,10 @@ static void plan_backward(Model *m, Arena *ar)
     const Dims *d = &m->d;
     const size_t NC = (size_t)d->N * d->C * d->act_bytes;
     scratch_plan(&m->s, d, ar);
+    if (m->recompute) {
+        m->rc_ln2 = arena_take(ar, NC);
+        m->rc_rstd = arena_take(ar, (size_t)d->N * sizeof(float));
+    }
     BlockBwd shared;
     MtpBwd mtp_shared;
     if (m->train != MODEL_TRAIN_SPLIT) {
@@ -201,7 +210,8 @@ void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *c;
     m->o = o;
-    m->train = train;
+    m->train = train & ~MODEL_RECOMPUTE;
+    m->recompute = !!(train & MODEL_RECOMPUTE);
     dims_from_config(&m->d, c, B, T, (int)o->act_bytes);
     if (ep > 1 && m->d.E > 0) {
         /* the group's sizes without its comm: the count passes below only take arena space */
@@ -229,12 +239,12 @@ void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int
     }
     out->table = entries * sizeof(Param);
     out->params = total * sizeof(float);
-    out->grads = train ? out->params : 0;
+    out->grads = m->train ? out->params : 0;
     Arena ar = { NULL, 0 };
     plan_acts(m, &ar);
     out->acts = ar.used;
     ar.used = 0;
-    if (train) plan_backward(m, &ar);
+    if (m->train) plan_backward(m, &ar);
     out->scratch = ar.used;
     out->pool = pool_bytes(m, m->d.R);
     /* model_create's per-expert host arrays: two Wgts per expert and MoE block, the counts and
@@ -273,13 +283,14 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
         DIE("model: 'train.seq_len' = %d leaves no position for MTP depth %d", T, c->num_nextn_predict_layers);
     if (strcmp(c->attention, "mla") != 0)
         DIE("model: 'model.attention' = '%s' can be planned but not trained; training supports 'mla'", c->attention);
-    CHECK(train == MODEL_EVAL || train == MODEL_TRAIN || train == MODEL_TRAIN_SPLIT);
+    CHECK(train >= MODEL_EVAL && (train & ~MODEL_RECOMPUTE) <= MODEL_TRAIN_SPLIT);
     CHECK(sp->lo >= 0 && sp->lo <= sp->hi && sp->hi <= c->num_hidden_layers && sp->n_slots >= 1);
     CHECK(sp->first == (sp->lo == 0) && sp->last == (sp->hi == c->num_hidden_layers));
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *c;
     m->o = o;
-    m->train = train;
+    m->train = train & ~MODEL_RECOMPUTE;
+    m->recompute = !!(train & MODEL_RECOMPUTE);
     m->lo = sp->lo;
     m->hi = sp->hi;
     m->first = sp->first;
@@ -315,13 +326,13 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
 
     m->bytes_params = m->table.total * sizeof(float);
     m->params = o->alloc(o, m->bytes_params);
-    if (train) m->grads = o->alloc(o, m->bytes_params);
+    if (m->train) m->grads = o->alloc(o, m->bytes_params);
     m->copy_arena = arena_build(m, plan_weights, &m->bytes_copies);
     list_weights(m);
     if (m->grads) bind_grads(m);
     m->step_row = (size_t)m->d.N * (1 + m->d.D) + (size_t)m->n_moe * B;
     m->act_arena = arena_build(m, plan_acts, &m->bytes_acts);
-    if (train) m->scratch_arena = arena_build(m, plan_backward, &m->bytes_scratch);
+    if (m->train) m->scratch_arena = arena_build(m, plan_backward, &m->bytes_scratch);
 
     const size_t half = (size_t)m->d.Dr / 2;
     float *cs = xcalloc((size_t)T * half + 1, sizeof(float)), *sn = xcalloc((size_t)T * half + 1, sizeof(float));
@@ -500,6 +511,7 @@ void block_backward_input(Model *m, int b, const act *x_in, act *dres)
     } else {
         ffn_backward_input(&x, &m->w[b], &m->sl->bw[b], &m->sl->acts[b], dres);
     }
+    if (m->recompute) mla_recompute(&x, &m->w[b], &m->sl->acts[b], x_in, m->rc_rstd, 0);
     mla_backward_input(&x, &m->w[b], &m->sl->bw[b], &m->sl->acts[b], x_in, dres);
 }
 
@@ -508,6 +520,8 @@ int block_forward_part(Model *m, int b, const act *x_in, int train, int part)
     Ctx x = model_ctx(m);
     BlockActs *a = &m->sl->acts[b];
     if (part == 1) {
+        /* ln2, shared by every block under recompute, must still be this F's */
+        CHECK(!m->recompute || (m->rc_slot == m->sl && m->rc_block == b));
         moe_forward_experts(&x, &m->w[b], a);
         return 1;
     }
@@ -522,6 +536,8 @@ int block_forward_part(Model *m, int b, const act *x_in, int train, int part)
     }
     MoeStats st = model_moe_stats(m, b, train);
     moe_forward_gate(&x, &m->w[b], a, &st);
+    m->rc_slot = m->sl;
+    m->rc_block = b;
     return 1;
 }
 
@@ -544,6 +560,7 @@ int block_backward_part(Model *m, int b, const act *x_in, act *dres, int part)
     } else {
         ffn_backward_input(&x, &m->w[b], bw, a, dres);
     }
+    if (m->recompute) mla_recompute(&x, &m->w[b], a, x_in, m->rc_rstd, 0);
     mla_backward_input(&x, &m->w[b], bw, a, x_in, dres);
     return 0;
 }
@@ -563,11 +580,23 @@ void block_wait(Model *m, int b, int part, int backward)
 void block_backward_weight(Model *m, int b, const act *x_in)
 {
     Ctx x = model_ctx(m);
+    const BlockActs *a = &m->sl->acts[b];
+    BlockActs rc;
+    if (m->recompute) {
+        /* the norm outputs the weight gradients read, again: ln1, cq, ckv into the shared set,
+         * ln2 into W's own buffer (an F between a MoE block's phases may hold the shared ln2) */
+        rc = *a;
+        rc.ln2 = m->rc_ln2;
+        mla_recompute(&x, &m->w[b], &rc, x_in, m->rc_rstd, 1);
+        m->o->rmsnorm_forward(m->o, rc.ln2, m->rc_rstd, rc.x_mid, m->w[b].ln2, m->d.N, m->d.C,
+                              (float)m->cfg.rms_norm_eps);
+        a = &rc;
+    }
     if (m->is_moe[b])
-        moe_backward_weight(&x, &m->w[b], &m->g[b], &m->sl->bw[b], &m->sl->acts[b]);
+        moe_backward_weight(&x, &m->w[b], &m->g[b], &m->sl->bw[b], a);
     else
-        ffn_backward_weight(&x, &m->w[b], &m->g[b], &m->sl->bw[b], &m->sl->acts[b]);
-    mla_backward_weight(&x, &m->w[b], &m->g[b], &m->sl->bw[b], &m->sl->acts[b], x_in);
+        ffn_backward_weight(&x, &m->w[b], &m->g[b], &m->sl->bw[b], a);
+    mla_backward_weight(&x, &m->w[b], &m->g[b], &m->sl->bw[b], a, x_in);
 }
 
 /* Mean of the first n host losses over the rows whose weight mask is set. */

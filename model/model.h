@@ -38,6 +38,11 @@ typedef struct Model Model;
 /* model_create's train argument: no gradients; gradients with W right after B (one set of
  * B-to-W buffers shared by every block); or W apart from B (one set per block: more memory). */
 enum { MODEL_EVAL = 0, MODEL_TRAIN = 1, MODEL_TRAIN_SPLIT = 2 };
+/* Or'ed into train (train.recompute, SPEC.md section 3): the blocks keep neither their RMSNorm
+ * outputs nor the MLA up-projections' outputs (one set serves every block and slot; layers.h
+ * block_dropped_plan), nor the last stage its final and MTP norms' outputs, and backward
+ * recomputes them: the same results bit for bit, less memory. */
+enum { MODEL_RECOMPUTE = 4 };
 
 typedef struct ModelLoss {
     double main;                /* mean cross-entropy of the main head (nats) */
@@ -51,8 +56,8 @@ typedef struct LoadStats {
 } LoadStats;
 
 /* Plans every buffer for micro-batches of B x T tokens and allocates it through ops.
- * train: MODEL_EVAL (no gradients or backward scratch), MODEL_TRAIN or MODEL_TRAIN_SPLIT.
- * DIE when the config cannot be built. */
+ * train: MODEL_EVAL (no gradients or backward scratch), MODEL_TRAIN or MODEL_TRAIN_SPLIT,
+ * each optionally | MODEL_RECOMPUTE. DIE when the config cannot be built. */
 Model *model_create(const ModelConfig *c, Ops *o, int B, int T, int train);
 /* The same with expert parallelism over ep_comm (P ranks, P dividing n_routed_experts; NULL or
  * one rank: model_create): every rank keeps the whole parameter table but runs only experts

@@ -72,6 +72,8 @@ struct Model {
     Dims d;
     EpGroup ep;                 /* the expert-parallel group when d.ep == &ep */
     int train;                  /* MODEL_EVAL, MODEL_TRAIN or MODEL_TRAIN_SPLIT */
+    int recompute;              /* MODEL_RECOMPUTE: the blocks share one set of the dropped
+                                 * tensors (rc) and backward recomputes them */
     int lo, hi, first, last;    /* the stage: main blocks [lo, hi), embedding when first, final
                                  * norm, head and MTP when last (the whole model: 0, L, 1, 1) */
     int n_slots;
@@ -115,8 +117,16 @@ struct Model {
     float *counts;              /* (n_moe, E) tokens per expert since model_zero_counts */
     float *bal_dloss;           /* (B) */
 
+    BlockActs rc;               /* recompute: the dropped tensors (block_dropped_plan) */
+    act *rc_hf;                 /* (N,C) recompute, last stage: the final norm's output */
+    MtpActs rc_mtp;             /* recompute, last stage: the MTP norms' (mtp_dropped_plan) */
+    const ModelSlot *rc_slot;   /* recompute: the F whose ln2 rc holds (a MoE block's gate to */
+    int rc_block;               /* its experts phase), for the check that no other F ran between */
+
     /* backward (scratch_arena) */
     Scratch s;
+    act *rc_ln2;                /* (N,C) recompute: W's post_attention_layernorm output */
+    float *rc_rstd;             /* (N) recompute: the recomputed norms' rstd (discarded) */
     act *dcat;                  /* (N,2C) */
 
     double lambda, alpha;
@@ -150,7 +160,13 @@ double model_download_mean(Model *m, const float *dev, int n, int valid);
 
 void mtp_bind(MtpWeights *w, Ops *o, const ParamTable *t, float *params, int layer, Arena *copies);
 void mtp_bind_grads(MtpGrads *g, const ParamTable *t, float *grads, int layer);
-void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar);
+/* shared: NULL, or (recompute) the one set of the norm outputs en, hn, cat (eh_proj's input)
+ * and shn that every module and slot uses (mtp_dropped_plan). */
+void mtp_acts_plan(MtpActs *a, const Dims *d, const MtpActs *shared, Arena *ar);
+void mtp_dropped_plan(MtpActs *a, const Dims *d, Arena *ar);
+/* recompute: module k's norm outputs again for its W (the final norm's output, module 1's
+ * input, is the caller's: stage.c head_recompute). */
+void mtp_recompute(Model *m, int k);
 /* Forward of module k (1-based) from h_prev (N,C); its per-row losses in the slot's
  * mtp[k-1].losses; returns how many rows have a target (the mean's divisor). */
 int mtp_forward(Model *m, int k, const int32_t *window, const act *h_prev, int train);

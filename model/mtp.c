@@ -8,6 +8,8 @@
  */
 #include "model_internal.h"
 
+#include <string.h>
+
 void mtp_bind(MtpWeights *w, Ops *o, const ParamTable *t, float *params, int layer, Arena *copies)
 {
     char name[PARAM_NAME_MAX];
@@ -36,23 +38,36 @@ void mtp_bwd_plan(MtpBwd *b, const Dims *d, Arena *ar)
     b->de = arena_take(ar, NC);
 }
 
-void mtp_acts_plan(MtpActs *a, const Dims *d, Arena *ar)
+/* A module's own buffer of n bytes, or the shared set's member (recompute). */
+#define OWN(sh, member, n) ((sh) ? (sh)->member : arena_take(ar, (n)))
+
+void mtp_acts_plan(MtpActs *a, const Dims *d, const MtpActs *sh, Arena *ar)
 {
     const size_t N = (size_t)d->N, NC = N * d->C * d->act_bytes, F = sizeof(float);
     a->tokens = arena_take(ar, N * sizeof(int32_t));
     a->targets = arena_take(ar, N * sizeof(int32_t));
     a->dloss = arena_take(ar, N * F);
     a->e = arena_take(ar, NC);
-    a->en = arena_take(ar, NC);
+    a->en = OWN(sh, en, NC);
     a->en_rstd = arena_take(ar, N * F);
-    a->hn = arena_take(ar, NC);
+    a->hn = OWN(sh, hn, NC);
     a->hn_rstd = arena_take(ar, N * F);
-    a->cat = arena_take(ar, 2 * NC);
+    a->cat = OWN(sh, cat, 2 * NC);
     a->hprime = arena_take(ar, NC);
-    a->shn = arena_take(ar, NC);
+    a->shn = OWN(sh, shn, NC);
     a->shn_rstd = arena_take(ar, N * F);
     a->logits = arena_take(ar, N * d->V * d->act_bytes);
     a->losses = arena_take(ar, N * F);
+}
+
+void mtp_dropped_plan(MtpActs *a, const Dims *d, Arena *ar)
+{
+    const size_t NC = (size_t)d->N * d->C * d->act_bytes;
+    memset(a, 0, sizeof *a);
+    a->en = arena_take(ar, NC);
+    a->hn = arena_take(ar, NC);
+    a->cat = arena_take(ar, 2 * NC);
+    a->shn = arena_take(ar, NC);
 }
 
 /* Tokens t_{i+k} and targets t_{i+k+1} of module k; returns the number of valid targets. */
@@ -130,6 +145,21 @@ void mtp_backward_input(Model *m, int k)
     o->rmsnorm_backward_input(o, k == 1 ? m->sl->dhf : m->sl->dh_chain, bw->dhn, h_prev, w->hnorm, a->hn_rstd, N, C);
 }
 
+void mtp_recompute(Model *m, int k)
+{
+    Ops *o = m->o;
+    const Dims *d = &m->d;
+    const int N = d->N, C = d->C, blk = d->L + k - 1;
+    const float eps = (float)m->cfg.rms_norm_eps;
+    MtpActs *a = &m->sl->mtp[k - 1];
+    const MtpWeights *w = &m->mtp_w[k - 1];
+    const act *h_prev = k == 1 ? m->sl->hf : m->sl->acts[blk - 1].x_out;
+    o->rmsnorm_forward(o, a->en, m->rc_rstd, a->e, w->enorm, N, C, eps);
+    o->rmsnorm_forward(o, a->hn, m->rc_rstd, h_prev, w->hnorm, N, C, eps);
+    o->concat_forward(o, a->cat, a->en, a->hn, N, C, C);
+    o->rmsnorm_forward(o, a->shn, m->rc_rstd, m->sl->acts[blk].x_out, w->head_norm, N, C, eps);
+}
+
 void mtp_backward_weight(Model *m, int k)
 {
     Ops *o = m->o;
@@ -140,6 +170,7 @@ void mtp_backward_weight(Model *m, int k)
     const MtpWeights *w = &m->mtp_w[k - 1];
     MtpGrads *g = &m->mtp_g[k - 1];
 
+    if (m->recompute) mtp_recompute(m, k);
     o->matmul_backward_weight(o, m->g_head, &m->head, a->logits, a->shn, N, C, d->V);
     o->rmsnorm_backward_weight(o, g->head_norm, bw->dshn, m->sl->acts[blk].x_out, a->shn_rstd, N, C);
     block_backward_weight(m, blk, a->hprime);

@@ -124,6 +124,15 @@ static void backward_start(Model *m)
     m->o->zero(m->o, m->sl->dh_chain, NC);
 }
 
+/* recompute: the final norm's output again (shared by the slots), for module 1's B and W and
+ * the head's W. */
+static void head_recompute(Model *m)
+{
+    if (!m->recompute) return;
+    m->o->rmsnorm_forward(m->o, m->sl->hf, m->rc_rstd, block_input(m, m->hi), m->final_norm, m->d.N, m->d.C,
+                          (float)m->cfg.rms_norm_eps);
+}
+
 /* Head and final norm, B: dhf (dL/dh^0, MTP module 1's share already in) gets the head's
  * share; dres becomes dL/d(last block's output). */
 static void head_backward_input(Model *m)
@@ -152,6 +161,7 @@ void stage_backward_weight(Model *m, int slot)
     CHECK(m->train);
     use_slot(m, slot);
     if (m->last) {
+        head_recompute(m);
         for (int k = d->D; k >= 1; k--) mtp_backward_weight(m, k);
         head_backward_weight(m);
     }
@@ -219,6 +229,7 @@ static int pass_backward(StagePass *p)
     if (p->b == -2) {
         if (m->last) {
             backward_start(m);
+            head_recompute(m);
             for (int k = d->D; k >= 1; k--) {
                 mtp_backward_input(m, k);
                 if (fused) mtp_backward_weight(m, k);

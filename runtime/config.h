@@ -39,6 +39,7 @@
     X(INT, val_every, "50", "validation loss every N steps (0: only at the end)") \
     X(INT, val_batches, "8", "micro-batches per validation (>= 1)") \
     X(BOOL, bf16_moments, "false", "store AdamW moments rounded to BF16") \
+    X(BOOL, recompute, "false", "drop RMSNorm and MLA up-projection outputs, recompute them in backward") \
     X(INT, checkpoint_every, "0", "save a checkpoint every N steps (0: only at the end)") \
     X(INT, keep_checkpoints, "3", "checkpoints kept in the run directory") \
     X(STR, trace_steps, "", "steps to record in <run>/trace.json (Perfetto), e.g. \"5,6\" or \"3-5\" (empty: none)") \

@@ -192,9 +192,10 @@ void plan_compute(Plan *p, const Config *c)
         const double G = 1073741824.0;
         plan_problem(p, 1, "pp rank %d needs %.4g GiB per GPU > 'cluster.hbm_gib' = %g (weights "
                      "%.4g, gradients %.4g, optimizer %.4g, activations %.4g, workspace %.4g GiB); "
-                     "raise 'parallel.pp' or 'parallel.dp', or lower 'train.micro_batch_size'",
+                     "raise 'parallel.pp' or 'parallel.dp', or lower 'train.micro_batch_size'%s",
                      p->peak_rank, r->total_bytes / G, p->cfg.cluster.hbm_gib, r->weight_bytes / G,
-                     r->grad_bytes / G, r->optim_bytes / G, r->act_bytes / G, r->workspace_bytes / G);
+                     r->grad_bytes / G, r->optim_bytes / G, r->act_bytes / G, r->workspace_bytes / G,
+                     p->cfg.train.recompute ? "" : ", or set 'train.recompute = true'");
     }
     params_free(&t);
 }
@@ -225,11 +226,13 @@ static void usage(FILE *f)
         "\n"
         "What a run of CONFIG will cost, before it starts: parameters (total, activated per\n"
         "token, per role, per pipeline stage and per rank), FLOPs per token, the BF16 KV cache\n"
-        "per token, memory per GPU, MoE all-to-all traffic and time over NVLink and InfiniBand,\n"
-        "and the pipeline (F, B, W, F&B, bubble, step time, tokens/s/GPU, GPU-hours per trillion\n"
-        "tokens) for the [parallel] layout on the [cluster] machine at its assumed 'cluster.mfu';\n"
-        "the headline figures are also given under each schedule (1f1b, zb1p, dualpipe,\n"
-        "dualpipev). Nothing is allocated or run. README section \"dstrain plan\" has the formulas.\n"
+        "per token, memory per GPU (activations as 'train.recompute' sets them; at pp 1 also the\n"
+        "activation bytes train's start-up table will print), MoE all-to-all traffic and time\n"
+        "over NVLink and InfiniBand, and the pipeline (F, B, W, F&B, bubble, step time,\n"
+        "tokens/s/GPU, GPU-hours per trillion tokens) for the [parallel] layout on the [cluster]\n"
+        "machine at its assumed 'cluster.mfu'; the headline figures are also given under each\n"
+        "schedule (1f1b, zb1p, dualpipe, dualpipev). Nothing is allocated or run. README section\n"
+        "\"dstrain plan\" has the formulas.\n"
         "\n"
         "options:\n"
         "  --set section.key=value   override a config key (repeatable), as for train\n"

@@ -152,6 +152,10 @@ typedef struct Plan {
     double pool_factor;           /* expert rows an MoE layer keeps per micro-batch, as a multiple
                                      of the mean K per token (plan_pool_factor) */
     double pool_layer_bytes;      /* their bytes per MoE layer and micro-batch */
+    /* What train's start-up memory table prints at pp 1: the model's activation arena and
+     * backward scratch in this build's layout (model_plan_bytes); -1 where train builds no
+     * single model of the config (pp > 1, or a config it cannot train) */
+    double build_act_bytes, build_scratch_bytes;
     PlanRow rows[PLAN_SCHED_COUNT];
     int n_problems, n_errors;
     int problem_error[PLAN_MAX_PROBLEMS];   /* 1: the layout cannot run; 0: a note */

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "../model/flops.h"
+#include "../model/model.h"
 #include "common.h"
 #include "plan.h"
 
@@ -23,8 +24,9 @@ static double linear_input_bytes(const Config *c)
     return strcmp(c->train.precision, "fp8") ? act_elem_bytes(c) : 1.0 + 4.0 / 128.0;
 }
 
-/* Activations one block stores per token for its backward. SPEC section 3: every RMSNorm
- * output and the MLA up-projections W_qb, W_kvb are recomputed in backward, not stored.
+/* Activations one block stores per token for its backward. SPEC section 3, with
+ * train.recompute: every RMSNorm output and the MLA up-projections W_qb, W_kvb are recomputed
+ * in backward, not stored (without it, dropped_act_token adds them back).
  * a = act_elem_bytes, q = linear_input_bytes. Every tensor counted:
  *   attention, MLA:
  *     x        C          a  block input (residual); input_layernorm recomputed from it
@@ -78,6 +80,28 @@ double plan_pool_factor(const Config *c)
 {
     const double ep = c->parallel.ep > 1 ? c->parallel.ep : 1.0, f = c->moe.capacity_factor;
     return f > 0 && f < ep ? f : ep;
+}
+
+/* What train.recompute = false keeps besides, per token (a each): block: input_layernorm and
+ * post_attention_layernorm outputs 2C; MLA: q_a_layernorm's Rq and W_qb's H*Dqk (Rq > 0),
+ * kv_a_layernorm's Rkv and W_kvb's H*(Dn+Dv); MTP module: enorm|hnorm outputs (eh_proj's
+ * input) 2C and shared_head.norm's C; head: the final norm's C. (The attention kernel's k, v
+ * are W_kvb's output and the rope key rearranged: a kernel reading them in place needs no
+ * copy, so they are not counted; this build's copy is in train's own figure, plan_build_arenas.) */
+static double dropped_act_token(const Config *c, int item)
+{
+    const ModelConfig *m = &c->model;
+    const int L = m->num_hidden_layers, D = m->num_nextn_predict_layers;
+    const double a = act_elem_bytes(c), C = m->hidden_size;
+    if (c->train.recompute || item == L + D) return 0.0;   /* the embedding keeps no norm */
+    if (item == L + D + 1) return C * a;
+    const AttnDims ad = flops_attn_dims(m);
+    double b = 2.0 * C * a;
+    if (!ad.gqa) {
+        if (m->q_lora_rank > 0) b += (m->q_lora_rank + ad.heads * (double)ad.dqk) * a;
+        b += (m->kv_lora_rank + ad.heads * (double)(m->qk_nope_head_dim + ad.dv)) * a;
+    }
+    return b + (item >= L ? 3.0 * C * a : 0.0);
 }
 
 static int fp8_gemm(const Config *c, ParamRole r)
@@ -144,6 +168,7 @@ void plan_build_items(Plan *p, const ParamTable *t)
     }
     p->items[EMB].act_token = 8.0;
     p->items[HEAD].act_token = m->hidden_size * a + 4.0;
+    for (int i = 0; i < p->n_items; i++) p->items[i].act_token += dropped_act_token(c, i);
 }
 
 /* One step of the split's dynamic programme: the cost of appending a stage of weight w to a
@@ -249,6 +274,29 @@ int plan_stage_items(const Plan *p, int s, int *idx)
     return n;
 }
 
+/* Train's own figures at pp 1 (Plan.build_act_bytes): the model's planning code counts its
+ * arenas without allocating them. Activations are FP32 containers on every backend of this
+ * build (kernels/ops.h: act_bytes 4), whatever train.precision rounds them to. */
+static void plan_build_arenas(Plan *p)
+{
+    const Config *c = &p->cfg;
+    const ModelConfig *m = &c->model;
+    p->build_act_bytes = p->build_scratch_bytes = -1.0;
+    if (c->parallel.pp != 1 || strcmp(m->attention, "mla") || m->num_nextn_predict_layers > MTP_MAX ||
+        c->train.seq_len <= m->num_nextn_predict_layers || c->parallel.ep < 1 ||
+        (m->n_routed_experts > 0 && m->n_routed_experts % c->parallel.ep))
+        return;
+    Ops o;
+    memset(&o, 0, sizeof o);
+    o.act_bytes = sizeof(float);
+    ModelBytes mb;
+    model_plan_bytes(m, &o, c->train.micro_batch_size, c->train.seq_len,
+                     MODEL_TRAIN | (c->train.recompute ? MODEL_RECOMPUTE : 0), c->parallel.ep, c->moe.capacity_factor,
+                     &mb);
+    p->build_act_bytes = (double)mb.acts;
+    p->build_scratch_bytes = (double)mb.scratch;
+}
+
 /* Stage activations per micro-batch and, per rank, parameters, gradients, optimizer state
  * (ZeRO-1), activations at the schedule's peak and the logits workspace. Conventions (SPEC 6):
  * compute copies BF16 (FP32 at fp32, where the master is the compute copy; at fp8 the FP8
@@ -327,4 +375,5 @@ void plan_memory(Plan *p)
     p->pool_layer_bytes = N * p->pool_factor * m->num_experts_per_tok *
                           (m->hidden_size + 2.0 * m->moe_intermediate_size) * linear_input_bytes(c);
     free(idx);
+    plan_build_arenas(p);
 }

@@ -187,6 +187,10 @@ static void text_memory(const Plan *p, FILE *f)
         fprintf(f, "  expert-row pool: %s per MoE layer and micro-batch = %g x the mean rows ('moe.capacity_factor' "
                 "= %g; at most ep = %d x, the worst case)\n", fmem(p->pool_layer_bytes).s, p->pool_factor,
                 p->cfg.moe.capacity_factor, p->cfg.parallel.ep);
+    if (p->build_act_bytes >= 0)
+        fprintf(f, "  train's start-up table (this build, FP32 containers, train.recompute = %s): activations "
+                "%.0f bytes, backward scratch %.0f bytes\n", p->cfg.train.recompute ? "true" : "false",
+                p->build_act_bytes, p->build_scratch_bytes);
     fprintf(f, "\n");
 }
 
@@ -422,6 +426,11 @@ static json_t *json_memory(const Plan *p)
     jint(o, "peak_pp_rank", p->peak_rank);
     jnum(o, "peak_bytes", p->peak_rank_bytes);
     jnum(o, "hbm_bytes", p->hbm_bytes);
+    jbool(o, "recompute", p->cfg.train.recompute);
+    if (p->build_act_bytes >= 0) {
+        jnum(o, "train_activation_bytes", p->build_act_bytes);
+        jnum(o, "train_scratch_bytes", p->build_scratch_bytes);
+    }
     jbool(o, "fits", p->peak_rank_bytes <= p->hbm_bytes);
     jnum(o, "expert_pool_factor", p->pool_factor);
     jnum(o, "expert_pool_bytes_per_layer", p->pool_layer_bytes);

@@ -16,7 +16,8 @@ void shard_plan_memory(MemPlan *p, const Config *cfg, Ops *o, const Groups *g)
     const TrainConfig *tc = &cfg->train;
     const int dp = g->dp;
     ModelBytes mb;
-    model_plan_bytes(&cfg->model, o, tc->micro_batch_size, tc->seq_len, 1, g->ep, cfg->moe.capacity_factor, &mb);
+    model_plan_bytes(&cfg->model, o, tc->micro_batch_size, tc->seq_len, MODEL_TRAIN | (tc->recompute ? MODEL_RECOMPUTE : 0),
+                     g->ep, cfg->moe.capacity_factor, &mb);
     const double total = (double)mb.params / sizeof(float);
     const double slice = dp > 1 ? (double)(((size_t)total + dp - 1) / dp) : total, padded = slice * dp;
     memset(p, 0, sizeof *p);

@@ -93,7 +93,8 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     if (g->pp > 1) {
         pp_setup(t, w, g);     /* its stages' optimizers (runtime/train_pp.h) */
     } else {
-        t->model = model_create_ep(&cfg->model, t->o, B, T, 1, g->ep > 1 ? g->ep_comm : NULL, w->node,
+        const int mode = MODEL_TRAIN | (tc->recompute ? MODEL_RECOMPUTE : 0);
+        t->model = model_create_ep(&cfg->model, t->o, B, T, mode, g->ep > 1 ? g->ep_comm : NULL, w->node,
                                    cfg->moe.capacity_factor);
         model_init_params(t->model, (uint64_t)tc->seed);
         shard_init(&t->shard, t->o, model_table(t->model), g, &cfg->optim, tc->bf16_moments);

@@ -244,6 +244,10 @@ static void print_rank_state(Trainer *t, const ParamTable *pt)
     const double planned = r->weight_bytes + r->grad_bytes + r->optim_bytes;
     printf("  %-24s %10.3f MiB  (dstrain plan: %.3f MiB; %zu of the model's parameters here)\n",
            "params+grads+optimizer", mine / MiB, planned / MiB, pt->total);
+    ModelMemory mm;
+    model_memory(t->model, &mm);
+    printf("  activations %zu + backward scratch %zu bytes (train.recompute = %s; dstrain plan: %.0f + %.0f bytes)\n",
+           mm.acts, mm.scratch, t->cfg.train.recompute ? "true" : "false", p.build_act_bytes, p.build_scratch_bytes);
     plan_free(&p);
 }
 

@@ -113,7 +113,7 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     params_build(&p->full, &cfg->model);
     for (int c = 0; c < p->sched.n_chunks; c++) {
         spec_of(t, g->stage, c, &p->spec[c]);
-        const int mode = pipe_exec_train_mode(&p->sched, g->stage, c);
+        const int mode = pipe_exec_train_mode(&p->sched, g->stage, c) | (tc->recompute ? MODEL_RECOMPUTE : 0);
         p->stage[c] = stage_create(&cfg->model, t->o, B, T, mode, &p->spec[c], g->ep > 1 ? g->ep_comm : NULL, w->node);
         model_init_params(p->stage[c], (uint64_t)tc->seed);
         plan_ownership(t, c);

@@ -58,6 +58,7 @@
 
 static Rng rng;
 static ModelConfig cfg;
+static int stage_flags;     /* or'ed into every stage's train mode (MODEL_RECOMPUTE) */
 static Ops *ops;
 
 static void source_path(char *out, size_t n, const char *rel)
@@ -181,7 +182,8 @@ static void pipe_run(Pipe *p, SchedKind kind, int pp, int C, int32_t **win)
             stage_split(LAYERS, p->s.n_stages, sched_stage_of(&p->s, r, c), &sp);
             sp.n_slots = pipe_exec_slots(&p->s, r, c);
             sp.n_micro = C;
-            Model *m = stage_create(&cfg, ops, B_, T_, pipe_exec_train_mode(&p->s, r, c), &sp, NULL, 0);
+            Model *m = stage_create(&cfg, ops, B_, T_, pipe_exec_train_mode(&p->s, r, c) | stage_flags, &sp,
+                                    NULL, 0);
             model_init_params(m, SEED_W);
             model_zero_grads(m);
             model_zero_counts(m);
@@ -297,8 +299,9 @@ static void check(SchedKind kind, int pp, int C)
            "%s pp %d C %d: %zu of %zu one-holder gradients not bit-equal, %zu of %zu shared ones past the bound "
            "(first: element %zu: %.9g vs %.9g)", name, pp, C, t.single_bad, t.single, t.shared_bad, t.shared,
            t.first_bad, t.first_bad < P ? sum[t.first_bad] : 0.0, t.first_bad < P ? ref.grad[t.first_bad] : 0.0);
-    printf("%-9s pp %d C %2d MTP %d: losses bit-equal %s; gradients: %zu bit-equal, %zu summed over 2 copies "
-           "(worst %.3f of the bound)\n", name, pp, C, cfg.num_nextn_predict_layers, loss_bad ? "NO" : "yes",
+    printf("%-9s pp %d C %2d MTP %d%s: losses bit-equal %s; gradients: %zu bit-equal, %zu summed over 2 copies "
+           "(worst %.3f of the bound)\n", name, pp, C, cfg.num_nextn_predict_layers,
+           stage_flags & MODEL_RECOMPUTE ? " recompute" : "", loss_bad ? "NO" : "yes",
            t.single - t.single_bad, t.shared, t.worst);
 
     free(sum);
@@ -340,6 +343,12 @@ int main(void)
     /* MTP depth 2 (a chain of modules on the last stage), every schedule at pp 2 */
     cfg.num_nextn_predict_layers = 2;
     for (int k = 0; k < SCHED_KIND_COUNT; k++) check((SchedKind)k, 2, 4);
+    /* train.recompute (issue 14): the stages share one set of the dropped tensors per Model and
+     * recompute them in B and W, whatever order the schedule interleaves F, B and W in; against
+     * the same unpipelined run without recompute (test_recompute.c: recompute changes no bit) */
+    stage_flags = MODEL_RECOMPUTE;
+    for (int k = 0; k < SCHED_KIND_COUNT; k++) check((SchedKind)k, 2, 4);
+    check(SCHED_DUALPIPEV, 4, 9);
     ops_destroy(ops);
     return test_finish();
 }

@@ -57,6 +57,7 @@ static void tiny_config(Config *c)
     c->train.grad_accum = 4;
     snprintf(c->train.precision, sizeof c->train.precision, "bf16");
     c->train.bf16_moments = 1;
+    c->train.recompute = 1;     /* SPEC 3's layout; test_tiny_no_recompute adds the rest */
     c->moe.max_nodes = 1;
     c->moe.capacity_factor = 1;   /* the expert-row pool at the mean load (test_tiny_pool varies it) */
     c->parallel.pp = 2;
@@ -472,6 +473,37 @@ static void test_layout_errors(const Config *base)
     plan_free(&p);
 }
 
+/* train.recompute = false (issue 14): every RMSNorm output and the MLA up-projections are kept
+ * besides, per token at a = 2 B: a block 2C*2 (input/post-attention norms) + (Rq + H*Dqk)*2
+ * (q_a_layernorm, W_qb) + (Rkv + H*(Dn+Dv))*2 (kv_a_layernorm, W_kvb) = 32 + 24 + 24 = 80; the
+ * MTP module 80 + 3C*2 = 128 (enorm|hnorm, shared_head.norm); the head C*2 = 16 (final norm).
+ * Stage 0 (embedding, 3 blocks): 7744 + 240 * 16 = 11584; stage 1 (block, MTP, head):
+ * 6912 + 224 * 16 = 10496. Train's own figure (pp 1 only): the model keeps per block and
+ * slot, at 4 B in 256-byte arena pieces (N = 16), ln1 512 + cq 256 + q 512 + ckv 256 + kv 512
+ * + k 512 + v 256 + ln2 512 = 3328, once for all 5 blocks with recompute: 4 x 3328 = 13312
+ * less; backward scratch 512 (W's ln2) + 256 (an rstd of 64 B) more. */
+static void test_tiny_no_recompute(const Config *base)
+{
+    Config c = *base;
+    c.train.recompute = 0;
+    Plan p;
+    plan_compute(&p, &c);
+    EXPECT_NEAR(p.stages[0].act_bytes, 11584);
+    EXPECT_NEAR(p.stages[1].act_bytes, 10496);
+    EXPECT(p.build_act_bytes < 0, "pp 2: no train figure expected, got %g", p.build_act_bytes);
+    plan_free(&p);
+    c.parallel.pp = 1;
+    plan_compute(&p, &c);
+    const double off = p.build_act_bytes, off_scratch = p.build_scratch_bytes;
+    plan_free(&p);
+    c.train.recompute = 1;
+    plan_compute(&p, &c);
+    EXPECT(off > 0, "pp 1: train's activation figure %g", off);
+    EXPECT_NEAR(off - p.build_act_bytes, 13312);
+    EXPECT_NEAR(p.build_scratch_bytes - off_scratch, 768);
+    plan_free(&p);
+}
+
 /* Acceptance 2 on the hand-computed tiny config. */
 static void test_tiny(void)
 {
@@ -494,6 +526,7 @@ static void test_tiny(void)
     test_tiny_dualpipev(&c);
     test_tiny_fp8(&c);
     test_tiny_pool(&c);
+    test_tiny_no_recompute(&c);
     test_layout_errors(&c);
 }
 
@@ -526,6 +559,7 @@ static void v3_config(Config *c)
     c->train.grad_accum = 120;
     snprintf(c->train.precision, sizeof c->train.precision, "fp8");
     c->train.bf16_moments = 1;
+    c->train.recompute = 1;     /* TR 3.2.3 */
     c->moe.max_nodes = 4;
     c->moe.capacity_factor = 1.5;   /* as configs/deepseek-v3-671b.toml */
     c->parallel.pp = 16;
