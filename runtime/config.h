@@ -143,6 +143,12 @@ void config_load_text(Config *c, const char *text, const char *origin);
 void config_set(Config *c, const char *assignment);
 /* DIE on the first inconsistency, naming the key(s) and value(s). */
 void config_validate(const Config *c);
+/* Under parallel.pp > 1, a step whose micro-batches are fewer than the schedule takes is split
+ * into the fewest micro-batches it takes that divide its sequences (micro_batch_size and
+ * grad_accum change, their product stays; val_batches keeps the validation sequences). 1 and a
+ * one-line note when it changed c; 0 when nothing needed fitting or nothing fits (then
+ * config_validate refuses the layout). Before config_validate (runtime/config_fit.c). */
+int config_fit_pipeline(Config *c, char *note, size_t n);
 /* The resolved config in the file format, every key. */
 void config_write(const Config *c, FILE *f);
 /* Every section and key with its default and meaning, for --help. */

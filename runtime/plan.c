@@ -281,6 +281,8 @@ int cmd_plan(int argc, char **argv)
     config_load(&c, path);
     for (int i = 0; i < n_sets; i++) config_set(&c, sets[i]);
     free(sets);
+    char fit_note[512];
+    if (config_fit_pipeline(&c, fit_note, sizeof fit_note) && !json) printf("%s\n\n", fit_note);
     /* The model, train and cluster keys must be valid as for train; the layout is the plan's
      * to judge (with its report), so validate with a trivial one. */
     Config trivial = c;

@@ -313,6 +313,8 @@ int cmd_train(int argc, char **argv)
     config_defaults(&cfg);
     config_load(&cfg, a.config);
     for (int i = 0; i < a.n_sets; i++) config_set(&cfg, a.sets[i]);
+    char fit_note[512];
+    const int fitted = config_fit_pipeline(&cfg, fit_note, sizeof fit_note);
     config_validate(&cfg);
     CHECK(the_world != NULL);
     /* these read and write the whole model's weights in one place, which a pipeline rank lacks */
@@ -327,6 +329,7 @@ int cmd_train(int argc, char **argv)
     const int root = g->dp_rank == 0 && g->stage == 0;
     if (!root && !freopen("/dev/null", "w", stdout))
         DIE("cannot silence stdout of rank %d: %s", the_world->rank, strerror(errno));
+    if (fitted) printf("%s\n", fit_note);
 
     guard_install_signals();   /* from here a stop signal is a flag, looked at after each step */
     char *run_dir = xasprintf("%s/%s", cfg.train.run_dir, cfg.train.name);
