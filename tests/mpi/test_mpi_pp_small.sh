@@ -27,21 +27,23 @@
 # and under DualPipe each weight's gradient is the sum of its two mirror copies' partial sums
 # (tests/unit/test_pipeline.c bounds that per element by 4 (n - 1) u sum |t|, u = 2^-24).
 #   (1) Continuous part: a gradient difference of a few u relative per step, carried into the
-#       weights by AdamW; on a loss of the order u times its whole fall (2.8 nats), ~1e-6.
+#       weights by AdamW; on a loss, a few u times its whole fall (2.8 nats): below 1e-6.
 #       Measured: step 1 within 4.4e-9 nats; every loss within 2.5e-8 up to step 32.
 #   (2) Discrete part: the top-k expert choice and the sign in the router-bias update flip
-#       where rounding crosses a near-tie (the log's maxvio differs). A flipped route changes
-#       one token's share (1 / 512 of an expert's 512 token-slots a step) of one step's update
-#       on 2 of 16 experts: ~6e-6 of the 40 steps' updates, which by the measured sensitivity
-#       below (2.4 nats per unit relative change of the updates) is ~1.5e-5 nats per flip.
-#       Measured on this CPU: the first flip at step 33, then step losses within 7.4e-5 nats,
-#       grad norms within 1.2e-4 relative, validation losses within 1.5e-5 (MTP 2.5e-5).
+#       where rounding crosses a near-tie (grad norms jump apart, later maxvio too). A flipped
+#       route changes one token's share (1 / 512 of an expert's 512 token-slots a step) of one
+#       step's update on 2 of 16 experts: ~6e-6 of the 40 steps' updates, which by the
+#       measured sensitivity below (2.4 nats per unit relative change of the updates) is
+#       ~1.5e-5 nats per flip. Measured on this CPU: the first jump at step 33 (grad norms
+#       8e-6 apart), then step losses within 7.4e-5 nats, grad norms within 1.2e-4 relative,
+#       validation losses within 1.5e-5 (MTP 2.5e-5).
 # The bounds below leave room for some 30 flips (another CPU's BLAS rounds otherwise and
 # flips elsewhere): 20x the measured validation gap, 13x the step-loss gap, 17x the grad norm
 # gap. A real fault is far outside them: the learning rate raised by 0.1% (every update 1e-3
 # larger, less than a lost micro-batch, 1/8 of a step, or a lost mirror gradient) moves the
 # step-40 validation loss by 2.4e-3 nats (MTP 4.2e-3; step 20: 4.0e-4), step losses by up to
-# 3.3e-2 and grad norms by up to 150%.
+# 3.3e-2 and grad norms by up to 150% (raised in the pipelined run of this test: 3.5e-3, 1.4e-2,
+# 153%; the loss check fails, the others pass).
 VAL_TOL=5e-4        # absolute, nats, main and MTP validation loss at steps 20 and 40
 STEP_TOL=1e-3       # absolute, nats, every step's main, MTP and balance loss
 GNORM_TOL=2e-3      # relative, every step's grad norm
