@@ -15,20 +15,32 @@
 #include "runtime/plan.h"
 #include "runtime/pipeline/schedule.h"
 
+/* A tensor this rank shares (runtime/train_pp.h "Ownership"): the chunks holding it here and
+ * where, summed into pack[at, at + numel) and exchanged with the mirror rank. */
+typedef struct Mirror {
+    int n_loc;                  /* local holders: 1 or 2 chunks */
+    int chunk[2];
+    size_t off[2];              /* offsets in those chunks' flat tables */
+    size_t numel, at;
+} Mirror;
+
 struct PpTrainer {
     Schedule sched;
     int *stage_lo;              /* [n_stages + 1] stage s runs main layers [stage_lo[s], stage_lo[s+1]) */
     ParamTable full;            /* the whole model's table (checkpoints, reductions) */
     Model *stage[2];            /* [chunk]: each allocates only the tensors it holds */
     StageSpec spec[2];
-    Optimizer opt[2];           /* [chunk]: AdamW over the stage's own table */
+    Shard shard[2];             /* [chunk]: regions, ZeRO-1 slices, optimizer shards (runtime/shard.h) */
     unsigned char *first_holder[2];     /* [chunk][local entry]: no earlier (rank, chunk) holds it */
+    Comm *pair;                 /* this rank and its mirror rank (NULL: it shares nothing with another) */
+    Mirror *mirror;             /* the tensors held twice, in global table order */
+    int n_mirror;
+    float *pack;                /* (the mirrored floats) host */
+    size_t pack_n;
     PipeLink *link;
     PipeExec ex;
     int32_t **windows;          /* [C] (B, T+1) host */
     ModelLoss *losses;          /* [C] */
-    float *host_grad;           /* (full total) */
-    float *host_tmp;            /* (full total) */
     float *counts, *counts_tmp; /* (n_moe, E) */
 };
 
@@ -89,7 +101,67 @@ static void plan_ownership(Trainer *t, int c)
             }
         p->first_holder[c][i] = (unsigned char)first;
     }
-    optim_init(&p->opt[c], t->o, pt, &t->cfg.optim, t->cfg.train.bf16_moments);
+    shard_init(&p->shard[c], t->o, pt, t->groups, &t->cfg.optim, t->cfg.train.bf16_moments);
+}
+
+/* Whether (rank, chunk) holds entry e of the whole table (its stage's tensors; the experts of
+ * this rank's EP slice are checked by the caller). */
+static int holds(Trainer *t, int rank, int chunk, const Param *e)
+{
+    StageSpec sp;
+    spec_of(t, rank, chunk, &sp);
+    return stage_holds(&sp, &t->cfg.model, e);
+}
+
+/* The tensors this rank holds twice (in two chunks, or here and on another PP rank: DualPipe's
+ * mirror stages, the MTP embedding copy), and the pair communicator with the one other rank
+ * sharing any (every schedule pairs ranks: DualPipe r with pp-1-r, 1F1B/ZB1P with MTP 0 with
+ * pp-1). Collective over pp_comm. */
+static void plan_mirrors(Trainer *t)
+{
+    struct PpTrainer *p = t->pp;
+    const int me = t->groups->stage, pp = t->groups->pp, C = p->sched.n_chunks;
+    int *loc[2] = { NULL, NULL }, partner = -1;
+    for (int c = 0; c < C; c++) {
+        const ParamTable *pt = model_table(p->stage[c]);
+        loc[c] = xmalloc(((size_t)p->full.n + 1) * sizeof(int));
+        for (int j = 0; j < p->full.n; j++) loc[c][j] = -1;
+        for (int i = 0; i < pt->n; i++) loc[c][pt->p[i].index] = i;
+    }
+    p->mirror = xcalloc((size_t)p->full.n + 1, sizeof(Mirror));
+    for (int j = 0; j < p->full.n; j++) {
+        Mirror m = { 0 };
+        for (int c = 0; c < C; c++) {
+            if (loc[c][j] < 0) continue;
+            const Param *e = &model_table(p->stage[c])->p[loc[c][j]];
+            m.chunk[m.n_loc] = c;
+            m.off[m.n_loc++] = e->offset;
+            m.numel = e->numel;
+        }
+        if (m.n_loc == 0) continue;
+        int shared = m.n_loc > 1;
+        for (int r = 0; r < pp; r++)
+            for (int k = 0; k < C && r != me; k++)
+                if (holds(t, r, k, &p->full.p[j])) {
+                    if (partner >= 0 && partner != r)
+                        BUG("pp: rank %d shares tensors with ranks %d and %d (one mirror expected)", me, partner, r);
+                    partner = r;
+                    shared = 1;
+                }
+        if (!shared) continue;
+        m.at = p->pack_n;
+        p->pack_n += m.numel;
+        p->mirror[p->n_mirror++] = m;
+    }
+    for (int c = 0; c < C; c++) free(loc[c]);
+    p->pack = xcalloc(p->pack_n + 1, sizeof(float));
+    /* every rank splits (collective); a rank without a mirror is alone in its colour */
+    Comm *pair = comm_split(t->groups->pp_comm, partner < 0 ? me : (me < partner ? me : partner), me);
+    if (pair->size > 1) {
+        p->pair = pair;
+    } else {
+        comm_destroy(pair);
+    }
 }
 
 static int count_sends(const SchedList *l)
@@ -117,6 +189,7 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
         model_init_params(p->stage[c], (uint64_t)tc->seed);
         plan_ownership(t, c);
     }
+    plan_mirrors(t);
     t->model = p->stage[0];
     p->link = p2p_link_create(g->pp_comm, t->o, stage_io_bytes(p->stage[0]),
                               count_sends(&p->sched.rank[g->stage]) + 1);
@@ -124,8 +197,6 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     p->windows = xcalloc((size_t)C, sizeof(int32_t *));
     for (int i = 0; i < C; i++) p->windows[i] = xcalloc((size_t)B * (T + 1), sizeof(int32_t));
     p->losses = xcalloc((size_t)C, sizeof(ModelLoss));
-    p->host_grad = xmalloc(p->full.total * sizeof(float));
-    p->host_tmp = xmalloc(p->full.total * sizeof(float));
     const size_t nc = (size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1;
     p->counts = xcalloc(nc, sizeof(float));
     p->counts_tmp = xcalloc(nc, sizeof(float));
@@ -138,15 +209,16 @@ void pp_free(Trainer *t)
     pipe_exec_free(&p->ex);
     p2p_link_free(p->link);
     for (int c = 0; c < p->sched.n_chunks; c++) {
-        optim_free(&p->opt[c]);
+        shard_free(&p->shard[c], t->o);
         free(p->first_holder[c]);
         model_destroy(p->stage[c]);
     }
     for (int i = 0; i < p->sched.micro_batches; i++) free(p->windows[i]);
     free(p->windows);
     free(p->losses);
-    free(p->host_grad);
-    free(p->host_tmp);
+    free(p->mirror);
+    free(p->pack);
+    comm_destroy(p->pair);
     free(p->counts);
     free(p->counts_tmp);
     sched_free(&p->sched);
@@ -159,51 +231,49 @@ void pp_free(Trainer *t)
 
 const ParamTable *pp_table(const Trainer *t) { return &t->pp->full; }
 
-/* full (whole table, host) += (or <-, add = 0) chunk c's local buffer dev (backend). */
-static void to_full(Trainer *t, int c, float *full, const float *dev, int add)
+/* The tensors held twice: each chunk's gradient <- the sum over every holder (this rank's
+ * chunks in chunk order, then the pair's two sums), so the copies take the same update. Only
+ * those tensors travel (the pack), between exactly their two holding ranks. */
+static void sum_mirrors(Trainer *t)
 {
     struct PpTrainer *p = t->pp;
-    const ParamTable *pt = model_table(p->stage[c]);
-    t->o->download(t->o, p->host_tmp, dev, pt->total * sizeof(float));
-    for (int i = 0; i < pt->n; i++) {
-        const Param *e = &pt->p[i];
-        float *dst = full + e->global_offset;
-        const float *src = p->host_tmp + e->offset;
-        if (add)
-            for (size_t j = 0; j < e->numel; j++) dst[j] += src[j];
-        else
-            memcpy(dst, src, e->numel * sizeof(float));
+    Ops *o = t->o;
+    if (p->n_mirror == 0) return;
+    float *tmp = NULL;
+    for (int k = 0; k < p->n_mirror; k++) {
+        const Mirror *m = &p->mirror[k];
+        float *dst = p->pack + m->at;
+        o->download(o, dst, model_grads(p->stage[m->chunk[0]]) + m->off[0], m->numel * sizeof(float));
+        if (m->n_loc < 2) continue;
+        tmp = tmp ? tmp : xmalloc(p->pack_n * sizeof(float));
+        o->download(o, tmp, model_grads(p->stage[m->chunk[1]]) + m->off[1], m->numel * sizeof(float));
+        for (size_t i = 0; i < m->numel; i++) dst[i] += tmp[i];
+    }
+    free(tmp);
+    if (p->pair) comm_allreduce(p->pair, p->pack, p->pack_n, COMM_F32, COMM_SUM);
+    for (int k = 0; k < p->n_mirror; k++) {
+        const Mirror *m = &p->mirror[k];
+        for (int h = 0; h < m->n_loc; h++)
+            o->upload(o, model_grads(p->stage[m->chunk[h]]) + m->off[h], p->pack + m->at, m->numel * sizeof(float));
     }
 }
 
-/* Chunk c's local buffer dev (backend) <- its rows of full (whole table, host). */
-static void from_full(Trainer *t, int c, float *dev, const float *full)
-{
-    struct PpTrainer *p = t->pp;
-    const ParamTable *pt = model_table(p->stage[c]);
-    for (int i = 0; i < pt->n; i++) {
-        const Param *e = &pt->p[i];
-        memcpy(p->host_tmp + e->offset, full + e->global_offset, e->numel * sizeof(float));
-    }
-    t->o->upload(t->o, dev, p->host_tmp, pt->total * sizeof(float));
-}
-
-/* Every chunk's gradients <- the whole gradient's rows: the sum over chunks and PP ranks (each
- * entry has at most two holders, the others add zero), then over the DP replicas (their data
- * shares; under EP an expert's gradient comes from the ranks running it, as in train.h).
- * Returns the global norm of the mean gradient (the sum / dp; optim_step applies the 1/dp). */
+/* The gradients summed over every holder and data-parallel replica, into each chunk's ZeRO-1
+ * slices (runtime/shard.h: replicated tensors over dp_comm, experts over edp_comm), after the
+ * mirror sums. Returns the global norm of the mean gradient: every tensor counted once (by its
+ * first holder's slices), the slices' sums of squares summed over the whole job. */
 static double reduce_grads(Trainer *t)
 {
     struct PpTrainer *p = t->pp;
     const Groups *g = t->groups;
-    const size_t total = p->full.total;
-    memset(p->host_grad, 0, total * sizeof(float));
-    for (int c = 0; c < n_chunks(t); c++) to_full(t, c, p->host_grad, model_grads(p->stage[c]), 1);
-    comm_allreduce(g->pp_comm, p->host_grad, total, COMM_F32, COMM_SUM);
-    if (g->dp > 1) comm_allreduce(g->dp_comm, p->host_grad, total, COMM_F32, COMM_SUM);
-    for (int c = 0; c < n_chunks(t); c++) from_full(t, c, model_grads(p->stage[c]), p->host_grad);
+    sum_mirrors(t);
     double sq = 0;
-    for (size_t i = 0; i < total; i++) sq += (double)p->host_grad[i] * p->host_grad[i];
+    for (int c = 0; c < n_chunks(t); c++) {
+        shard_reduce_grads(&p->shard[c], t->o, model_grads(p->stage[c]));
+        sq += shard_slice_sumsq(&p->shard[c], p->first_holder[c]);
+    }
+    comm_allreduce(g->pp_comm, &sq, 1, COMM_F64, COMM_SUM);
+    if (g->dp > 1) comm_allreduce(g->dp_comm, &sq, 1, COMM_F64, COMM_SUM);
     return sqrt(sq) / g->dp;
 }
 
@@ -278,8 +348,10 @@ void pp_train_step(Trainer *t, StepMetrics *s)
     s->grad_norm = reduce_grads(t);
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
     const double scale = clip_scale(s->grad_norm, c->optim.grad_clip) / t->groups->dp;
-    for (int k = 0; k < n_chunks(t); k++)
-        optim_step(&p->opt[k], model_params(p->stage[k]), model_grads(p->stage[k]), s->lr, scale);
+    for (int k = 0; k < n_chunks(t); k++) {
+        shard_step(&p->shard[k], model_params(p->stage[k]), s->lr, scale);
+        shard_gather_params(&p->shard[k], t->o, model_params(p->stage[k]));
+    }
     reduce_counts(t, s, gamma);
     s->max_nodes = 0;
     t->step++;
@@ -366,13 +438,16 @@ void pp_gather_state(Trainer *t)
     for (int k = 0; k < 3; k++) memset(dst[k], 0, total * sizeof(float));
     for (int c = 0; c < n_chunks(t); c++) {
         const ParamTable *pt = model_table(p->stage[c]);
-        const float *src[3] = { model_params(p->stage[c]), p->opt[c].m, p->opt[c].v };
+        float *src[3];
+        for (int k = 0; k < 3; k++) src[k] = xmalloc((pt->total + 1) * sizeof(float));
+        t->o->download(t->o, src[0], model_params(p->stage[c]), pt->total * sizeof(float));
+        shard_gather_moments(&p->shard[c], t->o, src[1], src[2]);
         for (int k = 0; k < 3; k++) {
-            t->o->download(t->o, p->host_tmp, src[k], pt->total * sizeof(float));
             for (int i = 0; i < pt->n; i++)
                 if (p->first_holder[c][i] && dp_writer(g, &pt->p[i]))
-                    memcpy(dst[k] + pt->p[i].global_offset, p->host_tmp + pt->p[i].offset,
+                    memcpy(dst[k] + pt->p[i].global_offset, src[k] + pt->p[i].offset,
                            pt->p[i].numel * sizeof(float));
+            free(src[k]);
         }
     }
     /* one holder writes each entry, the others add zero: exact */
@@ -386,10 +461,16 @@ void pp_restore(Trainer *t, int step)
 {
     struct PpTrainer *p = t->pp;
     for (int c = 0; c < n_chunks(t); c++) {
-        from_full(t, c, model_params(p->stage[c]), t->host_params);
-        from_full(t, c, p->opt[c].m, t->host_m);
-        from_full(t, c, p->opt[c].v, t->host_v);
-        p->opt[c].step = step;
+        const ParamTable *pt = model_table(p->stage[c]);
+        float *src[3] = { t->host_params, t->host_m, t->host_v }, *dst[3];
+        for (int k = 0; k < 3; k++) {
+            dst[k] = xmalloc((pt->total + 1) * sizeof(float));
+            for (int i = 0; i < pt->n; i++)
+                memcpy(dst[k] + pt->p[i].offset, src[k] + pt->p[i].global_offset, pt->p[i].numel * sizeof(float));
+        }
+        t->o->upload(t->o, model_params(p->stage[c]), dst[0], pt->total * sizeof(float));
+        shard_load_moments(&p->shard[c], t->o, dst[1], dst[2], step);
+        for (int k = 0; k < 3; k++) free(dst[k]);
     }
 }
 
@@ -404,7 +485,7 @@ void pp_print_memory(Trainer *t, FILE *f)
         mine[0] += (double)mm.acts;
         mine[1] += (double)mm.scratch;
         mine[2] += (double)(mm.params + mm.grads + mm.copies);
-        mine[3] += 2.0 * (double)model_table(p->stage[c])->total * sizeof(float);
+        mine[3] += (double)shard_optim_floats(&p->shard[c]) * sizeof(float);
         mine[4] += stage_n_slots(p->stage[c]);
     }
     comm_allgather(t->groups->pp_comm, all, mine, W, COMM_F64);

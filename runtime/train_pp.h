@@ -7,17 +7,18 @@
  *
  * Ownership: a stage allocates, binds and updates only its tensors (model/stage.h
  * stage_holds: its blocks; the embedding when first; final norm, head and the MTP modules, with
- * an embedding copy for MTP, when last): parameters, gradients and AdamW moments exist for
- * those alone (the optimizer runs over the stage's own table). Gradients are summed over the
- * PP group through a whole-table host buffer (each entry has at most two holders, the others
- * add zero), so the two copies of a tensor (DualPipe's mirror stages; the first and last
- * stages' embeddings under 1F1B/ZB1P) take the same update, then over the DP replicas (each
- * reads its share of every micro-batch, as in train.h; no ZeRO slices here: every replica keeps
- * its stages' moments), and the global norm is taken over that sum once. Under EP the stage's
- * MoE layers run their experts across the EP group (the replicas of one PP rank run the same
- * list, so their exchanges match) and a stage holds only its EP rank's experts (model/params.h
- * params_select: the stage's tensors, of the routed experts E/ep), expert gradients arriving
- * with the DP sum (zero from the ranks not holding them).
+ * an embedding copy for MTP, when last). Each chunk's table is sharded as at pp = 1
+ * (runtime/shard.h): replicated tensors summed over dp_comm, under EP its experts over
+ * edp_comm, each region with its ZeRO-1 slices and optimizer shard. A tensor held twice
+ * (DualPipe's mirror stages: stage s on ranks s and pp-1-s; the first and last stages'
+ * embeddings under 1F1B/ZB1P with MTP; DualPipeV's two chunks of rank 0) has its gradient
+ * summed first between exactly its holders: the rank's own chunks, then a pair communicator
+ * with the one other PP rank it shares tensors with, carrying those tensors only, so both
+ * copies take the same update. The global norm counts each tensor once: the first holder's
+ * (ranks, then chunks, in order) slices' sums of squares, summed over pp_comm and dp_comm.
+ * Under EP the stage's MoE layers run their experts across the EP group (the replicas of one
+ * PP rank run the same list, so their exchanges match) and a stage holds only its EP rank's
+ * experts (model/params.h params_select).
  *
  * Checkpoints stay one-rank checkpoints (layout {1, 1, 1, 1}; not yet the per-rank files of
  * runtime/ckpt_shard.h): the ranks sum their tensors' first holders' weights and moments into
