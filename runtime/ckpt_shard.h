@@ -32,4 +32,17 @@ void ckpt_shard_blocks(const ParamTable *t, int dp, int dp_rank, int ep, long lo
  * committed; -1 with err on every rank otherwise (err names the rank that failed). */
 int ckpt_shard_save(const CkptRequest *req, const ModelConfig *mc, const Groups *g, char *err, size_t errlen);
 
+/* Any layout's save (pp > 1: runtime/train_pp.h): comm holds every rank writing a file (its
+ * rank there names the file); file_of (called on rank 0 for every rank r, the table kept alive
+ * until the save returns) gives rank r's table and fills its blocks (start, count: max_entries
+ * each). r: this rank's request with its layout, rank (comm's) and blocks filled. Returns as
+ * ckpt_shard_save; collective over comm. */
+typedef struct CkptShardJob {
+    Comm *comm;
+    int max_entries;
+    const ParamTable *(*file_of)(void *arg, int r, long long *start, long long *count);
+    void *arg;
+} CkptShardJob;
+int ckpt_shard_save_job(const CkptRequest *r, const CkptShardJob *job, char *err, size_t errlen);
+
 #endif

@@ -10,6 +10,7 @@
 
 #include "comm/p2p.h"
 #include "model/stage.h"
+#include "runtime/ckpt_shard.h"
 #include "runtime/common.h"
 #include "runtime/pipeline/executor.h"
 #include "runtime/plan.h"
@@ -27,7 +28,10 @@ typedef struct Mirror {
 struct PpTrainer {
     Schedule sched;
     int *stage_lo;              /* [n_stages + 1] stage s runs main layers [stage_lo[s], stage_lo[s+1]) */
-    ParamTable full;            /* the whole model's table (checkpoints, reductions) */
+    ParamTable full;            /* the whole model's table: names and shapes only (ownership) */
+    ParamTable own;             /* this rank's tensors, every chunk's, once: checkpoint staging */
+    size_t *own_off[2];         /* [chunk][local entry]: its offset in own */
+    Comm *world;                /* every rank of the job (checkpoints; not owned) */
     Model *stage[2];            /* [chunk]: each allocates only the tensors it holds */
     StageSpec spec[2];
     Shard shard[2];             /* [chunk]: regions, ZeRO-1 slices, optimizer shards (runtime/shard.h) */
@@ -164,6 +168,51 @@ static void plan_mirrors(Trainer *t)
     }
 }
 
+typedef struct RankKeep {
+    Trainer *t;
+    int rank;
+} RankKeep;
+
+static int rank_keeps(const Param *e, void *arg)
+{
+    const RankKeep *k = arg;
+    for (int c = 0; c < k->t->pp->sched.n_chunks; c++)
+        if (holds(k->t, k->rank, c, e)) return 1;
+    return 0;
+}
+
+/* The tensors PP rank `stage` holds in any chunk, of EP rank ep_rank's experts, once each. */
+static void rank_table(Trainer *t, int stage, int ep_rank, ParamTable *out)
+{
+    const int E = t->cfg.model.n_routed_experts, ep = t->groups->ep;
+    RankKeep k = { t, stage };
+    params_select(out, &t->pp->full, ep > 1 ? ep_rank * (E / ep) : 0, ep > 1 ? E / ep : E, rank_keeps, &k);
+}
+
+/* Whether PP rank `stage` writes entry e to checkpoints: no earlier PP rank holds it. */
+static int rank_writes(Trainer *t, int stage, const Param *e)
+{
+    for (int r = 0; r < stage; r++)
+        for (int c = 0; c < t->pp->sched.n_chunks; c++)
+            if (holds(t, r, c, e)) return 0;
+    return 1;
+}
+
+/* own and each chunk entry's place in it. */
+static void plan_own(Trainer *t)
+{
+    struct PpTrainer *p = t->pp;
+    rank_table(t, t->groups->stage, t->groups->ep_rank, &p->own);
+    int *at = xmalloc(((size_t)p->full.n + 1) * sizeof(int));
+    for (int i = 0; i < p->own.n; i++) at[p->own.p[i].index] = i;
+    for (int c = 0; c < p->sched.n_chunks; c++) {
+        const ParamTable *pt = model_table(p->stage[c]);
+        p->own_off[c] = xcalloc((size_t)pt->n + 1, sizeof(size_t));
+        for (int i = 0; i < pt->n; i++) p->own_off[c][i] = p->own.p[at[pt->p[i].index]].offset;
+    }
+    free(at);
+}
+
 static int count_sends(const SchedList *l)
 {
     int n = 0;
@@ -190,6 +239,9 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
         plan_ownership(t, c);
     }
     plan_mirrors(t);
+    plan_own(t);
+    p->world = w->comm;
+    CHECK(w->comm->rank == groups_world_rank(g->dp, g->stage, g->dp_rank));
     t->model = p->stage[0];
     p->link = p2p_link_create(g->pp_comm, t->o, stage_io_bytes(p->stage[0]),
                               count_sends(&p->sched.rank[g->stage]) + 1);
@@ -216,6 +268,8 @@ void pp_free(Trainer *t)
     for (int i = 0; i < p->sched.micro_batches; i++) free(p->windows[i]);
     free(p->windows);
     free(p->losses);
+    for (int c = 0; c < p->sched.n_chunks; c++) free(p->own_off[c]);
+    params_free(&p->own);
     free(p->mirror);
     free(p->pack);
     comm_destroy(p->pair);
@@ -229,7 +283,7 @@ void pp_free(Trainer *t)
     t->model = NULL;
 }
 
-const ParamTable *pp_table(const Trainer *t) { return &t->pp->full; }
+const ParamTable *pp_table(const Trainer *t) { return &t->pp->own; }
 
 /* The tensors held twice: each chunk's gradient <- the sum over every holder (this rank's
  * chunks in chunk order, then the pair's two sums), so the copies take the same update. Only
@@ -419,41 +473,22 @@ double pp_evaluate(Trainer *t, double *mtp)
     return sum;
 }
 
-/* Whether this rank's copy of entry p goes into the gathered tables among its stage's dp
- * ranks: all of them hold the same when ep = 1 (each contributes over pp_comm only); under
- * EP a replicated tensor comes from dp rank 0 and a routed expert from the first EP group
- * (ep_index 0), which holds each expert once. */
-static int dp_writer(const Groups *g, const Param *p)
-{
-    if (g->ep == 1) return 1;
-    return p->role == ROLE_ROUTED_EXPERT ? g->ep_index == 0 : g->dp_rank == 0;
-}
-
 void pp_gather_state(Trainer *t)
 {
     struct PpTrainer *p = t->pp;
-    const Groups *g = t->groups;
-    const size_t total = p->full.total;
     float *dst[3] = { t->host_params, t->host_m, t->host_v };
-    for (int k = 0; k < 3; k++) memset(dst[k], 0, total * sizeof(float));
     for (int c = 0; c < n_chunks(t); c++) {
         const ParamTable *pt = model_table(p->stage[c]);
         float *src[3];
         for (int k = 0; k < 3; k++) src[k] = xmalloc((pt->total + 1) * sizeof(float));
         t->o->download(t->o, src[0], model_params(p->stage[c]), pt->total * sizeof(float));
         shard_gather_moments(&p->shard[c], t->o, src[1], src[2]);
+        /* a tensor in both chunks: the same values twice (its copies take the same updates) */
         for (int k = 0; k < 3; k++) {
             for (int i = 0; i < pt->n; i++)
-                if (p->first_holder[c][i] && dp_writer(g, &pt->p[i]))
-                    memcpy(dst[k] + pt->p[i].global_offset, src[k] + pt->p[i].offset,
-                           pt->p[i].numel * sizeof(float));
+                memcpy(dst[k] + p->own_off[c][i], src[k] + pt->p[i].offset, pt->p[i].numel * sizeof(float));
             free(src[k]);
         }
-    }
-    /* one holder writes each entry, the others add zero: exact */
-    for (int k = 0; k < 3; k++) {
-        comm_allreduce(g->pp_comm, dst[k], total, COMM_F32, COMM_SUM);
-        if (g->ep > 1) comm_allreduce(g->dp_comm, dst[k], total, COMM_F32, COMM_SUM);
     }
 }
 
@@ -466,13 +501,66 @@ void pp_restore(Trainer *t, int step)
         for (int k = 0; k < 3; k++) {
             dst[k] = xmalloc((pt->total + 1) * sizeof(float));
             for (int i = 0; i < pt->n; i++)
-                memcpy(dst[k] + pt->p[i].offset, src[k] + pt->p[i].global_offset, pt->p[i].numel * sizeof(float));
+                memcpy(dst[k] + pt->p[i].offset, src[k] + p->own_off[c][i], pt->p[i].numel * sizeof(float));
         }
         t->o->upload(t->o, model_params(p->stage[c]), dst[0], pt->total * sizeof(float));
         shard_load_moments(&p->shard[c], t->o, dst[1], dst[2], step);
         for (int k = 0; k < 3; k++) free(dst[k]);
     }
 }
+
+/* The row blocks world rank r = (stage, dp_rank) writes: its tensors' rows cut over its dp (or
+ * edp) group (runtime/ckpt_shard.h), of the tensors no earlier PP rank holds. */
+static void rank_blocks(Trainer *t, int stage, int dp_rank, const ParamTable *rt, long long *start, long long *count)
+{
+    const Groups *g = t->groups;
+    ckpt_shard_blocks(rt, g->dp, dp_rank, g->ep, start, count);
+    for (int i = 0; i < rt->n; i++)
+        if (!rank_writes(t, stage, &rt->p[i])) start[i] = count[i] = 0;
+}
+
+typedef struct PpFiles {
+    Trainer *t;
+    ParamTable *tables;         /* [stage * ep + ep_rank], built when first asked for */
+    unsigned char *built;
+} PpFiles;
+
+static const ParamTable *pp_file(void *arg, int r, long long *start, long long *count)
+{
+    PpFiles *f = arg;
+    const Groups *g = f->t->groups;
+    const int stage = r / g->dp, dp_rank = r % g->dp, k = stage * g->ep + dp_rank % g->ep;
+    if (!f->built[k]) rank_table(f->t, stage, dp_rank % g->ep, &f->tables[k]);
+    f->built[k] = 1;
+    rank_blocks(f->t, stage, dp_rank, &f->tables[k], start, count);
+    return &f->tables[k];
+}
+
+int pp_save(Trainer *t, const CkptRequest *req, char *err, size_t errlen)
+{
+    struct PpTrainer *p = t->pp;
+    const Groups *g = t->groups;
+    long long *start = xcalloc(2 * (size_t)p->own.n + 1, sizeof(long long)), *count = start + p->own.n;
+    rank_blocks(t, g->stage, g->dp_rank, &p->own, start, count);
+    CkptRequest r = *req;
+    r.table = &p->own;
+    r.rank = p->world->rank;
+    r.layout = (CkptLayout){ .world_size = p->world->size, .pp = g->pp, .dp = g->dp, .ep = g->ep };
+    r.row_start = start;
+    r.row_count = count;
+    const size_t n = (size_t)g->pp * g->ep;
+    PpFiles f = { t, xcalloc(n, sizeof(ParamTable)), xcalloc(n, 1) };
+    CkptShardJob job = { p->world, p->full.n, pp_file, &f };
+    int rc = ckpt_shard_save_job(&r, &job, err, errlen);
+    for (size_t k = 0; k < n; k++)
+        if (f.built[k]) params_free(&f.tables[k]);
+    free(f.tables);
+    free(f.built);
+    free(start);
+    return rc;
+}
+
+Comm *pp_world(const Trainer *t) { return t->pp->world; }
 
 void pp_print_memory(Trainer *t, FILE *f)
 {
