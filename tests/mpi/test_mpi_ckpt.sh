@@ -21,11 +21,11 @@
 #     resume continues from it; after the rename ckpt-20 is complete and taken
 #   - pipelines (4 layers, 8 micro-batches of 1 sequence): a pp 4 DualPipe run (mirror stages,
 #     both ends on ranks 0 and 3) writes 4 files whose manifest records pp 4, no rank file
-#     holding the whole model; its ckpt-10 resumed at pp 2 (1F1B: other stages, other owners)
+#     holding the whole model; its ckpt-10 resumed at pp 4 ends bit for bit where it does, and
+#     resumed at pp 2 (1F1B: other stages, other owners)
 #     and on 1 rank continues to its losses and final weights within the bounds above (the
 #     layouts differ in the order they sum the gradients of the tensors two stages hold);
 #     kill -9 of a pp 2 save in a rank's file and before the rename leaves ckpt-10 as latest.
-#     (A PP run resuming on its own layout bit for bit: tests/mpi/test_mpi_pp.sh.)
 LOSS_TOL=1e-4       # absolute, nats (test_mpi_train.sh)
 GNORM_TOL=2e-3      # relative (test_mpi_train.sh)
 WEIGHT_TOL=2e-3     # ckpt_compare: max |a-b| / max |a| per tensor (test_mpi_train.sh)
@@ -168,7 +168,7 @@ ok = ok and all(len(f["tensors"]) < len(names) for f in files)
 ok = ok and "model.embed_tokens.weight" in names and "lm_head.weight" in names
 sys.exit(0 if ok else 1)
 PY'
-for to in 2:1f1b 1:1f1b; do
+for to in 4:dualpipe 2:1f1b 1:1f1b; do
     IFS=: read -r pp sch <<< "$to"
     mkdir -p runs/ppr$pp
     cp -r runs/pp4/ckpt-10 runs/ppr$pp/
@@ -180,6 +180,11 @@ for to in 2:1f1b 1:1f1b; do
     fi
     check "pp 4's ckpt-10 resumes at pp $pp (exit $RC)" '[ $RC -eq 0 ] && grep -q "resume: step 10" ppr$pp.txt' \
         || show ppr$pp.txt
+    if [ "$pp" -eq 4 ]; then    # its own layout: bit for bit
+        check "pp 4 -> pp 4: steps 11-20 identical" 'same_steps pp4 ppr4 0 0'
+        check "pp 4 -> pp 4: ckpt-20 identical" '"$CMP" runs/pp4/ckpt-20 runs/ppr4/ckpt-20'
+        continue
+    fi
     check "pp 4 -> pp $pp: steps 11-20 match" 'same_steps pp4 ppr$pp $LOSS_TOL $GNORM_TOL'
     check "pp 4 -> pp $pp: final weights match" '"$CMP" runs/pp4/ckpt-20 runs/ppr$pp/ckpt-20 $WEIGHT_TOL'
 done
