@@ -41,6 +41,11 @@ void shard_plan_memory(MemPlan *p, const Config *cfg, Ops *o, const Groups *g)
 void shard_check_memory(MemPlan *p, MemLimit *l, const Config *cfg, Ops *o, const Groups *g, int local_ranks)
 {
     shard_plan_memory(p, cfg, o, g);
+    shard_check_plan(p, l, cfg, o, local_ranks);
+}
+
+void shard_check_plan(const MemPlan *p, MemLimit *l, const Config *cfg, Ops *o, int local_ranks)
+{
     mem_limit(l, local_ranks);
     size_t entries, total;
     params_measure(&cfg->model, &entries, &total);

@@ -88,5 +88,7 @@ void shard_plan_memory(MemPlan *p, const Config *cfg, Ops *o, const Groups *g);
 /* Plan, find the limit and refuse (DIE, one line) a plan that does not fit; what the
  * message and the start-up table need stays in p and l. */
 void shard_check_memory(MemPlan *p, MemLimit *l, const Config *cfg, Ops *o, const Groups *g, int local_ranks);
+/* The same check of a plan made elsewhere (a pipeline rank's: runtime/train_pp.c). */
+void shard_check_plan(const MemPlan *p, MemLimit *l, const Config *cfg, Ops *o, int local_ranks);
 
 #endif

@@ -79,8 +79,8 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     const TrainConfig *tc = &cfg->train;
     Precision prec = parse_precision(tc->precision);
     t->o = strcmp(tc->device, "cuda") == 0 ? ops_cuda_create(prec) : ops_cpu_create(tc->threads, prec);
-    /* the plan is one of pp = 1 (runtime/shard.h); a stage's own plan is not made yet, so
-     * pipelines are not checked (the whole model's figure would refuse layouts that fit) */
+    /* the plan of pp = 1 (runtime/shard.h); a pipeline rank plans and checks its stages' in
+     * pp_setup, before they are allocated (runtime/train_pp.h) */
     if (g->pp == 1) shard_check_memory(&t->mem, &t->mem_limit, cfg, t->o, g, w->local_size);
 
     if (t->root) ensure_data(cfg);

@@ -220,6 +220,85 @@ static int count_sends(const SchedList *l)
     return n;
 }
 
+/* Floats PP rank `stage` holds of entry e in chunk c (0: not held; routed experts: one EP
+ * rank's, E / ep of them). */
+static size_t held_floats(Trainer *t, int stage, int c, const Param *e)
+{
+    const int E = t->cfg.model.n_routed_experts, ep = t->groups->ep;
+    if (e->role == ROLE_ROUTED_EXPERT && e->expert >= E / ep) return 0;
+    return holds(t, stage, c, e) ? e->numel : 0;
+}
+
+/* The memory this rank plans (runtime/shard.h shard_plan_memory's items, per chunk: its
+ * stage's tensors, slots and ZeRO-1 slices; the checkpoint staging of its own table; the
+ * pipeline's transfer buffers and the mirror pack), before any stage is allocated. */
+static void plan_rank_memory(Trainer *t, const Groups *g)
+{
+    struct PpTrainer *p = t->pp;
+    const TrainConfig *tc = &t->cfg.train;
+    MemPlan *mp = &t->mem;
+    const int C = p->sched.n_chunks, me = g->stage, edp = g->dp / g->ep;
+    double f[8] = { 0 };    /* params, grads, acts, scratch, experts host, optimizer, zero-1 host, slice */
+    double own = 0, mirrored = 0, biggest = 0, table = 0, io = 0;
+    for (int c = 0; c < C; c++) {
+        StageSpec sp;
+        spec_of(t, me, c, &sp);
+        ModelBytes mb;
+        stage_plan_bytes(&t->cfg.model, t->o, tc->micro_batch_size, tc->seq_len,
+                         pipe_exec_train_mode(&p->sched, me, c), g->ep, &sp, &mb);
+        double repl = 0, expert = 0;
+        for (int j = 0; j < p->full.n; j++) {
+            const Param *e = &p->full.p[j];
+            const double n = (double)held_floats(t, me, c, e);
+            *(e->role == ROLE_ROUTED_EXPERT && g->ep > 1 ? &expert : &repl) += n;
+        }
+        const double sr = ceil(repl / g->dp), se = ceil(expert / edp);
+        f[0] += (double)mb.params;
+        f[1] += (double)mb.grads;
+        f[2] += (double)mb.acts;
+        f[3] += (double)mb.scratch;
+        f[4] += (double)mb.experts_host;
+        f[5] += 2.0 * (sr + se) * sizeof(float);
+        if (g->dp > 1) f[6] += (sr * (g->dp + 1)) * sizeof(float);
+        if (edp > 1) f[6] += (se * (edp + 1)) * sizeof(float);
+        f[7] += ((g->dp > 1 ? sr : 0) + (edp > 1 ? se : 0)) * sizeof(float);
+        biggest = fmax(biggest, (double)mb.params);
+        table += (double)mb.table;
+        io = (double)tc->micro_batch_size * tc->seq_len * t->cfg.model.hidden_size * t->o->act_bytes;
+    }
+    for (int j = 0; j < p->full.n; j++) {   /* held once; held twice (here or on the mirror) */
+        const Param *e = &p->full.p[j];
+        size_t n = 0;
+        int copies = 0;
+        for (int c = 0; c < C; c++)
+            if (held_floats(t, me, c, e)) {
+                n = held_floats(t, me, c, e);
+                copies++;
+            }
+        int twice = copies > 1;
+        for (int r = 0; r < g->pp && n; r++)
+            for (int c = 0; c < C; c++) twice |= r != me && holds(t, r, c, e);
+        own += (double)n;
+        mirrored += twice ? (double)n : 0;
+    }
+    memset(mp, 0, sizeof *mp);
+    memplan_add(mp, "parameter table", table, 0);
+    memplan_add(mp, "parameters", f[0], 1);
+    memplan_add(mp, "gradients", f[1], 1);
+    memplan_add(mp, "optimizer state", f[5], 1);
+    memplan_add(mp, "activations", f[2], 1);
+    memplan_add(mp, "backward scratch", f[3], 1);
+    memplan_add(mp, "expert bookkeeping", f[4], 0);
+    memplan_add(mp, "initialisation staging", biggest, 0);
+    /* the own table's weights and moments, and a chunk's three while they are gathered */
+    memplan_add(mp, "checkpoint staging", 3.0 * own * sizeof(float) + 3.0 * biggest, 0);
+    if (f[6] > 0) memplan_add(mp, "zero-1 host staging", f[6], 0);
+    if (f[7] > 0) memplan_add(mp, "zero-1 gradient slice", f[7], 1);
+    /* comm/p2p.c: a staging buffer per send of the step and one more, and one to receive */
+    memplan_add(mp, "pipeline transfers", (count_sends(&p->sched.rank[me]) + 3.0) * io, 0);
+    memplan_add(mp, "mirror gradient pack", 2.0 * mirrored * sizeof(float), 0);
+}
+
 void pp_setup(Trainer *t, const World *w, Groups *g)
 {
     const Config *cfg = &t->cfg;
@@ -231,6 +310,8 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     sched_build(&p->sched, kind, g->pp, C);
     split_layers(t);
     params_build(&p->full, &cfg->model);
+    plan_rank_memory(t, g);
+    shard_check_plan(&t->mem, &t->mem_limit, cfg, t->o, w->local_size);
     for (int c = 0; c < p->sched.n_chunks; c++) {
         spec_of(t, g->stage, c, &p->spec[c]);
         const int mode = pipe_exec_train_mode(&p->sched, g->stage, c);
@@ -565,8 +646,8 @@ Comm *pp_world(const Trainer *t) { return t->pp->world; }
 void pp_print_memory(Trainer *t, FILE *f)
 {
     struct PpTrainer *p = t->pp;
-    const int pp = t->groups->pp, W = 5;
-    double mine[5] = { 0 }, *all = xcalloc((size_t)pp * W, sizeof(double));
+    const int pp = t->groups->pp, W = 9;
+    double mine[9] = { 0 }, *all = xcalloc((size_t)pp * W, sizeof(double));
     for (int c = 0; c < n_chunks(t); c++) {
         ModelMemory mm;
         model_memory(p->stage[c], &mm);
@@ -575,7 +656,15 @@ void pp_print_memory(Trainer *t, FILE *f)
         mine[2] += (double)(mm.params + mm.grads + mm.copies);
         mine[3] += (double)shard_optim_floats(&p->shard[c]) * sizeof(float);
         mine[4] += stage_n_slots(p->stage[c]);
+        mine[5] += (double)(mm.params + mm.grads) + (double)shard_optim_floats(&p->shard[c]) * sizeof(float);
     }
+    Plan plan;
+    plan_compute(&plan, &t->cfg);
+    const PlanRank *pr = &plan.ranks[t->groups->stage];
+    mine[6] = plan.n_ranks == pp ? pr->weight_bytes + pr->grad_bytes + pr->optim_bytes : -1;
+    plan_free(&plan);
+    mine[7] = memplan_total(&t->mem, 0);
+    mine[8] = memplan_total(&t->mem, 1);
     comm_allgather(t->groups->pp_comm, all, mine, W, COMM_F64);
     const double MiB = 1048576.0;
     fprintf(f, "memory per pipeline rank (%s; each rank holds its stages' tensors):\n", t->o->name);
@@ -592,6 +681,13 @@ void pp_print_memory(Trainer *t, FILE *f)
         const double *a = all + (size_t)r * W;
         fprintf(f, "  %-6d %-22s %6.0f %10.1f MiB %12.1f MiB %12.1f MiB %10.1f MiB\n", r, stages, a[4], a[0] / MiB,
                 a[1] / MiB, a[2] / MiB, a[3] / MiB);
+    }
+    fprintf(f, "memory planned per pipeline rank before allocation (runtime/shard.h items, checked against %s):\n",
+            t->mem_limit.bytes < 0 ? "no known limit" : t->mem_limit.source);
+    for (int r = 0; r < pp; r++) {
+        const double *a = all + (size_t)r * W;
+        fprintf(f, "  rank %-3d planned %10.3f MiB (host %.3f MiB) | params+grads+optimizer %10.3f MiB "
+                "(dstrain plan: %.3f MiB)\n", r, a[7] / MiB, a[8] / MiB, a[5] / MiB, a[6] / MiB);
     }
     free(all);
 }

@@ -28,6 +28,13 @@
  * tensors' rows from whichever files hold them, so a PP run resumes on its own layout bit for
  * bit and any (pp, dp, ep) layout resumes any other.
  *
+ * Memory: before any stage is allocated, pp_setup plans this rank's bytes (runtime/shard.h's
+ * items for its chunks: their tensors, ZeRO-1 slices, slots' activations and backward
+ * buffers; the checkpoint staging of its own table; the pipeline's transfer buffers and the
+ * mirror pack) and refuses a plan over the memory available with one line (runtime/memcheck.h);
+ * pp_print_memory prints every rank's plan and its params+grads+optimizer beside dstrain
+ * plan's figure for that rank.
+ *
  * Calling sequence (runtime/train.c calls these when groups->pp > 1):
  *   pp_setup(t, w, g);   in place of the model and optimizer of trainer_setup
  *   pp_train_step(t, s) / pp_evaluate(t, mtp) / pp_gather_state(t) + pp_save / pp_restore(t, step)
