@@ -9,11 +9,15 @@
  * row of the model is written exactly once; the files' row blocks go into the manifest, and
  * loading (ckpt_load) reads from whichever files hold them, so any (dp, ep) resumes any
  * other. The training state (step, tokens, data position, RNG) is the job's, the same on every
- * rank; each file holds it and loading takes rank 0's.
+ * rank; each file holds it and loading takes rank 0's. Under pipeline parallelism every rank
+ * of the job writes a file (runtime/train_pp.h pp_save over ckpt_shard_save_job): a tensor is
+ * written by the first PP rank holding it, cut by rows over that rank's dp (experts: edp)
+ * group as above; the manifest's layout records pp, dp and ep.
  *
  * Calling sequence (runtime/train.c, every rank, after gathering its moments):
- *   if (ckpt_shard_save(&req, &cfg.model, groups, err, n) != 0) report err
- * Collective over dp_comm (pp = 1).
+ *   if (ckpt_shard_save(&req, &cfg.model, groups, err, n) != 0) report err    (pp = 1)
+ *   if (pp_save(t, &req, err, n) != 0) report err                              (pp > 1)
+ * Collective over dp_comm (pp = 1), over the whole job (pp > 1).
  */
 #ifndef DSTRAIN_CKPT_SHARD_H
 #define DSTRAIN_CKPT_SHARD_H
