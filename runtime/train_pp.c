@@ -189,15 +189,6 @@ static void rank_table(Trainer *t, int stage, int ep_rank, ParamTable *out)
     params_select(out, &t->pp->full, ep > 1 ? ep_rank * (E / ep) : 0, ep > 1 ? E / ep : E, rank_keeps, &k);
 }
 
-/* Whether PP rank `stage` writes entry e to checkpoints: no earlier PP rank holds it. */
-static int rank_writes(Trainer *t, int stage, const Param *e)
-{
-    for (int r = 0; r < stage; r++)
-        for (int c = 0; c < t->pp->sched.n_chunks; c++)
-            if (holds(t, r, c, e)) return 0;
-    return 1;
-}
-
 /* own and each chunk entry's place in it. */
 static void plan_own(Trainer *t)
 {
@@ -590,20 +581,34 @@ void pp_restore(Trainer *t, int step)
     }
 }
 
-/* The row blocks world rank r = (stage, dp_rank) writes: its tensors' rows cut over its dp (or
- * edp) group (runtime/ckpt_shard.h), of the tensors no earlier PP rank holds. */
-static void rank_blocks(Trainer *t, int stage, int dp_rank, const ParamTable *rt, long long *start, long long *count)
+/* writes[i] <- whether PP rank `stage` writes entry i of its table rt: no earlier PP rank
+ * holds it. */
+static unsigned char *rank_writes(Trainer *t, int stage, const ParamTable *rt)
 {
-    const Groups *g = t->groups;
+    unsigned char *w = xcalloc((size_t)rt->n + 1, 1);
+    for (int i = 0; i < rt->n; i++) {
+        w[i] = 1;
+        for (int r = 0; r < stage && w[i]; r++)
+            for (int c = 0; c < t->pp->sched.n_chunks; c++)
+                if (holds(t, r, c, &rt->p[i])) w[i] = 0;
+    }
+    return w;
+}
+
+/* The row blocks world rank (stage, dp_rank) writes of its table rt: its tensors' rows cut
+ * over its dp (or edp) group (runtime/ckpt_shard.h), of the entries it writes. */
+static void rank_blocks(const Groups *g, int dp_rank, const ParamTable *rt, const unsigned char *writes,
+                        long long *start, long long *count)
+{
     ckpt_shard_blocks(rt, g->dp, dp_rank, g->ep, start, count);
     for (int i = 0; i < rt->n; i++)
-        if (!rank_writes(t, stage, &rt->p[i])) start[i] = count[i] = 0;
+        if (!writes[i]) start[i] = count[i] = 0;
 }
 
 typedef struct PpFiles {
     Trainer *t;
     ParamTable *tables;         /* [stage * ep + ep_rank], built when first asked for */
-    unsigned char *built;
+    unsigned char **writes;     /* [same]: rank_writes of that table (NULL: not built yet) */
 } PpFiles;
 
 static const ParamTable *pp_file(void *arg, int r, long long *start, long long *count)
@@ -611,9 +616,11 @@ static const ParamTable *pp_file(void *arg, int r, long long *start, long long *
     PpFiles *f = arg;
     const Groups *g = f->t->groups;
     const int stage = r / g->dp, dp_rank = r % g->dp, k = stage * g->ep + dp_rank % g->ep;
-    if (!f->built[k]) rank_table(f->t, stage, dp_rank % g->ep, &f->tables[k]);
-    f->built[k] = 1;
-    rank_blocks(f->t, stage, dp_rank, &f->tables[k], start, count);
+    if (!f->writes[k]) {
+        rank_table(f->t, stage, dp_rank % g->ep, &f->tables[k]);
+        f->writes[k] = rank_writes(f->t, stage, &f->tables[k]);
+    }
+    rank_blocks(g, dp_rank, &f->tables[k], f->writes[k], start, count);
     return &f->tables[k];
 }
 
@@ -622,7 +629,9 @@ int pp_save(Trainer *t, const CkptRequest *req, char *err, size_t errlen)
     struct PpTrainer *p = t->pp;
     const Groups *g = t->groups;
     long long *start = xcalloc(2 * (size_t)p->own.n + 1, sizeof(long long)), *count = start + p->own.n;
-    rank_blocks(t, g->stage, g->dp_rank, &p->own, start, count);
+    unsigned char *writes = rank_writes(t, g->stage, &p->own);
+    rank_blocks(g, g->dp_rank, &p->own, writes, start, count);
+    free(writes);
     CkptRequest r = *req;
     r.table = &p->own;
     r.rank = p->world->rank;
@@ -630,13 +639,16 @@ int pp_save(Trainer *t, const CkptRequest *req, char *err, size_t errlen)
     r.row_start = start;
     r.row_count = count;
     const size_t n = (size_t)g->pp * g->ep;
-    PpFiles f = { t, xcalloc(n, sizeof(ParamTable)), xcalloc(n, 1) };
+    PpFiles f = { t, xcalloc(n, sizeof(ParamTable)), xcalloc(n, sizeof(unsigned char *)) };
     CkptShardJob job = { p->world, p->full.n, pp_file, &f };
     int rc = ckpt_shard_save_job(&r, &job, err, errlen);
     for (size_t k = 0; k < n; k++)
-        if (f.built[k]) params_free(&f.tables[k]);
+        if (f.writes[k]) {
+            params_free(&f.tables[k]);
+            free(f.writes[k]);
+        }
     free(f.tables);
-    free(f.built);
+    free(f.writes);
     free(start);
     return rc;
 }
