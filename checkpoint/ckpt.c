@@ -597,7 +597,7 @@ static int load_file(const char *dir, const CkptManifest *m, const CkptManifestF
     long long links, want = (long long)f->n_tensors * (m->has_moments ? 3 : 1) + 1;
     if (join(path, dir, f->name, err, errlen)) return -1;
     for (int k = 0; k < f->n_tensors; k++)    /* names first: every HDF5 lookup is by a known name */
-        if (!index_find(x, f->tensors[k]) && !x->t->selected)
+        if (!index_find(x, f->tensors[k]) && !x->t->selected && !x->t->filtered)
             return ckpt_fail(err, errlen, "tensor '%s' is not in the model (checkpoint of another config?)",
                              f->tensors[k]);
     CkptH5 *h = ckpt_h5_open(path, err, errlen);

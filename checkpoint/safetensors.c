@@ -344,9 +344,10 @@ static int import_tensors(const char *dir, const ParamTable *t, float *params, F
     if (mtp_missing) *mtp_missing = absent > 0;
     if (n != t->n - absent) {
         /* a rank's selection (model/params.h params_select) leaves out the other ranks'
-         * routed experts */
+         * routed experts, a pipeline rank's (filtered) the other stages' tensors */
         for (int i = 0; i < n; i++)
-            if (!params_find(t, all[i].e->name) && !(t->selected && strstr(all[i].e->name, ".mlp.experts.")))
+            if (!params_find(t, all[i].e->name) && !t->filtered &&
+                !(t->selected && strstr(all[i].e->name, ".mlp.experts.")))
                 return ckpt_fail(err, errlen, "'%s': tensor '%s' is not in the model (config differs?)", dir,
                                  all[i].e->name);
     }

@@ -206,6 +206,28 @@ static void mark_blocks(Model *m)
 void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, double capacity_factor,
                       ModelBytes *out)
 {
+    StageSpec whole = { 0, c->num_hidden_layers, 1, 1, 1, 0, capacity_factor };
+    stage_plan_bytes(c, o, B, T, train, ep, &whole, out);
+}
+
+/* Floats of the tensors stage sp holds, of one EP rank's E / ep routed experts. */
+static size_t stage_params(const ModelConfig *c, const StageSpec *sp, int ep)
+{
+    ParamTable full;
+    params_build(&full, c);
+    const int nl = ep > 1 ? c->n_routed_experts / ep : c->n_routed_experts;
+    size_t total = 0;
+    for (int i = 0; i < full.n; i++) {
+        const Param *e = &full.p[i];
+        if (stage_holds(sp, c, e) && (e->role != ROLE_ROUTED_EXPERT || e->expert < nl)) total += e->numel;
+    }
+    params_free(&full);
+    return total;
+}
+
+void stage_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, const StageSpec *sp,
+                      ModelBytes *out)
+{
     memset(out, 0, sizeof *out);
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *c;
@@ -220,19 +242,27 @@ void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int
         m->ep.n_local = m->d.E / ep;
         m->d.ep = &m->ep;
     }
-    moe_plan_pool(&m->d, m->d.ep ? ep : 1, capacity_factor);
-    /* the whole model as one stage with one slot (model_create_ep's) */
-    m->hi = c->num_hidden_layers;
-    m->first = m->last = 1;
-    m->n_slots = 1;
+    moe_plan_pool(&m->d, m->d.ep ? ep : 1, sp->capacity_factor);
+    /* the stage with its slots (stage_create's; the whole model: model_create_ep's) */
+    m->lo = sp->lo;
+    m->hi = sp->hi;
+    m->first = sp->first;
+    m->last = sp->last;
+    m->n_slots = sp->n_slots;
+    m->n_micro = sp->n_micro;
     mark_blocks(m);
-    m->slots = xcalloc(1, sizeof(ModelSlot));
-    m->slots[0].acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
-    m->slots[0].bw = xcalloc((size_t)m->nblocks, sizeof(BlockBwd));
+    m->slots = xcalloc((size_t)m->n_slots, sizeof(ModelSlot));
+    for (int i = 0; i < m->n_slots; i++) {
+        m->slots[i].acts = xcalloc((size_t)m->nblocks, sizeof(BlockActs));
+        m->slots[i].bw = xcalloc((size_t)m->nblocks, sizeof(BlockBwd));
+    }
     m->sl = &m->slots[0];
+    m->step_row = (size_t)m->d.N * (1 + m->d.D) + (size_t)m->n_moe * B;
     size_t entries, total;
     params_measure(c, &entries, &total);
-    if (ep > 1 && m->d.E > 0) {
+    if (!(sp->first && sp->last)) {
+        total = stage_params(c, sp, ep);    /* (its table: the entries held) */
+    } else if (ep > 1 && m->d.E > 0) {
         /* a rank holds E / ep of the routed experts (params_select) */
         const size_t routed = params_measure_routed(c);
         total -= routed - routed / (size_t)ep;
@@ -255,8 +285,10 @@ void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int
     free(m->is_moe);
     free(m->moe_block);
     free(m->moe_slot);
-    free(m->slots[0].acts);
-    free(m->slots[0].bw);
+    for (int i = 0; i < m->n_slots; i++) {
+        free(m->slots[i].acts);
+        free(m->slots[i].bw);
+    }
     free(m->slots);
     free(m);
 }

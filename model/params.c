@@ -182,7 +182,11 @@ void params_select(ParamTable *out, const ParamTable *full, int expert_lo, int e
         for (int i = 0; i < full->n; i++) {
             const Param *q = &full->p[i];
             if (passes == 2 && (q->role == ROLE_ROUTED_EXPERT) != pass) continue;
-            if (!held(q, expert_lo, expert_n) || (keep && !keep(q, arg))) continue;
+            if (!held(q, expert_lo, expert_n)) continue;
+            if (keep && !keep(q, arg)) {
+                out->filtered = 1;
+                continue;
+            }
             Param *p = &out->p[out->n++];
             *p = *q;
             p->offset = out->total;

@@ -68,6 +68,8 @@ typedef struct ParamTable {
                              * experts' region is [n_replicated, total) (params_select) */
     int selected;           /* the routed experts held are a strict subset (EP; params_select);
                              * a pipeline stage's filter alone does not set it */
+    int filtered;           /* params_select's keep left entries out (a pipeline stage's or
+                             * rank's tensors): other tensors of a checkpoint are not its */
 } ParamTable;
 
 /* Build the table for a (validated) config; no tensor memory is allocated. */

@@ -46,6 +46,11 @@ int stage_holds(const StageSpec *sp, const ModelConfig *c, const Param *p);
  * stages get one block more); n_slots 1. Needs 1 <= S <= L. */
 void stage_split(int L, int S, int s, StageSpec *sp);
 
+/* model_plan_bytes (model/model.h) for the stage sp: its tensors (of one EP rank's experts
+ * when ep > 1), its slots' activations and backward buffers (train: stage_create's mode). */
+void stage_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, const StageSpec *sp,
+                      ModelBytes *out);
+
 /* As model_create_ep, for the stage sp. Collective over ep_comm when it has several ranks. */
 Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const StageSpec *sp, Comm *ep_comm,
                     int node);

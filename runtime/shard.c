@@ -42,6 +42,11 @@ void shard_plan_memory(MemPlan *p, const Config *cfg, Ops *o, const Groups *g)
 void shard_check_memory(MemPlan *p, MemLimit *l, const Config *cfg, Ops *o, const Groups *g, int local_ranks)
 {
     shard_plan_memory(p, cfg, o, g);
+    shard_check_plan(p, l, cfg, o, local_ranks);
+}
+
+void shard_check_plan(const MemPlan *p, MemLimit *l, const Config *cfg, Ops *o, int local_ranks)
+{
     mem_limit(l, local_ranks);
     size_t entries, total;
     params_measure(&cfg->model, &entries, &total);
@@ -65,7 +70,7 @@ static void region_init(Region *r, Ops *o, const ParamTable *t, Comm *comm, size
     const size_t at = (size_t)r->rank * r->slice;
     r->lo = base + (at < n ? at : n);
     r->hi = base + (at + r->slice < n ? at + r->slice : n);
-    if (r->size > 1) {
+    if (r->size > 1 && n > 0) {     /* an empty region (a stage without experts) exchanges nothing */
         r->full = xcalloc(r->padded, sizeof(float));
         r->part = xcalloc(r->slice, sizeof(float));
         r->grad = o->alloc(o, r->slice * sizeof(float));
@@ -104,7 +109,7 @@ void shard_reduce_grads(Shard *s, Ops *o, float *grads)
 {
     for (int i = 0; i < s->n; i++) {
         Region *r = &s->r[i];
-        if (r->size == 1) {
+        if (r->size == 1 || r->n == 0) {
             s->grads[i] = grads + r->lo;
             continue;
         }
@@ -127,6 +132,28 @@ double shard_grad_norm(Shard *s)
     return sqrt(sq) / s->dp;
 }
 
+double shard_slice_sumsq(Shard *s, const unsigned char *counted)
+{
+    double sq = 0;
+    for (int i = 0; i < s->n; i++) {
+        const Region *r = &s->r[i];
+        const ParamTable *t = r->opt.table;
+        Ops *o = r->opt.o;
+        /* runs of adjacent counted entries, cut to the slice */
+        for (int a = 0; a < t->n;) {
+            int b = a + 1;
+            const int on = !counted || counted[a];
+            while (b < t->n && (!counted || counted[b]) == on) b++;
+            size_t lo = t->p[a].offset, hi = t->p[b - 1].offset + t->p[b - 1].numel;
+            if (lo < r->lo) lo = r->lo;
+            if (hi > r->hi) hi = r->hi;
+            if (on && lo < hi) sq += o->sumsq(o, s->grads[i] + (lo - r->lo), hi - lo);
+            a = b;
+        }
+    }
+    return sq;
+}
+
 void shard_step(Shard *s, float *params, double lr, double grad_scale)
 {
     for (int i = 0; i < s->n; i++) optim_step(&s->r[i].opt, params, s->grads[i], lr, grad_scale);
@@ -141,7 +168,7 @@ void shard_gather_params(Shard *s, Ops *o, float *params)
 {
     for (int i = 0; i < s->n; i++) {
         Region *r = &s->r[i];
-        if (r->size == 1) continue;
+        if (r->size == 1 || r->n == 0) continue;
         float *mine = r->full + (size_t)r->rank * r->slice;
         o->download(o, mine, params + r->lo, (r->hi - r->lo) * sizeof(float));
         comm_allgather(r->comm, r->full, mine, r->slice, COMM_F32);
@@ -155,6 +182,7 @@ void shard_gather_moments(Shard *s, Ops *o, float *host_m, float *host_v)
         Region *r = &s->r[i];
         float *dst[2] = { host_m, host_v }, *src[2] = { r->opt.m, r->opt.v };
         for (int k = 0; k < 2; k++) {
+            if (r->n == 0) continue;
             if (r->size == 1) {
                 o->download(o, dst[k] + r->base, src[k], r->n * sizeof(float));
                 continue;

@@ -64,6 +64,10 @@ void shard_reduce_grads(Shard *s, Ops *o, float *grads);
  * rank the slice's own norm; otherwise sqrt of the all-reduce over dp_comm of the slices'
  * sums of squares, divided by dp (the norm of the mean gradient). Collective. */
 double shard_grad_norm(Shard *s);
+/* The sum of squares of this rank's slices of the summed gradients (after shard_reduce_grads),
+ * over the table entries whose counted[entry] is non-zero (counted NULL: every entry); no
+ * exchange (under PP the caller sums it over the ranks, each tensor counted by one holder). */
+double shard_slice_sumsq(Shard *s, const unsigned char *counted);
 /* AdamW on each region's slice (grad_scale: clipping and the 1/dp mean). */
 void shard_step(Shard *s, float *params, double lr, double grad_scale);
 /* A skipped step (not finite): the optimizers' step counts advance, nothing else changes. */
@@ -84,5 +88,7 @@ void shard_plan_memory(MemPlan *p, const Config *cfg, Ops *o, const Groups *g);
 /* Plan, find the limit and refuse (DIE, one line) a plan that does not fit; what the
  * message and the start-up table need stays in p and l. */
 void shard_check_memory(MemPlan *p, MemLimit *l, const Config *cfg, Ops *o, const Groups *g, int local_ranks);
+/* The same check of a plan made elsewhere (a pipeline rank's: runtime/train_pp.c). */
+void shard_check_plan(const MemPlan *p, MemLimit *l, const Config *cfg, Ops *o, int local_ranks);
 
 #endif

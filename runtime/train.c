@@ -79,8 +79,8 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     const TrainConfig *tc = &cfg->train;
     Precision prec = parse_precision(tc->precision);
     t->o = strcmp(tc->device, "cuda") == 0 ? ops_cuda_create(prec) : ops_cpu_create(tc->threads, prec);
-    /* the plan is one of pp = 1 (runtime/shard.h); a stage's own plan is not made yet, so
-     * pipelines are not checked (the whole model's figure would refuse layouts that fit) */
+    /* the plan of pp = 1 (runtime/shard.h); a pipeline rank plans and checks its stages' in
+     * pp_setup, before they are allocated (runtime/train_pp.h) */
     if (g->pp == 1) shard_check_memory(&t->mem, &t->mem_limit, cfg, t->o, g, w->local_size);
 
     if (t->root) ensure_data(cfg);
@@ -292,9 +292,9 @@ static void save_checkpoint(Trainer *t)
 {
     /* pp = 1: the moments of each region are gathered from its slices, so every rank holds its
      * own table's (runtime/shard.h); with several ranks each writes the row blocks it owns into
-     * its own file (runtime/ckpt_shard.h), any (dp, ep) resuming any other. pp > 1: the stages'
-     * tensors are gathered into whole tables (runtime/train_pp.h) and the root writes a one-rank
-     * checkpoint. Collective. */
+     * its own file (runtime/ckpt_shard.h), any (dp, ep) resuming any other. pp > 1: every rank
+     * writes the rows it owns of its stages' tensors (runtime/train_pp.h pp_save), any (pp, dp,
+     * ep) resuming any other. Collective. */
     const ParamTable *pt = trainer_table(t);
     double t0 = now_seconds();
     if (t->pp) {
@@ -304,12 +304,13 @@ static void save_checkpoint(Trainer *t)
         download(t, t->host_params, model_params(t->model), pt->total * sizeof(float));
     }
     t->saved_step = t->step;
-    const int sharded = !t->pp && t->groups->dp > 1;
+    const int sharded = t->pp || t->groups->dp > 1;
+    Comm *all = t->pp ? pp_world(t) : t->groups->dp_comm;    /* the ranks writing files */
     if (!sharded && !t->root) return;
     /* a diverged model never replaces a good checkpoint (nor pushes one out by retention); with
      * per-rank files every rank must agree (a collective) */
-    int32_t bad = !t->pp || t->root ? !all_finite(t->host_params, pt->total) : 0;
-    if (sharded) comm_allreduce(t->groups->dp_comm, &bad, 1, COMM_I32, COMM_MAX);
+    int32_t bad = !all_finite(t->host_params, pt->total);
+    if (sharded) comm_allreduce(all, &bad, 1, COMM_I32, COMM_MAX);
     if (t->root) poll_saves(t, 1);   /* the previous save's result, before a new one starts */
     if (bad) {
         char why[200];
@@ -327,15 +328,16 @@ static void save_checkpoint(Trainer *t)
     };
     char err[1024];
     if (sharded) {
-        int32_t failed = ckpt_shard_save(&r, &t->cfg.model, t->groups, err, sizeof err) != 0;
-        if (failed) fprintf(stderr, "dstrain: [rank %d] %s\n", t->groups->dp_rank, err);
-        comm_allreduce(t->groups->dp_comm, &failed, 1, COMM_I32, COMM_MAX);
+        int32_t failed = (t->pp ? pp_save(t, &r, err, sizeof err)
+                                : ckpt_shard_save(&r, &t->cfg.model, t->groups, err, sizeof err)) != 0;
+        if (failed) fprintf(stderr, "dstrain: [rank %d] %s\n", all->rank, err);
+        comm_allreduce(all, &failed, 1, COMM_I32, COMM_MAX);
         if (t->root) {
             if (failed) snprintf(err, sizeof err, "checkpoint of step %d: the save failed on at least one rank", t->step);
             note_save(t, failed ? -1 : 1, err);
             if (!failed)
                 metrics_log(t->metrics, "checkpoint: ckpt-%d written by %d ranks; training stalled %.1f ms\n",
-                            t->step, t->groups->dp, 1e3 * (now_seconds() - t0));
+                            t->step, all->size, 1e3 * (now_seconds() - t0));
             plot_refresh(t->run_dir);
         }
         return;

@@ -20,9 +20,9 @@
  * write the row blocks they own into their own files (runtime/ckpt_shard.h, a synchronous
  * two-phase save), and every rank resumes by reading the blocks of the tensors it holds from
  * whichever files hold them (checkpoint/ckpt.h ckpt_load), so any (dp, ep) resumes any other.
- * Pipeline parallelism (pp > 1): runtime/train_pp.h in place of the model, the regions and
- * the per-rank checkpoints (its stages' own optimizers; one-rank checkpoints gathered from the
- * stages); the memory check before allocation (runtime/shard.h) runs for pp = 1 only.
+ * Pipeline parallelism (pp > 1): runtime/train_pp.h in place of the model and the regions
+ * (each stage's table sharded as above) and of the per-rank checkpoints' ownership (every
+ * rank writes the rows it owns of its stages' tensors).
  *
  * Calling sequence (runtime/train_cmd.c):
  *   Trainer t; trainer_setup(&t, &cfg, config_text, run_dir, world, groups);  (data, model, optimizer)
@@ -92,8 +92,7 @@ typedef struct Trainer {
 void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir, const World *w,
                    Groups *g);
 /* The table the checkpoint staging is laid out in: this rank's (model/params.h params_select:
- * under EP its experts only) when pp = 1; under pp > 1 the whole model's (each stage holds a
- * part of it, gathered into it for checkpoints). */
+ * under EP its experts only; under pp > 1 its stages' tensors, runtime/train_pp.h pp_table). */
 const ParamTable *trainer_table(const Trainer *t);
 /* Restore weights, optimizer moments and state from a verified checkpoint directory. */
 void trainer_resume(Trainer *t, const char *ckpt_dir);

@@ -289,8 +289,8 @@ static void print_banner(Trainer *t)
         memplan_print(&t->mem, &t->mem_limit, !strcmp(t->o->name, "cpu"), stdout);
         print_rank_state(t, pt);
     } else {    /* the stages' rows follow (pp_print_memory) */
-        printf("  %-24s %10.1f MiB  (host snapshot of the whole model for checkpoints, and the writer's copy)\n",
-               "checkpoint staging", 6.0 * pt->total * sizeof(float) / 1048576.0);
+        printf("  %-24s %10.1f MiB  (host snapshot of rank 0's stages for checkpoints)\n", "checkpoint staging",
+               3.0 * pt->total * sizeof(float) / 1048576.0);
     }
     if (peak_device[0])
         printf("peak: datasheet dense BF16 %.1f TFLOP/s%s (the MFU denominator)\n", t->peak_flops / 1e12,

@@ -10,25 +10,41 @@
 
 #include "comm/p2p.h"
 #include "model/stage.h"
+#include "runtime/ckpt_shard.h"
 #include "runtime/common.h"
 #include "runtime/pipeline/executor.h"
 #include "runtime/plan.h"
 #include "runtime/pipeline/schedule.h"
 
+/* A tensor this rank shares (runtime/train_pp.h "Ownership"): the chunks holding it here and
+ * where, summed into pack[at, at + numel) and exchanged with the mirror rank. */
+typedef struct Mirror {
+    int n_loc;                  /* local holders: 1 or 2 chunks */
+    int chunk[2];
+    size_t off[2];              /* offsets in those chunks' flat tables */
+    size_t numel, at;
+} Mirror;
+
 struct PpTrainer {
     Schedule sched;
     int *stage_lo;              /* [n_stages + 1] stage s runs main layers [stage_lo[s], stage_lo[s+1]) */
-    ParamTable full;            /* the whole model's table (checkpoints, reductions) */
+    ParamTable full;            /* the whole model's table: names and shapes only (ownership) */
+    ParamTable own;             /* this rank's tensors, every chunk's, once: checkpoint staging */
+    size_t *own_off[2];         /* [chunk][local entry]: its offset in own */
+    Comm *world;                /* every rank of the job (checkpoints; not owned) */
     Model *stage[2];            /* [chunk]: each allocates only the tensors it holds */
     StageSpec spec[2];
-    Optimizer opt[2];           /* [chunk]: AdamW over the stage's own table */
+    Shard shard[2];             /* [chunk]: regions, ZeRO-1 slices, optimizer shards (runtime/shard.h) */
     unsigned char *first_holder[2];     /* [chunk][local entry]: no earlier (rank, chunk) holds it */
+    Comm *pair;                 /* this rank and its mirror rank (NULL: it shares nothing with another) */
+    Mirror *mirror;             /* the tensors held twice, in global table order */
+    int n_mirror;
+    float *pack;                /* (the mirrored floats) host */
+    size_t pack_n;
     PipeLink *link;
     PipeExec ex;
     int32_t **windows;          /* [C] (B, T+1) host */
     ModelLoss *losses;          /* [C] */
-    float *host_grad;           /* (full total) */
-    float *host_tmp;            /* (full total) */
     float *counts, *counts_tmp; /* (n_moe, E) */
 };
 
@@ -90,7 +106,103 @@ static void plan_ownership(Trainer *t, int c)
             }
         p->first_holder[c][i] = (unsigned char)first;
     }
-    optim_init(&p->opt[c], t->o, pt, &t->cfg.optim, t->cfg.train.bf16_moments);
+    shard_init(&p->shard[c], t->o, pt, t->groups, &t->cfg.optim, t->cfg.train.bf16_moments);
+}
+
+/* Whether (rank, chunk) holds entry e of the whole table (its stage's tensors; the experts of
+ * this rank's EP slice are checked by the caller). */
+static int holds(Trainer *t, int rank, int chunk, const Param *e)
+{
+    StageSpec sp;
+    spec_of(t, rank, chunk, &sp);
+    return stage_holds(&sp, &t->cfg.model, e);
+}
+
+/* The tensors this rank holds twice (in two chunks, or here and on another PP rank: DualPipe's
+ * mirror stages, the MTP embedding copy), and the pair communicator with the one other rank
+ * sharing any (every schedule pairs ranks: DualPipe r with pp-1-r, 1F1B/ZB1P with MTP 0 with
+ * pp-1). Collective over pp_comm. */
+static void plan_mirrors(Trainer *t)
+{
+    struct PpTrainer *p = t->pp;
+    const int me = t->groups->stage, pp = t->groups->pp, C = p->sched.n_chunks;
+    int *loc[2] = { NULL, NULL }, partner = -1;
+    for (int c = 0; c < C; c++) {
+        const ParamTable *pt = model_table(p->stage[c]);
+        loc[c] = xmalloc(((size_t)p->full.n + 1) * sizeof(int));
+        for (int j = 0; j < p->full.n; j++) loc[c][j] = -1;
+        for (int i = 0; i < pt->n; i++) loc[c][pt->p[i].index] = i;
+    }
+    p->mirror = xcalloc((size_t)p->full.n + 1, sizeof(Mirror));
+    for (int j = 0; j < p->full.n; j++) {
+        Mirror m = { 0 };
+        for (int c = 0; c < C; c++) {
+            if (loc[c][j] < 0) continue;
+            const Param *e = &model_table(p->stage[c])->p[loc[c][j]];
+            m.chunk[m.n_loc] = c;
+            m.off[m.n_loc++] = e->offset;
+            m.numel = e->numel;
+        }
+        if (m.n_loc == 0) continue;
+        int shared = m.n_loc > 1;
+        for (int r = 0; r < pp; r++)
+            for (int k = 0; k < C && r != me; k++)
+                if (holds(t, r, k, &p->full.p[j])) {
+                    if (partner >= 0 && partner != r)
+                        BUG("pp: rank %d shares tensors with ranks %d and %d (one mirror expected)", me, partner, r);
+                    partner = r;
+                    shared = 1;
+                }
+        if (!shared) continue;
+        m.at = p->pack_n;
+        p->pack_n += m.numel;
+        p->mirror[p->n_mirror++] = m;
+    }
+    for (int c = 0; c < C; c++) free(loc[c]);
+    p->pack = xcalloc(p->pack_n + 1, sizeof(float));
+    /* every rank splits (collective); a rank without a mirror is alone in its colour */
+    Comm *pair = comm_split(t->groups->pp_comm, partner < 0 ? me : (me < partner ? me : partner), me);
+    if (pair->size > 1) {
+        p->pair = pair;
+    } else {
+        comm_destroy(pair);
+    }
+}
+
+typedef struct RankKeep {
+    Trainer *t;
+    int rank;
+} RankKeep;
+
+static int rank_keeps(const Param *e, void *arg)
+{
+    const RankKeep *k = arg;
+    for (int c = 0; c < k->t->pp->sched.n_chunks; c++)
+        if (holds(k->t, k->rank, c, e)) return 1;
+    return 0;
+}
+
+/* The tensors PP rank `stage` holds in any chunk, of EP rank ep_rank's experts, once each. */
+static void rank_table(Trainer *t, int stage, int ep_rank, ParamTable *out)
+{
+    const int E = t->cfg.model.n_routed_experts, ep = t->groups->ep;
+    RankKeep k = { t, stage };
+    params_select(out, &t->pp->full, ep > 1 ? ep_rank * (E / ep) : 0, ep > 1 ? E / ep : E, rank_keeps, &k);
+}
+
+/* own and each chunk entry's place in it. */
+static void plan_own(Trainer *t)
+{
+    struct PpTrainer *p = t->pp;
+    rank_table(t, t->groups->stage, t->groups->ep_rank, &p->own);
+    int *at = xmalloc(((size_t)p->full.n + 1) * sizeof(int));
+    for (int i = 0; i < p->own.n; i++) at[p->own.p[i].index] = i;
+    for (int c = 0; c < p->sched.n_chunks; c++) {
+        const ParamTable *pt = model_table(p->stage[c]);
+        p->own_off[c] = xcalloc((size_t)pt->n + 1, sizeof(size_t));
+        for (int i = 0; i < pt->n; i++) p->own_off[c][i] = p->own.p[at[pt->p[i].index]].offset;
+    }
+    free(at);
 }
 
 static int count_sends(const SchedList *l)
@@ -98,6 +210,86 @@ static int count_sends(const SchedList *l)
     int n = 0;
     for (int i = 0; i < l->n; i++) n += l->ins[i].op == SOP_SEND_F || l->ins[i].op == SOP_SEND_B;
     return n;
+}
+
+/* Floats PP rank `stage` holds of entry e in chunk c (0: not held; routed experts: one EP
+ * rank's, E / ep of them). */
+static size_t held_floats(Trainer *t, int stage, int c, const Param *e)
+{
+    const int E = t->cfg.model.n_routed_experts, ep = t->groups->ep;
+    if (e->role == ROLE_ROUTED_EXPERT && e->expert >= E / ep) return 0;
+    return holds(t, stage, c, e) ? e->numel : 0;
+}
+
+/* The memory this rank plans (runtime/shard.h shard_plan_memory's items, per chunk: its
+ * stage's tensors, slots and ZeRO-1 slices; the checkpoint staging of its own table; the
+ * pipeline's transfer buffers and the mirror pack), before any stage is allocated. */
+static void plan_rank_memory(Trainer *t, const Groups *g)
+{
+    struct PpTrainer *p = t->pp;
+    const TrainConfig *tc = &t->cfg.train;
+    MemPlan *mp = &t->mem;
+    const int C = p->sched.n_chunks, me = g->stage, edp = g->dp / g->ep;
+    double f[8] = { 0 };    /* params, grads, acts, scratch, experts host, optimizer, zero-1 host, slice */
+    double own = 0, mirrored = 0, biggest = 0, table = 0, io = 0;
+    for (int c = 0; c < C; c++) {
+        StageSpec sp;
+        spec_of(t, me, c, &sp);
+        ModelBytes mb;
+        stage_plan_bytes(&t->cfg.model, t->o, tc->micro_batch_size, tc->seq_len,
+                         pipe_exec_train_mode(&p->sched, me, c) | (tc->recompute ? MODEL_RECOMPUTE : 0), g->ep, &sp,
+                         &mb);
+        double repl = 0, expert = 0;
+        for (int j = 0; j < p->full.n; j++) {
+            const Param *e = &p->full.p[j];
+            const double n = (double)held_floats(t, me, c, e);
+            *(e->role == ROLE_ROUTED_EXPERT && g->ep > 1 ? &expert : &repl) += n;
+        }
+        const double sr = ceil(repl / g->dp), se = ceil(expert / edp);
+        f[0] += (double)mb.params;
+        f[1] += (double)mb.grads;
+        f[2] += (double)mb.acts;
+        f[3] += (double)mb.scratch;
+        f[4] += (double)mb.experts_host;
+        f[5] += 2.0 * (sr + se) * sizeof(float);
+        if (g->dp > 1) f[6] += (sr * (g->dp + 1)) * sizeof(float);
+        if (edp > 1) f[6] += (se * (edp + 1)) * sizeof(float);
+        f[7] += ((g->dp > 1 ? sr : 0) + (edp > 1 ? se : 0)) * sizeof(float);
+        biggest = fmax(biggest, (double)mb.params);
+        table += (double)mb.table;
+        io = (double)tc->micro_batch_size * tc->seq_len * t->cfg.model.hidden_size * t->o->act_bytes;
+    }
+    for (int j = 0; j < p->full.n; j++) {   /* held once; held twice (here or on the mirror) */
+        const Param *e = &p->full.p[j];
+        size_t n = 0;
+        int copies = 0;
+        for (int c = 0; c < C; c++)
+            if (held_floats(t, me, c, e)) {
+                n = held_floats(t, me, c, e);
+                copies++;
+            }
+        int twice = copies > 1;
+        for (int r = 0; r < g->pp && n; r++)
+            for (int c = 0; c < C; c++) twice |= r != me && holds(t, r, c, e);
+        own += (double)n;
+        mirrored += twice ? (double)n : 0;
+    }
+    memset(mp, 0, sizeof *mp);
+    memplan_add(mp, "parameter table", table, 0);
+    memplan_add(mp, "parameters", f[0], 1);
+    memplan_add(mp, "gradients", f[1], 1);
+    memplan_add(mp, "optimizer state", f[5], 1);
+    memplan_add(mp, "activations", f[2], 1);
+    memplan_add(mp, "backward scratch", f[3], 1);
+    memplan_add(mp, "expert bookkeeping", f[4], 0);
+    memplan_add(mp, "initialisation staging", biggest, 0);
+    /* the own table's weights and moments, and a chunk's three while they are gathered */
+    memplan_add(mp, "checkpoint staging", 3.0 * own * sizeof(float) + 3.0 * biggest, 0);
+    if (f[6] > 0) memplan_add(mp, "zero-1 host staging", f[6], 0);
+    if (f[7] > 0) memplan_add(mp, "zero-1 gradient slice", f[7], 1);
+    /* comm/p2p.c: a staging buffer per send of the step and one more, and one to receive */
+    memplan_add(mp, "pipeline transfers", (count_sends(&p->sched.rank[me]) + 3.0) * io, 0);
+    memplan_add(mp, "mirror gradient pack", 2.0 * mirrored * sizeof(float), 0);
 }
 
 void pp_setup(Trainer *t, const World *w, Groups *g)
@@ -111,6 +303,8 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     sched_build(&p->sched, kind, g->pp, C);
     split_layers(t);
     params_build(&p->full, &cfg->model);
+    plan_rank_memory(t, g);
+    shard_check_plan(&t->mem, &t->mem_limit, cfg, t->o, w->local_size);
     for (int c = 0; c < p->sched.n_chunks; c++) {
         spec_of(t, g->stage, c, &p->spec[c]);
         const int mode = pipe_exec_train_mode(&p->sched, g->stage, c) | (tc->recompute ? MODEL_RECOMPUTE : 0);
@@ -118,6 +312,10 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
         model_init_params(p->stage[c], (uint64_t)tc->seed);
         plan_ownership(t, c);
     }
+    plan_mirrors(t);
+    plan_own(t);
+    p->world = w->comm;
+    CHECK(w->comm->rank == groups_world_rank(g->dp, g->stage, g->dp_rank));
     t->model = p->stage[0];
     p->link = p2p_link_create(g->pp_comm, t->o, stage_io_bytes(p->stage[0]),
                               count_sends(&p->sched.rank[g->stage]) + 1);
@@ -125,8 +323,6 @@ void pp_setup(Trainer *t, const World *w, Groups *g)
     p->windows = xcalloc((size_t)C, sizeof(int32_t *));
     for (int i = 0; i < C; i++) p->windows[i] = xcalloc((size_t)B * (T + 1), sizeof(int32_t));
     p->losses = xcalloc((size_t)C, sizeof(ModelLoss));
-    p->host_grad = xmalloc(p->full.total * sizeof(float));
-    p->host_tmp = xmalloc(p->full.total * sizeof(float));
     const size_t nc = (size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1;
     p->counts = xcalloc(nc, sizeof(float));
     p->counts_tmp = xcalloc(nc, sizeof(float));
@@ -139,15 +335,18 @@ void pp_free(Trainer *t)
     pipe_exec_free(&p->ex);
     p2p_link_free(p->link);
     for (int c = 0; c < p->sched.n_chunks; c++) {
-        optim_free(&p->opt[c]);
+        shard_free(&p->shard[c], t->o);
         free(p->first_holder[c]);
         model_destroy(p->stage[c]);
     }
     for (int i = 0; i < p->sched.micro_batches; i++) free(p->windows[i]);
     free(p->windows);
     free(p->losses);
-    free(p->host_grad);
-    free(p->host_tmp);
+    for (int c = 0; c < p->sched.n_chunks; c++) free(p->own_off[c]);
+    params_free(&p->own);
+    free(p->mirror);
+    free(p->pack);
+    comm_destroy(p->pair);
     free(p->counts);
     free(p->counts_tmp);
     sched_free(&p->sched);
@@ -158,53 +357,51 @@ void pp_free(Trainer *t)
     t->model = NULL;
 }
 
-const ParamTable *pp_table(const Trainer *t) { return &t->pp->full; }
+const ParamTable *pp_table(const Trainer *t) { return &t->pp->own; }
 
-/* full (whole table, host) += (or <-, add = 0) chunk c's local buffer dev (backend). */
-static void to_full(Trainer *t, int c, float *full, const float *dev, int add)
+/* The tensors held twice: each chunk's gradient <- the sum over every holder (this rank's
+ * chunks in chunk order, then the pair's two sums), so the copies take the same update. Only
+ * those tensors travel (the pack), between exactly their two holding ranks. */
+static void sum_mirrors(Trainer *t)
 {
     struct PpTrainer *p = t->pp;
-    const ParamTable *pt = model_table(p->stage[c]);
-    t->o->download(t->o, p->host_tmp, dev, pt->total * sizeof(float));
-    for (int i = 0; i < pt->n; i++) {
-        const Param *e = &pt->p[i];
-        float *dst = full + e->global_offset;
-        const float *src = p->host_tmp + e->offset;
-        if (add)
-            for (size_t j = 0; j < e->numel; j++) dst[j] += src[j];
-        else
-            memcpy(dst, src, e->numel * sizeof(float));
+    Ops *o = t->o;
+    if (p->n_mirror == 0) return;
+    float *tmp = NULL;
+    for (int k = 0; k < p->n_mirror; k++) {
+        const Mirror *m = &p->mirror[k];
+        float *dst = p->pack + m->at;
+        o->download(o, dst, model_grads(p->stage[m->chunk[0]]) + m->off[0], m->numel * sizeof(float));
+        if (m->n_loc < 2) continue;
+        tmp = tmp ? tmp : xmalloc(p->pack_n * sizeof(float));
+        o->download(o, tmp, model_grads(p->stage[m->chunk[1]]) + m->off[1], m->numel * sizeof(float));
+        for (size_t i = 0; i < m->numel; i++) dst[i] += tmp[i];
+    }
+    free(tmp);
+    if (p->pair) comm_allreduce(p->pair, p->pack, p->pack_n, COMM_F32, COMM_SUM);
+    for (int k = 0; k < p->n_mirror; k++) {
+        const Mirror *m = &p->mirror[k];
+        for (int h = 0; h < m->n_loc; h++)
+            o->upload(o, model_grads(p->stage[m->chunk[h]]) + m->off[h], p->pack + m->at, m->numel * sizeof(float));
     }
 }
 
-/* Chunk c's local buffer dev (backend) <- its rows of full (whole table, host). */
-static void from_full(Trainer *t, int c, float *dev, const float *full)
-{
-    struct PpTrainer *p = t->pp;
-    const ParamTable *pt = model_table(p->stage[c]);
-    for (int i = 0; i < pt->n; i++) {
-        const Param *e = &pt->p[i];
-        memcpy(p->host_tmp + e->offset, full + e->global_offset, e->numel * sizeof(float));
-    }
-    t->o->upload(t->o, dev, p->host_tmp, pt->total * sizeof(float));
-}
-
-/* Every chunk's gradients <- the whole gradient's rows: the sum over chunks and PP ranks (each
- * entry has at most two holders, the others add zero), then over the DP replicas (their data
- * shares; under EP an expert's gradient comes from the ranks running it, as in train.h).
- * Returns the global norm of the mean gradient (the sum / dp; optim_step applies the 1/dp). */
+/* The gradients summed over every holder and data-parallel replica, into each chunk's ZeRO-1
+ * slices (runtime/shard.h: replicated tensors over dp_comm, experts over edp_comm), after the
+ * mirror sums. Returns the global norm of the mean gradient: every tensor counted once (by its
+ * first holder's slices), the slices' sums of squares summed over the whole job. */
 static double reduce_grads(Trainer *t)
 {
     struct PpTrainer *p = t->pp;
     const Groups *g = t->groups;
-    const size_t total = p->full.total;
-    memset(p->host_grad, 0, total * sizeof(float));
-    for (int c = 0; c < n_chunks(t); c++) to_full(t, c, p->host_grad, model_grads(p->stage[c]), 1);
-    comm_allreduce(g->pp_comm, p->host_grad, total, COMM_F32, COMM_SUM);
-    if (g->dp > 1) comm_allreduce(g->dp_comm, p->host_grad, total, COMM_F32, COMM_SUM);
-    for (int c = 0; c < n_chunks(t); c++) from_full(t, c, model_grads(p->stage[c]), p->host_grad);
+    sum_mirrors(t);
     double sq = 0;
-    for (size_t i = 0; i < total; i++) sq += (double)p->host_grad[i] * p->host_grad[i];
+    for (int c = 0; c < n_chunks(t); c++) {
+        shard_reduce_grads(&p->shard[c], t->o, model_grads(p->stage[c]));
+        sq += shard_slice_sumsq(&p->shard[c], p->first_holder[c]);
+    }
+    comm_allreduce(g->pp_comm, &sq, 1, COMM_F64, COMM_SUM);
+    if (g->dp > 1) comm_allreduce(g->dp_comm, &sq, 1, COMM_F64, COMM_SUM);
     return sqrt(sq) / g->dp;
 }
 
@@ -279,8 +476,10 @@ void pp_train_step(Trainer *t, StepMetrics *s)
     s->grad_norm = reduce_grads(t);
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
     const double scale = clip_scale(s->grad_norm, c->optim.grad_clip) / t->groups->dp;
-    for (int k = 0; k < n_chunks(t); k++)
-        optim_step(&p->opt[k], model_params(p->stage[k]), model_grads(p->stage[k]), s->lr, scale);
+    for (int k = 0; k < n_chunks(t); k++) {
+        shard_step(&p->shard[k], model_params(p->stage[k]), s->lr, scale);
+        shard_gather_params(&p->shard[k], t->o, model_params(p->stage[k]));
+    }
     reduce_counts(t, s, gamma);
     s->max_nodes = 0;
     t->step++;
@@ -348,38 +547,22 @@ double pp_evaluate(Trainer *t, double *mtp)
     return sum;
 }
 
-/* Whether this rank's copy of entry p goes into the gathered tables among its stage's dp
- * ranks: all of them hold the same when ep = 1 (each contributes over pp_comm only); under
- * EP a replicated tensor comes from dp rank 0 and a routed expert from the first EP group
- * (ep_index 0), which holds each expert once. */
-static int dp_writer(const Groups *g, const Param *p)
-{
-    if (g->ep == 1) return 1;
-    return p->role == ROLE_ROUTED_EXPERT ? g->ep_index == 0 : g->dp_rank == 0;
-}
-
 void pp_gather_state(Trainer *t)
 {
     struct PpTrainer *p = t->pp;
-    const Groups *g = t->groups;
-    const size_t total = p->full.total;
     float *dst[3] = { t->host_params, t->host_m, t->host_v };
-    for (int k = 0; k < 3; k++) memset(dst[k], 0, total * sizeof(float));
     for (int c = 0; c < n_chunks(t); c++) {
         const ParamTable *pt = model_table(p->stage[c]);
-        const float *src[3] = { model_params(p->stage[c]), p->opt[c].m, p->opt[c].v };
+        float *src[3];
+        for (int k = 0; k < 3; k++) src[k] = xmalloc((pt->total + 1) * sizeof(float));
+        t->o->download(t->o, src[0], model_params(p->stage[c]), pt->total * sizeof(float));
+        shard_gather_moments(&p->shard[c], t->o, src[1], src[2]);
+        /* a tensor in both chunks: the same values twice (its copies take the same updates) */
         for (int k = 0; k < 3; k++) {
-            t->o->download(t->o, p->host_tmp, src[k], pt->total * sizeof(float));
             for (int i = 0; i < pt->n; i++)
-                if (p->first_holder[c][i] && dp_writer(g, &pt->p[i]))
-                    memcpy(dst[k] + pt->p[i].global_offset, p->host_tmp + pt->p[i].offset,
-                           pt->p[i].numel * sizeof(float));
+                memcpy(dst[k] + p->own_off[c][i], src[k] + pt->p[i].offset, pt->p[i].numel * sizeof(float));
+            free(src[k]);
         }
-    }
-    /* one holder writes each entry, the others add zero: exact */
-    for (int k = 0; k < 3; k++) {
-        comm_allreduce(g->pp_comm, dst[k], total, COMM_F32, COMM_SUM);
-        if (g->ep > 1) comm_allreduce(g->dp_comm, dst[k], total, COMM_F32, COMM_SUM);
     }
 }
 
@@ -387,27 +570,115 @@ void pp_restore(Trainer *t, int step)
 {
     struct PpTrainer *p = t->pp;
     for (int c = 0; c < n_chunks(t); c++) {
-        from_full(t, c, model_params(p->stage[c]), t->host_params);
-        from_full(t, c, p->opt[c].m, t->host_m);
-        from_full(t, c, p->opt[c].v, t->host_v);
-        p->opt[c].step = step;
+        const ParamTable *pt = model_table(p->stage[c]);
+        float *src[3] = { t->host_params, t->host_m, t->host_v }, *dst[3];
+        for (int k = 0; k < 3; k++) {
+            dst[k] = xmalloc((pt->total + 1) * sizeof(float));
+            for (int i = 0; i < pt->n; i++)
+                memcpy(dst[k] + pt->p[i].offset, src[k] + p->own_off[c][i], pt->p[i].numel * sizeof(float));
+        }
+        t->o->upload(t->o, model_params(p->stage[c]), dst[0], pt->total * sizeof(float));
+        shard_load_moments(&p->shard[c], t->o, dst[1], dst[2], step);
+        for (int k = 0; k < 3; k++) free(dst[k]);
     }
 }
+
+/* writes[i] <- whether PP rank `stage` writes entry i of its table rt: no earlier PP rank
+ * holds it. */
+static unsigned char *rank_writes(Trainer *t, int stage, const ParamTable *rt)
+{
+    unsigned char *w = xcalloc((size_t)rt->n + 1, 1);
+    for (int i = 0; i < rt->n; i++) {
+        w[i] = 1;
+        for (int r = 0; r < stage && w[i]; r++)
+            for (int c = 0; c < t->pp->sched.n_chunks; c++)
+                if (holds(t, r, c, &rt->p[i])) w[i] = 0;
+    }
+    return w;
+}
+
+/* The row blocks world rank (stage, dp_rank) writes of its table rt: its tensors' rows cut
+ * over its dp (or edp) group (runtime/ckpt_shard.h), of the entries it writes. */
+static void rank_blocks(const Groups *g, int dp_rank, const ParamTable *rt, const unsigned char *writes,
+                        long long *start, long long *count)
+{
+    ckpt_shard_blocks(rt, g->dp, dp_rank, g->ep, start, count);
+    for (int i = 0; i < rt->n; i++)
+        if (!writes[i]) start[i] = count[i] = 0;
+}
+
+typedef struct PpFiles {
+    Trainer *t;
+    ParamTable *tables;         /* [stage * ep + ep_rank], built when first asked for */
+    unsigned char **writes;     /* [same]: rank_writes of that table (NULL: not built yet) */
+} PpFiles;
+
+static const ParamTable *pp_file(void *arg, int r, long long *start, long long *count)
+{
+    PpFiles *f = arg;
+    const Groups *g = f->t->groups;
+    const int stage = r / g->dp, dp_rank = r % g->dp, k = stage * g->ep + dp_rank % g->ep;
+    if (!f->writes[k]) {
+        rank_table(f->t, stage, dp_rank % g->ep, &f->tables[k]);
+        f->writes[k] = rank_writes(f->t, stage, &f->tables[k]);
+    }
+    rank_blocks(g, dp_rank, &f->tables[k], f->writes[k], start, count);
+    return &f->tables[k];
+}
+
+int pp_save(Trainer *t, const CkptRequest *req, char *err, size_t errlen)
+{
+    struct PpTrainer *p = t->pp;
+    const Groups *g = t->groups;
+    long long *start = xcalloc(2 * (size_t)p->own.n + 1, sizeof(long long)), *count = start + p->own.n;
+    unsigned char *writes = rank_writes(t, g->stage, &p->own);
+    rank_blocks(g, g->dp_rank, &p->own, writes, start, count);
+    free(writes);
+    CkptRequest r = *req;
+    r.table = &p->own;
+    r.rank = p->world->rank;
+    r.layout = (CkptLayout){ .world_size = p->world->size, .pp = g->pp, .dp = g->dp, .ep = g->ep };
+    r.row_start = start;
+    r.row_count = count;
+    const size_t n = (size_t)g->pp * g->ep;
+    PpFiles f = { t, xcalloc(n, sizeof(ParamTable)), xcalloc(n, sizeof(unsigned char *)) };
+    CkptShardJob job = { p->world, p->full.n, pp_file, &f };
+    int rc = ckpt_shard_save_job(&r, &job, err, errlen);
+    for (size_t k = 0; k < n; k++)
+        if (f.writes[k]) {
+            params_free(&f.tables[k]);
+            free(f.writes[k]);
+        }
+    free(f.tables);
+    free(f.writes);
+    free(start);
+    return rc;
+}
+
+Comm *pp_world(const Trainer *t) { return t->pp->world; }
 
 void pp_print_memory(Trainer *t, FILE *f)
 {
     struct PpTrainer *p = t->pp;
-    const int pp = t->groups->pp, W = 5;
-    double mine[5] = { 0 }, *all = xcalloc((size_t)pp * W, sizeof(double));
+    const int pp = t->groups->pp, W = 9;
+    double mine[9] = { 0 }, *all = xcalloc((size_t)pp * W, sizeof(double));
     for (int c = 0; c < n_chunks(t); c++) {
         ModelMemory mm;
         model_memory(p->stage[c], &mm);
         mine[0] += (double)mm.acts;
         mine[1] += (double)mm.scratch;
         mine[2] += (double)(mm.params + mm.grads + mm.copies);
-        mine[3] += 2.0 * (double)model_table(p->stage[c])->total * sizeof(float);
+        mine[3] += (double)shard_optim_floats(&p->shard[c]) * sizeof(float);
         mine[4] += stage_n_slots(p->stage[c]);
+        mine[5] += (double)(mm.params + mm.grads) + (double)shard_optim_floats(&p->shard[c]) * sizeof(float);
     }
+    Plan plan;
+    plan_compute(&plan, &t->cfg);
+    const PlanRank *pr = &plan.ranks[t->groups->stage];
+    mine[6] = plan.n_ranks == pp ? pr->weight_bytes + pr->grad_bytes + pr->optim_bytes : -1;
+    plan_free(&plan);
+    mine[7] = memplan_total(&t->mem, 0);
+    mine[8] = memplan_total(&t->mem, 1);
     comm_allgather(t->groups->pp_comm, all, mine, W, COMM_F64);
     const double MiB = 1048576.0;
     fprintf(f, "memory per pipeline rank (%s; each rank holds its stages' tensors):\n", t->o->name);
@@ -424,6 +695,13 @@ void pp_print_memory(Trainer *t, FILE *f)
         const double *a = all + (size_t)r * W;
         fprintf(f, "  %-6d %-22s %6.0f %10.1f MiB %12.1f MiB %12.1f MiB %10.1f MiB\n", r, stages, a[4], a[0] / MiB,
                 a[1] / MiB, a[2] / MiB, a[3] / MiB);
+    }
+    fprintf(f, "memory planned per pipeline rank before allocation (runtime/shard.h items, checked against %s):\n",
+            t->mem_limit.bytes < 0 ? "no known limit" : t->mem_limit.source);
+    for (int r = 0; r < pp; r++) {
+        const double *a = all + (size_t)r * W;
+        fprintf(f, "  rank %-3d planned %10.3f MiB (host %.3f MiB) | params+grads+optimizer %10.3f MiB "
+                "(dstrain plan: %.3f MiB)\n", r, a[7] / MiB, a[8] / MiB, a[5] / MiB, a[6] / MiB);
     }
     free(all);
 }

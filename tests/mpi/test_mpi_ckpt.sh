@@ -19,6 +19,13 @@
 #   - kill -9 in each phase of a 4-rank save (a rank's file, after the files, after the
 #     manifest, before the rename): ckpt-10 stays the newest checkpoint that verifies and a
 #     resume continues from it; after the rename ckpt-20 is complete and taken
+#   - pipelines (4 layers, 8 micro-batches of 1 sequence): a pp 4 DualPipe run (mirror stages,
+#     both ends on ranks 0 and 3) writes 4 files whose manifest records pp 4, no rank file
+#     holding the whole model; its ckpt-10 resumed at pp 4 ends bit for bit where it does, and
+#     resumed at pp 2 (1F1B: other stages, other owners)
+#     and on 1 rank continues to its losses and final weights within the bounds above (the
+#     layouts differ in the order they sum the gradients of the tensors two stages hold);
+#     kill -9 of a pp 2 save in a rank's file and before the rename leaves ckpt-10 as latest.
 LOSS_TOL=1e-4       # absolute, nats (test_mpi_train.sh)
 GNORM_TOL=2e-3      # relative (test_mpi_train.sh)
 WEIGHT_TOL=2e-3     # ckpt_compare: max |a-b| / max |a| per tensor (test_mpi_train.sh)
@@ -138,5 +145,59 @@ for phase in during-tmp-files after-tmp-files after-manifest before-rename after
         > $name.resume.txt 2>&1
     check "$phase: latest is $want and the run completes" \
         '[ $? -eq 0 ] && grep -q "resume: from .*/$want" $name.resume.txt' || show $name.resume.txt
+done
+
+# pipelines: PPNAME PP SCHEDULE [ARGS...]
+PPARGS=(--set model.num_hidden_layers=4 --set train.grad_accum=8 --set train.micro_batch_size=1)
+pplayout() {
+    local name=$1 pp=$2 sch=$3
+    shift 3
+    run_mpi "$pp" $name.txt "$DSTRAIN" train "${ARGS[@]}" "${PPARGS[@]}" --set train.name=$name --set parallel.pp=$pp \
+        --set parallel.schedule=$sch "$@"
+}
+pplayout pp4 4 dualpipe
+check "pp 4 dualpipe trains (exit $RC, ${ELAPSED}s)" '[ $RC -eq 0 ] && grep -q "ckpt-20 written by 4 ranks" pp4.txt' \
+    || show pp4.txt
+check "pp 4: 4 files, the layout's pp 4, none holding the whole model" 'python3 - runs/pp4/ckpt-10/manifest.json <<PY
+import json, sys
+m = json.load(open(sys.argv[1]))
+files, lay = m["files"], m["layout"]
+names = set(t for f in files for t in f["tensors"])
+ok = lay["world_size"] == 4 and lay["pp"] == 4 and lay["dp"] == 1 and len(files) == 4
+ok = ok and all(len(f["tensors"]) < len(names) for f in files)
+ok = ok and "model.embed_tokens.weight" in names and "lm_head.weight" in names
+sys.exit(0 if ok else 1)
+PY'
+for to in 4:dualpipe 2:1f1b 1:1f1b; do
+    IFS=: read -r pp sch <<< "$to"
+    mkdir -p runs/ppr$pp
+    cp -r runs/pp4/ckpt-10 runs/ppr$pp/
+    if [ "$pp" -eq 1 ]; then
+        "$DSTRAIN" train "${ARGS[@]}" "${PPARGS[@]}" --set train.name=ppr1 --resume latest > ppr1.txt 2>&1
+        RC=$?
+    else
+        pplayout ppr$pp $pp $sch --resume latest
+    fi
+    check "pp 4's ckpt-10 resumes at pp $pp (exit $RC)" '[ $RC -eq 0 ] && grep -q "resume: step 10" ppr$pp.txt' \
+        || show ppr$pp.txt
+    if [ "$pp" -eq 4 ]; then    # its own layout: bit for bit
+        check "pp 4 -> pp 4: steps 11-20 identical" 'same_steps pp4 ppr4 0 0'
+        check "pp 4 -> pp 4: ckpt-20 identical" '"$CMP" runs/pp4/ckpt-20 runs/ppr4/ckpt-20'
+        continue
+    fi
+    check "pp 4 -> pp $pp: steps 11-20 match" 'same_steps pp4 ppr$pp $LOSS_TOL $GNORM_TOL'
+    check "pp 4 -> pp $pp: final weights match" '"$CMP" runs/pp4/ckpt-20 runs/ppr$pp/ckpt-20 $WEIGHT_TOL'
+done
+for phase in during-tmp-files before-rename; do
+    name=ppkill-$phase
+    mkdir -p runs/$name
+    cp -r runs/pp4/ckpt-10 runs/$name/
+    DSTRAIN_CKPT_CRASH_AT=$phase DSTRAIN_CKPT_CRASH_STEP=20 pplayout $name 2 1f1b --resume latest
+    check "pp 2, $phase: the job was killed (exit $RC)" \
+        '[ $RC -ne 0 ] && [ $RC -ne 124 ] && grep -q "killing the process" $name.txt' || show $name.txt
+    "$DSTRAIN" train "${ARGS[@]}" "${PPARGS[@]}" --set train.name=$name --set train.steps=11 --resume latest \
+        > $name.resume.txt 2>&1
+    check "pp 2, $phase: latest is ckpt-10" '[ $? -eq 0 ] && grep -q "resume: from .*/ckpt-10" $name.resume.txt' \
+        || show $name.resume.txt
 done
 finish

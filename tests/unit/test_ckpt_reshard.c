@@ -7,12 +7,18 @@
  *   - the blocks of all ranks cover every row of every tensor once (checked by the loader;
  *     here also directly);
  *   - a file claiming rows it does not hold (manifest and file disagree) is refused;
- *   - a format-1 manifest (no row blocks, whole tensors) is still read.
+ *   - a format-1 manifest (no row blocks, whole tensors) is still read;
+ *   - a pipeline save (pp 2: stage 0 with the embedding, stage 1 with the head, the MTP module
+ *     and an embedding copy; each tensor written by its first holder, runtime/train_pp.h)
+ *     loads back into the whole table and into each stage's table (a filtered selection
+ *     reading from files that hold other stages' tensors), with and without an EP slice,
+ *     bit for bit.
  */
 #include <string.h>
 #include <sys/stat.h>
 
 #include "checkpoint/manifest.h"
+#include "model/stage.h"
 #include "runtime/ckpt_shard.h"
 #include "runtime/common.h"
 #include "runtime/config.h"
@@ -108,6 +114,80 @@ static void load_as(const Whole *w, const ModelConfig *c, const char *dir, int e
     params_free(&t);
 }
 
+static int keep_stage(const Param *p, void *arg)
+{
+    const void **a = arg;
+    return stage_holds(a[0], a[1], p);
+}
+
+/* Stage s of 2 over c's layers, as a table (of EP rank r of ep). */
+static void stage_table(ParamTable *t, const ParamTable *full, const ModelConfig *c, int s, int ep, int r)
+{
+    StageSpec sp;
+    stage_split(c->num_hidden_layers, 2, s, &sp);
+    const void *arg[2] = { &sp, c };
+    const int nl = c->n_routed_experts / ep;
+    params_select(t, full, ep > 1 ? r * nl : 0, ep > 1 ? nl : c->n_routed_experts, keep_stage, arg);
+}
+
+/* Save `w` as a pp 2 job would (dp 1): stage s's rank writes the tensors no earlier stage
+ * holds, whole. */
+static int save_pp(const Whole *w, const ModelConfig *c, const char *run, char *err, size_t n)
+{
+    ParamTable tabs[2];
+    float *bufs[6];
+    long long *blocks = xcalloc(4 * (size_t)w->t.n, sizeof(long long));
+    CkptRankFile files[2];
+    CkptRequest q = { .run_dir = run, .config_text = w->text, .state = w->st, .layout = { 2, 2, 1, 1 } };
+    int rc = ckpt_save_begin(run, w->st.step, err, n);
+    for (int r = 0; r < 2; r++) {
+        stage_table(&tabs[r], &w->t, c, r, 1, 0);
+        for (int k = 0; k < 3; k++) {
+            bufs[3 * r + k] = xcalloc(tabs[r].total, sizeof(float));
+            gather_into(&tabs[r], &w->t, w->a[k], bufs[3 * r + k]);
+        }
+        long long *start = blocks + 2 * (size_t)r * w->t.n, *count = start + w->t.n;
+        ckpt_shard_blocks(&tabs[r], 1, 0, 1, start, count);
+        for (int i = 0; r == 1 && i < tabs[1].n; i++)
+            if (params_find(&tabs[0], tabs[1].p[i].name)) start[i] = count[i] = 0;
+        q.table = &tabs[r], q.rank = r, q.row_start = start, q.row_count = count;
+        q.params = bufs[3 * r], q.adam_m = bufs[3 * r + 1], q.adam_v = bufs[3 * r + 2];
+        files[r] = (CkptRankFile){ r, 0, 0, &tabs[r], start, count };
+        if (rc == 0) rc = ckpt_save_rank(&q, &files[r].bytes, &files[r].checksum, err, n);
+    }
+    if (rc == 0) rc = ckpt_save_commit(&q, files, 2, err, n);
+    for (int r = 0; r < 2; r++) {
+        params_free(&tabs[r]);
+        for (int k = 0; k < 3; k++) free(bufs[3 * r + k]);
+    }
+    free(blocks);
+    return rc;
+}
+
+/* Load dir into stage s's table (of EP rank r of ep) and compare with w. */
+static void load_stage(const Whole *w, const ModelConfig *c, const char *dir, int s, int ep, int r)
+{
+    ParamTable t;
+    stage_table(&t, &w->t, c, s, ep, r);
+    float *got[3], *want[3];
+    for (int k = 0; k < 3; k++) {
+        got[k] = xcalloc(t.total, sizeof(float));
+        want[k] = xcalloc(t.total, sizeof(float));
+        gather_into(&t, &w->t, w->a[k], want[k]);
+    }
+    char err[1024];
+    int rc = ckpt_load(dir, &t, got[0], got[1], got[2], NULL, err, sizeof err);
+    EXPECT(rc == 0 && t.filtered && t.n < w->t.n, "load into stage %d (ep %d rank %d): %s", s, ep, r, err);
+    int same = rc == 0;
+    for (int k = 0; k < 3; k++) same = same && !memcmp(got[k], want[k], t.total * sizeof(float));
+    EXPECT(same, "stage %d (ep %d rank %d): loaded values differ", s, ep, r);
+    for (int k = 0; k < 3; k++) {
+        free(got[k]);
+        free(want[k]);
+    }
+    params_free(&t);
+}
+
 int main(void)
 {
     unsigned long long seed = test_seed();
@@ -187,6 +267,19 @@ int main(void)
     w.st.step = 8;
     load_as(&w, &cfg.model, d8, 1, 0);
     load_as(&w, &cfg.model, d8, 4, 3);
+
+    /* pipelines: pp 2's files, loaded by the whole table and by every stage */
+    w.st.step = 9;
+    char *d9 = xasprintf("%s/ckpt-9", run);
+    EXPECT(save_pp(&w, &cfg.model, run, err, sizeof err) == 0, "pp 2 save: %s", err);
+    load_as(&w, &cfg.model, d9, 1, 0);
+    load_as(&w, &cfg.model, d9, 2, 1);
+    for (int s = 0; s < 2; s++) {
+        load_stage(&w, &cfg.model, d9, s, 1, 0);
+        load_stage(&w, &cfg.model, d9, s, 2, 1);
+    }
+    load_stage(&w, &cfg.model, dir, 1, 4, 2);   /* and a stage of the (4, 2) save */
+    free(d9);
 
     ckpt_manifest_free(&m);
     ckpt_manifest_free(&m8);
