@@ -513,6 +513,42 @@ static void test_validation_errors(void)
              "model.num_attention_heads=6", "model.head_dim=20", "model.num_key_value_heads=2" } });
 }
 
+/* config_fit_pipeline: the step's sequences split into the fewest micro-batches the schedule
+ * takes that divide them; validation keeps its sequences; nothing changes where nothing needs
+ * fitting or nothing fits. */
+static void test_fit_pipeline(void)
+{
+    Config c;
+    char note[512];
+    config_defaults(&c);
+    c.parallel.pp = 4;
+    snprintf(c.parallel.schedule, sizeof c.parallel.schedule, "dualpipe");
+    c.train.micro_batch_size = 16;
+    c.train.grad_accum = 1;
+    c.train.val_batches = 8;
+    EXPECT(config_fit_pipeline(&c, note, sizeof note) == 1, "16 x 1 at dualpipe pp 4 fitted");
+    EXPECT(c.train.micro_batch_size == 2 && c.train.grad_accum == 8 && c.train.val_batches == 64,
+           "16 x 1 -> %d x %d, val %d (want 2 x 8, val 64)", c.train.micro_batch_size, c.train.grad_accum,
+           c.train.val_batches);
+    EXPECT(strstr(note, "8 micro-batches of 2") != NULL, "note: %s", note);
+    EXPECT(config_fit_pipeline(&c, note, sizeof note) == 0, "a fitted step is left alone");
+    c.train.micro_batch_size = 6;       /* 18 sequences: 9 is odd for dualpipe, 18 x 1 is the fewest */
+    c.train.grad_accum = 3;
+    c.train.val_batches = 1;
+    EXPECT(config_fit_pipeline(&c, note, sizeof note) == 1 && c.train.grad_accum == 18 &&
+           c.train.micro_batch_size == 1 && c.train.val_batches == 6, "6 x 3 -> %d x %d, val %d (want 1 x 18, val 6)",
+           c.train.micro_batch_size, c.train.grad_accum, c.train.val_batches);
+    c.train.micro_batch_size = 3;       /* 3 sequences cannot make 8 micro-batches */
+    c.train.grad_accum = 1;
+    EXPECT(config_fit_pipeline(&c, note, sizeof note) == 0 && c.train.micro_batch_size == 3 && c.train.grad_accum == 1,
+           "3 x 1 left for config_validate to refuse");
+    snprintf(c.parallel.schedule, sizeof c.parallel.schedule, "1f1b");     /* 1f1b runs any count */
+    EXPECT(config_fit_pipeline(&c, note, sizeof note) == 0, "1f1b: nothing to fit");
+    c.parallel.pp = 1;
+    snprintf(c.parallel.schedule, sizeof c.parallel.schedule, "dualpipe");
+    EXPECT(config_fit_pipeline(&c, note, sizeof note) == 0, "pp 1: nothing to fit");
+}
+
 int main(void)
 {
     unsigned long long seed = test_seed();
@@ -523,5 +559,6 @@ int main(void)
     test_deepseek();
     test_input_errors();
     test_validation_errors();
+    test_fit_pipeline();
     return test_finish();
 }
