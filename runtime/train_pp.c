@@ -90,7 +90,7 @@ static void plan_ownership(Trainer *t, int c)
             }
         p->first_holder[c][i] = (unsigned char)first;
     }
-    optim_init(&p->opt[c], t->o, pt, &t->cfg.optim, t->cfg.train.bf16_moments);
+    optim_init(&p->opt[c], t->o, pt, &t->cfg.optim, train_bf16_moments(&t->cfg.train));
 }
 
 static int count_sends(const SchedList *l)
