@@ -8,9 +8,11 @@
  * codes with one power-of-two scale per 1x128 tile (kernels/cpu/cpu_wire.h: C + 4*ceil(C/128)
  * bytes a row instead of 4C): quantised after the gather in the post, dequantised into recv
  * in the wait. The one-rank path sends nothing and rounds nothing: there the expert GEMM's
- * own 1x128 quantisation is the only one, as on one GPU. (With P > 1 the GEMM re-quantises
- * the received rows; that is exact only where its tiles take power-of-two scales too, which
- * the Fprop of kernels/cpu/cpu_fp8.c does not yet: amax/448.) Under bf16 and fp8 the combine
+ * own 1x128 quantisation is the only one, as on one GPU. With P > 1 the GEMM re-quantises
+ * the received rows with the same power-of-two 1x128 tiles (the experts' gate_up weights
+ * carry act_pow2, kernels/ops.h), which gives every decoded row back exactly, so the expert
+ * Fprop sees the same operand at every P. (The experts' Wgrad still reads the received rows
+ * themselves: E4M3 values at P > 1, the BF16 rows at P = 1.) Under bf16 and fp8 the combine
  * carries BF16 (2C bytes a row): exact, the rows already hold BF16 values (every act store
  * rounds). The backward exchanges keep the activation width. fp32: unchanged. The
  * wire formats are host code: tables with act in host memory (cpu) only.

@@ -44,6 +44,7 @@ void wgt_bind(Wgt *w, Ops *o, float *master, int rows, int cols, WgtType type, v
     w->cols = cols;
     w->type = type;
     w->data = bytes ? storage : (void *)master;
+    w->act_pow2 = 0;
 }
 
 Ops *ops_cpu_create(int threads, Precision precision)

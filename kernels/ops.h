@@ -67,6 +67,10 @@ typedef struct Wgt {
     int rows, cols;
     WgtType type;
     void *data;             /* the compute copy (backend layout), or master */
+    int act_pow2;           /* FP8 Fprop: the activation's 1x128 tiles take power-of-two scales
+                             * (the routed experts' gate_up, whose rows arrive as the dispatch's
+                             * FP8 payload: SPEC section 6); 0 (amax / 448) elsewhere. wgt_bind
+                             * sets 0, the model sets it after. */
 } Wgt;
 
 typedef struct AttnShape {

@@ -142,6 +142,7 @@ void block_bind(BlockWeights *w, Ops *o, const ParamTable *t, const ModelConfig 
         char ex[PARAM_NAME_MAX];
         snprintf(ex, sizeof ex, "mlp.experts.%d", t->expert_lo + j);
         bind_swiglu(&b, &egu[j], &edown[j], ex, F, C);
+        egu[j].act_pow2 = 1;    /* its input rows are the dispatch payload (kernels/ops.h Wgt) */
     }
 }
 

@@ -442,13 +442,43 @@ void model_memory(const Model *m, ModelMemory *mm)
     mm->scratch = m->bytes_scratch;
 }
 
+void model_copies(const Model *m, ModelCopies *mc)
+{
+    memset(mc, 0, sizeof *mc);
+    for (int i = 0; i < m->n_wgts; i++) {
+        const Wgt *w = m->wgts[i];
+        const size_t n = (size_t)w->rows * w->cols;
+        if (w->type == WGT_BF16) mc->bf16 += n;
+        if (w->type != WGT_FP8) continue;
+        mc->fp8 += n;
+        mc->fp8_blocks += (size_t)((w->rows + 127) / 128) * (size_t)((w->cols + 127) / 128);
+    }
+}
+
+/* The copies line: what this table allocates, and under bf16/fp8 what the recipe holds. */
+static void print_copies(const Model *m, FILE *f, double MiB)
+{
+    fprintf(f, "  %-24s %10.1f MiB", "weight compute copies", m->bytes_copies / MiB);
+    if (m->o->precision == PREC_FP32) {
+        fprintf(f, "  (none: the FP32 masters are the compute copies)\n");
+        return;
+    }
+    ModelCopies mc;
+    model_copies(m, &mc);
+    fprintf(f, "  (%s; as the %s recipe holds them: %zu bytes = BF16 2 B x %zu values + FP8 codes and "
+            "transposed codes 2 B x %zu values + %zu 128x128 block scales x 4 B)\n",
+            !strcmp(m->o->name, "cpu") ? "FP32 values in the CPU emulation" : "this device's layout",
+            m->o->precision == PREC_FP8 ? "fp8" : "bf16",
+            model_copies_bytes(&mc), mc.bf16, mc.fp8, mc.fp8_blocks);
+}
+
 void model_print_memory(const Model *m, FILE *f)
 {
     const double MiB = 1024.0 * 1024.0;
     fprintf(f, "memory (%s):\n", m->o->name);
     fprintf(f, "  %-24s %10.1f MiB  (%zu parameters)\n", "parameters", m->bytes_params / MiB, m->table.total);
     fprintf(f, "  %-24s %10.1f MiB\n", "gradients", (m->grads ? m->bytes_params : 0) / MiB);
-    fprintf(f, "  %-24s %10.1f MiB\n", "weight compute copies", m->bytes_copies / MiB);
+    print_copies(m, f, MiB);
     fprintf(f, "  %-24s %10.1f MiB  (micro-batch %d x %d)\n", "activations", m->bytes_acts / MiB, m->d.B, m->d.T);
     fprintf(f, "  %-24s %10.1f MiB\n", "backward scratch", m->bytes_scratch / MiB);
     if (m->n_moe == 0) return;

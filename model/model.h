@@ -95,6 +95,13 @@ void model_print_memory(const Model *m, FILE *f);
 /* pool: the expert-row pool's share of acts and scratch (model/layers.h moe_plan_pool). */
 typedef struct ModelMemory { size_t params, grads, copies, acts, scratch, pool; } ModelMemory;
 void model_memory(const Model *m, ModelMemory *mm);
+/* The Linear weights' compute copies as the recipe holds them (SPEC section 6; the CPU
+ * emulation keeps FP32 values instead): bf16 values of BF16 copies (2 B each), fp8 values of
+ * FP8 copies (codes and transposed codes, 1 B each) and their 128x128 blocks (one FP32 scale
+ * each, shared by the transposed copy), counted per bound weight (gate and up fused). */
+typedef struct ModelCopies { size_t bf16, fp8, fp8_blocks; } ModelCopies;
+void model_copies(const Model *m, ModelCopies *mc);
+static inline size_t model_copies_bytes(const ModelCopies *mc) { return 2 * (mc->bf16 + mc->fp8) + 4 * mc->fp8_blocks; }
 
 /* Initial weights from the table's init rules, deterministic in seed. */
 void model_init_params(Model *m, uint64_t seed);

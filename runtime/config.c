@@ -297,8 +297,7 @@ static void set_value(Config *c, const ConfigKey *k, const char *text, const cha
         int v;
         if (!strcmp(text, "true")) v = 1;
         else if (!strcmp(text, "false")) v = 0;
-        else DIE("config: '%s' = '%.60s' is not a boolean; use true or false (%s)", k->full, text,
-                 where);
+        else DIE("config: '%s' = '%.60s' is not a boolean; use true or false (%s)", k->full, text, where);
         memcpy(field, &v, sizeof v);
         break;
     }
@@ -725,6 +724,7 @@ static void validate_train(const Config *c)
             t->seq_len, c->model.max_position_embeddings);
     need_one_of("train.device", t->device, DEVICES);
     need_one_of("train.precision", t->precision, PRECISIONS);
+    need_one_of("train.bf16_moments", t->bf16_moments, (const char *const[]){ "auto", "true", "false", NULL });
     /* 100000 OpenMP threads overflow the runtime's stacks (a crash); 1024 > any machine's cores */
     if (t->threads < 0 || t->threads > CONFIG_MAX_THREADS)
         DIE("config: 'train.threads' = %d is not in [0, %d] (0: all cores)", t->threads, CONFIG_MAX_THREADS);

@@ -19,6 +19,7 @@
 #define DSTRAIN_RUNTIME_CONFIG_H
 
 #include <stdio.h>
+#include <string.h>
 
 #include "../model/config.h"
 
@@ -38,7 +39,8 @@
     X(INT, log_every, "1", "print a metrics line every N steps") \
     X(INT, val_every, "50", "validation loss every N steps (0: only at the end)") \
     X(INT, val_batches, "8", "micro-batches per validation (>= 1)") \
-    X(BOOL, bf16_moments, "false", "store AdamW moments rounded to BF16") \
+    X(STR, bf16_moments, "auto", "store AdamW moments rounded to BF16: true, false, or auto (true under " \
+      "precision bf16 and fp8, the FP8 recipe's BF16 moments; false at fp32)") \
     X(BOOL, recompute, "false", "drop RMSNorm and MLA up-projection outputs, recompute them in backward") \
     X(INT, checkpoint_every, "0", "save a checkpoint every N steps (0: only at the end)") \
     X(INT, keep_checkpoints, "3", "checkpoints kept in the run directory") \
@@ -131,6 +133,12 @@ typedef struct Config {
     S("data", data, DATA_KEYS, DataConfig) \
     S("parallel", parallel, PARALLEL_KEYS, ParallelConfig) \
     S("cluster", cluster, CLUSTER_KEYS, ClusterConfig)
+
+/* train.bf16_moments resolved (config_validate has checked it is auto, true or false) */
+static inline int train_bf16_moments(const TrainConfig *t)
+{
+    return !strcmp(t->bf16_moments, "auto") ? strcmp(t->precision, "fp32") != 0 : !strcmp(t->bf16_moments, "true");
+}
 
 void config_defaults(Config *c);
 /* Reads an ini/TOML-style file over what c holds. DIE: missing file, syntax error (line

@@ -302,14 +302,14 @@ static void plan_build_arenas(Plan *p)
  * compute copies BF16 (FP32 at fp32, where the master is the compute copy; at fp8 the FP8
  * Linear weights as codes + transposed codes + 128x128 block scales, copy_bytes), the router bias
  * FP32 state; gradients FP32 for every trained parameter held (ZeRO-1 shards only optimizer
- * state); FP32 master + two AdamW moments (BF16 when train.bf16_moments, else FP32) sharded
+ * state); FP32 master + two AdamW moments (BF16 when train.bf16_moments resolves true, else FP32) sharded
  * over the ranks that replicate the parameter: dp for dense ones, dp/ep for routed experts.
  * DualPipe's two copies of a stage keep separate optimizer shards (2x everything, SPEC 8). */
 void plan_memory(Plan *p)
 {
     const Config *c = &p->cfg;
     const int fp32 = !strcmp(c->train.precision, "fp32");
-    const double ob = (fp32 ? 0.0 : 4.0) + 2.0 * (c->train.bf16_moments ? 2.0 : 4.0);
+    const double ob = (fp32 ? 0.0 : 4.0) + 2.0 * (train_bf16_moments(&c->train) ? 2.0 : 4.0);
     const double dp = c->parallel.dp, dpe = fmax(1.0, dp / c->parallel.ep);
     const double N = (double)c->train.micro_batch_size * c->train.seq_len;
     const int pp = c->parallel.pp, C = c->train.grad_accum, S = p->n_stages;

@@ -97,7 +97,7 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
         t->model = model_create_ep(&cfg->model, t->o, B, T, mode, g->ep > 1 ? g->ep_comm : NULL, w->node,
                                    cfg->moe.capacity_factor);
         model_init_params(t->model, (uint64_t)tc->seed);
-        shard_init(&t->shard, t->o, model_table(t->model), g, &cfg->optim, tc->bf16_moments);
+        shard_init(&t->shard, t->o, model_table(t->model), g, &cfg->optim, train_bf16_moments(tc));
     }
     const ParamTable *pt = trainer_table(t);
     rng_seed(&t->rng, (uint64_t)tc->seed ^ 0x7261696e696e67ull);

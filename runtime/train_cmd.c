@@ -232,6 +232,31 @@ static double mfu_peak_flops(Ops *o)
     return ops_measure_gemm_flops(o, 1024);
 }
 
+/* The recipe's compute copies (model_copies) beside dstrain plan's (its weights less the FP32
+ * state), under bf16/fp8. They differ by two terms, both printed: plan counts a BF16 copy (2 B)
+ * of every trained value, also those this code reads from the FP32 master (compute type FP32:
+ * embedding, norms, router), and one scale per 128x128 block of each FP8 tensor, where the
+ * model quantises per bound weight (gate and up fused, kv_a_proj as its latent and rope rows):
+ * the same count when those dimensions are multiples of 128. */
+static void print_copies_vs_plan(Trainer *t, const ParamTable *pt, double planned)
+{
+    ModelCopies mc;
+    model_copies(t->model, &mc);
+    size_t kept = 0, blocks = 0;
+    for (int i = 0; i < pt->n; i++) {
+        const Param *q = &pt->p[i];
+        if (!q->trained) continue;
+        WgtType type = params_compute_type(q, t->o->precision);
+        if (type == WGT_FP32) kept += q->numel;
+        if (type == WGT_FP8) blocks += (size_t)((q->rows + 127) / 128) * (size_t)((q->cols + 127) / 128);
+    }
+    const double mine = (double)model_copies_bytes(&mc);
+    const double diff = 2.0 * kept + 4.0 * ((double)blocks - (double)mc.fp8_blocks);
+    printf("  %-24s %10.0f bytes  (dstrain plan: %.0f bytes = these + 2 B x %zu values kept FP32 here + 4 B x "
+           "(%zu - %zu) blocks per tensor less per weight: %s)\n", "compute copies (recipe)", mine, planned, kept,
+           blocks, mc.fp8_blocks, mine + diff == planned ? "agrees" : "DIFFERS");
+}
+
 /* This rank's parameters + gradients + optimizer state beside dstrain plan's figure for the
  * same config and layout (runtime/plan.h: its ranks are alike within a stage). */
 static void print_rank_state(Trainer *t, const ParamTable *pt)
@@ -248,6 +273,8 @@ static void print_rank_state(Trainer *t, const ParamTable *pt)
     model_memory(t->model, &mm);
     printf("  activations %zu + backward scratch %zu bytes (train.recompute = %s; dstrain plan: %.0f + %.0f bytes)\n",
            mm.acts, mm.scratch, t->cfg.train.recompute ? "true" : "false", p.build_act_bytes, p.build_scratch_bytes);
+    if (t->o->precision != PREC_FP32)    /* plan's weights less the FP32 state */
+        print_copies_vs_plan(t, pt, r->weight_bytes - 4.0 * (r->params - r->replicated - r->expert));
     plan_free(&p);
 }
 

@@ -106,7 +106,7 @@ static void plan_ownership(Trainer *t, int c)
             }
         p->first_holder[c][i] = (unsigned char)first;
     }
-    shard_init(&p->shard[c], t->o, pt, t->groups, &t->cfg.optim, t->cfg.train.bf16_moments);
+    shard_init(&p->shard[c], t->o, pt, t->groups, &t->cfg.optim, train_bf16_moments(&t->cfg.train));
 }
 
 /* Whether (rank, chunk) holds entry e of the whole table (its stage's tensors; the experts of

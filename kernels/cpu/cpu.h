@@ -137,7 +137,7 @@ size_t cpu_fp8_weight_bytes(int rows, int cols);
 void cpu_fp8_quantize_rows(Ops *o, float *xq, const float *x, int n, int K, int pow2);
 void cpu_fp8_quantize_cols(Ops *o, float *xq, const float *x, int n, int K);
 void cpu_fp8_weight_refresh(Ops *o, Wgt *w);
-void cpu_fp8_matmul_forward(Ops *o, float *out, const float *inp, const float *wq, int N, int IC, int OC);
+void cpu_fp8_matmul_forward(Ops *o, float *out, const float *inp, const float *wq, int N, int IC, int OC, int pow2);
 void cpu_fp8_matmul_backward_input(Ops *o, float *dinp, const float *dout, const float *wq, int N, int IC, int OC);
 void cpu_fp8_matmul_backward_weight(Ops *o, float *dweight, const float *dout, const float *inp, int N, int IC,
                                     int OC);

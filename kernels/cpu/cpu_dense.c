@@ -269,7 +269,7 @@ static const float *wgt_values(const Wgt *w) { return (const float *)w->data; }
 
 void cpu_matmul_forward(Ops *o, act *out, const act *inp, const Wgt *w, int N, int IC, int OC)
 {
-    if (w->type == WGT_FP8) cpu_fp8_matmul_forward(o, cpu_f(out), cpu_cf(inp), wgt_values(w), N, IC, OC);
+    if (w->type == WGT_FP8) cpu_fp8_matmul_forward(o, cpu_f(out), cpu_cf(inp), wgt_values(w), N, IC, OC, w->act_pow2);
     else cpu_gemm_forward(o, cpu_f(out), cpu_cf(inp), wgt_values(w), N, IC, OC);
     cpu_act_round(o, cpu_f(out), (size_t)N * OC);
 }

@@ -11,7 +11,10 @@
  *             weight_refresh; the compute copy holds the dequantised values (rows, cols) in
  *             FP32. Dgrad reads the transposed copy on a GPU; its blocks are the same square
  *             blocks transposed (quantised with the weight, exact), so the same values serve here.
- *   Fprop     out (N,OC) = Q(inp) W^T       Q: 1x128 tiles along IC, s = amax / 448
+ *   Fprop     out (N,OC) = Q(inp) W^T       Q: 1x128 tiles along IC, s = amax / 448; power-of-two
+ *             s for a weight with act_pow2 (the routed experts' gate_up, whose input rows are
+ *             the dispatch's FP8 payload: Q of a decoded payload row gives the row back, so the
+ *             expert sees the same operand whether its rows crossed the wire or not, any ep)
  *   Dgrad     dinp (N,IC) += Q(dout) W      Q: 1x128 tiles along OC, s = amax / 448
  *   Wgrad     dW (OC,IC) += Qt(dout)^T Qt(inp)
  *             Qt: 128x1 tiles along the tokens N (the transposed copies, token-padded to 128:
@@ -115,14 +118,14 @@ void cpu_fp8_weight_refresh(Ops *o, Wgt *w)
     }
 }
 
-void cpu_fp8_matmul_forward(Ops *o, float *out, const float *inp, const float *wq, int N, int IC, int OC)
+void cpu_fp8_matmul_forward(Ops *o, float *out, const float *inp, const float *wq, int N, int IC, int OC, int pow2)
 {
     if (N <= 0 || OC <= 0 || IC <= 0) {
         cpu_gemm_forward(o, out, inp, wq, N, IC, OC);
         return;
     }
     float *xq = cpu_gemm_scratch(o, (size_t)N * IC);
-    cpu_fp8_quantize_rows(o, xq, inp, N, IC, 0);
+    cpu_fp8_quantize_rows(o, xq, inp, N, IC, pow2);
     cpu_gemm_forward(o, out, xq, wq, N, IC, OC);
 }
 

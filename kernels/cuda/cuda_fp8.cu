@@ -542,7 +542,7 @@ extern "C" void cuda_fp8_matmul_forward(Ops *o, void *out, const void *inp, cons
     if (IC <= 0) { zero_act(o, out, (size_t)N * OC); return; }
     CudaFp8Mat m, mt, xq = scratch_mat(o, SCR_FP8_A, N, IC);
     weight_mats(w, &m, &mt);
-    cuda_fp8_quantize_rows(o, &xq, inp, o->act_bytes == 2, IC, 0);
+    cuda_fp8_quantize_rows(o, &xq, inp, o->act_bytes == 2, IC, w->act_pow2);
     cuda_fp8_gemm(o, &xq, &m, out, o->act_bytes == 2, OC, 0.0f, CUDA_FP8_AUTO, NULL, 0);
 }
 

@@ -135,7 +135,7 @@ int main(int argc, char **argv)
     b.o = ops_cuda_create(prec);
     b.m = model_create(&c->model, b.o, B, T, 1);
     init_params_device(b.o, b.m, &c->model, (uint64_t)c->train.seed);
-    optim_init(&b.opt, b.o, model_table(b.m), &c->optim, c->train.bf16_moments);
+    optim_init(&b.opt, b.o, model_table(b.m), &c->optim, train_bf16_moments(&c->train));
     rng_seed(&b.rng, (uint64_t)c->train.seed);
     b.window = xcalloc((size_t)B * (T + 1), sizeof(int32_t));
     const char *label = a.label ? a.label : c->train.name;

@@ -32,7 +32,7 @@
  * a Linear weight is its master (weight_bytes 0), so FP32 buffers serve as act and Wgt. */
 #define A(p) ((act *)(p))
 #define CA(p) ((const act *)(p))
-#define WG(p, rows, cols) (&(const Wgt){ (p), (rows), (cols), WGT_FP32, (p) })
+#define WG(p, rows, cols) (&(const Wgt){ (p), (rows), (cols), WGT_FP32, (p), 0 })
 
 /* Unit roundoffs u = 2^-p of round-to-nearest with a p-bit significand (the implicit bit
  * counted): FP32 p = 24, BF16 p = 8 (7 stored bits + 1), so u16 = 2^-8. (1/512 was once

@@ -564,7 +564,7 @@ static void test_linear_ops(int T, int IC, int OC)
     float *x = rand_matrix(T, IC, 0), *w = rand_matrix(OC, IC, 0), *dy = rand_matrix(T, OC, 0);
     void *dx = act_put(x, (size_t)T * IC), *ddy = act_put(dy, (size_t)T * OC);
     float *dw = dev_put(w, (size_t)OC * IC * 4);
-    Wgt wg = { dw, OC, IC, WGT_FP8, o->alloc(o, cuda_fp8_weight_bytes(OC, IC)) };
+    Wgt wg = { dw, OC, IC, WGT_FP8, o->alloc(o, cuda_fp8_weight_bytes(OC, IC)), 0 };
     cuda_fp8_weight_refresh(o, &wg);
     float *xt = transpose(x, T, IC), *wt = transpose(w, OC, IC), *dyt = transpose(dy, T, OC);
     Fp8Operand hx = host_quant(x, T, IC, 0, 0), hw = host_quant(w, OC, IC, 1, 0);

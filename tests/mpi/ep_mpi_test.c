@@ -23,7 +23,9 @@
  * The fp8 table (FP8 dispatch payload, BF16 combine, comm/dispatch.c): payloads are BF16 values
  * that E4M3 does not hold; every received row must be wire_fp8_round of its source row (the
  * same routes as above), and y, dx, dw must equal a one-rank handle's run on the rounded rows
- * bit for bit (the BF16 combine of BF16 expert outputs is exact).
+ * bit for bit (the BF16 combine of BF16 expert outputs is exact). Then with FP8 Linear experts
+ * (act_pow2, as the model's routed gate_up): y and dw through the wire equal the one-rank
+ * path's on the raw rows bit for bit (the ep 1 MoE output is the ep > 1 one).
  *
  * Tolerances: none. Payloads are small integers and weights k/8, so every value is exact in
  * FP32; results are compared with ==.
@@ -101,17 +103,26 @@ typedef struct Out {
     float y[N * C], dx[N * C], dw[N * K];
 } Out;
 
+/* Under test_fp8's second part the forward experts are FP8 Linears (C, C) of the fp8 table,
+ * one per global expert, with act_pow2 as the model's routed gate_up (kernels/ops.h Wgt). */
+static Ops *lin_ops;
+static Wgt lin_w[E];
+
 /* Forward and backward through h: the experts are expert_fn / expert_grad of global expert
- * first + j on the rows of local expert j. */
+ * first + j on the rows of local expert j (forward: lin_w's Linear when lin_ops is set). */
 static void experts(const EpHandle *h, int first, const Out *r, float *yp, float *drecv)
 {
     const int32_t *off = h->recv_offsets_host;
-    for (int j = 0; j < h->n_local; j++)
+    for (int j = 0; j < h->n_local; j++) {
+        if (lin_ops && off[j + 1] > off[j])
+            lin_ops->matmul_forward(lin_ops, (act *)(yp + off[j] * C), (const act *)(r->recv + off[j] * C),
+                                    &lin_w[first + j], off[j + 1] - off[j], C, C);
         for (int row = off[j]; row < off[j + 1]; row++)
             for (int c = 0; c < C; c++) {
-                yp[row * C + c] = expert_fn(first + j, r->recv[row * C + c]);
+                if (!lin_ops) yp[row * C + c] = expert_fn(first + j, r->recv[row * C + c]);
                 drecv[row * C + c] = expert_grad(first + j, r->recv[row * C + c]);
             }
+    }
 }
 
 static void out_init(const EpHandle *h, Out *r)
@@ -272,6 +283,26 @@ static int check_fp8_rows(const EpHandle *h, const EpGroup *g, const Src *all, c
     return bad + (row != h->recv_rows);
 }
 
+/* FP8 Linear experts (lin_w) with weights that depend on the global expert only; 0 frees them */
+static void lin_experts(Ops *o, int on)
+{
+    for (int e = 0; e < E; e++) {
+        if (!on) {
+            free(lin_w[e].master);
+            free(lin_w[e].data);
+            continue;
+        }
+        float *m = xcalloc(C * C, sizeof(float));
+        Rng r;
+        rng_seed(&r, 7919u + (uint64_t)e);
+        for (int i = 0; i < C * C; i++) m[i] = rng_normal(&r) * 0.3f;
+        wgt_bind(&lin_w[e], o, m, C, C, WGT_FP8, xcalloc(1, o->weight_bytes(o, WGT_FP8, C, C)));
+        lin_w[e].act_pow2 = 1;
+        o->weight_refresh(o, &lin_w[e]);
+    }
+    lin_ops = on ? o : NULL;
+}
+
 static void test_fp8(World *w, int ep, uint64_t seed)
 {
     Ops *o = ops_cpu_create(1, PREC_FP8);
@@ -305,6 +336,16 @@ static void test_fp8(World *w, int ep, uint64_t seed)
         int same = !memcmp(r.y, r1.y, sizeof r.y) && !memcmp(r.dx, r1.dx, sizeof r.dx) &&
                    !memcmp(r.dw, r1.dw, sizeof r.dw);
         MEXPECT(same, "ep %d, fp8: differs from the one-rank path on the rounded rows", ep);
+        /* FP8 Linear experts (power-of-two activation tiles): through the wire, on the raw rows,
+         * y and dw equal the one-rank path's on the same raw rows (which rounds nothing), as
+         * the expert Fprop re-quantises a decoded row to itself; dx is left out, the expert
+         * gradients here being elementwise in the received rows */
+        lin_experts(o, 1);
+        run(o, &h, g.rank * g.n_local, &all[g.rank], &r, yp, drecv);
+        run(o, &h1, 0, &all[g.rank], &r1, yp, drecv);
+        MEXPECT(!memcmp(r.y, r1.y, sizeof r.y) && !memcmp(r.dw, r1.dw, sizeof r.dw),
+                "ep %d, fp8 Linear experts: the output through the wire differs from the one-rank path's", ep);
+        lin_experts(o, 0);
     }
     round_out = 0;
     free(all);

@@ -193,7 +193,7 @@ static void test_load(void)
     EXPECT(!strcmp(c.train.run_dir, "a ; b # c \"d\""), "run_dir '%s'", c.train.run_dir);
     EXPECT(c.train.seed == -5, "seed %lld", c.train.seed);
     EXPECT(c.train.steps == 1000, "steps %d (underscores, CRLF)", c.train.steps);
-    EXPECT(c.train.bf16_moments == 1, "bf16_moments %d", c.train.bf16_moments);
+    EXPECT(!strcmp(c.train.bf16_moments, "true"), "bf16_moments '%s' (an unquoted true)", c.train.bf16_moments);
     EXPECT(c.optim.lr == 5e-4, "lr %g", c.optim.lr);
     EXPECT(!strcmp(c.data.dir, "plain words"), "dir '%s'", c.data.dir);
     EXPECT(c.mtp.lambda_switch_tokens == 9000000000000LL, "lambda_switch_tokens %lld",
@@ -213,7 +213,7 @@ static void test_load(void)
     EXPECT(!strcmp(c.train.name, "my run"), "--set name '%s'", c.train.name);
     EXPECT(!strcmp(c.train.run_dir, "quoted"), "--set run_dir '%s'", c.train.run_dir);
     EXPECT(!strcmp(c.data.dir, "a#b"), "--set dir '%s' ('#' is no comment in --set)", c.data.dir);
-    EXPECT(c.train.bf16_moments == 0, "--set bf16_moments %d", c.train.bf16_moments);
+    EXPECT(!strcmp(c.train.bf16_moments, "false"), "--set bf16_moments '%s'", c.train.bf16_moments);
 }
 
 /* ---- write then load: identical bytes, for random values of every key ---- */
@@ -326,6 +326,43 @@ static void test_help(void)
     free(help);
 }
 
+/* ---- train.bf16_moments: auto, true or false ---- */
+
+/* auto follows the precision (BF16 moments under bf16 and fp8, SPEC section 6); true and false
+ * are honoured at every precision; config_write keeps the word; anything else is refused. */
+static void test_bf16_moments(void)
+{
+    static const char *const precs[] = { "fp32", "bf16", "fp8" }, *const words[] = { "auto", "true", "false" };
+    for (int w = 0; w < 3; w++)
+        for (int p = 0; p < 3; p++) {
+            Config c, d;
+            config_defaults(&c);
+            config_defaults(&d);
+            char set[64];
+            snprintf(set, sizeof set, "train.precision=%s", precs[p]);
+            config_set(&c, set);
+            if (w > 0) {    /* auto is the default: set only the others */
+                snprintf(set, sizeof set, "train.bf16_moments=%s", words[w]);
+                config_set(&c, set);
+            }
+            int want = w == 0 ? p > 0 : w == 1;
+            EXPECT(train_bf16_moments(&c.train) == want, "bf16_moments %s at %s resolves to %d", words[w], precs[p],
+                   train_bf16_moments(&c.train));
+            char *text = NULL;
+            size_t len = 0;
+            FILE *f = open_memstream(&text, &len);
+            config_write(&c, f);
+            fclose(f);
+            load_text(&d, text);
+            EXPECT(!strcmp(d.train.bf16_moments, words[w]) && train_bf16_moments(&d.train) == want,
+                   "bf16_moments %s at %s: written and read back as '%s'", words[w], precs[p], d.train.bf16_moments);
+            free(text);
+        }
+    run_case("bf16_moments yes", &(Case){ .sets = { "train.bf16_moments=yes" }, .validate = 1,
+             .expect = "'train.bf16_moments' = 'yes' is not one of: auto, true, false" });
+    run_case("bf16_moments auto at fp8", &(Case){ .sets = { "train.precision=fp8" }, .validate = 1 });
+}
+
 /* ---- the DeepSeek-V3 671B config ---- */
 
 static char *source_path(const char *rel)
@@ -398,8 +435,8 @@ static void test_input_errors(void)
              .expect = "'optim.lr' = 'fast' is not a number", .line = 2 });
     run_case("float overflow", &(Case){ .text = "[optim]\nlr = 1e999\n",
              .expect = "'optim.lr' = '1e999' is not a finite number", .line = 2 });
-    run_case("bad bool", &(Case){ .text = "[train]\nbf16_moments = yes\n",
-             .expect = "'train.bf16_moments' = 'yes' is not a boolean", .line = 2 });
+    run_case("bad bool", &(Case){ .text = "[moe]\nbias_zero_mean = yes\n",
+             .expect = "'moe.bias_zero_mean' = 'yes' is not a boolean", .line = 2 });
     run_case("missing file", &(Case){ .path = "/nonexistent-dir/none.toml",
              .expect = "cannot open '/nonexistent-dir/none.toml'" });
     run_case("syntax: no '='", &(Case){ .text = "[train]\nsteps = 5\nsteps 5\nbogus = 1\n",
@@ -556,6 +593,7 @@ int main(void)
     test_load();
     test_round_trip(seed);
     test_help();
+    test_bf16_moments();
     test_deepseek();
     test_input_errors();
     test_validation_errors();

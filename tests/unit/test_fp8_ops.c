@@ -7,7 +7,8 @@
  * K = 128 exactly):
  *   - weight_refresh: the compute copy equals, bit for bit, the master quantised in 128x128
  *     blocks (amax / 448 scales) and dequantised with kernels/fp8.h's block functions;
- *   - Fprop out = Q(x) W_q^T, Q = 1x128 tiles along IC;
+ *   - Fprop out = Q(x) W_q^T, Q = 1x128 tiles along IC (amax / 448 scales; and power-of-two
+ *     scales for a weight with act_pow2, the routed experts' gate_up);
  *   - Dgrad dinp += Q(dy) W_q, Q = 1x128 tiles along OC;
  *   - Wgrad dW += Qt(dy)^T Qt(x), Qt = 128x1 tiles along the tokens, power-of-two scales;
  * each against sum_k a_k b_k over the reference-quantised operands in double.
@@ -181,6 +182,13 @@ static void test_gemms(int N, int IC, int OC)
     Prod f = { xq, wq, x, master, NULL, IC, 1, IC, 1, N, OC, IC, 1 };
     share = prod_share(&f, out, &unq);
     report("Fprop", N, IC, OC, share, unq, big);
+    w.act_pow2 = 1;     /* the routed experts' gate_up: power-of-two activation tiles */
+    ops->matmul_forward(ops, A(out), CA(x), &w, N, IC, OC);
+    float *xq2 = ref_rows(x, N, IC, 1);
+    Prod f2 = { xq2, wq, x, master, NULL, IC, 1, IC, 1, N, OC, IC, 1 };
+    share = prod_share(&f2, out, &unq);
+    report("Fprop, pow2 tiles", N, IC, OC, share, unq, big);
+    free(xq2);
     Prod d = { dyq, wq, dy, master, dx0, OC, 1, 1, IC, N, IC, OC, 1 };
     share = prod_share(&d, dx, &unq);
     report("Dgrad", N, IC, OC, share, unq, big);

@@ -47,7 +47,7 @@
  * a Linear weight is its master, so host float buffers serve as act and Wgt directly. */
 #define A(p) ((act *)(p))
 #define CA(p) ((const act *)(p))
-#define WG(p, rows, cols) (&(const Wgt){ (p), (rows), (cols), WGT_FP32, (p) })
+#define WG(p, rows, cols) (&(const Wgt){ (p), (rows), (cols), WGT_FP32, (p), 0 })
 
 static Ops *ops;      /* 2 threads: the table under test */
 static Ops *ops1;     /* 1 thread: for the thread-count equality checks */

@@ -56,7 +56,7 @@ static void tiny_config(Config *c)
     c->train.micro_batch_size = 2;
     c->train.grad_accum = 4;
     snprintf(c->train.precision, sizeof c->train.precision, "bf16");
-    c->train.bf16_moments = 1;
+    snprintf(c->train.bf16_moments, sizeof c->train.bf16_moments, "true");
     c->train.recompute = 1;     /* SPEC 3's layout; test_tiny_no_recompute adds the rest */
     c->moe.max_nodes = 1;
     c->moe.capacity_factor = 1;   /* the expert-row pool at the mean load (test_tiny_pool varies it) */
@@ -403,7 +403,7 @@ static void test_tiny_fp8(const Config *base)
     EXPECT_NEAR(p.ranks[0].optim_bytes, 1224 * 8 / 4.0 + 192 * 8);   /* BF16 moments */
     plan_free(&p);
     /* FP32 moments (train.bf16_moments off): master 4 + 2 x 4 = 12 B per param */
-    c.train.bf16_moments = 0;
+    snprintf(c.train.bf16_moments, sizeof c.train.bf16_moments, "false");
     plan_compute(&p, &c);
     EXPECT_NEAR(p.ranks[0].optim_bytes, 1224 * 12 / 4.0 + 192 * 12);
     plan_free(&p);
@@ -558,7 +558,7 @@ static void v3_config(Config *c)
     c->train.micro_batch_size = 1;
     c->train.grad_accum = 120;
     snprintf(c->train.precision, sizeof c->train.precision, "fp8");
-    c->train.bf16_moments = 1;
+    snprintf(c->train.bf16_moments, sizeof c->train.bf16_moments, "true");
     c->train.recompute = 1;     /* TR 3.2.3 */
     c->moe.max_nodes = 4;
     c->moe.capacity_factor = 1.5;   /* as configs/deepseek-v3-671b.toml */
