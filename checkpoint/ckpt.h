@@ -21,9 +21,10 @@
  *
  * Calling sequence (one rank):
  *   CkptWriter *w = ckpt_writer_create();
- *   ... every checkpoint_every steps:
- *   ckpt_save_async(w, &req, err, n);   (copies the host buffers, returns; waits first for the
- *                                        previous save)
+ *   [ckpt_writer_reserve(w, total, 1, 0, err, n); ckpt_writer_buffers(w, &p, &m, &v)]  (at start-up)
+ *   ... every checkpoint_every steps: [fill p, m, v in place]
+ *   ckpt_save_async(w, &req, err, n);   (copies the host buffers unless they are p, m, v,
+ *                                        returns; waits first for the previous save)
  *   ... each step (optional): ckpt_writer_poll(w, 0, &step, err, n)   (a finished save's result)
  *   ... at exit: ckpt_writer_finish(w, err, n) (waits, reports), ckpt_writer_destroy(w)
  *   resume: ckpt_find_latest(run_dir, dir, n, log) or a given dir; ckpt_load(dir, ...)
@@ -135,9 +136,21 @@ CkptWriter *ckpt_writer_create(void);
 /* Snapshot the request's buffers into host memory owned by the writer, then write on a
  * background thread. Waits for the previous save first; returns its error if it failed (the
  * new save is started in any case, so a transient failure is retried by the next save).
- * The snapshot buffers are allocated at the first save and reused (reallocated only if the
- * table grows); the caller may change its buffers as soon as this returns. */
+ * The snapshot buffers are allocated by ckpt_writer_reserve or else at the first save, and
+ * reused (reallocated only if the table grows); the caller may change its buffers as soon as
+ * this returns. */
 int ckpt_save_async(CkptWriter *w, const CkptRequest *req, char *err, size_t errlen);
+/* Allocate the snapshot for `floats` floats per buffer (weights; the AdamW moments when
+ * moments; the EMA when ema) and touch every page now, so that the first save does not stall
+ * on page faults. Waits for a save in flight. -1 + err when out of memory. */
+int ckpt_writer_reserve(CkptWriter *w, size_t floats, int moments, int ema, char *err, size_t errlen);
+/* The snapshot's weight and moment buffers (NULL: not reserved), for the caller to fill in
+ * place: a request whose params, adam_m, adam_v are these is not copied again (one host copy
+ * of the state, not two). Valid until the writer is destroyed; ckpt_writer_reserve with more
+ * floats moves them. Writing them while a save is in flight is safe (the save's child process
+ * has its own copy-on-write view from the moment ckpt_save_async returns) but duplicates the
+ * pages written until it ends: wait for the save first (ckpt_writer_poll with wait = 1). */
+void ckpt_writer_buffers(CkptWriter *w, float **params, float **adam_m, float **adam_v);
 /* The result of the last save, once: 1 when it finished and succeeded, -1 when it failed (its
  * message in err), 0 when none finished since the last report (or one is still running and
  * wait is 0). wait = 1 waits for the save in flight first. *step (may be NULL): its step.

@@ -1,9 +1,11 @@
 /* checkpoint/writer.c - the background checkpoint writer (calling sequence in ckpt.h).
  *
  * One worker thread per writer, started at creation. A save copies the caller's buffers into
- * the writer's snapshot (allocated at the first save, reused after), starts the child process
- * that writes it (below) and returns; the worker waits for the child and keeps its result. At
- * most one save is in flight: the next ckpt_save_async waits for it first.
+ * the writer's snapshot (allocated and touched by ckpt_writer_reserve, else at the first save;
+ * reused after) unless the caller filled the snapshot in place (ckpt_writer_buffers: then
+ * nothing is copied), starts the child process that writes it (below) and returns; the worker
+ * waits for the child and keeps its result. At most one save is in flight: the next
+ * ckpt_save_async waits for it first.
  *
  *   trainer:  step | step | copy+fork | step | step | step | wait+copy+fork | step ...
  *   child:                  [ write ckpt-N to disk ]               [ write ckpt-M ]
@@ -198,6 +200,43 @@ static int reserve(void **buf, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
+/* Make buf hold `need` floats and touch every page now (a fresh page costs a fault on first
+ * write; a few gigabytes of them stalled the first save for seconds). */
+static int reserve_touched(float **buf, size_t *cap, size_t need)
+{
+    size_t had = *cap;
+    if (reserve((void **)buf, cap, need, sizeof(float))) return -1;
+    if (*cap > had) memset(*buf + had, 0, (*cap - had) * sizeof(float));
+    return 0;
+}
+
+int ckpt_writer_reserve(CkptWriter *w, size_t floats, int moments, int ema, char *err, size_t errlen)
+{
+    wait_idle(w);
+    int rc = 0;
+    if (reserve_touched(&w->params, &w->cap_p, floats) ||
+        (moments && (reserve_touched(&w->adam_m, &w->cap_m, floats) || reserve_touched(&w->adam_v, &w->cap_v, floats))) ||
+        (ema && reserve_touched(&w->ema, &w->cap_e, floats)))
+        rc = ckpt_fail(err, errlen, "out of memory for the checkpoint snapshot (%zu floats)", floats);
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+void ckpt_writer_buffers(CkptWriter *w, float **params, float **adam_m, float **adam_v)
+{
+    pthread_mutex_lock(&w->mu);
+    if (params) *params = w->params;
+    if (adam_m) *adam_m = w->adam_m;
+    if (adam_v) *adam_v = w->adam_v;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* dst[0, n) <- src, unless the caller wrote the snapshot in place (ckpt_writer_buffers). */
+static void copy_in(float *dst, const float *src, size_t n)
+{
+    if (dst != src) memcpy(dst, src, n * sizeof(float));
+}
+
 /* Copy req into the snapshot (mutex held, worker idle). */
 static int snapshot(CkptWriter *w, const CkptRequest *req, char *err, size_t errlen)
 {
@@ -215,12 +254,12 @@ static int snapshot(CkptWriter *w, const CkptRequest *req, char *err, size_t err
         return ckpt_fail(err, errlen, "out of memory for the checkpoint snapshot (%zu floats)", floats);
     if (snprintf(w->run_dir, sizeof w->run_dir, "%s", req->run_dir) >= (int)sizeof w->run_dir)
         return ckpt_fail(err, errlen, "run directory path too long");
-    memcpy(w->params, req->params, floats * sizeof(float));
+    copy_in(w->params, req->params, floats);
     if (moments) {
-        memcpy(w->adam_m, req->adam_m, floats * sizeof(float));
-        memcpy(w->adam_v, req->adam_v, floats * sizeof(float));
+        copy_in(w->adam_m, req->adam_m, floats);
+        copy_in(w->adam_v, req->adam_v, floats);
     }
-    if (req->ema) memcpy(w->ema, req->ema, floats * sizeof(float));
+    if (req->ema) copy_in(w->ema, req->ema, floats);
     memcpy(w->table.p, t->p, params * sizeof(Param));
     w->table.n = t->n;
     w->table.total = t->total;

@@ -61,6 +61,18 @@ static void upload(Trainer *t, void *dev, const void *host, size_t bytes)
     watchdog_op_end();
 }
 
+/* pp = 1: the checkpoint staging is the writer's snapshot itself (checkpoint/ckpt.h
+ * ckpt_writer_buffers), allocated and touched now, so the first save neither stalls on page
+ * faults nor copies the state twice; a save downloads (on the CPU backend: copies) the live
+ * weights and moments straight into it. host_params, host_m, host_v borrow it (resume,
+ * init-from, the EMA and the SDC check stage through it too). */
+static void setup_staging(Trainer *t, size_t total, int with_ema)
+{
+    char err[512];
+    if (ckpt_writer_reserve(t->ckpt, total, 1, with_ema, err, sizeof err) != 0) DIE("checkpoint staging: %s", err);
+    ckpt_writer_buffers(t->ckpt, &t->host_params, &t->host_m, &t->host_v);
+}
+
 void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir, const World *w,
                    Groups *g)
 {
@@ -103,12 +115,17 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->trace = trace_create_steps(w->rank, tc->trace_steps,
                                   (size_t)64 * (tc->grad_accum + 1) * (cfg->model.num_hidden_layers + 4), w->comm);
     t->ckpt = ckpt_writer_create();
-    t->host_params = xmalloc(pt->total * sizeof(float));
+    const int with_ema = tc->ema_decay > 0 && t->root;
+    if (g->pp > 1) {
+        t->host_params = xmalloc(pt->total * sizeof(float));
+        t->host_m = xmalloc(pt->total * sizeof(float));
+        t->host_v = xmalloc(pt->total * sizeof(float));
+    } else {
+        setup_staging(t, pt->total, with_ema);
+    }
     t->host_counts = xcalloc((size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1, sizeof(float));
-    t->host_m = xmalloc(pt->total * sizeof(float));
-    t->host_v = xmalloc(pt->total * sizeof(float));
     t->sdc_sums = xcalloc((size_t)g->dp, sizeof(int64_t));
-    if (tc->ema_decay > 0 && t->root) t->ema = xmalloc(pt->total * sizeof(float));   /* the root saves it */
+    if (with_ema) t->ema = xmalloc(pt->total * sizeof(float));   /* the root saves it */
     t->flops_per_token = flops_per_token(&cfg->model, T, cfg->model.num_nextn_predict_layers > 0);
 }
 
@@ -116,6 +133,7 @@ void trainer_free(Trainer *t)
 {
     char err[512];
     ckpt_writer_finish(t->ckpt, err, sizeof err);   /* every result was reported by train_run */
+    if (!t->pp) t->host_params = t->host_m = t->host_v = NULL;   /* the writer's (setup_staging) */
     ckpt_writer_destroy(t->ckpt);
     if (t->metrics) metrics_close(t->metrics);
     trace_free(t->trace);
@@ -284,8 +302,9 @@ static int all_finite(const float *x, size_t n)
 }
 
 /* The training stall of a save is the download into host staging and the gathering of the
- * moments; on one rank also the wait for the previous save and the writer's snapshot copy (the
- * write itself runs in the background); on several ranks the whole two-phase save. */
+ * moments (pp = 1: the staging is the writer's snapshot, so that is the only copy); on one rank
+ * also the wait for the previous save (and under pp > 1 the writer's snapshot copy; the write
+ * itself runs in the background); on several ranks the whole two-phase save. */
 static void save_checkpoint(Trainer *t)
 {
     /* pp = 1: the moments of each region are gathered from its slices, so every rank holds its
@@ -294,10 +313,16 @@ static void save_checkpoint(Trainer *t)
      * tensors are gathered into whole tables (runtime/train_pp.h) and the root writes a one-rank
      * checkpoint. Collective. */
     const ParamTable *pt = trainer_table(t);
-    double t0 = now_seconds();
+    double t0 = now_seconds(), waited = 0;
     if (t->pp) {
         pp_gather_state(t);
     } else {
+        /* the staging is the writer's snapshot (setup_staging): refilled only once the save in
+         * flight is done, or its child's copy-on-write view would duplicate every page */
+        if (t->root && t->groups->dp == 1) {
+            poll_saves(t, 1);
+            waited = now_seconds() - t0;
+        }
         shard_gather_moments(&t->shard, t->o, t->host_m, t->host_v);
         download(t, t->host_params, model_params(t->model), pt->total * sizeof(float));
     }
@@ -346,7 +371,7 @@ static void save_checkpoint(Trainer *t)
     ckpt_writer_times(t->ckpt, &copy_s, &write_s);
     metrics_log(t->metrics, "checkpoint: ckpt-%d saving in the background; training stalled %.1f ms "
                             "(%.1f ms of it waiting for the previous save, %.3f s to write)\n",
-                t->step, 1e3 * (now_seconds() - t0), 1e3 * ckpt_writer_wait_seconds(t->ckpt), write_s);
+                t->step, 1e3 * (now_seconds() - t0), 1e3 * (waited + ckpt_writer_wait_seconds(t->ckpt)), write_s);
     plot_refresh(t->run_dir);   /* loss.svg at each checkpoint and at the end (runtime/plot.h) */
 }
 

@@ -280,8 +280,10 @@ static void print_banner(Trainer *t)
         model_print_memory(t->model, stdout);
         printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
                shard_optim_floats(&t->shard) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
-        printf("  %-24s %10.1f MiB  (host snapshot for checkpoints%s)\n", "checkpoint staging",
-               (dp > 1 ? 3.0 : 6.0) * pt->total * sizeof(float) / 1048576.0, dp > 1 ? "" : ", and the writer's copy");
+        const int ema = t->ema != NULL;   /* the writer snapshots the EMA too */
+        printf("  %-24s %10.1f MiB  (weights and moments%s for checkpoints: the writer's snapshot, filled in "
+               "place, touched at start-up)\n", "checkpoint staging",
+               (3.0 + ema) * pt->total * sizeof(float) / 1048576.0, ema ? " and the EMA" : "");
         memplan_print(&t->mem, &t->mem_limit, !strcmp(t->o->name, "cpu"), stdout);
         print_rank_state(t, pt);
     } else {    /* the stages' rows follow (pp_print_memory) */
