@@ -33,6 +33,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -201,12 +202,21 @@ static int reserve(void **buf, size_t *cap, size_t need, size_t elem)
 }
 
 /* Make buf hold `need` floats and touch every page now (a fresh page costs a fault on first
- * write; a few gigabytes of them stalled the first save for seconds). */
+ * write; a few gigabytes of them stalled the first save for seconds). The buffer is aligned
+ * to and asked for in transparent huge pages where the kernel grants them (madvise mode):
+ * 512 times fewer page-table entries for the fork of each save to copy. */
 static int reserve_touched(float **buf, size_t *cap, size_t need)
 {
-    size_t had = *cap;
-    if (reserve((void **)buf, cap, need, sizeof(float))) return -1;
-    if (*cap > had) memset(*buf + had, 0, (*cap - had) * sizeof(float));
+    if (need <= *cap) return 0;
+    const size_t huge = (size_t)2 << 20, bytes = (need * sizeof(float) + huge - 1) / huge * huge;
+    float *p = aligned_alloc(huge, bytes);
+    if (!p) return -1;
+    (void)madvise(p, bytes, MADV_HUGEPAGE);   /* advice: refused or unsupported changes nothing */
+    if (*cap) memcpy(p, *buf, *cap * sizeof(float));
+    memset(p + *cap, 0, bytes - *cap * sizeof(float));
+    free(*buf);
+    *buf = p;
+    *cap = bytes / sizeof(float);
     return 0;
 }
 
