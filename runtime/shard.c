@@ -29,9 +29,11 @@ void shard_plan_memory(MemPlan *p, const Config *cfg, Ops *o, const Groups *g)
     memplan_add(p, "expert bookkeeping", (double)mb.experts_host, 0);
     /* model_init_params fills a host copy of the whole table before the upload */
     memplan_add(p, "initialisation staging", (double)mb.params, 0);
-    /* weights and both moments of the rank's table: the writer's snapshot, filled in place
-     * (runtime/train.c setup_staging; the EMA's, train.ema_decay > 0, is one more) */
-    memplan_add(p, "checkpoint staging", (3.0 + (tc->ema_decay > 0)) * total * sizeof(float), 0);
+    /* weights and both moments of the rank's table, downloaded for a save; none on one rank of
+     * the CPU backend, whose saves read the live buffers (runtime/train.h trainer_saves_live),
+     * except the EMA's weight download (train.ema_decay > 0) */
+    const int live = dp == 1 && !strcmp(o->name, "cpu");
+    memplan_add(p, "checkpoint staging", (live ? (tc->ema_decay > 0) : 3.0) * total * sizeof(float), 0);
     if (dp > 1) {
         memplan_add(p, "zero-1 host staging", (padded + slice) * sizeof(float), 0);
         memplan_add(p, "zero-1 gradient slice", slice * sizeof(float), 1);

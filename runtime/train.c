@@ -61,16 +61,32 @@ static void upload(Trainer *t, void *dev, const void *host, size_t bytes)
     watchdog_op_end();
 }
 
-/* pp = 1: the checkpoint staging is the writer's snapshot itself (checkpoint/ckpt.h
- * ckpt_writer_buffers), allocated and touched now, so the first save neither stalls on page
- * faults nor copies the state twice; a save downloads (on the CPU backend: copies) the live
- * weights and moments straight into it. host_params, host_m, host_v borrow it (resume,
- * init-from, the EMA and the SDC check stage through it too). */
-static void setup_staging(Trainer *t, size_t total, int with_ema)
+int trainer_saves_live(const Trainer *t)
 {
-    char err[512];
-    if (ckpt_writer_reserve(t->ckpt, total, 1, with_ema, err, sizeof err) != 0) DIE("checkpoint staging: %s", err);
-    ckpt_writer_buffers(t->ckpt, &t->host_params, &t->host_m, &t->host_v);
+    const Shard *s = &t->shard;
+    return !t->pp && t->groups->dp == 1 && !strcmp(t->o->name, "cpu") && s->n == 1 && s->r[0].lo == 0 &&
+           s->r[0].hi == model_table(t->model)->total;
+}
+
+/* pp = 1, staged saves: the checkpoint staging's pages now, not inside the first save's stall
+ * (page faults over gigabytes took seconds there). */
+static void touch_staging(Trainer *t, size_t total)
+{
+    memset(t->host_params, 0, total * sizeof(float));
+    memset(t->host_m, 0, total * sizeof(float));
+    memset(t->host_v, 0, total * sizeof(float));
+}
+
+/* Live saves hold no staging: what resume or init-from staged through it goes back to the
+ * system before training (the EMA keeps host_params, its per-step download). */
+static void release_staging(Trainer *t)
+{
+    free(t->host_m);
+    free(t->host_v);
+    t->host_m = t->host_v = NULL;
+    if (t->ema) return;
+    free(t->host_params);
+    t->host_params = NULL;
 }
 
 void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir, const World *w,
@@ -115,17 +131,13 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->trace = trace_create_steps(w->rank, tc->trace_steps,
                                   (size_t)64 * (tc->grad_accum + 1) * (cfg->model.num_hidden_layers + 4), w->comm);
     t->ckpt = ckpt_writer_create();
-    const int with_ema = tc->ema_decay > 0 && t->root;
-    if (g->pp > 1) {
-        t->host_params = xmalloc(pt->total * sizeof(float));
-        t->host_m = xmalloc(pt->total * sizeof(float));
-        t->host_v = xmalloc(pt->total * sizeof(float));
-    } else {
-        setup_staging(t, pt->total, with_ema);
-    }
+    t->host_params = xmalloc(pt->total * sizeof(float));
     t->host_counts = xcalloc((size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1, sizeof(float));
+    t->host_m = xmalloc(pt->total * sizeof(float));
+    t->host_v = xmalloc(pt->total * sizeof(float));
+    if (g->pp == 1 && !trainer_saves_live(t)) touch_staging(t, pt->total);
     t->sdc_sums = xcalloc((size_t)g->dp, sizeof(int64_t));
-    if (with_ema) t->ema = xmalloc(pt->total * sizeof(float));   /* the root saves it */
+    if (tc->ema_decay > 0 && t->root) t->ema = xmalloc(pt->total * sizeof(float));   /* the root saves it */
     t->flops_per_token = flops_per_token(&cfg->model, T, cfg->model.num_nextn_predict_layers > 0);
 }
 
@@ -133,7 +145,6 @@ void trainer_free(Trainer *t)
 {
     char err[512];
     ckpt_writer_finish(t->ckpt, err, sizeof err);   /* every result was reported by train_run */
-    if (!t->pp) t->host_params = t->host_m = t->host_v = NULL;   /* the writer's (setup_staging) */
     ckpt_writer_destroy(t->ckpt);
     if (t->metrics) metrics_close(t->metrics);
     trace_free(t->trace);
@@ -308,9 +319,9 @@ static int all_finite(const float *x, size_t n)
 }
 
 /* The training stall of a save is the download into host staging and the gathering of the
- * moments (pp = 1: the staging is the writer's snapshot, so that is the only copy); on one rank
- * also the wait for the previous save (and under pp > 1 the writer's snapshot copy; the write
- * itself runs in the background); on several ranks the whole two-phase save. */
+ * moments (none for live saves, trainer_saves_live); on one rank also the wait for the previous
+ * save and the fork of the writer's process (the write itself runs in the background); on
+ * several ranks the whole two-phase save. */
 static void save_checkpoint(Trainer *t)
 {
     /* pp = 1: the moments of each region are gathered from its slices, so every rank holds its
@@ -319,25 +330,23 @@ static void save_checkpoint(Trainer *t)
      * tensors are gathered into whole tables (runtime/train_pp.h) and the root writes a one-rank
      * checkpoint. Collective. */
     const ParamTable *pt = trainer_table(t);
-    double t0 = now_seconds(), waited = 0;
+    double t0 = now_seconds();
+    const int live = trainer_saves_live(t);
     if (t->pp) {
         pp_gather_state(t);
-    } else {
-        /* the staging is the writer's snapshot (setup_staging): refilled only once the save in
-         * flight is done, or its child's copy-on-write view would duplicate every page */
-        if (t->root && t->groups->dp == 1) {
-            poll_saves(t, 1);
-            waited = now_seconds() - t0;
-        }
+    } else if (!live) {
         shard_gather_moments(&t->shard, t->o, t->host_m, t->host_v);
         download(t, t->host_params, model_params(t->model), pt->total * sizeof(float));
     }
+    /* live: the weights and the one region's moments in place, the table's layout */
+    const float *params = live ? model_params(t->model) : t->host_params;
+    const float *adam_m = live ? t->shard.r[0].opt.m : t->host_m, *adam_v = live ? t->shard.r[0].opt.v : t->host_v;
     t->saved_step = t->step;
     const int sharded = !t->pp && t->groups->dp > 1;
     if (!sharded && !t->root) return;
     /* a diverged model never replaces a good checkpoint (nor pushes one out by retention); with
      * per-rank files every rank must agree (a collective) */
-    int32_t bad = !t->pp || t->root ? !all_finite(t->host_params, pt->total) : 0;
+    int32_t bad = !t->pp || t->root ? !all_finite(params, pt->total) : 0;
     if (sharded) comm_allreduce(t->groups->dp_comm, &bad, 1, COMM_I32, COMM_MAX);
     if (t->root) poll_saves(t, 1);   /* the previous save's result, before a new one starts */
     if (bad) {
@@ -349,7 +358,7 @@ static void save_checkpoint(Trainer *t)
     }
     CkptRequest r = {
         .run_dir = t->run_dir, .config_text = t->config_text, .table = pt,
-        .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v, .ema = t->ema,
+        .params = params, .adam_m = adam_m, .adam_v = adam_v, .ema = t->ema,
         .state = { .step = t->step, .tokens = t->tokens, .data = data_get_state(t->train), .rng = t->rng.state },
         .keep = t->cfg.train.keep_checkpoints,
         .layout = { .world_size = 1, .pp = 1, .dp = 1, .ep = 1 },
@@ -377,7 +386,7 @@ static void save_checkpoint(Trainer *t)
     ckpt_writer_times(t->ckpt, &copy_s, &write_s);
     metrics_log(t->metrics, "checkpoint: ckpt-%d saving in the background; training stalled %.1f ms "
                             "(%.1f ms of it waiting for the previous save, %.3f s to write)\n",
-                t->step, 1e3 * (now_seconds() - t0), 1e3 * (waited + ckpt_writer_wait_seconds(t->ckpt)), write_s);
+                t->step, 1e3 * (now_seconds() - t0), 1e3 * ckpt_writer_wait_seconds(t->ckpt), write_s);
     plot_refresh(t->run_dir);   /* loss.svg at each checkpoint and at the end (runtime/plot.h) */
 }
 
@@ -568,6 +577,7 @@ int train_run(Trainer *t)
     const TrainConfig *tc = &t->cfg.train;
     double started = now_seconds();
     int first = t->step;
+    if (trainer_saves_live(t)) release_staging(t);
     while (t->step < tc->steps) {
         StepMetrics s;
         memset(&s, 0, sizeof s);

@@ -280,15 +280,17 @@ static void print_banner(Trainer *t)
         model_print_memory(t->model, stdout);
         printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
                shard_optim_floats(&t->shard) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
-        const int ema = t->ema != NULL;   /* the writer snapshots the EMA too */
-        printf("  %-24s %10.1f MiB  (weights and moments%s for checkpoints: the writer's snapshot, filled in "
-               "place, touched at start-up)\n", "checkpoint staging",
-               (3.0 + ema) * pt->total * sizeof(float) / 1048576.0, ema ? " and the EMA" : "");
+        /* live saves stage nothing (the EMA's per-step weight download excepted) */
+        const int live = trainer_saves_live(t);
+        printf("  %-24s %10.1f MiB  (%s)\n", "checkpoint staging",
+               (live ? (t->ema != NULL) : 3.0) * pt->total * sizeof(float) / 1048576.0,
+               live ? "none: a save's writer process reads the live weights and moments copy-on-write"
+                    : "weights and moments downloaded for checkpoints, touched at start-up");
         memplan_print(&t->mem, &t->mem_limit, !strcmp(t->o->name, "cpu"), stdout);
         print_rank_state(t, pt);
     } else {    /* the stages' rows follow (pp_print_memory) */
-        printf("  %-24s %10.1f MiB  (host snapshot of the whole model for checkpoints, and the writer's copy)\n",
-               "checkpoint staging", 6.0 * pt->total * sizeof(float) / 1048576.0);
+        printf("  %-24s %10.1f MiB  (host snapshot of the whole model for checkpoints)\n",
+               "checkpoint staging", 3.0 * pt->total * sizeof(float) / 1048576.0);
     }
     if (peak_device[0])
         printf("peak: datasheet dense BF16 %.1f TFLOP/s%s (the MFU denominator)\n", t->peak_flops / 1e12,
