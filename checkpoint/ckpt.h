@@ -151,7 +151,7 @@ void ckpt_writer_destroy(CkptWriter *w);
 /* Seconds the last save spent starting its child (the fork: stall) and writing (background).
  * write_s is that of the last save that finished (0 before any). */
 void ckpt_writer_times(const CkptWriter *w, double *copy_s, double *write_s);
-/* Seconds the last ckpt_save_async waited for the previous save before copying; the whole
+/* Seconds the last ckpt_save_async waited for the previous save before forking; the whole
  * stall the caller saw is this plus copy_s. */
 double ckpt_writer_wait_seconds(const CkptWriter *w);
 

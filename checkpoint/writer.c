@@ -12,11 +12,11 @@
  *
  * The save runs in a child process forked by ckpt_save_async on the caller's thread (it sees
  * the buffers copy-on-write as they were at the call and reports its one-line error through a
- * pipe): HDF5 1.10 keeps a
- * file whose close failed (ENOSPC, EIO, EDQUOT while flushing) half-open, leaking its metadata
- * cache (~2.7 MB per failed save on tiny) and crashing at exit (SIGSEGV in H5_term_library's
- * H5F__close_cb, seen as exit status 139). In a child whatever HDF5 leaves behind ends with it
- * (_exit, no atexit handlers), and a crash of the child is a failed save, not a dead trainer.
+ * pipe): HDF5 1.10 keeps a file whose close failed (ENOSPC, EIO, EDQUOT while flushing)
+ * half-open, leaking its metadata cache (~2.7 MB per failed save on tiny) and crashing at exit
+ * (SIGSEGV in H5_term_library's H5F__close_cb, seen as exit status 139). In a child whatever
+ * HDF5 leaves behind ends with it (_exit, no atexit handlers), and a crash of the child is a
+ * failed save, not a dead trainer.
  * The child ignores the stop signals (a second Ctrl-C ends the trainer; the child finishes or
  * abandons its save, which is atomic either way) and holds the run-directory lock with it (an
  * inherited descriptor), so no second trainer starts while it writes. A crash point

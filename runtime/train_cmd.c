@@ -284,8 +284,10 @@ static void print_banner(Trainer *t)
         const int live = trainer_saves_live(t);
         printf("  %-24s %10.1f MiB  (%s)\n", "checkpoint staging",
                (live ? (t->ema != NULL) : 3.0) * pt->total * sizeof(float) / 1048576.0,
-               live ? "none: a save's writer process reads the live weights and moments copy-on-write"
-                    : "weights and moments downloaded for checkpoints, touched at start-up");
+               !live ? "weights and moments downloaded for checkpoints, touched at start-up"
+               : t->ema ? "the EMA's weight download only: a save's writer process reads the live weights and "
+                          "moments copy-on-write"
+               : "none: a save's writer process reads the live weights and moments copy-on-write");
         memplan_print(&t->mem, &t->mem_limit, !strcmp(t->o->name, "cpu"), stdout);
         print_rank_state(t, pt);
     } else {    /* the stages' rows follow (pp_print_memory) */

@@ -5,7 +5,8 @@
 # training stall at the first checkpoint of the large size <= 0.2 s.
 #
 # Sizes: small = configs/small.toml; large = the same with hidden 512, 64 routed experts,
-# sequences of 1024 (micro-batch 2, to keep a CPU step in seconds). Both without MTP
+# sequences of 1024, micro-batch 2 (MEM_BENCH_LARGE_BATCH; small.toml's 16 makes the
+# activations, not the state, dominate both, and a CPU step take minutes). Both without MTP
 # (transformers' DeepseekV3 has none). Each run: 3 optimizer steps, one save after step 2
 # (dstrain: its background checkpoint; transformers: torch.save of the weights and the AdamW
 # state, synchronous), the same number of threads, FP32 everywhere (transformers without
@@ -18,6 +19,7 @@
 #              ${DSTRAIN_TEST_PYTHON:-python3}; neither is in tests/requirements.txt)
 #              MEM_BENCH_THREADS      threads of both (default: the number of cores)
 #              MEM_BENCH_SIZES        which sizes (default "small large")
+#              MEM_BENCH_LARGE_BATCH  micro-batch of the large size (default 2)
 # Exit status 77 with a SKIP line when that Python lacks torch or transformers; 1 when a run
 # fails; 0 otherwise (the verdicts are printed, not enforced).
 set -euo pipefail
@@ -26,6 +28,7 @@ BIN=${1:-build/release/dstrain}
 PY=${DSTRAIN_BENCH_PYTHON:-${DSTRAIN_TEST_PYTHON:-python3}}
 THREADS=${MEM_BENCH_THREADS:-$(nproc)}
 SIZES=${MEM_BENCH_SIZES:-small large}
+LARGE_BATCH=${MEM_BENCH_LARGE_BATCH:-2}
 [ -x "$BIN" ] || { echo "mem_bench: '$BIN' is not an executable dstrain (build it first)" >&2; exit 1; }
 if ! "$PY" -c 'import torch, transformers' > /dev/null 2>&1; then
     echo "SKIP: mem_bench: '$PY' cannot import torch and transformers (set DSTRAIN_BENCH_PYTHON to a Python that can)"
@@ -49,7 +52,7 @@ for size in $SIZES; do
     case $size in
         small) ;;
         large) SETS+=(--set model.hidden_size=512 --set model.n_routed_experts=64 --set train.seq_len=1024
-                      --set train.micro_batch_size=2) ;;
+                      --set train.micro_batch_size="$LARGE_BATCH") ;;
         *) echo "mem_bench: unknown size '$size' (small, large)" >&2; exit 1 ;;
     esac
     if ! python3 "$WORK/rss.py" "$WORK/dstrain-$size.log" "$BIN" train "$SRC/configs/small.toml" "${SETS[@]}" \
@@ -82,15 +85,17 @@ for size in sizes:
     stall = float(stall.group(1)) / 1e3 if stall else float("nan")
     hf = json.loads(next(l for l in h_log.splitlines() if l.startswith("RESULT "))[7:])
     params = re.search(r"model: ([0-9.]+M) parameters", d_log).group(1)
-    rows.append((size, params, d_rss, h_rss, stall, hf["save_s"], hf["experts"]))
+    batch = re.search(r"x ([0-9]+) sequences x ([0-9]+) tokens", d_log)
+    rows.append((size, params, "%sx%s" % batch.groups(), d_rss, h_rss, stall, hf["save_s"], hf["experts"]))
     rss_ok = rss_ok and d_rss <= h_rss
     if size == "large":
         stall_ok = stall <= 0.2
 print("mem bench: peak RSS of one CPU process, %s threads, 3 steps with a save after step 2, FP32" % threads)
-print("  %-6s %9s %13s %18s %7s %18s %16s  %s" % ("size", "params", "dstrain MiB", "transformers MiB", "ratio",
+print("  %-6s %9s %9s %13s %18s %7s %18s %16s  %s" % ("size", "params", "batch", "dstrain MiB", "transformers MiB", "ratio",
                                                   "dstrain stall (s)", "torch.save (s)", "hf experts"))
-for size, params, d, h, stall, save, experts in rows:
-    print("  %-6s %9s %13.1f %18.1f %6.2fx %18.3f %16.3f  %s" % (size, params, d, h, d / h, stall, save, experts))
+for size, params, batch, d, h, stall, save, experts in rows:
+    print("  %-6s %9s %9s %13.1f %18.1f %6.2fx %18.3f %16.3f  %s" % (size, params, batch, d, h, d / h, stall, save,
+                                                                     experts))
 print("target dstrain <= transformers at every size: %s" % ("met" if rss_ok else "NOT met"))
 if stall_ok is not None:
     print("target first-save stall at the large size <= 0.2 s: %s" % ("met" if stall_ok else "NOT met"))
