@@ -5,8 +5,9 @@
 # training stall at the first checkpoint of the large size <= 0.2 s.
 #
 # Sizes: small = configs/small.toml; large = the same with hidden 512, 64 routed experts,
-# sequences of 1024, micro-batch 2 (MEM_BENCH_LARGE_BATCH; small.toml's 16 makes the
-# activations, not the state, dominate both, and a CPU step take minutes). Both without MTP
+# sequences of 1024, small.toml's micro-batch 16 (MEM_BENCH_LARGE_BATCH: 2 makes the weights
+# and optimizer state, not the activations, the larger part; 16 takes about ten minutes on
+# two cores, most of it in transformers' steps). Both without MTP
 # (transformers' DeepseekV3 has none). Each run: 3 optimizer steps, one save after step 2
 # (dstrain: its background checkpoint; transformers: torch.save of the weights and the AdamW
 # state, synchronous), the same number of threads, FP32 everywhere (transformers without
@@ -19,7 +20,7 @@
 #              ${DSTRAIN_TEST_PYTHON:-python3}; neither is in tests/requirements.txt)
 #              MEM_BENCH_THREADS      threads of both (default: the number of cores)
 #              MEM_BENCH_SIZES        which sizes (default "small large")
-#              MEM_BENCH_LARGE_BATCH  micro-batch of the large size (default 2)
+#              MEM_BENCH_LARGE_BATCH  micro-batch of the large size (default 16)
 # Exit status 77 with a SKIP line when that Python lacks torch or transformers; 1 when a run
 # fails; 0 otherwise (the verdicts are printed, not enforced).
 set -euo pipefail
@@ -28,7 +29,7 @@ BIN=${1:-build/release/dstrain}
 PY=${DSTRAIN_BENCH_PYTHON:-${DSTRAIN_TEST_PYTHON:-python3}}
 THREADS=${MEM_BENCH_THREADS:-$(nproc)}
 SIZES=${MEM_BENCH_SIZES:-small large}
-LARGE_BATCH=${MEM_BENCH_LARGE_BATCH:-2}
+LARGE_BATCH=${MEM_BENCH_LARGE_BATCH:-16}
 [ -x "$BIN" ] || { echo "mem_bench: '$BIN' is not an executable dstrain (build it first)" >&2; exit 1; }
 if ! "$PY" -c 'import torch, transformers' > /dev/null 2>&1; then
     echo "SKIP: mem_bench: '$PY' cannot import torch and transformers (set DSTRAIN_BENCH_PYTHON to a Python that can)"
