@@ -13,7 +13,8 @@
  * Save protocol: write into ckpt-<step>.tmp/, fsync every file, (barrier across ranks),
  * write the manifest (temp + fsync + rename), rename the directory, fsync the parent. A
  * directory without a verified manifest is never taken. The slow part runs on a background
- * thread over a host snapshot, so training continues while the bytes go to disk.
+ * process over a copy-on-write view of the host buffers (checkpoint/writer.c), so training
+ * continues while the bytes go to disk.
  *
  * Errors are returned, not fatal (STYLE.md): every function that can fail returns 0 on success
  * and -1 with a one-line message in err (naming the file and the step) so a failed save can
@@ -22,8 +23,8 @@
  * Calling sequence (one rank):
  *   CkptWriter *w = ckpt_writer_create();
  *   ... every checkpoint_every steps:
- *   ckpt_save_async(w, &req, err, n);   (copies the host buffers, returns; waits first for the
- *                                        previous save)
+ *   ckpt_save_async(w, &req, err, n);   (forks the process that writes the host buffers as
+ *                                        they are now, returns; waits first for the previous save)
  *   ... each step (optional): ckpt_writer_poll(w, 0, &step, err, n)   (a finished save's result)
  *   ... at exit: ckpt_writer_finish(w, err, n) (waits, reports), ckpt_writer_destroy(w)
  *   resume: ckpt_find_latest(run_dir, dir, n, log) or a given dir; ckpt_load(dir, ...)
@@ -132,11 +133,12 @@ int ckpt_save_commit(const CkptRequest *req, const CkptRankFile *files, int n, c
 typedef struct CkptWriter CkptWriter;
 
 CkptWriter *ckpt_writer_create(void);
-/* Snapshot the request's buffers into host memory owned by the writer, then write on a
- * background thread. Waits for the previous save first; returns its error if it failed (the
- * new save is started in any case, so a transient failure is retried by the next save).
- * The snapshot buffers are allocated at the first save and reused (reallocated only if the
- * table grows); the caller may change its buffers as soon as this returns. */
+/* Write the request's host buffers, as they are at the call, in a forked child process (its
+ * copy-on-write view is the snapshot: nothing is copied, no memory is set aside for it); a
+ * background thread waits for it. Waits for the previous save first; returns its error if it
+ * failed (the new save is started in any case, so a transient failure is retried by the next
+ * save). The caller may change its buffers as soon as this returns; while the save runs, each
+ * page the caller writes is duplicated once (the child keeps the original). */
 int ckpt_save_async(CkptWriter *w, const CkptRequest *req, char *err, size_t errlen);
 /* The result of the last save, once: 1 when it finished and succeeded, -1 when it failed (its
  * message in err), 0 when none finished since the last report (or one is still running and
@@ -146,10 +148,10 @@ int ckpt_writer_poll(CkptWriter *w, int wait, int *step, char *err, size_t errle
 /* Wait for the save in flight; 0 if it (and every earlier one) succeeded. */
 int ckpt_writer_finish(CkptWriter *w, char *err, size_t errlen);
 void ckpt_writer_destroy(CkptWriter *w);
-/* Seconds the last save spent copying (stall) and writing (background). write_s is that of
- * the last save that finished (0 before any). */
+/* Seconds the last save spent starting its child (the fork: stall) and writing (background).
+ * write_s is that of the last save that finished (0 before any). */
 void ckpt_writer_times(const CkptWriter *w, double *copy_s, double *write_s);
-/* Seconds the last ckpt_save_async waited for the previous save before copying; the whole
+/* Seconds the last ckpt_save_async waited for the previous save before forking; the whole
  * stall the caller saw is this plus copy_s. */
 double ckpt_writer_wait_seconds(const CkptWriter *w);
 

@@ -1,19 +1,22 @@
 /* checkpoint/writer.c - the background checkpoint writer (calling sequence in ckpt.h).
  *
- * One worker thread per writer, started at creation. A save copies the caller's buffers into
- * the writer's snapshot (allocated at the first save, reused after), starts the child process
- * that writes it (below) and returns; the worker waits for the child and keeps its result. At
- * most one save is in flight: the next ckpt_save_async waits for it first.
+ * One worker thread per writer, started at creation. A save starts the child process that
+ * writes it (below) and returns; the worker waits for the child and keeps its result. At most
+ * one save is in flight: the next ckpt_save_async waits for it first. Nothing is copied: the
+ * child's copy-on-write view of the caller's buffers, taken by fork at the call, is the
+ * snapshot (a second host copy of weights and moments cost the trainer its size in memory and
+ * a copy inside the training stall; the fork shares every page of the trainer either way).
  *
- *   trainer:  step | step | copy+fork | step | step | step | wait+copy+fork | step ...
+ *   trainer:  step | step | fork | step | step | step | wait+fork | step ...
  *   child:                  [ write ckpt-N to disk ]               [ write ckpt-M ]
  *
  * The save runs in a child process forked by ckpt_save_async on the caller's thread (it sees
- * the snapshot copy-on-write and reports its one-line error through a pipe): HDF5 1.10 keeps a
- * file whose close failed (ENOSPC, EIO, EDQUOT while flushing) half-open, leaking its metadata
- * cache (~2.7 MB per failed save on tiny) and crashing at exit (SIGSEGV in H5_term_library's
- * H5F__close_cb, seen as exit status 139). In a child whatever HDF5 leaves behind ends with it
- * (_exit, no atexit handlers), and a crash of the child is a failed save, not a dead trainer.
+ * the buffers copy-on-write as they were at the call and reports its one-line error through a
+ * pipe): HDF5 1.10 keeps a file whose close failed (ENOSPC, EIO, EDQUOT while flushing)
+ * half-open, leaking its metadata cache (~2.7 MB per failed save on tiny) and crashing at exit
+ * (SIGSEGV in H5_term_library's H5F__close_cb, seen as exit status 139). In a child whatever
+ * HDF5 leaves behind ends with it (_exit, no atexit handlers), and a crash of the child is a
+ * failed save, not a dead trainer.
  * The child ignores the stop signals (a second Ctrl-C ends the trainer; the child finishes or
  * abandons its save, which is atomic either way) and holds the run-directory lock with it (an
  * inherited descriptor), so no second trainer starts while it writes. A crash point
@@ -43,17 +46,8 @@ struct CkptWriter {
     pthread_cond_t cv;
     int pending;                /* a job is handed over and not finished */
     int quit;
-    CkptRequest job;            /* points into the snapshot below */
-    /* snapshot, owned by the writer (sizes are capacities) */
-    float *params, *adam_m, *adam_v;    /* (cap_p), (cap_m), (cap_v) floats */
-    size_t cap_p, cap_m, cap_v;
-    float *ema;                         /* (cap_e) floats */
-    size_t cap_e;
-    ParamTable table;           /* copy of the caller's table; table.p (cap_params) */
-    size_t cap_params;
-    char *config;               /* (cap_config) */
-    size_t cap_config;
-    char run_dir[4096];
+    CkptRequest job;            /* the request in flight (its pointers: the caller's, which the
+                                 * child sees as they were at the call; here only state.step) */
     /* results */
     char job_err[1024];         /* the last failed save's message */
     int job_failed;             /* the last save failed (reported by the next call) */
@@ -187,52 +181,11 @@ static void wait_idle(CkptWriter *w)
     while (w->pending) pthread_cond_wait(&w->cv, &w->mu);
 }
 
-/* Grow a buffer to hold `need` elements (never shrinks: steady state allocates nothing). */
-static int reserve(void **buf, size_t *cap, size_t need, size_t elem)
+/* A request the child can run (the caller's buffers are not copied: see the top). */
+static int check_request(const CkptRequest *req, char *err, size_t errlen)
 {
-    if (need <= *cap) return 0;
-    void *p = realloc(*buf, need * elem);
-    if (!p) return -1;
-    *buf = p;
-    *cap = need;
-    return 0;
-}
-
-/* Copy req into the snapshot (mutex held, worker idle). */
-static int snapshot(CkptWriter *w, const CkptRequest *req, char *err, size_t errlen)
-{
-    const ParamTable *t = req->table;
-    if (!t || !req->params || !req->config_text || !req->run_dir)
+    if (!req->table || !req->params || !req->config_text || !req->run_dir)
         return ckpt_fail(err, errlen, "incomplete request (run_dir, config_text, table and params are required)");
-    size_t floats = t->total, params = (size_t)t->n, text = strlen(req->config_text) + 1;
-    int moments = req->adam_m && req->adam_v;
-    if (reserve((void **)&w->params, &w->cap_p, floats, sizeof(float)) ||
-        (moments && (reserve((void **)&w->adam_m, &w->cap_m, floats, sizeof(float)) ||
-                     reserve((void **)&w->adam_v, &w->cap_v, floats, sizeof(float)))) ||
-        (req->ema && reserve((void **)&w->ema, &w->cap_e, floats, sizeof(float))) ||
-        reserve((void **)&w->table.p, &w->cap_params, params, sizeof(Param)) ||
-        reserve((void **)&w->config, &w->cap_config, text, 1))
-        return ckpt_fail(err, errlen, "out of memory for the checkpoint snapshot (%zu floats)", floats);
-    if (snprintf(w->run_dir, sizeof w->run_dir, "%s", req->run_dir) >= (int)sizeof w->run_dir)
-        return ckpt_fail(err, errlen, "run directory path too long");
-    memcpy(w->params, req->params, floats * sizeof(float));
-    if (moments) {
-        memcpy(w->adam_m, req->adam_m, floats * sizeof(float));
-        memcpy(w->adam_v, req->adam_v, floats * sizeof(float));
-    }
-    if (req->ema) memcpy(w->ema, req->ema, floats * sizeof(float));
-    memcpy(w->table.p, t->p, params * sizeof(Param));
-    w->table.n = t->n;
-    w->table.total = t->total;
-    memcpy(w->config, req->config_text, text);
-    w->job = *req;
-    w->job.run_dir = w->run_dir;
-    w->job.config_text = w->config;
-    w->job.table = &w->table;
-    w->job.params = w->params;
-    w->job.adam_m = moments ? w->adam_m : NULL;
-    w->job.adam_v = moments ? w->adam_v : NULL;
-    w->job.ema = req->ema ? w->ema : NULL;
     return 0;
 }
 
@@ -249,7 +202,8 @@ int ckpt_save_async(CkptWriter *w, const CkptRequest *req, char *err, size_t err
     w->unreported = 0;
     w->job_step = req->state.step;
     char serr[512];
-    if (snapshot(w, req, serr, sizeof serr) == 0) {
+    if (check_request(req, serr, sizeof serr) == 0) {
+        w->job = *req;
         w->started = now_seconds();
         w->child = start_child(&w->job, &w->child_fd, w->start_err, sizeof w->start_err);
         w->pending = 1;
@@ -299,12 +253,6 @@ void ckpt_writer_destroy(CkptWriter *w)
     pthread_join(w->thread, NULL);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
-    free(w->params);
-    free(w->adam_m);
-    free(w->adam_v);
-    free(w->ema);
-    free(w->table.p);
-    free(w->config);
     free(w);
 }
 

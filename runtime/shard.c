@@ -30,9 +30,11 @@ void shard_plan_memory(MemPlan *p, const Config *cfg, Ops *o, const Groups *g)
     memplan_add(p, "expert bookkeeping", (double)mb.experts_host, 0);
     /* model_init_params fills a host copy of the whole table before the upload */
     memplan_add(p, "initialisation staging", (double)mb.params, 0);
-    /* weights and both moments of the rank's table; on one rank the background writer keeps
-     * its own snapshot of the three as well */
-    memplan_add(p, "checkpoint staging", (dp > 1 ? 3.0 : 6.0) * total * sizeof(float), 0);
+    /* weights and both moments of the rank's table, downloaded for a save; none on one rank of
+     * the CPU backend, whose saves read the live buffers (runtime/train.h trainer_saves_live),
+     * except the EMA's weight download (train.ema_decay > 0) */
+    const int live = dp == 1 && !strcmp(o->name, "cpu");
+    memplan_add(p, "checkpoint staging", (live ? (tc->ema_decay > 0) : 3.0) * total * sizeof(float), 0);
     if (dp > 1) {
         memplan_add(p, "zero-1 host staging", (padded + slice) * sizeof(float), 0);
         memplan_add(p, "zero-1 gradient slice", slice * sizeof(float), 1);

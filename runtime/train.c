@@ -61,6 +61,34 @@ static void upload(Trainer *t, void *dev, const void *host, size_t bytes)
     watchdog_op_end();
 }
 
+int trainer_saves_live(const Trainer *t)
+{
+    const Shard *s = &t->shard;
+    return !t->pp && t->groups->dp == 1 && !strcmp(t->o->name, "cpu") && s->n == 1 && s->r[0].lo == 0 &&
+           s->r[0].hi == model_table(t->model)->total;
+}
+
+/* pp = 1, staged saves: the checkpoint staging's pages now, not inside the first save's stall
+ * (page faults over gigabytes took seconds there). */
+static void touch_staging(Trainer *t, size_t total)
+{
+    memset(t->host_params, 0, total * sizeof(float));
+    memset(t->host_m, 0, total * sizeof(float));
+    memset(t->host_v, 0, total * sizeof(float));
+}
+
+/* Live saves hold no staging: what resume or init-from staged through it goes back to the
+ * system before training (the EMA keeps host_params, its per-step download). */
+static void release_staging(Trainer *t)
+{
+    free(t->host_m);
+    free(t->host_v);
+    t->host_m = t->host_v = NULL;
+    if (t->ema) return;
+    free(t->host_params);
+    t->host_params = NULL;
+}
+
 void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const char *run_dir, const World *w,
                    Groups *g)
 {
@@ -109,6 +137,7 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
     t->host_counts = xcalloc((size_t)model_n_moe_layers(t->model) * cfg->model.n_routed_experts + 1, sizeof(float));
     t->host_m = xmalloc(pt->total * sizeof(float));
     t->host_v = xmalloc(pt->total * sizeof(float));
+    if (g->pp == 1 && !trainer_saves_live(t)) touch_staging(t, pt->total);
     t->sdc_sums = xcalloc((size_t)g->dp, sizeof(int64_t));
     if (tc->ema_decay > 0 && t->root) t->ema = xmalloc(pt->total * sizeof(float));   /* the root saves it */
     t->flops_per_token = flops_per_token(&cfg->model, T, cfg->model.num_nextn_predict_layers > 0);
@@ -278,16 +307,23 @@ static void poll_saves(Trainer *t, int wait)
     note_save(t, rc, err);
 }
 
+/* No NaN or infinity in x: an exponent field of all ones. Branch-free over the bits, so the
+ * compiler vectorises it (a save checks every weight inside the training stall). */
 static int all_finite(const float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, x + i, sizeof b);
+        bad |= (b & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
 }
 
 /* The training stall of a save is the download into host staging and the gathering of the
- * moments; on one rank also the wait for the previous save and the writer's snapshot copy (the
- * write itself runs in the background); on several ranks the whole two-phase save. */
+ * moments (none for live saves, trainer_saves_live); on one rank also the wait for the previous
+ * save and the fork of the writer's process (the write itself runs in the background); on
+ * several ranks the whole two-phase save. */
 static void save_checkpoint(Trainer *t)
 {
     /* pp = 1: the moments of each region are gathered from its slices, so every rank holds its
@@ -297,19 +333,23 @@ static void save_checkpoint(Trainer *t)
      * ep) resuming any other. Collective. */
     const ParamTable *pt = trainer_table(t);
     double t0 = now_seconds();
+    const int live = trainer_saves_live(t);
     if (t->pp) {
         pp_gather_state(t);
-    } else {
+    } else if (!live) {
         shard_gather_moments(&t->shard, t->o, t->host_m, t->host_v);
         download(t, t->host_params, model_params(t->model), pt->total * sizeof(float));
     }
+    /* live: the weights and the one region's moments in place, the table's layout */
+    const float *params = live ? model_params(t->model) : t->host_params;
+    const float *adam_m = live ? t->shard.r[0].opt.m : t->host_m, *adam_v = live ? t->shard.r[0].opt.v : t->host_v;
     t->saved_step = t->step;
     const int sharded = t->pp || t->groups->dp > 1;
     Comm *all = t->pp ? pp_world(t) : t->groups->dp_comm;    /* the ranks writing files */
     if (!sharded && !t->root) return;
     /* a diverged model never replaces a good checkpoint (nor pushes one out by retention); with
      * per-rank files every rank must agree (a collective) */
-    int32_t bad = !all_finite(t->host_params, pt->total);
+    int32_t bad = !all_finite(params, pt->total);
     if (sharded) comm_allreduce(all, &bad, 1, COMM_I32, COMM_MAX);
     if (t->root) poll_saves(t, 1);   /* the previous save's result, before a new one starts */
     if (bad) {
@@ -321,7 +361,7 @@ static void save_checkpoint(Trainer *t)
     }
     CkptRequest r = {
         .run_dir = t->run_dir, .config_text = t->config_text, .table = pt,
-        .params = t->host_params, .adam_m = t->host_m, .adam_v = t->host_v, .ema = t->ema,
+        .params = params, .adam_m = adam_m, .adam_v = adam_v, .ema = t->ema,
         .state = { .step = t->step, .tokens = t->tokens, .data = data_get_state(t->train), .rng = t->rng.state },
         .keep = t->cfg.train.keep_checkpoints,
         .layout = { .world_size = 1, .pp = 1, .dp = 1, .ep = 1 },
@@ -541,6 +581,7 @@ int train_run(Trainer *t)
     const TrainConfig *tc = &t->cfg.train;
     double started = now_seconds();
     int first = t->step;
+    if (trainer_saves_live(t)) release_staging(t);
     while (t->step < tc->steps) {
         StepMetrics s;
         memset(&s, 0, sizeof s);

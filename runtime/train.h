@@ -62,8 +62,10 @@ typedef struct Trainer {
     Metrics *metrics;           /* NULL except on the root */
     CkptWriter *ckpt;
     float *host_counts;         /* (n_moe_layers, E) expert loads being summed over dp */
-    float *host_params;         /* (total) checkpoint staging, trainer_table's layout */
-    float *host_m, *host_v;     /* (total) checkpoint staging, gathered from the slices */
+    float *host_params;         /* (total) checkpoint staging, trainer_table's layout (live saves:
+                                 * resume / init-from / EMA only, trainer_saves_live) */
+    float *host_m, *host_v;     /* (total) checkpoint staging, gathered from the slices (live
+                                 * saves: resume / init-from only; NULL once training runs) */
     Shard shard;                /* regions, ZeRO-1 slices and optimizer shards (runtime/shard.h;
                                  * pp = 1: train_pp.c keeps its stages' optimizers) */
     int step;                   /* optimizer steps done */
@@ -94,6 +96,12 @@ void trainer_setup(Trainer *t, const Config *cfg, const char *config_text, const
 /* The table the checkpoint staging is laid out in: this rank's (model/params.h params_select:
  * under EP its experts only; under pp > 1 its stages' tensors, runtime/train_pp.h pp_table). */
 const ParamTable *trainer_table(const Trainer *t);
+/* Whether this rank's checkpoints are written from the live buffers, with no host staging:
+ * pp = 1 on one rank on the CPU backend (weights and the one region's moments are host memory
+ * in the table's layout; the save's forked writer reads them copy-on-write, checkpoint/ckpt.h).
+ * Otherwise a save downloads them into host_params, host_m, host_v first (touched at set-up
+ * under pp = 1). */
+int trainer_saves_live(const Trainer *t);
 /* Restore weights, optimizer moments and state from a verified checkpoint directory. */
 void trainer_resume(Trainer *t, const char *ckpt_dir);
 /* The EMA's starting point (train.ema_decay > 0; after resume / init-from): the checkpoint's EMA

@@ -311,8 +311,14 @@ static void print_banner(Trainer *t)
         model_print_memory(t->model, stdout);
         printf("  %-24s %10.1f MiB  (AdamW m, v%s)\n", "optimizer state",
                shard_optim_floats(&t->shard) * sizeof(float) / 1048576.0, dp > 1 ? ": this rank's ZeRO-1 slice" : "");
-        printf("  %-24s %10.1f MiB  (host snapshot for checkpoints%s)\n", "checkpoint staging",
-               (dp > 1 ? 3.0 : 6.0) * pt->total * sizeof(float) / 1048576.0, dp > 1 ? "" : ", and the writer's copy");
+        /* live saves stage nothing (the EMA's per-step weight download excepted) */
+        const int live = trainer_saves_live(t);
+        printf("  %-24s %10.1f MiB  (%s)\n", "checkpoint staging",
+               (live ? (t->ema != NULL) : 3.0) * pt->total * sizeof(float) / 1048576.0,
+               !live ? "weights and moments downloaded for checkpoints, touched at start-up"
+               : t->ema ? "the EMA's weight download only: a save's writer process reads the live weights and "
+                          "moments copy-on-write"
+               : "none: a save's writer process reads the live weights and moments copy-on-write");
         memplan_print(&t->mem, &t->mem_limit, !strcmp(t->o->name, "cpu"), stdout);
         print_rank_state(t, pt);
     } else {    /* the stages' rows follow (pp_print_memory) */

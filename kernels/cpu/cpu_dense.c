@@ -17,6 +17,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "runtime/common.h"
 
@@ -67,11 +68,18 @@ void cpu_state_free(Ops *o)
     o->state = NULL;
 }
 
+/* Buffers of 2 MiB and more start on a 2 MiB boundary and ask for transparent huge pages
+ * (where the kernel grants them on request): a checkpoint's fork (checkpoint/writer.c) copies
+ * one page-table entry per page of the trainer, a million of them for 4 GiB of 4 KiB pages,
+ * inside the training stall. */
 void *cpu_alloc(Ops *o, size_t bytes)
 {
+    const size_t huge = (size_t)2 << 20;
     size_t rounded = bytes ? (bytes + 63) & ~(size_t)63 : 64;
-    void *p = aligned_alloc(64, rounded);
-    if (!p) DIE("out of memory allocating %zu bytes on device 'cpu'", bytes);
+    void *p = NULL;
+    if (posix_memalign(&p, rounded >= huge ? huge : 64, rounded) != 0)
+        DIE("out of memory allocating %zu bytes on device 'cpu'", bytes);
+    if (rounded >= huge) (void)madvise(p, rounded, MADV_HUGEPAGE);   /* advice: refused changes nothing */
     memset(p, 0, rounded);
     return p;
 }
