@@ -85,11 +85,12 @@ static inline double attn_bwd_floor_bf16(double u16, int Dqk, int Dv, double s, 
 /* An FP32 result r and a second one within budget b of it, each rounded to BF16 (round to
  * nearest: |rnd(x) - x| <= u16 |x|), differ by at most b + u16 (|r| + |r| + b); with |r| <=
  * |rnd(r)| / (1 - u16) that is within b (1 + u16) + 2 u16 (1 + 2 u16) |ref| of the rounded
- * reference ref (u16 <= 1/256, so 1 / (1 - u16) <= 1 + 2 u16). */
-static inline double bf16_act_budget(double b, double ref)
+ * reference ref (u16 <= 1/256, so 1 / (1 - u16) <= 1 + 2 u16). test_bf16_bound simulates it. */
+static inline double bf16_act_budget_u(double b, double ref, double u16)
 {
-    return b * (1 + U16) + 2 * U16 * (1 + 2 * U16) * fabs(ref);
+    return b * (1 + u16) + 2 * u16 * (1 + 2 * u16) * fabs(ref);
 }
+static inline double bf16_act_budget(double b, double ref) { return bf16_act_budget_u(b, ref, U16); }
 
 typedef struct Pair {
     Ops *cpu, *gpu;
