@@ -18,7 +18,10 @@
  * absolute budget, often atol), the tensor when additionally ||gpu - cpu|| / ||cpu|| <= norm
  * (norm <= 0 skips that part); NaN anywhere in the GPU result fails. An act buffer of a bf16
  * pair widens every element's budget for the one BF16 rounding both sides apply to FP32
- * results that differ (bf16_act_budget). Each check prints one line: the worst element's
+ * results that differ (bf16_act_budget), and its normwise part leaves out the whole-ulp steps
+ * such a rounding makes (an element's difference less 2 u16 (1 + 2 u16) |cpu|): accumulated
+ * gradients near 1 with increments near 0.01 would otherwise be judged by rounding noise of
+ * the sums, not by the computation. Each check prints one line: the worst element's
  * share of its budget and the normwise error against its budget.
  *
  * Calling sequence:
