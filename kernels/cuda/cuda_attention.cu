@@ -34,48 +34,49 @@
 
 /* ---- RoPE: rotate interleaved pairs (x[2j], x[2j+1]) by t * inv_freq[j] ---- */
 
-__global__ void rope_kernel(float *x, const float *cos, const float *sin, RopeShape s, float dir)
+template <typename T>
+__global__ void rope_kernel(T *x, const float *cos, const float *sin, RopeShape s, float dir)
 {
     const int half = s.Dr / 2;
     GRID_STRIDE(i, (size_t)s.N * s.H * half) {
         size_t rh = i / half;
         int j = (int)(i - rh * half), h = (int)(rh % s.H), r = (int)(rh / s.H);
-        float *p = x + (size_t)r * s.row_stride + (size_t)h * s.head_stride + s.offset;   /* (Dr) */
+        T *p = x + (size_t)r * s.row_stride + (size_t)h * s.head_stride + s.offset;   /* (Dr) */
         int t = r % s.T;
         float c = cos[(size_t)t * half + j], si = dir * sin[(size_t)t * half + j];
-        float a = p[2 * j], b = p[2 * j + 1];
-        p[2 * j] = a * c - b * si;
-        p[2 * j + 1] = a * si + b * c;
+        float a = act_ld(p, 2 * j), b = act_ld(p, 2 * j + 1);
+        act_st(p, 2 * j, a * c - b * si);
+        act_st(p, 2 * j + 1, a * si + b * c);
     }
 }
 
-static void rope_launch(Ops *o, float *x, const float *cos, const float *sin, const RopeShape *s, float dir)
+static void rope_launch(Ops *o, act *x, const float *cos, const float *sin, const RopeShape *s, float dir)
 {
     CHECK(s->Dr % 2 == 0 && s->T > 0);
     size_t n = (size_t)s->N * s->H * (s->Dr / 2);
     if (!n || s->N <= 0 || s->H <= 0) return;
-    rope_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(x, cos, sin, *s, dir);
+    CUDA_ACT_DISPATCH(o, T, rope_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>((T *)x, cos, sin, *s,
+                                                                                                dir));
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_rope_forward(Ops *o, act *x_, const float *cos, const float *sin, const RopeShape *s)
+void cuda_rope_forward(Ops *o, act *x, const float *cos, const float *sin, const RopeShape *s)
 {
-    float *x = cuda_f(x_);
     CUDA_PROF(o, "rope_forward", "elementwise");
     rope_launch(o, x, cos, sin, s, 1.0f);
 }
 
 /* The rotation is orthogonal: its gradient is the inverse rotation. */
-void cuda_rope_backward(Ops *o, act *dx_, const float *cos, const float *sin, const RopeShape *s)
+void cuda_rope_backward(Ops *o, act *dx, const float *cos, const float *sin, const RopeShape *s)
 {
-    float *dx = cuda_f(dx_);
     CUDA_PROF(o, "rope_backward", "elementwise");
     rope_launch(o, dx, cos, sin, s, -1.0f);
 }
 
 /* ---- MLA: k = [k_nope_h | k_rope], v = v_h from kv = [k_nope_h | v_h] ---- */
 
-__global__ void mla_kv_split_kernel(float *k, float *v, const float *kv, const float *k_rope, MlaKvShape s)
+template <typename T>
+__global__ void mla_kv_split_kernel(T *k, T *v, const T *kv, const T *k_rope, MlaKvShape s)
 {
     const int Dqk = s.Dn + s.Dr, Dkv = s.Dn + s.Dv;
     const size_t nk = (size_t)s.N * s.H * Dqk, nv = (size_t)s.N * s.H * s.Dv;
@@ -83,7 +84,7 @@ __global__ void mla_kv_split_kernel(float *k, float *v, const float *kv, const f
         if (i < nk) {
             size_t nh = i / Dqk;
             int d = (int)(i - nh * Dqk);
-            k[i] = d < s.Dn ? kv[nh * Dkv + d] : k_rope[(nh / s.H) * s.Dr + (d - s.Dn)];
+            k[i] = d < s.Dn ? kv[nh * Dkv + d] : k_rope[(nh / s.H) * s.Dr + (d - s.Dn)];   /* copies */
         } else {
             size_t iv = i - nk, nh = iv / s.Dv;
             v[iv] = kv[nh * Dkv + s.Dn + (iv - nh * s.Dv)];
@@ -91,9 +92,10 @@ __global__ void mla_kv_split_kernel(float *k, float *v, const float *kv, const f
     }
 }
 
-/* dkv += [dk_nope | dv] per head; dk_rope[n, d] += sum over heads in order of dk's rope part. */
-__global__ void mla_kv_split_backward_kernel(float *dkv, float *dk_rope, const float *dk, const float *dv,
-                                             MlaKvShape s)
+/* dkv += [dk_nope | dv] per head; dk_rope[n, d] += sum over heads in order of dk's rope part
+ * (FP32 sum, one store). */
+template <typename T>
+__global__ void mla_kv_split_backward_kernel(T *dkv, T *dk_rope, const T *dk, const T *dv, MlaKvShape s)
 {
     const int Dqk = s.Dn + s.Dr, Dkv = s.Dn + s.Dv;
     const size_t nkv = (size_t)s.N * s.H * Dkv, nr = (size_t)s.N * s.Dr;
@@ -101,40 +103,34 @@ __global__ void mla_kv_split_backward_kernel(float *dkv, float *dk_rope, const f
         if (i < nkv) {
             size_t nh = i / Dkv;
             int d = (int)(i - nh * Dkv);
-            dkv[i] += d < s.Dn ? dk[nh * Dqk + d] : dv[nh * s.Dv + (d - s.Dn)];
+            act_st(dkv, i, act_ld(dkv, i) + (d < s.Dn ? act_ld(dk, nh * Dqk + d) : act_ld(dv, nh * s.Dv + (d - s.Dn))));
         } else {
             size_t ir = i - nkv, n = ir / s.Dr;
             int d = (int)(ir - n * s.Dr);
-            float acc = dk_rope[ir];
-            for (int h = 0; h < s.H; h++) acc += dk[(n * s.H + h) * Dqk + s.Dn + d];
-            dk_rope[ir] = acc;
+            float acc = act_ld(dk_rope, ir);
+            for (int h = 0; h < s.H; h++) acc += act_ld(dk, (n * s.H + h) * Dqk + s.Dn + d);
+            act_st(dk_rope, ir, acc);
         }
     }
 }
 
-void cuda_mla_kv_split(Ops *o, act *k_, act *v_, const act *kv_, const act *k_rope_, const MlaKvShape *s)
+void cuda_mla_kv_split(Ops *o, act *k, act *v, const act *kv, const act *k_rope, const MlaKvShape *s)
 {
-    float *k = cuda_f(k_);
-    float *v = cuda_f(v_);
-    const float *kv = cuda_cf(kv_);
-    const float *k_rope = cuda_cf(k_rope_);
     CUDA_PROF(o, "mla_kv_split", "elementwise");
     size_t n = (size_t)s->N * s->H * (s->Dn + s->Dr + s->Dv);
     if (!n || s->N <= 0 || s->H <= 0) return;
-    mla_kv_split_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(k, v, kv, k_rope, *s);
+    CUDA_ACT_DISPATCH(o, T, mla_kv_split_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(
+                                (T *)k, (T *)v, (const T *)kv, (const T *)k_rope, *s));
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_mla_kv_split_backward(Ops *o, act *dkv_, act *dk_rope_, const act *dk_, const act *dv_, const MlaKvShape *s)
+void cuda_mla_kv_split_backward(Ops *o, act *dkv, act *dk_rope, const act *dk, const act *dv, const MlaKvShape *s)
 {
-    float *dkv = cuda_f(dkv_);
-    float *dk_rope = cuda_f(dk_rope_);
-    const float *dk = cuda_cf(dk_);
-    const float *dv = cuda_cf(dv_);
     CUDA_PROF(o, "mla_kv_split_backward", "elementwise");
     size_t n = (size_t)s->N * s->H * (s->Dn + s->Dv) + (size_t)s->N * s->Dr;
     if (!n || s->N <= 0) return;
-    mla_kv_split_backward_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(dkv, dk_rope, dk, dv, *s);
+    CUDA_ACT_DISPATCH(o, T, mla_kv_split_backward_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(
+                                (T *)dkv, (T *)dk_rope, (const T *)dk, (const T *)dv, *s));
     CUDA_LAUNCH_CHECK();
 }
 
@@ -176,18 +172,19 @@ __global__ void attn_softmax_rows_kernel(float *P, float *lse_b, AttnChunk c)
 /* P (H, nr, nk): scores in, P = exp(S - lse) out; dP (H, nr, nk): dO V^T in, dS = P (dP - D)
  * out, D = rowsum(dO * O); both 0 above the diagonal. dout_c, out_c: row i0 of this sequence
  * (rows ldv apart, head h at h * Dv). One warp per row. */
-__global__ void attn_backward_rows_kernel(float *P, float *dP, const float *lse_b, const float *dout_c,
-                                          const float *out_c, AttnChunk c)
+template <typename T>
+__global__ void attn_backward_rows_kernel(float *P, float *dP, const float *lse_b, const T *dout_c, const T *out_c,
+                                          AttnChunk c)
 {
     const int lane = threadIdx.x & 31;
     const size_t rows = (size_t)c.H * c.nr;
     const size_t warps = ((size_t)gridDim.x * blockDim.x) >> 5;
     for (size_t row = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5; row < rows; row += warps) {
         const int h = (int)(row / c.nr), r = (int)(row % c.nr), i = c.i0 + r;
-        const float *go = dout_c + (size_t)r * c.ldv + (size_t)h * c.Dv;   /* (Dv) */
-        const float *oo = out_c + (size_t)r * c.ldv + (size_t)h * c.Dv;    /* (Dv) */
+        const T *go = dout_c + (size_t)r * c.ldv + (size_t)h * c.Dv;   /* (Dv) */
+        const T *oo = out_c + (size_t)r * c.ldv + (size_t)h * c.Dv;    /* (Dv) */
         float D = 0.0f;
-        for (int d = lane; d < c.Dv; d += 32) D += go[d] * oo[d];
+        for (int d = lane; d < c.Dv; d += 32) D += act_ld(go, d) * act_ld(oo, d);
         D = cuda_warp_sum(D);
         const float l = lse_b[(size_t)h * c.T + i];
         float *p = P + row * c.nk, *dp = dP + row * c.nk;   /* (nk) */
@@ -217,28 +214,30 @@ static int attn_chunk_rows(Ops *o, const AttnShape *s)
 
 static unsigned warp_rows_blocks(size_t rows) { return cuda_blocks(rows * 32, THREADS); }
 
-/* S (H, nr, nk) = scale Q[i0:i0+nr] K[0:nk]^T for sequence b, into P. */
-static void attn_scores(Ops *o, float *P, const float *q, const float *k, const AttnShape *s, int b, int i0, int nr)
+/* S (H, nr, nk) = scale Q[i0:i0+nr] K[0:nk]^T for sequence b, into P (FP32). */
+static void attn_scores(Ops *o, float *P, const act *q, const act *k, const AttnShape *s, int b, int i0, int nr)
 {
     const long long ldqk = (long long)s->H * s->Dqk, nk = i0 + nr;
     const size_t seq = (size_t)b * s->T * ldqk;
-    CudaGemm g = { nr, (int)nk, s->Dqk, s->H, 0, 1, q + seq + (size_t)i0 * ldqk, ldqk, s->Dqk,
-                   k + seq, ldqk, s->Dqk, P, nk, (long long)nr * nk, s->scale, 0.0f, 0 };
+    const cudaDataType_t at = cuda_act_type(o);
+    CudaGemm g = { nr, (int)nk, s->Dqk, s->H, 0, 1, act_at_c(o, q, seq + (size_t)i0 * ldqk), ldqk, s->Dqk,
+                   act_at_c(o, k, seq), ldqk, s->Dqk, P, nk, (long long)nr * nk, s->scale, 0.0f, 0, at, at,
+                   CUDA_R_32F };
     cuda_gemm(o, &g);
 }
 
-void cuda_attention_forward(Ops *o, act *out_, float *lse, const act *q_, const act *k_, const act *v_,
+/* Activations are read and written in the table's type (act_at offsets); P and dP stay FP32
+ * for the softmax rows and are rounded to BF16 as GEMM operands under PREC_BF16 (a copy per
+ * chunk: cuBLASLt multiplies operands of one type). */
+void cuda_attention_forward(Ops *o, act *out, float *lse, const act *q, const act *k, const act *v,
                             const AttnShape *s)
 {
-    float *out = cuda_f(out_);
-    const float *q = cuda_cf(q_);
-    const float *k = cuda_cf(k_);
-    const float *v = cuda_cf(v_);
     CUDA_PROF(o, "attention_forward", "attention");
     if (s->B <= 0 || s->T <= 0 || s->H <= 0) return;
     CHECK(s->Dqk > 0 && s->Dv > 0);
     const int R = attn_chunk_rows(o, s);
     const long long ldv = (long long)s->H * s->Dv;
+    const cudaDataType_t at = cuda_act_type(o);
     float *P = (float *)cuda_scratch(o, SCR_ATTN_P, (size_t)s->H * R * s->T * sizeof(float));
     for (int b = 0; b < s->B; b++) {
         const size_t seq_v = (size_t)b * s->T * ldv;
@@ -249,54 +248,57 @@ void cuda_attention_forward(Ops *o, act *out_, float *lse, const act *q_, const 
             attn_softmax_rows_kernel<<<warp_rows_blocks((size_t)s->H * nr), THREADS, 0, cuda_stream(o)>>>(
                 P, lse + (size_t)b * s->H * s->T, c);
             CUDA_LAUNCH_CHECK();
-            CudaGemm pv = { nr, s->Dv, nk, s->H, 0, 0, P, nk, (long long)nr * nk, v + seq_v, ldv, s->Dv,
-                            out + seq_v + (size_t)i0 * ldv, ldv, s->Dv, 1.0f, 0.0f, 0 };
+            CudaGemm pv = { nr, s->Dv, nk, s->H, 0, 0, P, nk, (long long)nr * nk, act_at_c(o, v, seq_v), ldv, s->Dv,
+                            act_at(o, out, seq_v + (size_t)i0 * ldv), ldv, s->Dv, 1.0f, 0.0f, 0, CUDA_R_32F, at, at };
             cuda_gemm(o, &pv);
         }
     }
 }
 
+/* The activations of one backward call. */
+typedef struct AttnBwd {
+    act *dq, *dk, *dv;
+    const act *dout, *q, *k, *v, *out;
+    const float *lse;
+} AttnBwd;
+
 /* One chunk of the backward of sequence b (see the file comment). */
-static void attn_backward_chunk(Ops *o, float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                const float *k, const float *v, const float *out, const float *lse,
-                                const AttnShape *s, int b, int i0, int nr, float *P, float *dP)
+static void attn_backward_chunk(Ops *o, const AttnBwd *a, const AttnShape *s, int b, int i0, int nr, float *P,
+                                float *dP)
 {
     const int nk = i0 + nr;
     const long long ldqk = (long long)s->H * s->Dqk, ldv = (long long)s->H * s->Dv, pstride = (long long)nr * nk;
     const size_t seq_qk = (size_t)b * s->T * ldqk, seq_v = (size_t)b * s->T * ldv;
-    const float *dO = dout + seq_v + (size_t)i0 * ldv;    /* (nr, H, Dv) */
-    const float *Qc = q + seq_qk + (size_t)i0 * ldqk;     /* (nr, H, Dqk) */
-    attn_scores(o, P, q, k, s, b, i0, nr);
-    CudaGemm dpg = { nr, nk, s->Dv, s->H, 0, 1, dO, ldv, s->Dv, v + seq_v, ldv, s->Dv, dP, nk, pstride, 1.0f, 0.0f, 0 };
+    const cudaDataType_t at = cuda_act_type(o), f32 = CUDA_R_32F;
+    const act *dO = act_at_c(o, a->dout, seq_v + (size_t)i0 * ldv);    /* (nr, H, Dv) */
+    const act *Qc = act_at_c(o, a->q, seq_qk + (size_t)i0 * ldqk);     /* (nr, H, Dqk) */
+    attn_scores(o, P, a->q, a->k, s, b, i0, nr);
+    CudaGemm dpg = { nr, nk, s->Dv, s->H, 0, 1, dO, ldv, s->Dv, act_at_c(o, a->v, seq_v), ldv, s->Dv, dP, nk, pstride,
+                     1.0f, 0.0f, 0, at, at, f32 };
     cuda_gemm(o, &dpg);
     AttnChunk c = { s->H, nr, nk, i0, s->T, s->Dv, ldv };
-    attn_backward_rows_kernel<<<warp_rows_blocks((size_t)s->H * nr), THREADS, 0, cuda_stream(o)>>>(
-        P, dP, lse + (size_t)b * s->H * s->T, dO, out + seq_v + (size_t)i0 * ldv, c);
+    const act *Oc = act_at_c(o, a->out, seq_v + (size_t)i0 * ldv);
+    CUDA_ACT_DISPATCH(o, T, attn_backward_rows_kernel<<<warp_rows_blocks((size_t)s->H * nr), THREADS, 0,
+                                                        cuda_stream(o)>>>(P, dP, a->lse + (size_t)b * s->H * s->T,
+                                                                          (const T *)dO, (const T *)Oc, c));
     CUDA_LAUNCH_CHECK();
     /* dV[0:nk] += P^T dO */
-    CudaGemm dvg = { nk, s->Dv, nr, s->H, 1, 0, P, nk, pstride, dO, ldv, s->Dv, dv + seq_v, ldv, s->Dv, 1.0f, 1.0f, 0 };
+    CudaGemm dvg = { nk, s->Dv, nr, s->H, 1, 0, P, nk, pstride, dO, ldv, s->Dv, act_at(o, a->dv, seq_v), ldv, s->Dv,
+                     1.0f, 1.0f, 0, f32, at, at };
     cuda_gemm(o, &dvg);
     /* dQ[i0:i0+nr] += scale dS K[0:nk] */
-    CudaGemm dqg = { nr, s->Dqk, nk, s->H, 0, 0, dP, nk, pstride, k + seq_qk, ldqk, s->Dqk,
-                     dq + seq_qk + (size_t)i0 * ldqk, ldqk, s->Dqk, s->scale, 1.0f, 0 };
+    CudaGemm dqg = { nr, s->Dqk, nk, s->H, 0, 0, dP, nk, pstride, act_at_c(o, a->k, seq_qk), ldqk, s->Dqk,
+                     act_at(o, a->dq, seq_qk + (size_t)i0 * ldqk), ldqk, s->Dqk, s->scale, 1.0f, 0, f32, at, at };
     cuda_gemm(o, &dqg);
     /* dK[0:nk] += scale dS^T Q[i0:i0+nr] */
-    CudaGemm dkg = { nk, s->Dqk, nr, s->H, 1, 0, dP, nk, pstride, Qc, ldqk, s->Dqk, dk + seq_qk, ldqk, s->Dqk,
-                     s->scale, 1.0f, 0 };
+    CudaGemm dkg = { nk, s->Dqk, nr, s->H, 1, 0, dP, nk, pstride, Qc, ldqk, s->Dqk, act_at(o, a->dk, seq_qk), ldqk,
+                     s->Dqk, s->scale, 1.0f, 0, f32, at, at };
     cuda_gemm(o, &dkg);
 }
 
-void cuda_attention_backward(Ops *o, act *dq_, act *dk_, act *dv_, const act *dout_, const act *q_, const act *k_,
-                             const act *v_, const act *out_, const float *lse, const AttnShape *s)
+void cuda_attention_backward(Ops *o, act *dq, act *dk, act *dv, const act *dout, const act *q, const act *k,
+                             const act *v, const act *out, const float *lse, const AttnShape *s)
 {
-    float *dq = cuda_f(dq_);
-    float *dk = cuda_f(dk_);
-    float *dv = cuda_f(dv_);
-    const float *dout = cuda_cf(dout_);
-    const float *q = cuda_cf(q_);
-    const float *k = cuda_cf(k_);
-    const float *v = cuda_cf(v_);
-    const float *out = cuda_cf(out_);
     CUDA_PROF(o, "attention_backward", "attention");
     if (s->B <= 0 || s->T <= 0 || s->H <= 0) return;
     CHECK(s->Dqk > 0 && s->Dv > 0);
@@ -304,8 +306,8 @@ void cuda_attention_backward(Ops *o, act *dq_, act *dk_, act *dv_, const act *do
     const size_t chunk = (size_t)s->H * R * s->T * sizeof(float);
     float *P = (float *)cuda_scratch(o, SCR_ATTN_P, chunk);
     float *dP = (float *)cuda_scratch(o, SCR_ATTN_DP, chunk);
+    const AttnBwd a = { dq, dk, dv, dout, q, k, v, out, lse };
     for (int b = 0; b < s->B; b++)
         for (int i0 = 0; i0 < s->T; i0 += R)
-            attn_backward_chunk(o, dq, dk, dv, dout, q, k, v, out, lse, s, b, i0, s->T - i0 < R ? s->T - i0 : R,
-                                P, dP);
+            attn_backward_chunk(o, &a, s, b, i0, s->T - i0 < R ? s->T - i0 : R, P, dP);
 }

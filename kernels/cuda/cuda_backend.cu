@@ -19,6 +19,7 @@
 extern "C" {
 #include "kernels/cuda/cuda_ops.h"
 }
+#include "kernels/fp8.h"
 
 /* ---- memory entries ---- */
 
@@ -117,9 +118,34 @@ void cuda_download(Ops *o, void *dst_host, const void *src, size_t bytes)
     cuda_synchronize(o);
 }
 
-/* Activations are FP32 on this backend (act_bytes = 4): byte copies. */
-void cuda_act_upload(Ops *o, act *dst, const float *src_host, size_t n) { cuda_upload(o, dst, src_host, n * 4); }
-void cuda_act_download(Ops *o, float *dst_host, const act *src, size_t n) { cuda_download(o, dst_host, src, n * 4); }
+/* FP32 activations (act_bytes = 4): byte copies. BF16 (act_bytes = 2): converted on the host
+ * with kernels/fp8.h's bf16_from_float (the CPU emulation's rounding, bit for bit) and
+ * bf16_to_float (exact), through a host buffer the size of the BF16 data. */
+void cuda_act_upload(Ops *o, act *dst, const float *src_host, size_t n)
+{
+    if (o->act_bytes == 4) {
+        cuda_upload(o, dst, src_host, n * 4);
+        return;
+    }
+    if (!n) return;
+    uint16_t *h = (uint16_t *)xmalloc(n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) h[i] = bf16_from_float(src_host[i]);
+    cuda_upload(o, dst, h, n * sizeof(uint16_t));
+    free(h);
+}
+
+void cuda_act_download(Ops *o, float *dst_host, const act *src, size_t n)
+{
+    if (o->act_bytes == 4) {
+        cuda_download(o, dst_host, src, n * 4);
+        return;
+    }
+    if (!n) return;
+    uint16_t *h = (uint16_t *)xmalloc(n * sizeof(uint16_t));
+    cuda_download(o, h, src, n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) dst_host[i] = bf16_to_float(h[i]);
+    free(h);
+}
 
 void *cuda_scratch(Ops *o, CudaScratch slot, size_t bytes)
 {
@@ -320,7 +346,7 @@ extern "C" Ops *cuda_ops_create(Precision precision)
     Ops *o = (Ops *)xcalloc(1, sizeof *o);
     o->name = "cuda";
     o->precision = precision;
-    o->act_bytes = sizeof(float);
+    o->act_bytes = precision == PREC_FP32 ? sizeof(float) : sizeof(__nv_bfloat16);   /* kernels/ops.h "Roles" */
     o->state = st;
     cuda_ops_fill(o);
     if (getenv("DSTRAIN_CUDA_PROFILE") && atoi(getenv("DSTRAIN_CUDA_PROFILE")) > 0) cuda_profile_enable(o, 1);

@@ -26,17 +26,17 @@
 
 /* ---- elementwise ---- */
 
-__global__ void add_kernel(float *y, const float *x, size_t n) { GRID_STRIDE(i, n) y[i] += x[i]; }
+template <typename T>
+__global__ void add_kernel(T *y, const T *x, size_t n) { GRID_STRIDE(i, n) act_st(y, i, act_ld(y, i) + act_ld(x, i)); }
 __global__ void scale_kernel(float *x, float s, size_t n) { GRID_STRIDE(i, n) x[i] *= s; }
 __global__ void fill_kernel(float *p, float v, size_t n) { GRID_STRIDE(i, n) p[i] = v; }
 
-void cuda_add(Ops *o, act *y_, const act *x_, size_t n)
+void cuda_add(Ops *o, act *y, const act *x, size_t n)
 {
-    float *y = cuda_f(y_);
-    const float *x = cuda_cf(x_);
     CUDA_PROF(o, "add", "elementwise");
     if (!n) return;
-    add_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(y, x, n);
+    CUDA_ACT_DISPATCH(o, T, add_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>((T *)y, (const T *)x,
+                                                                                               n));
     CUDA_LAUNCH_CHECK();
 }
 
@@ -124,106 +124,107 @@ double cuda_sumsq(Ops *o, const float *x, size_t n)
 
 /* ---- concat: out (N,A+Bc) = [a | b] ---- */
 
-__global__ void concat_forward_kernel(float *out, const float *a, const float *b, int N, int A, int Bc)
+template <typename T>
+__global__ void concat_forward_kernel(T *out, const T *a, const T *b, int N, int A, int Bc)
 {
     const size_t W = (size_t)A + Bc;
     GRID_STRIDE(i, (size_t)N * W) {
         size_t n = i / W, j = i - n * W;
-        out[i] = j < (size_t)A ? a[n * A + j] : b[n * Bc + (j - A)];
+        out[i] = j < (size_t)A ? a[n * A + j] : b[n * Bc + (j - A)];   /* a copy: no rounding */
     }
 }
 
-__global__ void concat_backward_kernel(float *da, float *db, const float *dout, int N, int A, int Bc)
+template <typename T>
+__global__ void concat_backward_kernel(T *da, T *db, const T *dout, int N, int A, int Bc)
 {
     const size_t W = (size_t)A + Bc;
     GRID_STRIDE(i, (size_t)N * W) {
         size_t n = i / W, j = i - n * W;
-        if (j < (size_t)A) da[n * A + j] += dout[i];
-        else db[n * Bc + (j - A)] += dout[i];
+        T *d = j < (size_t)A ? da : db;
+        size_t at = j < (size_t)A ? n * A + j : n * Bc + (j - A);
+        act_st(d, at, act_ld(d, at) + act_ld(dout, i));
     }
 }
 
-void cuda_concat_forward(Ops *o, act *out_, const act *a_, const act *b_, int N, int A, int Bc)
+void cuda_concat_forward(Ops *o, act *out, const act *a, const act *b, int N, int A, int Bc)
 {
-    float *out = cuda_f(out_);
-    const float *a = cuda_cf(a_);
-    const float *b = cuda_cf(b_);
     CUDA_PROF(o, "concat_forward", "elementwise");
     size_t n = (size_t)N * ((size_t)A + Bc);
     if (!n || N <= 0) return;
-    concat_forward_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(out, a, b, N, A, Bc);
+    CUDA_ACT_DISPATCH(o, T, concat_forward_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(
+                                (T *)out, (const T *)a, (const T *)b, N, A, Bc));
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_concat_backward(Ops *o, act *da_, act *db_, const act *dout_, int N, int A, int Bc)
+void cuda_concat_backward(Ops *o, act *da, act *db, const act *dout, int N, int A, int Bc)
 {
-    float *da = cuda_f(da_);
-    float *db = cuda_f(db_);
-    const float *dout = cuda_cf(dout_);
     CUDA_PROF(o, "concat_backward", "elementwise");
     size_t n = (size_t)N * ((size_t)A + Bc);
     if (!n || N <= 0) return;
-    concat_backward_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(da, db, dout, N, A, Bc);
+    CUDA_ACT_DISPATCH(o, T, concat_backward_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(
+                                (T *)da, (T *)db, (const T *)dout, N, A, Bc));
     CUDA_LAUNCH_CHECK();
 }
 
 /* ---- RMSNorm: y = w * x * r, r = 1/sqrt(mean(x^2) + eps); one block per row ---- */
 
-__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
-                                       float eps)
+template <typename T>
+__global__ void rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, const float *weight, int N, int C, float eps)
 {
     __shared__ float red[32];
     for (int n = blockIdx.x; n < N; n += gridDim.x) {
-        const float *x = inp + (size_t)n * C;   /* (C) */
-        float *y = out + (size_t)n * C;         /* (C) */
+        const T *x = inp + (size_t)n * C;   /* (C) */
+        T *y = out + (size_t)n * C;         /* (C) */
         float ss = 0.0f;
-        for (int c = threadIdx.x; c < C; c += blockDim.x) ss += x[c] * x[c];
+        for (int c = threadIdx.x; c < C; c += blockDim.x) ss += act_ld(x, c) * act_ld(x, c);
         ss = cuda_block_sum(ss, red);
         float r = (float)(1.0 / sqrt((double)ss / C + (double)eps));
-        for (int c = threadIdx.x; c < C; c += blockDim.x) y[c] = weight[c] * (x[c] * r);
+        for (int c = threadIdx.x; c < C; c += blockDim.x) act_st(y, c, weight[c] * (act_ld(x, c) * r));
         if (threadIdx.x == 0) rstd[n] = r;
     }
 }
 
-void cuda_rmsnorm_forward(Ops *o, act *out_, float *rstd, const act *inp_, const float *weight, int N, int C,
+void cuda_rmsnorm_forward(Ops *o, act *out, float *rstd, const act *inp, const float *weight, int N, int C,
                           float eps)
 {
-    float *out = cuda_f(out_);
-    const float *inp = cuda_cf(inp_);
     CUDA_PROF(o, "rmsnorm_forward", "norm");
     if (N <= 0 || C <= 0) return;
-    rmsnorm_forward_kernel<<<cuda_blocks((size_t)N * THREADS, THREADS), THREADS, 0, cuda_stream(o)>>>(
-        out, rstd, inp, weight, N, C, eps);
+    CUDA_ACT_DISPATCH(o, T, rmsnorm_forward_kernel<<<cuda_blocks((size_t)N * THREADS, THREADS), THREADS, 0,
+                                                     cuda_stream(o)>>>((T *)out, rstd, (const T *)inp, weight, N, C,
+                                                                       eps));
     CUDA_LAUNCH_CHECK();
 }
 
 /* dx += r w dy - x r^3 <w dy, x> / C (one block per row). */
-__global__ void rmsnorm_backward_dx_kernel(float *dinp, const float *dout, const float *inp, const float *weight,
+template <typename T>
+__global__ void rmsnorm_backward_dx_kernel(T *dinp, const T *dout, const T *inp, const float *weight,
                                            const float *rstd, int N, int C)
 {
     __shared__ float red[32];
     for (int n = blockIdx.x; n < N; n += gridDim.x) {
-        const float *dy = dout + (size_t)n * C, *x = inp + (size_t)n * C;   /* (C) */
-        float *dx = dinp + (size_t)n * C;                                    /* (C) */
+        const T *dy = dout + (size_t)n * C, *x = inp + (size_t)n * C;   /* (C) */
+        T *dx = dinp + (size_t)n * C;                                    /* (C) */
         float dot = 0.0f;
-        for (int c = threadIdx.x; c < C; c += blockDim.x) dot += weight[c] * dy[c] * x[c];
+        for (int c = threadIdx.x; c < C; c += blockDim.x) dot += weight[c] * act_ld(dy, c) * act_ld(x, c);
         dot = cuda_block_sum(dot, red);
         float r = rstd[n];
         float k = (float)((double)r * r * r * dot / C);
-        for (int c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * weight[c] * dy[c] - x[c] * k;
+        for (int c = threadIdx.x; c < C; c += blockDim.x)
+            act_st(dx, c, act_ld(dx, c) + (r * weight[c] * act_ld(dy, c) - act_ld(x, c) * k));
     }
 }
 
 /* dweight partials: part (chunks, C), chunk j sums rows [j*RMS_ROWS, ...) in order. */
 #define RMS_ROWS 64
-__global__ void rmsnorm_dweight_partial_kernel(float *part, const float *dout, const float *inp, const float *rstd,
-                                               int N, int C)
+template <typename T>
+__global__ void rmsnorm_dweight_partial_kernel(float *part, const T *dout, const T *inp, const float *rstd, int N,
+                                               int C)
 {
     int c = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
     if (c >= C) return;
     int n0 = chunk * RMS_ROWS, n1 = min(N, n0 + RMS_ROWS);
     float acc = 0.0f;
-    for (int n = n0; n < n1; n++) acc += dout[(size_t)n * C + c] * inp[(size_t)n * C + c] * rstd[n];
+    for (int n = n0; n < n1; n++) acc += act_ld(dout, (size_t)n * C + c) * act_ld(inp, (size_t)n * C + c) * rstd[n];
     part[(size_t)chunk * C + c] = acc;
 }
 
@@ -236,24 +237,20 @@ __global__ void rmsnorm_dweight_final_kernel(float *dweight, const float *part, 
     dweight[c] += (float)acc;
 }
 
-void cuda_rmsnorm_backward_input(Ops *o, act *dinp_, const act *dout_, const act *inp_, const float *weight,
+void cuda_rmsnorm_backward_input(Ops *o, act *dinp, const act *dout, const act *inp, const float *weight,
                                  const float *rstd, int N, int C)
 {
-    float *dinp = cuda_f(dinp_);
-    const float *dout = cuda_cf(dout_);
-    const float *inp = cuda_cf(inp_);
     CUDA_PROF(o, "rmsnorm_backward_input", "norm");
     if (N <= 0 || C <= 0) return;
-    rmsnorm_backward_dx_kernel<<<cuda_blocks((size_t)N * THREADS, THREADS), THREADS, 0, cuda_stream(o)>>>(
-        dinp, dout, inp, weight, rstd, N, C);
+    CUDA_ACT_DISPATCH(o, T, rmsnorm_backward_dx_kernel<<<cuda_blocks((size_t)N * THREADS, THREADS), THREADS, 0,
+                                                         cuda_stream(o)>>>((T *)dinp, (const T *)dout, (const T *)inp,
+                                                                           weight, rstd, N, C));
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_rmsnorm_backward_weight(Ops *o, float *dweight, const act *dout_, const act *inp_, const float *rstd,
+void cuda_rmsnorm_backward_weight(Ops *o, float *dweight, const act *dout, const act *inp, const float *rstd,
                                   int N, int C)
 {
-    const float *dout = cuda_cf(dout_);
-    const float *inp = cuda_cf(inp_);
     CUDA_PROF(o, "rmsnorm_backward_weight", "norm");
     if (N <= 0 || C <= 0) return;
     cudaStream_t s = cuda_stream(o);
@@ -261,7 +258,8 @@ void cuda_rmsnorm_backward_weight(Ops *o, float *dweight, const act *dout_, cons
     CHECK(chunks <= 65535);
     float *part = (float *)cuda_scratch(o, SCR_REDUCE, (size_t)chunks * C * sizeof(float));
     dim3 grid((unsigned)((C + 127) / 128), (unsigned)chunks);
-    rmsnorm_dweight_partial_kernel<<<grid, 128, 0, s>>>(part, dout, inp, rstd, N, C);
+    CUDA_ACT_DISPATCH(o, T, rmsnorm_dweight_partial_kernel<<<grid, 128, 0, s>>>(part, (const T *)dout, (const T *)inp,
+                                                                                rstd, N, C));
     CUDA_LAUNCH_CHECK();
     rmsnorm_dweight_final_kernel<<<(C + 127) / 128, 128, 0, s>>>(dweight, part, chunks, C);
     CUDA_LAUNCH_CHECK();
@@ -277,74 +275,72 @@ void cuda_rmsnorm_backward(Ops *o, act *dinp, float *dweight, const act *dout, c
 
 /* ---- SwiGLU: gu (N,2F) = [gate | up] per row; out (N,F) = silu(gate) * up ---- */
 
-__global__ void swiglu_forward_kernel(float *out, const float *gu, int N, int F)
+template <typename T>
+__global__ void swiglu_forward_kernel(T *out, const T *gu, int N, int F)
 {
     GRID_STRIDE(i, (size_t)N * F) {
         size_t n = i / F, f = i - n * F;
-        float g = gu[n * 2 * F + f], u = gu[n * 2 * F + F + f];
-        out[i] = g / (1.0f + expf(-g)) * u;
+        float g = act_ld(gu, n * 2 * F + f), u = act_ld(gu, n * 2 * F + F + f);
+        act_st(out, i, g / (1.0f + expf(-g)) * u);
     }
 }
 
 /* d/dg silu(g) = sig(g) (1 + g (1 - sig(g))). */
-__global__ void swiglu_backward_kernel(float *dgu, const float *dout, const float *gu, int N, int F)
+template <typename T>
+__global__ void swiglu_backward_kernel(T *dgu, const T *dout, const T *gu, int N, int F)
 {
     GRID_STRIDE(i, (size_t)N * F) {
         size_t n = i / F, f = i - n * F;
         size_t ig = n * 2 * F + f, iu = ig + F;
-        float g = gu[ig], u = gu[iu], dy = dout[i];
+        float g = act_ld(gu, ig), u = act_ld(gu, iu), dy = act_ld(dout, i);
         float sg = 1.0f / (1.0f + expf(-g));
-        dgu[ig] += dy * u * sg * (1.0f + g * (1.0f - sg));
-        dgu[iu] += dy * g * sg;
+        act_st(dgu, ig, act_ld(dgu, ig) + dy * u * sg * (1.0f + g * (1.0f - sg)));
+        act_st(dgu, iu, act_ld(dgu, iu) + dy * g * sg);
     }
 }
 
-void cuda_swiglu_forward(Ops *o, act *out_, const act *gu_, int N, int F)
+void cuda_swiglu_forward(Ops *o, act *out, const act *gu, int N, int F)
 {
-    float *out = cuda_f(out_);
-    const float *gu = cuda_cf(gu_);
     CUDA_PROF(o, "swiglu_forward", "elementwise");
     if (N <= 0 || F <= 0) return;
-    swiglu_forward_kernel<<<cuda_blocks((size_t)N * F, THREADS), THREADS, 0, cuda_stream(o)>>>(out, gu, N, F);
+    CUDA_ACT_DISPATCH(o, T, swiglu_forward_kernel<<<cuda_blocks((size_t)N * F, THREADS), THREADS, 0, cuda_stream(o)>>>(
+                                (T *)out, (const T *)gu, N, F));
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_swiglu_backward(Ops *o, act *dgu_, const act *dout_, const act *gu_, int N, int F)
+void cuda_swiglu_backward(Ops *o, act *dgu, const act *dout, const act *gu, int N, int F)
 {
-    float *dgu = cuda_f(dgu_);
-    const float *dout = cuda_cf(dout_);
-    const float *gu = cuda_cf(gu_);
     CUDA_PROF(o, "swiglu_backward", "elementwise");
     if (N <= 0 || F <= 0) return;
-    swiglu_backward_kernel<<<cuda_blocks((size_t)N * F, THREADS), THREADS, 0, cuda_stream(o)>>>(dgu, dout, gu, N, F);
+    CUDA_ACT_DISPATCH(o, T, swiglu_backward_kernel<<<cuda_blocks((size_t)N * F, THREADS), THREADS, 0, cuda_stream(o)>>>(
+                                (T *)dgu, (const T *)dout, (const T *)gu, N, F));
     CUDA_LAUNCH_CHECK();
 }
 
 /* ---- embedding ---- */
 
-__global__ void embedding_forward_kernel(float *out, const int32_t *tokens, const float *table, int N, int C,
-                                         int *err)
+template <typename T>
+__global__ void embedding_forward_kernel(T *out, const int32_t *tokens, const float *table, int N, int C, int *err)
 {
     GRID_STRIDE(i, (size_t)N * C) {
         size_t n = i / C, c = i - n * C;
         int t = tokens[n];
         if (t < 0) {
             if (c == 0) atomicOr(err, CUDA_ERR_EMBED_TOKEN);
-            out[i] = 0.0f;
+            act_st(out, i, 0.0f);
         } else {
-            out[i] = table[(size_t)t * C + c];
+            act_st(out, i, table[(size_t)t * C + c]);
         }
     }
 }
 
-void cuda_embedding_forward(Ops *o, act *out_, const int32_t *tokens, const float *table, int N, int C)
+void cuda_embedding_forward(Ops *o, act *out, const int32_t *tokens, const float *table, int N, int C)
 {
-    float *out = cuda_f(out_);
     CUDA_PROF(o, "embedding_forward", "embedding");
     if (N <= 0 || C <= 0) return;
     CudaState *st = cuda_state(o);
-    embedding_forward_kernel<<<cuda_blocks((size_t)N * C, THREADS), THREADS, 0, st->stream>>>(
-        out, tokens, table, N, C, st->err_dev);
+    CUDA_ACT_DISPATCH(o, T, embedding_forward_kernel<<<cuda_blocks((size_t)N * C, THREADS), THREADS, 0, st->stream>>>(
+                                (T *)out, tokens, table, N, C, st->err_dev));
     CUDA_LAUNCH_CHECK();
 }
 
@@ -372,8 +368,8 @@ __device__ int block_collect_matches(int *list, int *warp_count, const int32_t *
 /* Block per token position n. The first position of each token id (its leader) adds the
  * gradient rows of every position with that id into the table row, in increasing position
  * order; no two blocks write the same row, so there is no race and no atomic. */
-__global__ void embedding_backward_kernel(float *dtable, const float *dout, const int32_t *tokens, int N, int C,
-                                          int *err)
+template <typename T>
+__global__ void embedding_backward_kernel(float *dtable, const T *dout, const int32_t *tokens, int N, int C, int *err)
 {
     __shared__ int list[THREADS];
     __shared__ int warp_count[THREADS / 32];
@@ -390,32 +386,33 @@ __global__ void embedding_backward_kernel(float *dtable, const float *dout, cons
         for (int m0 = n; m0 < N; m0 += blockDim.x) {
             int count = block_collect_matches(list, warp_count, tokens, m0, N, tok);
             for (int i = 0; i < count; i++) {
-                const float *src = dout + (size_t)list[i] * C;   /* (C) */
-                for (int c = threadIdx.x; c < C; c += blockDim.x) row[c] += src[c];
+                const T *src = dout + (size_t)list[i] * C;   /* (C) */
+                for (int c = threadIdx.x; c < C; c += blockDim.x) row[c] += act_ld(src, c);
             }
         }
     }
 }
 
-void cuda_embedding_backward(Ops *o, float *dtable, const act *dout_, const int32_t *tokens, int N, int C)
+void cuda_embedding_backward(Ops *o, float *dtable, const act *dout, const int32_t *tokens, int N, int C)
 {
-    const float *dout = cuda_cf(dout_);
     CUDA_PROF(o, "embedding_backward", "embedding");
     if (N <= 0 || C <= 0) return;
     CudaState *st = cuda_state(o);
-    embedding_backward_kernel<<<cuda_blocks((size_t)N * THREADS, THREADS), THREADS, 0, st->stream>>>(
-        dtable, dout, tokens, N, C, st->err_dev);
+    CUDA_ACT_DISPATCH(o, T, embedding_backward_kernel<<<cuda_blocks((size_t)N * THREADS, THREADS), THREADS, 0,
+                                                        st->stream>>>(dtable, (const T *)dout, tokens, N, C,
+                                                                      st->err_dev));
     CUDA_LAUNCH_CHECK();
 }
 
 /* ---- cross-entropy: one block per row, online max and sum in one pass ---- */
 
 /* lse of row x (V): each thread keeps (max, sum) of its elements; the block combines them. */
-__device__ float row_logsumexp(const float *x, int V, float *redf)
+template <typename T>
+__device__ float row_logsumexp(const T *x, int V, float *redf)
 {
     float mx = -INFINITY, sum = 0.0f;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float v = x[j];
+        float v = act_ld(x, j);
         if (v > mx) {
             sum = sum * expf(mx - v) + 1.0f;
             mx = v;
@@ -434,8 +431,8 @@ __device__ float row_logsumexp(const float *x, int V, float *redf)
     return bmax + logf(total);
 }
 
-__global__ void xent_forward_kernel(float *losses, const float *logits, const int32_t *targets, int N, int V,
-                                    int *err)
+template <typename T>
+__global__ void xent_forward_kernel(float *losses, const T *logits, const int32_t *targets, int N, int V, int *err)
 {
     __shared__ float redf[32];
     for (int n = blockIdx.x; n < N; n += gridDim.x) {
@@ -448,63 +445,63 @@ __global__ void xent_forward_kernel(float *losses, const float *logits, const in
             if (threadIdx.x == 0) losses[n] = 0.0f;
             continue;
         }
-        const float *x = logits + (size_t)n * V;   /* (V) */
+        const T *x = logits + (size_t)n * V;   /* (V) */
         float lse = row_logsumexp(x, V, redf);
-        if (threadIdx.x == 0) losses[n] = lse - x[t];
+        if (threadIdx.x == 0) losses[n] = lse - act_ld(x, t);
     }
 }
 
 /* alias (dlogits == logits): the row is overwritten with its gradient, each element read by
- * the thread that then writes it; otherwise the gradient is added. */
-__global__ void xent_backward_kernel(float *dlogits, const float *logits, const int32_t *targets,
-                                     const float *dloss, int N, int V, int alias, int *err)
+ * the thread that then writes it; otherwise the gradient is added. The target's element
+ * takes (old + g) - dloss before its one store, the CPU's order (one rounding under BF16). */
+template <typename T>
+__global__ void xent_backward_kernel(T *dlogits, const T *logits, const int32_t *targets, const float *dloss, int N,
+                                     int V, int alias, int *err)
 {
     __shared__ float redf[32];
     for (int n = blockIdx.x; n < N; n += gridDim.x) {
         const int t = targets[n];
-        const float *x = logits + (size_t)n * V;   /* (V) */
-        float *dx = dlogits + (size_t)n * V;       /* (V), may equal x */
+        const T *x = logits + (size_t)n * V;   /* (V) */
+        T *dx = dlogits + (size_t)n * V;       /* (V), may equal x */
         if (t >= V) {
             if (threadIdx.x == 0) atomicOr(err, CUDA_ERR_XENT_TARGET);
             continue;
         }
         if (t < 0) {
             if (alias)
-                for (int j = threadIdx.x; j < V; j += blockDim.x) dx[j] = 0.0f;
+                for (int j = threadIdx.x; j < V; j += blockDim.x) act_st(dx, j, 0.0f);
             continue;
         }
         float lse = row_logsumexp(x, V, redf), dl = dloss[n];
         for (int j = threadIdx.x; j < V; j += blockDim.x) {
-            float g = dl * expf(x[j] - lse);
-            dx[j] = alias ? g : dx[j] + g;
+            float g = dl * expf(act_ld(x, j) - lse);
+            float v = alias ? g : act_ld(dx, j) + g;
+            if (j == t) v -= dl;
+            act_st(dx, j, v);
         }
-        __syncthreads();
-        if (threadIdx.x == 0) dx[t] -= dl;
-        __syncthreads();    /* the next row's reads of redf and dx follow this write */
+        __syncthreads();    /* the next row's reads of redf follow this row's */
     }
 }
 
-void cuda_xent_forward(Ops *o, float *losses, const act *logits_, const int32_t *targets, int N, int V)
+void cuda_xent_forward(Ops *o, float *losses, const act *logits, const int32_t *targets, int N, int V)
 {
-    const float *logits = cuda_cf(logits_);
     CUDA_PROF(o, "xent_forward", "xent");
     if (N <= 0) return;
     CudaState *st = cuda_state(o);
-    xent_forward_kernel<<<cuda_blocks((size_t)N * 512, 512), 512, 0, st->stream>>>(losses, logits, targets, N, V,
-                                                                                  st->err_dev);
+    CUDA_ACT_DISPATCH(o, T, xent_forward_kernel<<<cuda_blocks((size_t)N * 512, 512), 512, 0, st->stream>>>(
+                                losses, (const T *)logits, targets, N, V, st->err_dev));
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_xent_backward(Ops *o, act *dlogits_, const act *logits_, const int32_t *targets, const float *dloss, int N,
+void cuda_xent_backward(Ops *o, act *dlogits, const act *logits, const int32_t *targets, const float *dloss, int N,
                         int V)
 {
-    float *dlogits = cuda_f(dlogits_);
-    const float *logits = cuda_cf(logits_);
     CUDA_PROF(o, "xent_backward", "xent");
     if (N <= 0) return;
     CudaState *st = cuda_state(o);
-    xent_backward_kernel<<<cuda_blocks((size_t)N * 512, 512), 512, 0, st->stream>>>(
-        dlogits, logits, targets, dloss, N, V, dlogits == logits, st->err_dev);
+    CUDA_ACT_DISPATCH(o, T, xent_backward_kernel<<<cuda_blocks((size_t)N * 512, 512), 512, 0, st->stream>>>(
+                                (T *)dlogits, (const T *)logits, targets, dloss, N, V, dlogits == logits,
+                                st->err_dev));
     CUDA_LAUNCH_CHECK();
 }
 

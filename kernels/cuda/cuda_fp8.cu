@@ -22,8 +22,9 @@
  * Both read the same CudaFp8Mat; K is padded with code 0 to whole 128-blocks, which adds
  * nothing to any sum.
  *
- * Not here (yet): the op table's fp8 Linear entries (kernels/cuda/cuda_gemm.cu still refuses
- * PREC_FP8), an algorithm cache for the FP8 heuristic, fused quantise-in-epilogue.
+ * The op table's fp8 Linear entries are at the end (cuda_gemm.cu calls them for WGT_FP8
+ * weights); activations come in the table's type, BF16 on an fp8 table (act_bytes 2).
+ * Not here (yet): fused quantise-in-epilogue.
  */
 #include "kernels/cuda/cuda_internal.h"
 #include "kernels/cuda/cuda_ops.h"

@@ -26,6 +26,7 @@
 #define DSTRAIN_KERNELS_CUDA_INTERNAL_H
 
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -54,8 +55,9 @@ enum {
 /* Scratch slots: each grows on first need and never shrinks (like the CPU backend's scratch),
  * so the steady state allocates nothing. Slots used at the same time must differ. */
 typedef enum {
-    SCR_GEMM_A,         /* BF16 copy of a GEMM's A operand */
-    SCR_GEMM_B,         /* BF16 copy of a GEMM's B operand */
+    SCR_GEMM_A,         /* compute-type copy of a GEMM's A operand (cuda_gemm) */
+    SCR_GEMM_B,         /* compute-type copy of a GEMM's B operand */
+    SCR_GEMM_C,         /* FP32 product of an FP32 GEMM with a BF16 output (cuda_gemm) */
     SCR_ATTN_P,         /* attention: probabilities of one query chunk (H, rows, keys) */
     SCR_ATTN_DP,        /* attention backward: dP / dS of one query chunk */
     SCR_REDUCE,         /* partial sums of reductions (rmsnorm dweight, sumsq, balance loss) */
@@ -137,16 +139,23 @@ struct CudaProfScope {
 
 /* Row-major GEMM C (M,N) = alpha op(A) op(B) + beta C, batched with element strides;
  * op(A) is (M,K): A stored (M,K) with row stride lda, or (K,M) when ta (op(A) = A^T).
- * Same for B with (K,N) / (N,K). FP32 storage; the table's precision picks FP32 compute
- * (PREC_FP32, or fp32 set) or BF16 operands with FP32 accumulation. Defined in cuda_gemm.cu. */
+ * Same for B with (K,N) / (N,K). Each matrix has its storage type (at, bt, ct: CUDA_R_32F,
+ * the value 0, so an initializer that leaves them out means FP32, or CUDA_R_16BF). The
+ * compute: FP32 operands and CUBLAS_COMPUTE_32F when fp32 is set or the table is PREC_FP32,
+ * else BF16 operands with FP32 accumulation. An operand already in the compute type is read
+ * where it lies; one that is not (FP32 attention probabilities under BF16, BF16 activations
+ * into the FP32 router) is converted into scratch for the call. C is written in its own type
+ * (BF16: alpha op(A) op(B) + beta C formed in FP32, then rounded once). Defined in
+ * cuda_gemm.cu. */
 typedef struct CudaGemm {
     int M, N, K, batch;
     int ta, tb;
-    const float *A; long long lda, sA;
-    const float *B; long long ldb, sB;
-    float *C; long long ldc, sC;
+    const void *A; long long lda, sA;
+    const void *B; long long ldb, sB;
+    void *C; long long ldc, sC;
     float alpha, beta;
     int fp32;                       /* 1: FP32 operands whatever the precision (the router) */
+    cudaDataType_t at, bt, ct;      /* storage types of A, B, C (0: CUDA_R_32F) */
 } CudaGemm;
 void cuda_gemm(Ops *o, const CudaGemm *g);
 void cuda_gemm_cache_free(CudaState *st);
@@ -160,9 +169,27 @@ void cuda_fp8_cache_free(CudaState *st);
 OPS_ENTRIES(CUDA_DECLARE)
 #undef CUDA_DECLARE
 
-/* Activations are FP32 on this backend for now (act_bytes = 4). */
-static inline float *cuda_f(act *p) { return (float *)p; }
-static inline const float *cuda_cf(const act *p) { return (const float *)p; }
+/* Activation storage (kernels/ops.h "Roles"): FP32 (act_bytes = 4) on a PREC_FP32 table,
+ * BF16 (act_bytes = 2, __nv_bfloat16) on PREC_BF16 and PREC_FP8 tables. Every kernel that reads
+ * or writes an act is one template over the element type T (float or __nv_bfloat16): it loads
+ * with act_ld (BF16 to FP32 is exact), computes in FP32 and stores with act_st, which rounds to
+ * nearest even, the rule of the CPU emulation (kernels/fp8.h bf16_from_float; the two differ
+ * only in which NaN a NaN becomes). On float storage both are plain accesses, so the FP32
+ * table runs the same instructions as before the templates. */
+__device__ __forceinline__ float act_ld(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float act_ld(const __nv_bfloat16 *p, size_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void act_st(float *p, size_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void act_st(__nv_bfloat16 *p, size_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+
+/* Runs the statements with T the table's activation element type:
+ *   CUDA_ACT_DISPATCH(o, T, kernel<T><<<g, b, 0, s>>>((T *)out, (const T *)inp, n));  */
+#define CUDA_ACT_DISPATCH(o, T, ...) do { \
+        if ((o)->act_bytes == 2) { typedef __nv_bfloat16 T; __VA_ARGS__; } \
+        else { typedef float T; __VA_ARGS__; } \
+    } while (0)
+
+/* The CUDA data type of the table's activations (cuBLASLt layouts). */
+static inline cudaDataType_t cuda_act_type(const Ops *o) { return o->act_bytes == 2 ? CUDA_R_16BF : CUDA_R_32F; }
 
 void cuda_fill(Ops *o, float *p, size_t n, float value);
 void cuda_fill_normal_dev(Ops *o, float *p, size_t n, float std, uint64_t seed);

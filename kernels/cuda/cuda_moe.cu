@@ -377,98 +377,98 @@ void cuda_moe_permute_layout(Ops *o, int32_t *pos, int32_t *offsets, int32_t *of
 }
 
 /* xp[pos[n,k]] = x[n]. */
-__global__ void moe_gather_kernel(float *xp, const float *x, const int32_t *pos, int N, int K, int C)
+template <typename T>
+__global__ void moe_gather_kernel(T *xp, const T *x, const int32_t *pos, int N, int K, int C)
 {
     GRID_STRIDE(i, (size_t)N * K * C) {
         size_t slot = i / C, c = i - slot * C;
-        xp[(size_t)pos[slot] * C + c] = x[(slot / K) * C + c];
+        xp[(size_t)pos[slot] * C + c] = x[(slot / K) * C + c];   /* a copy: no rounding */
     }
 }
 
-/* dx[n] += sum over k in order of dxp[pos[n,k]]. */
-__global__ void moe_gather_backward_kernel(float *dx, const float *dxp, const int32_t *pos, int N, int K, int C)
+/* dx[n] += sum over k in order of dxp[pos[n,k]] (FP32 sum, one store). */
+template <typename T>
+__global__ void moe_gather_backward_kernel(T *dx, const T *dxp, const int32_t *pos, int N, int K, int C)
 {
     GRID_STRIDE(i, (size_t)N * C) {
         size_t n = i / C, c = i - n * C;
-        float acc = dx[i];
-        for (int k = 0; k < K; k++) acc += dxp[(size_t)pos[n * K + k] * C + c];
-        dx[i] = acc;
+        float acc = act_ld(dx, i);
+        for (int k = 0; k < K; k++) acc += act_ld(dxp, (size_t)pos[n * K + k] * C + c);
+        act_st(dx, i, acc);
     }
 }
 
-/* y[n] += sum over k in order of w[n,k] yp[pos[n,k]]. */
-__global__ void moe_combine_kernel(float *y, const float *yp, const float *w, const int32_t *pos, int N, int K, int C)
+/* y[n] += sum over k in order of w[n,k] yp[pos[n,k]] (FP32 sum, one store). */
+template <typename T>
+__global__ void moe_combine_kernel(T *y, const T *yp, const float *w, const int32_t *pos, int N, int K, int C)
 {
     GRID_STRIDE(i, (size_t)N * C) {
         size_t n = i / C, c = i - n * C;
-        float acc = y[i];
-        for (int k = 0; k < K; k++) acc += w[n * K + k] * yp[(size_t)pos[n * K + k] * C + c];
-        y[i] = acc;
+        float acc = act_ld(y, i);
+        for (int k = 0; k < K; k++) acc += w[n * K + k] * act_ld(yp, (size_t)pos[n * K + k] * C + c);
+        act_st(y, i, acc);
     }
 }
 
 /* One block per slot (n, k), which owns row pos[n,k] of dyp: dyp[row] += w dy[n];
  * dw[n,k] += <dy[n], yp[row]> (double, fixed tree). */
-__global__ void moe_combine_backward_kernel(float *dyp, float *dw, const float *dy, const float *yp, const float *w,
+template <typename T>
+__global__ void moe_combine_backward_kernel(T *dyp, float *dw, const T *dy, const T *yp, const float *w,
                                             const int32_t *pos, int N, int K, int C)
 {
     __shared__ double red[32];
     for (size_t slot = blockIdx.x; slot < (size_t)N * K; slot += gridDim.x) {
         const size_t n = slot / K, row = (size_t)pos[slot] * C;
-        const float *g = dy + n * C;   /* (C) */
+        const T *g = dy + n * C;   /* (C) */
         const float wk = w[slot];
         double dot = 0.0;
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            dyp[row + c] += wk * g[c];
-            dot += (double)g[c] * yp[row + c];
+            const float gc = act_ld(g, c);
+            act_st(dyp, row + c, act_ld(dyp, row + c) + wk * gc);
+            dot += (double)gc * act_ld(yp, row + c);
         }
         dot = cuda_block_sum(dot, red);
         if (threadIdx.x == 0) dw[slot] += (float)dot;
     }
 }
 
-void cuda_moe_gather(Ops *o, act *xp_, const act *x_, const int32_t *pos, int N, int K, int C)
+void cuda_moe_gather(Ops *o, act *xp, const act *x, const int32_t *pos, int N, int K, int C)
 {
-    float *xp = cuda_f(xp_);
-    const float *x = cuda_cf(x_);
     CUDA_PROF(o, "moe_gather", "permute");
     size_t n = (size_t)N * K * C;
     if (!n || N <= 0 || K <= 0 || C <= 0) return;
-    moe_gather_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(xp, x, pos, N, K, C);
+    CUDA_ACT_DISPATCH(o, T, moe_gather_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(
+                                (T *)xp, (const T *)x, pos, N, K, C));
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_moe_gather_backward(Ops *o, act *dx_, const act *dxp_, const int32_t *pos, int N, int K, int C)
+void cuda_moe_gather_backward(Ops *o, act *dx, const act *dxp, const int32_t *pos, int N, int K, int C)
 {
-    float *dx = cuda_f(dx_);
-    const float *dxp = cuda_cf(dxp_);
     CUDA_PROF(o, "moe_gather_backward", "permute");
     size_t n = (size_t)N * C;
     if (!n || N <= 0 || C <= 0) return;
-    moe_gather_backward_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(dx, dxp, pos, N, K, C);
+    CUDA_ACT_DISPATCH(o, T, moe_gather_backward_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(
+                                (T *)dx, (const T *)dxp, pos, N, K, C));
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_moe_combine(Ops *o, act *y_, const act *yp_, const float *w, const int32_t *pos, int N, int K, int C)
+void cuda_moe_combine(Ops *o, act *y, const act *yp, const float *w, const int32_t *pos, int N, int K, int C)
 {
-    float *y = cuda_f(y_);
-    const float *yp = cuda_cf(yp_);
     CUDA_PROF(o, "moe_combine", "permute");
     size_t n = (size_t)N * C;
     if (!n || N <= 0 || C <= 0) return;
-    moe_combine_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(y, yp, w, pos, N, K, C);
+    CUDA_ACT_DISPATCH(o, T, moe_combine_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream(o)>>>(
+                                (T *)y, (const T *)yp, w, pos, N, K, C));
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_moe_combine_backward(Ops *o, act *dyp_, float *dw, const act *dy_, const act *yp_, const float *w,
+void cuda_moe_combine_backward(Ops *o, act *dyp, float *dw, const act *dy, const act *yp, const float *w,
                                const int32_t *pos, int N, int K, int C)
 {
-    float *dyp = cuda_f(dyp_);
-    const float *dy = cuda_cf(dy_);
-    const float *yp = cuda_cf(yp_);
     CUDA_PROF(o, "moe_combine_backward", "permute");
     if (N <= 0 || K <= 0 || C <= 0) return;
-    moe_combine_backward_kernel<<<cuda_blocks((size_t)N * K * 128, 128), 128, 0, cuda_stream(o)>>>(
-        dyp, dw, dy, yp, w, pos, N, K, C);
+    CUDA_ACT_DISPATCH(o, T, moe_combine_backward_kernel<<<cuda_blocks((size_t)N * K * 128, 128), 128, 0,
+                                                          cuda_stream(o)>>>((T *)dyp, dw, (const T *)dy,
+                                                                            (const T *)yp, w, pos, N, K, C));
     CUDA_LAUNCH_CHECK();
 }

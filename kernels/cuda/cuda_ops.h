@@ -27,9 +27,11 @@
 extern "C" {
 #endif
 
-/* The op table on device 0 (PREC_FP32: FP32 GEMMs; PREC_BF16: BF16 GEMM operands, FP32
- * accumulation and storage; PREC_FP8: as PREC_BF16, with FP8 GEMMs for WGT_FP8 Linear weights,
- * cuda_fp8.cu). DIE: no GPU ("device 'cuda': no CUDA GPU found (...)"). */
+/* The op table on device 0 (PREC_FP32: FP32 activations and GEMMs, act_bytes 4; PREC_BF16:
+ * BF16 activations (act_bytes 2), BF16 compute copies of WGT_BF16 weights, FP32 accumulation,
+ * FP32 masters, gradients of weights and statistics; PREC_FP8: as PREC_BF16, with FP8 GEMMs
+ * for WGT_FP8 Linear weights, cuda_fp8.cu). DIE: no GPU ("device 'cuda': no CUDA GPU found
+ * (...)"). */
 Ops *cuda_ops_create(Precision precision);
 void cuda_ops_destroy(Ops *o);
 /* Fills every entry of o with the CUDA backend's functions (no GPU needed: the test that no

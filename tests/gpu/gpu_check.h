@@ -6,15 +6,28 @@
  * same calls on both backends. What it is not: a test itself (test_gpu_ops.c and
  * test_gpu_moe.c are; they count passes and failures from the verdicts returned here).
  *
+ * The reference of a pair is the CPU table of the same precision: FP32 for fp32; for bf16 the
+ * CPU's BF16 emulation (act values rounded to BF16 on every store, FP32 containers), so both
+ * sides see the same BF16 inputs and round their outputs by the same rule. Buffers have a
+ * role (kernels/ops.h "Roles"): act buffers (buf_act) live in each table's activation type
+ * (BF16 on the cuda bf16 table: act_upload rounds, act_download widens), FP32 buffers
+ * (buf_new) are FP32 on both. Linear weights (wpair_new): the master and, on bf16, a WGT_BF16
+ * compute copy on each table (weight_refresh), so the GPU GEMM reads BF16 weights.
+ *
  * Budgets: an element passes when |gpu - cpu| <= bound_i + rtol * |cpu| (bound_i a per-element
  * absolute budget, often atol), the tensor when additionally ||gpu - cpu|| / ||cpu|| <= norm
- * (norm <= 0 skips that part); NaN anywhere in the GPU result fails. Each check prints one
- * line: the worst element's share of its budget and the normwise error against its budget.
+ * (norm <= 0 skips that part); NaN anywhere in the GPU result fails. An act buffer of a bf16
+ * pair widens every element's budget for the one BF16 rounding both sides apply to FP32
+ * results that differ (bf16_act_budget), and its normwise part leaves out the whole-ulp steps
+ * such a rounding makes (an element's difference less 2 u16 (1 + 2 u16) |cpu|): accumulated
+ * gradients near 1 with increments near 0.01 would otherwise be judged by rounding noise of
+ * the sums, not by the computation. Each check prints one line: the worst element's
+ * share of its budget and the normwise error against its budget.
  *
  * Calling sequence:
  *   Pair p; pair_open(&p, PREC_BF16);
- *   Buf x = buf_new(&p, host, n);  Buf y = buf_poison(&p, n);
- *   p.cpu->op(p.cpu, y.c, x.c, ...); p.gpu->op(p.gpu, y.g, x.g, ...);
+ *   Buf x = buf_act(&p, host, n);  Buf y = buf_act_poison(&p, n);  Buf s = buf_new(&p, h, m);
+ *   p.cpu->op(p.cpu, A(y.c), CA(x.c), ...); p.gpu->op(p.gpu, A(y.g), CA(x.g), ...);
  *   ok = check_close(&p, "op shape", &y, atol, rtol, norm);
  *   buf_free(&p, &x); ... pair_close(&p);
  */
@@ -28,8 +41,8 @@
 #include "kernels/ops.h"
 #include "runtime/common.h"
 
-/* Both tables keep activations as FP32 for now (act_bytes = 4) and the compute copy of
- * a Linear weight is its master (weight_bytes 0), so FP32 buffers serve as act and Wgt. */
+/* Casts to the act role, and a WGT_FP32 Wgt over an FP32 master (its own compute copy: the
+ * FP32 tables, and the host-side budget products on Pair.cpu32). */
 #define A(p) ((act *)(p))
 #define CA(p) ((const act *)(p))
 #define WG(p, rows, cols) (&(const Wgt){ (p), (rows), (cols), WGT_FP32, (p), 0 })
@@ -72,23 +85,47 @@ static inline double attn_bwd_floor_bf16(double u16, int Dqk, int Dv, double s, 
     return s * maxo * E * psum * exp(delta) * (1 + u16) * (1 + u16);
 }
 
+/* An FP32 result r and a second one within budget b of it, each rounded to BF16 (round to
+ * nearest: |rnd(x) - x| <= u16 |x|), differ by at most b + u16 (|r| + |r| + b); with |r| <=
+ * |rnd(r)| / (1 - u16) that is within b (1 + u16) + 2 u16 (1 + 2 u16) |ref| of the rounded
+ * reference ref (u16 <= 1/256, so 1 / (1 - u16) <= 1 + 2 u16). test_bf16_bound simulates it. */
+static inline double bf16_act_budget_u(double b, double ref, double u16)
+{
+    return b * (1 + u16) + 2 * u16 * (1 + 2 * u16) * fabs(ref);
+}
+static inline double bf16_act_budget(double b, double ref) { return bf16_act_budget_u(b, ref, U16); }
+
 typedef struct Pair {
     Ops *cpu, *gpu;
+    Ops *cpu32;                 /* a CPU FP32 table for budget products (|A||B|): no rounding */
     Precision prec;
     const char *tag;            /* "fp32" / "bf16" */
 } Pair;
 
-typedef struct Buf { float *c, *g; size_t n; } Buf;        /* same contents on both tables */
+/* same contents on both tables; g is device memory of the cuda table (FP32, or BF16 for an
+ * act buffer of a bf16 pair: offset it with act_at, never with + on a float pointer) */
+typedef struct Buf { float *c; void *g; size_t n; int act; } Buf;
 typedef struct IBuf { int32_t *c, *g; size_t n; } IBuf;
+/* A Linear weight on both tables (see the header comment) */
+typedef struct WPair { Wgt c, g; } WPair;
 
 void pair_open(Pair *p, Precision prec);
 void pair_close(Pair *p);
 
-/* Copies of host (n) on both tables. */
+/* Copies of host (n) on both tables: FP32 (buf_new) or activations (buf_act). */
 Buf buf_new(Pair *p, const float *host, size_t n);
+Buf buf_act(Pair *p, const float *host, size_t n);
 IBuf ibuf_new(Pair *p, const int32_t *host, size_t n);
 /* Outputs of overwriting ops: NaN on both, so an element the op never writes fails. */
 Buf buf_poison(Pair *p, size_t n);
+Buf buf_act_poison(Pair *p, size_t n);
+/* The weight (rows, cols) whose FP32 master is master_c / master_g (FP32 memory of each
+ * table); WGT_FP32 on an fp32 pair, WGT_BF16 (compute copies refreshed) on bf16. */
+WPair wpair_new(Pair *p, float *master_c, float *master_g, int rows, int cols);
+void wpair_free(Pair *p, WPair *w);
+/* b's element `at` on each table, as act pointers */
+act *buf_act_c(Pair *p, const Buf *b, size_t at);
+act *buf_act_g(Pair *p, const Buf *b, size_t at);
 void buf_free(Pair *p, Buf *b);
 void ibuf_free(Pair *p, IBuf *b);
 /* Host copies (caller frees). */

@@ -11,6 +11,10 @@
  * the GPU's order of operations (scores and dP from BF16 operands, dS K in BF16), where the
  * CPU's increments are exactly 0: the simulated dq and dk must stay within the floor, and must
  * be non-zero in some runs (the floor is needed at all).
+ * (3) the output rounding of act results on a bf16 pair, bf16_act_budget (gpu_check.h): two
+ * FP32 values within a budget b of each other, both rounded to BF16, anywhere in the binade
+ * and placed astride a rounding midpoint, must differ by no more than it; with 2^-9 in place
+ * of u16 the astride cases must mostly fail (the straddle term is needed, and sized).
  * What it is not: a check of the GPU (test_gpu_ops is); the simulation uses one summation
  * order, which the bounds cover like any other.
  */
@@ -79,6 +83,29 @@ static double attn_run(Rng *r, int *nonzero)
     return fmax(eq / (fq + 4 * U32), ek / (fk + 4 * U32));
 }
 
+/* Two FP32 results within b of each other (b up to 2^-12 of their size, the scale of the
+ * ops' FP32 budgets and beyond), rounded to BF16; astride: on either side of the midpoint
+ * between two neighbouring BF16 values (the case where rounding moves them a whole BF16 ulp
+ * apart). Returns |difference| as a share of bf16_act_budget_u(b, ref, u16). */
+static double act_round_run(Rng *r, double u16, int astride)
+{
+    float x = (2 * rng_uniform(r) - 1) * ldexpf(1.0f, (int)(rng_u32(r) % 40) - 20);
+    float b = fabsf(x) * ldexpf(rng_uniform(r), -12), ra, rb;
+    if (astride) {
+        /* bf16 value lo, then the FP32 midpoint away from zero: half a BF16 ulp (bit 15) */
+        float mid = fp8_bits_float(fp8_float_bits(bf16_round(x)) + 0x8000u);
+        float t = rng_uniform(r);
+        ra = mid - (mid > 0 ? 1 : -1) * t * b;
+        rb = mid + (mid > 0 ? 1 : -1) * (1 - t) * b;
+    } else {
+        ra = x;
+        rb = x + (2 * rng_uniform(r) - 1) * b;
+    }
+    double ref = bf16_round(ra), got = bf16_round(rb);
+    double budget = bf16_act_budget_u(b, ref, u16);
+    return budget > 0 ? fabs(got - ref) / budget : (got == ref ? 0 : INFINITY);
+}
+
 int main(void)
 {
     Rng r;
@@ -107,6 +134,20 @@ int main(void)
            "increment\n", runs, 100 * worst, nonzero);
     EXPECT(worst <= 1.0, "the attention-backward floor was exceeded: %.3g of it", worst);
     EXPECT(nonzero > runs / 10, "only %d of %d runs had a non-zero GPU increment: the floor is untested", nonzero,
+           runs);
+
+    double act_worst = 0;
+    int act_half_fail = 0;
+    for (int i = 0; i < runs; i++) {
+        act_worst = fmax(act_worst, fmax(act_round_run(&r, U16, 0), act_round_run(&r, U16, 1)));
+        act_half_fail += act_round_run(&r, 1.0 / 512, 1) > 1.0;
+    }
+    printf("act output rounding, %d simulated pairs each way: worst %.1f%% of bf16_act_budget; with 2^-9, "
+           "%d of %d astride pairs over\n", runs, 100 * act_worst, act_half_fail, runs);
+    EXPECT(act_worst <= 1.0, "bf16_act_budget was exceeded: %.3g of it", act_worst);
+    /* astride, the two round a whole BF16 ulp apart, 2^-8 to 2^-7 of |ref| by where in the
+     * binade ref lies; 2 * 2^-9 |ref| covers only the low end, so most must fail */
+    EXPECT(act_half_fail > runs / 2, "with u16 = 2^-9 only %d of %d astride pairs exceeded the budget", act_half_fail,
            runs);
     return test_finish();
 }

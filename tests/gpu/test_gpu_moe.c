@@ -7,8 +7,10 @@
  * operations in the CPU's order (kernels/cuda/cuda_moe.c says how), so the chosen experts,
  * their weights, every row position and offset are compared bit for bit. Elsewhere budgets
  * are derived beside each check. Fresh random inputs every run (seed printed;
- * DSTRAIN_TEST_SEED replays); both precisions of the CUDA table (the MoE ops do not depend
- * on it, which this also shows).
+ * DSTRAIN_TEST_SEED replays); both precisions of the CUDA table against the CPU table of the
+ * same precision (the routing ops do not depend on it; the permutation's activations are BF16
+ * on bf16, where gathers and in-order sums stay bit-identical to the CPU's emulation and the
+ * combines take gpu_check's bf16_act_budget).
  *
  * Without a GPU: prints "SKIP: no CUDA GPU (...)" and exits 77 (ctest: SKIP_RETURN_CODE).
  */
@@ -154,9 +156,9 @@ static void test_permute(Pair *p, Rng *r, int N, int K, int E, int C, int mode)
     float *hx = host_normal(r, (size_t)N * C, 1), *hw = host_uniform(r, NK, 0, 1), *hyp = host_normal(r, NK * C, 1);
     float *hy0 = host_normal(r, (size_t)N * C, 1), *hdy = host_normal(r, (size_t)N * C, 1);
     float *hdyp0 = host_normal(r, NK * C, 1), *hdw0 = host_normal(r, NK, 1);
-    Buf x = buf_new(p, hx, (size_t)N * C), xp = buf_poison(p, NK * C), w = buf_new(p, hw, NK);
-    Buf yp = buf_new(p, hyp, NK * C), y = buf_new(p, hy0, (size_t)N * C), dy = buf_new(p, hdy, (size_t)N * C);
-    Buf dyp = buf_new(p, hdyp0, NK * C), dw = buf_new(p, hdw0, NK), dx = buf_new(p, hy0, (size_t)N * C);
+    Buf x = buf_act(p, hx, (size_t)N * C), xp = buf_act_poison(p, NK * C), w = buf_new(p, hw, NK);
+    Buf yp = buf_act(p, hyp, NK * C), y = buf_act(p, hy0, (size_t)N * C), dy = buf_act(p, hdy, (size_t)N * C);
+    Buf dyp = buf_act(p, hdyp0, NK * C), dw = buf_new(p, hdw0, NK), dx = buf_act(p, hy0, (size_t)N * C);
     p->cpu->moe_gather(p->cpu, A(xp.c), CA(x.c), pos.c, N, K, C);
     p->gpu->moe_gather(p->gpu, A(xp.g), CA(x.g), pos.g, N, K, C);
     snprintf(what, sizeof what, "moe_gather N%d K%d C%d", N, K, C);

@@ -5,11 +5,16 @@
  * AdamW, sumsq; then the device-side input checks, each in a child
  * process that must DIE with the CPU backend's message. The MoE ops: test_gpu_moe.c.
  *
- * Both precisions of the CUDA table (fp32, bf16) are checked against the FP32 CPU table on
- * fresh random inputs (seed printed; DSTRAIN_TEST_SEED replays) and awkward shapes (1, not a
- * multiple of any tile, large). Budgets are derived beside each check; outputs of overwriting
- * ops start as NaN (an unwritten element fails), accumulating ops start from random values
- * (so += is checked).
+ * Both precisions of the CUDA table (fp32, bf16) are checked against the CPU table of the
+ * same precision (bf16: the CPU's BF16 emulation; gpu_check.h says how buffers and weights
+ * are paired) on fresh random inputs (seed printed; DSTRAIN_TEST_SEED replays) and awkward
+ * shapes (1, not a multiple of any tile, large, an unaligned activation offset). Budgets are
+ * derived beside each check; the bf16 ones were derived against exact FP32 inputs and bound
+ * the difference to the emulation too (both sides now see the same BF16 inputs), and
+ * gpu_check's bf16_act_budget adds the output rounding of act results. Ops whose FP32 value
+ * is the same on both sides (copies, single adds, in-order sums) are required bit-identical
+ * in both precisions. Outputs of overwriting ops start as NaN (an unwritten element fails),
+ * accumulating ops start from random values (so += is checked).
  *
  * Without a GPU: prints "SKIP: no CUDA GPU (...)" and exits 77 (ctest: SKIP_RETURN_CODE).
  * `test_gpu_ops --probe` only answers whether a GPU is there (0) or not (77), for scripts.
@@ -49,14 +54,18 @@ static void test_matmul(Pair *p, Rng *r, int N, int IC, int OC, int offset)
     float *hdy = host_uniform(r, (size_t)N * OC + offset, -1, 1);
     float *ax = host_abs(hx + offset, (size_t)N * IC), *aw = host_abs(hw + offset, (size_t)OC * IC);
     float *ady = host_abs(hdy + offset, (size_t)N * OC);
-    Buf x = buf_new(p, hx, (size_t)N * IC + offset), w = buf_new(p, hw, (size_t)OC * IC + offset);
-    Buf dy = buf_new(p, hdy, (size_t)N * OC + offset);
+    Buf x = buf_act(p, hx, (size_t)N * IC + offset), w = buf_new(p, hw, (size_t)OC * IC + offset);
+    Buf dy = buf_act(p, hdy, (size_t)N * OC + offset);
+    WPair wp = wpair_new(p, w.c + offset, (float *)w.g + offset, OC, IC);
+    const act *xc = buf_act_c(p, &x, offset), *xg = buf_act_g(p, &x, offset);
+    const act *dyc = buf_act_c(p, &dy, offset), *dyg = buf_act_g(p, &dy, offset);
+    Ops *c32 = p->cpu32;    /* |A||B| for the budgets, unrounded */
     /* forward: out = x W^T */
-    Buf out = buf_poison(p, (size_t)N * OC);
-    c->matmul_forward(c, A(out.c), CA(x.c + offset), WG(w.c + offset, OC, IC), N, IC, OC);
-    p->gpu->matmul_forward(p->gpu, A(out.g), CA(x.g + offset), WG(w.g + offset, OC, IC), N, IC, OC);
+    Buf out = buf_act_poison(p, (size_t)N * OC);
+    c->matmul_forward(c, A(out.c), xc, &wp.c, N, IC, OC);
+    p->gpu->matmul_forward(p->gpu, A(out.g), xg, &wp.g, N, IC, OC);
     float *prod = xcalloc((size_t)N * OC, sizeof(float));
-    c->matmul_forward(c, A(prod), CA(ax), WG(aw, OC, IC), N, IC, OC);
+    c32->matmul_forward(c32, A(prod), CA(ax), WG(aw, OC, IC), N, IC, OC);
     float *bud = gemm_budget(p, prod, (size_t)N * OC, IC);
     snprintf(what, sizeof what, "matmul_forward %dx%dx%d%s", N, IC, OC, offset ? " unaligned" : "");
     EXPECT(check_bound(p, what, &out, bud, 2 * U32, gemm_norm(p)), "%s", what);
@@ -64,11 +73,11 @@ static void test_matmul(Pair *p, Rng *r, int N, int IC, int OC, int offset)
     free(bud);
     /* backward input: dinp (random start) += dy W */
     float *h0 = host_uniform(r, (size_t)N * IC, -1, 1);
-    Buf dinp = buf_new(p, h0, (size_t)N * IC);
-    c->matmul_backward_input(c, A(dinp.c), CA(dy.c + offset), WG(w.c + offset, OC, IC), N, IC, OC);
-    p->gpu->matmul_backward_input(p->gpu, A(dinp.g), CA(dy.g + offset), WG(w.g + offset, OC, IC), N, IC, OC);
+    Buf dinp = buf_act(p, h0, (size_t)N * IC);
+    c->matmul_backward_input(c, A(dinp.c), dyc, &wp.c, N, IC, OC);
+    p->gpu->matmul_backward_input(p->gpu, A(dinp.g), dyg, &wp.g, N, IC, OC);
     prod = xcalloc((size_t)N * IC, sizeof(float));
-    c->matmul_backward_input(c, A(prod), CA(ady), WG(aw, OC, IC), N, IC, OC);
+    c32->matmul_backward_input(c32, A(prod), CA(ady), WG(aw, OC, IC), N, IC, OC);
     bud = gemm_budget(p, prod, (size_t)N * IC, OC);
     snprintf(what, sizeof what, "matmul_backward_input %dx%dx%d", N, IC, OC);
     EXPECT(check_bound(p, what, &dinp, bud, 2 * U32, gemm_norm(p)), "%s", what);
@@ -78,17 +87,17 @@ static void test_matmul(Pair *p, Rng *r, int N, int IC, int OC, int offset)
     /* backward weight: dW (random start) += dy^T x */
     h0 = host_uniform(r, (size_t)OC * IC, -1, 1);
     Buf dw = buf_new(p, h0, (size_t)OC * IC);
-    c->matmul_backward_weight(c, dw.c, WG(w.c + offset, OC, IC), CA(dy.c + offset), CA(x.c + offset), N, IC, OC);
-    p->gpu->matmul_backward_weight(p->gpu, dw.g, WG(w.g + offset, OC, IC), CA(dy.g + offset), CA(x.g + offset), N,
-                                   IC, OC);
+    c->matmul_backward_weight(c, dw.c, &wp.c, dyc, xc, N, IC, OC);
+    p->gpu->matmul_backward_weight(p->gpu, dw.g, &wp.g, dyg, xg, N, IC, OC);
     prod = xcalloc((size_t)OC * IC, sizeof(float));
-    c->matmul_backward_weight(c, prod, WG(aw, OC, IC), CA(ady), CA(ax), N, IC, OC);
+    c32->matmul_backward_weight(c32, prod, WG(aw, OC, IC), CA(ady), CA(ax), N, IC, OC);
     bud = gemm_budget(p, prod, (size_t)OC * IC, N);
     snprintf(what, sizeof what, "matmul_backward_weight %dx%dx%d", N, IC, OC);
     EXPECT(check_bound(p, what, &dw, bud, 2 * U32, gemm_norm(p)), "%s", what);
     free(prod);
     free(bud);
     free(h0);
+    wpair_free(p, &wp);
     Buf *all[] = { &x, &w, &dy, &out, &dinp, &dw };
     for (int i = 0; i < 6; i++) buf_free(p, all[i]);
     free(hx); free(hw); free(hdy); free(ax); free(aw); free(ady);
@@ -109,9 +118,9 @@ static void test_rmsnorm(Pair *p, Rng *r, int N, int C)
     float *hx = host_normal(r, (size_t)N * C, 1), *hw = host_uniform(r, C, 0.5f, 1.5f);
     float *hdy = host_normal(r, (size_t)N * C, 1), *h0 = host_normal(r, (size_t)N * C, 1);
     float *hw0 = host_normal(r, C, 1);
-    Buf x = buf_new(p, hx, (size_t)N * C), w = buf_new(p, hw, C), dy = buf_new(p, hdy, (size_t)N * C);
-    Buf y = buf_poison(p, (size_t)N * C), rs = buf_poison(p, N);
-    Buf dx = buf_new(p, h0, (size_t)N * C), dw = buf_new(p, hw0, C);
+    Buf x = buf_act(p, hx, (size_t)N * C), w = buf_new(p, hw, C), dy = buf_act(p, hdy, (size_t)N * C);
+    Buf y = buf_act_poison(p, (size_t)N * C), rs = buf_poison(p, N);
+    Buf dx = buf_act(p, h0, (size_t)N * C), dw = buf_new(p, hw0, C);
     p->cpu->rmsnorm_forward(p->cpu, A(y.c), rs.c, CA(x.c), w.c, N, C, 1e-6f);
     p->gpu->rmsnorm_forward(p->gpu, A(y.g), rs.g, CA(x.g), w.g, N, C, 1e-6f);
     snprintf(what, sizeof what, "rmsnorm_forward %dx%d", N, C);
@@ -148,11 +157,11 @@ static void test_elementwise(Pair *p, Rng *r, size_t n)
 {
     char what[96];
     float *hx = host_normal(r, n, 1), *hy = host_normal(r, n, 1);
-    Buf x = buf_new(p, hx, n), y = buf_new(p, hy, n);
-    p->cpu->add(p->cpu, A(y.c), CA(x.c), n);
-    p->gpu->add(p->gpu, A(y.g), CA(x.g), n);
+    Buf xa = buf_act(p, hx, n), ya = buf_act(p, hy, n), x = buf_new(p, hx, n), y = buf_new(p, hy, n);
+    p->cpu->add(p->cpu, A(ya.c), CA(xa.c), n);
+    p->gpu->add(p->gpu, A(ya.g), CA(xa.g), n);
     snprintf(what, sizeof what, "add %zu", n);
-    EXPECT(check_exact(p, what, &y), "%s", what);
+    EXPECT(check_exact(p, what, &ya), "%s", what);
     p->cpu->scale(p->cpu, y.c, -0.37f, n);
     p->gpu->scale(p->gpu, y.g, -0.37f, n);
     snprintf(what, sizeof what, "scale %zu", n);
@@ -163,6 +172,8 @@ static void test_elementwise(Pair *p, Rng *r, size_t n)
     EXPECT(rel <= 1e-9, "sumsq %zu: gpu %.17g cpu %.17g", n, sg, sc);
     buf_free(p, &x);
     buf_free(p, &y);
+    buf_free(p, &xa);
+    buf_free(p, &ya);
     free(hx);
     free(hy);
 }
@@ -172,8 +183,8 @@ static void test_concat_swiglu(Pair *p, Rng *r, int N, int A, int Bc, int F)
     char what[96];
     float *ha = host_normal(r, (size_t)N * A, 1), *hb = host_normal(r, (size_t)N * Bc, 1);
     float *hd = host_normal(r, (size_t)N * (A + Bc), 1);
-    Buf a = buf_new(p, ha, (size_t)N * A), b = buf_new(p, hb, (size_t)N * Bc);
-    Buf out = buf_poison(p, (size_t)N * (A + Bc)), dout = buf_new(p, hd, (size_t)N * (A + Bc));
+    Buf a = buf_act(p, ha, (size_t)N * A), b = buf_act(p, hb, (size_t)N * Bc);
+    Buf out = buf_act_poison(p, (size_t)N * (A + Bc)), dout = buf_act(p, hd, (size_t)N * (A + Bc));
     p->cpu->concat_forward(p->cpu, A(out.c), CA(a.c), CA(b.c), N, A, Bc);
     p->gpu->concat_forward(p->gpu, A(out.g), CA(a.g), CA(b.g), N, A, Bc);
     snprintf(what, sizeof what, "concat_forward %dx(%d+%d)", N, A, Bc);
@@ -187,8 +198,8 @@ static void test_concat_swiglu(Pair *p, Rng *r, int N, int A, int Bc, int F)
      * (1 + g (1 - sig)) can cancel, so its budget is absolute, 16 u of the largest value. */
     float *hg = host_normal(r, (size_t)N * 2 * F, 2), *hdy = host_normal(r, (size_t)N * F, 1);
     float *h0 = host_normal(r, (size_t)N * 2 * F, 1);
-    Buf gu = buf_new(p, hg, (size_t)N * 2 * F), h = buf_poison(p, (size_t)N * F);
-    Buf dy = buf_new(p, hdy, (size_t)N * F), dgu = buf_new(p, h0, (size_t)N * 2 * F);
+    Buf gu = buf_act(p, hg, (size_t)N * 2 * F), h = buf_act_poison(p, (size_t)N * F);
+    Buf dy = buf_act(p, hdy, (size_t)N * F), dgu = buf_act(p, h0, (size_t)N * 2 * F);
     p->cpu->swiglu_forward(p->cpu, A(h.c), CA(gu.c), N, F);
     p->gpu->swiglu_forward(p->gpu, A(h.g), CA(gu.g), N, F);
     snprintf(what, sizeof what, "swiglu_forward %dx%d", N, F);
@@ -214,7 +225,8 @@ static void test_embedding(Pair *p, Rng *r, int N, int C, int V)
     for (int n = 0; n < N; n++) ht[n] = (int32_t)(rng_u32(r) % (uint32_t)V);
     float *htab = host_normal(r, (size_t)V * C, 1), *hd = host_normal(r, (size_t)N * C, 1);
     IBuf tok = ibuf_new(p, ht, N);
-    Buf tab = buf_new(p, htab, (size_t)V * C), out = buf_poison(p, (size_t)N * C), d = buf_new(p, hd, (size_t)N * C);
+    Buf tab = buf_new(p, htab, (size_t)V * C), out = buf_act_poison(p, (size_t)N * C);
+    Buf d = buf_act(p, hd, (size_t)N * C);
     p->cpu->embedding_forward(p->cpu, A(out.c), tok.c, tab.c, N, C);
     p->gpu->embedding_forward(p->gpu, A(out.g), tok.g, tab.g, N, C);
     snprintf(what, sizeof what, "embedding_forward %dx%d V=%d", N, C, V);
@@ -246,8 +258,8 @@ static void test_xent(Pair *p, Rng *r, int N, int V)
     float *hl = host_normal(r, (size_t)N * V, 3), *hdl = host_uniform(r, N, 0.1f, 1.0f);
     float *h0 = host_normal(r, (size_t)N * V, 1);
     IBuf tg = ibuf_new(p, ht, N);
-    Buf lg = buf_new(p, hl, (size_t)N * V), dl = buf_new(p, hdl, N), loss = buf_poison(p, N);
-    Buf acc = buf_new(p, h0, (size_t)N * V);
+    Buf lg = buf_act(p, hl, (size_t)N * V), dl = buf_new(p, hdl, N), loss = buf_poison(p, N);
+    Buf acc = buf_act(p, h0, (size_t)N * V);
     double k = (double)V / 512 + 16;
     p->cpu->xent_forward(p->cpu, loss.c, CA(lg.c), tg.c, N, V);
     p->gpu->xent_forward(p->gpu, loss.g, CA(lg.g), tg.g, N, V);
@@ -286,7 +298,7 @@ static void test_rope_kv(Pair *p, Rng *r, int B, int T, int H, int Dn, int Dr, i
             hs[t * half + j] = (float)sin(ang);
         }
     float *hq = host_normal(r, (size_t)N * H * Dqk, 1);
-    Buf cs = buf_new(p, hc, (size_t)T * half), sn = buf_new(p, hs, (size_t)T * half), q = buf_new(p, hq, (size_t)N * H * Dqk);
+    Buf cs = buf_new(p, hc, (size_t)T * half), sn = buf_new(p, hs, (size_t)T * half), q = buf_act(p, hq, (size_t)N * H * Dqk);
     RopeShape rq = { N, T, H, H * Dqk, Dqk, Dn, Dr };
     double tol = 8 * U32 * host_max_abs(hq, (size_t)N * H * Dqk);
     p->cpu->rope_forward(p->cpu, A(q.c), cs.c, sn.c, &rq);
@@ -295,15 +307,21 @@ static void test_rope_kv(Pair *p, Rng *r, int B, int T, int H, int Dn, int Dr, i
     EXPECT(check_close(p, what, &q, tol, 0, 0), "%s", what);
     p->cpu->rope_backward(p->cpu, A(q.c), cs.c, sn.c, &rq);
     p->gpu->rope_backward(p->gpu, A(q.g), cs.g, sn.g, &rq);
+    /* bf16: the backward rotates the forward's outputs, which may already differ by their
+     * bf16_act_budget, tol (1 + u16) + 2 u16 (1 + 2 u16) |y| with |y| <= sqrt(2) max|x| (a
+     * rotated pair keeps its norm); the rotation passes a pair's differences on with norm
+     * at most sqrt(2) times the larger: 1.5 tol + 4 u16 (1 + 2 u16) max|x| covers it */
+    const double mx = host_max_abs(hq, (size_t)N * H * Dqk);
+    const double carried = p->prec == PREC_FP32 ? 0 : 1.5 * tol + 4 * U16 * (1 + 2 * U16) * mx;
     snprintf(what, sizeof what, "rope_backward %dx%dx%d rope %d", N, H, Dqk, Dr);
-    EXPECT(check_close(p, what, &q, 2 * tol, 0, 0), "%s", what);
+    EXPECT(check_close(p, what, &q, 2 * tol + carried, 0, 0), "%s", what);
     /* k (N,H,Dqk), v (N,H,Dv) from kv and k_rope: copies, exact; the backward adds single
      * values and sums the heads' rope parts in head order on both: exact. */
     float *hkv = host_normal(r, (size_t)N * H * (Dn + Dv), 1), *hkr = host_normal(r, (size_t)N * Dr, 1);
     float *hdk = host_normal(r, (size_t)N * H * Dqk, 1), *hdv = host_normal(r, (size_t)N * H * Dv, 1);
-    Buf kv = buf_new(p, hkv, (size_t)N * H * (Dn + Dv)), kr = buf_new(p, hkr, (size_t)N * Dr);
-    Buf k = buf_poison(p, (size_t)N * H * Dqk), v = buf_poison(p, (size_t)N * H * Dv);
-    Buf dk = buf_new(p, hdk, (size_t)N * H * Dqk), dv = buf_new(p, hdv, (size_t)N * H * Dv);
+    Buf kv = buf_act(p, hkv, (size_t)N * H * (Dn + Dv)), kr = buf_act(p, hkr, (size_t)N * Dr);
+    Buf k = buf_act_poison(p, (size_t)N * H * Dqk), v = buf_act_poison(p, (size_t)N * H * Dv);
+    Buf dk = buf_act(p, hdk, (size_t)N * H * Dqk), dv = buf_act(p, hdv, (size_t)N * H * Dv);
     MlaKvShape ks = { N, H, Dn, Dr, Dv };
     p->cpu->mla_kv_split(p->cpu, A(k.c), A(v.c), CA(kv.c), CA(kr.c), &ks);
     p->gpu->mla_kv_split(p->gpu, A(k.g), A(v.g), CA(kv.g), CA(kr.g), &ks);
@@ -362,8 +380,8 @@ static void test_attention(Pair *p, Rng *r, int B, int T, int H, int Dqk, int Dv
     const int bf = p->prec == PREC_BF16;
     float *hq = host_uniform(r, nqk, -1, 1), *hk = host_uniform(r, nqk, -1, 1), *hv = host_uniform(r, nv, -1, 1);
     float *hdo = host_uniform(r, nv, -1, 1);
-    Buf q = buf_new(p, hq, nqk), k = buf_new(p, hk, nqk), v = buf_new(p, hv, nv), dout = buf_new(p, hdo, nv);
-    Buf out = buf_poison(p, nv), lse = buf_poison(p, nl);
+    Buf q = buf_act(p, hq, nqk), k = buf_act(p, hk, nqk), v = buf_act(p, hv, nv), dout = buf_act(p, hdo, nv);
+    Buf out = buf_act_poison(p, nv), lse = buf_poison(p, nl);
     AttnShape as = { B, T, H, Dqk, Dv, (float)(1.0 / sqrt((double)Dqk)) };
     p->cpu->attention_forward(p->cpu, A(out.c), lse.c, CA(q.c), CA(k.c), CA(v.c), &as);
     p->gpu->attention_forward(p->gpu, A(out.g), lse.g, CA(q.g), CA(k.g), CA(v.g), &as);
@@ -375,21 +393,27 @@ static void test_attention(Pair *p, Rng *r, int B, int T, int H, int Dqk, int Dv
     EXPECT(check_close(p, what, &lse, lse_tol, 0, 0), "%s", what);
     /* backward from the CPU's out and lse on both, gradients starting at random values */
     float *ho = buf_host_cpu(p, &out), *hl = buf_host_cpu(p, &lse);
-    Buf o0 = buf_new(p, ho, nv), l0 = buf_new(p, hl, nl);
+    Buf o0 = buf_act(p, ho, nv), l0 = buf_new(p, hl, nl);
     float *h0q = host_uniform(r, nqk, 0.5f, 1), *h0k = host_uniform(r, nqk, 0.5f, 1), *h0v = host_uniform(r, nv, 0.5f, 1);
-    Buf dq = buf_new(p, h0q, nqk), dk = buf_new(p, h0k, nqk), dv = buf_new(p, h0v, nv);
+    Buf dq = buf_act(p, h0q, nqk), dk = buf_act(p, h0k, nqk), dv = buf_act(p, h0v, nv);
+    /* the starting values as stored (BF16-rounded on a bf16 pair), so increments are exact */
+    float *s0q = buf_host_cpu(p, &dq), *s0k = buf_host_cpu(p, &dk), *s0v = buf_host_cpu(p, &dv);
     p->cpu->attention_backward(p->cpu, A(dq.c), A(dk.c), A(dv.c), CA(dout.c), CA(q.c), CA(k.c), CA(v.c), CA(o0.c),
                                l0.c, &as);
     p->gpu->attention_backward(p->gpu, A(dq.g), A(dk.g), A(dv.g), CA(dout.g), CA(q.g), CA(k.g), CA(v.g), CA(o0.g),
                                l0.g, &as);
     const Buf *g[3] = { &dq, &dk, &dv };
-    const float *base[3] = { h0q, h0k, h0v };
+    const float *base[3] = { s0q, s0k, s0v };
     const char *name[3] = { "dq", "dk", "dv" };
     /* BF16: plus the absolute floor of gpu_check.h (dv = P^T dO has none: its error scales
      * with its own terms), for dk times key j's column sum of P; the inputs are within
      * [-1, 1], so every max| | is 1 */
     const double unit = bf ? attn_bwd_floor_bf16(U16, Dqk, Dv, as.scale, 1, 1, 1, 1, 1, 1) : 0;
-    double *colsum = bf ? attn_colsums(hq, hk, hl, &as) : NULL, total = 0;
+    /* from q and k as stored (BF16 on a bf16 pair), which the CPU's lse was computed from */
+    float *sq = buf_host_cpu(p, &q), *sk = buf_host_cpu(p, &k);
+    double *colsum = bf ? attn_colsums(sq, sk, hl, &as) : NULL, total = 0;
+    free(sq);
+    free(sk);
     for (size_t j = 0; bf && j < nl; j++) total += colsum[j];
     /* every row of P sums to 1: the column sums add up to B H T (FP32 lse: ~1e-6 relative) */
     EXPECT(!bf || fabs(total - (double)nl) <= 1e-4 * nl, "attention column sums %.9g, want %zu", total, nl);
@@ -403,7 +427,7 @@ static void test_attention(Pair *p, Rng *r, int B, int T, int H, int Dqk, int Dv
         const int D = i == 2 ? Dv : Dqk;
         for (size_t j = 0; j < g[i]->n; j++) {
             size_t row = j / (size_t)D, t = row / H % T, b = row / H / T, h = row % H;
-            double fl = i == 0 ? unit : i == 1 ? unit * colsum[(b * H + h) * T + t] : 0;
+            double fl = i == 0 ? unit : i == 1 && bf ? unit * colsum[(b * H + h) * T + t] : 0;   /* fp32: none */
             bound[j] = (float)((bf ? 5e-2 : 1e-3) * inc + fl + 4 * U32);
         }
         EXPECT(check_delta_bound(p, what, g[i], base[i], bound, 0, bf ? 3e-2 : 2e-5), "%s", what);
@@ -413,6 +437,7 @@ static void test_attention(Pair *p, Rng *r, int B, int T, int H, int Dqk, int Dv
     Buf *all[] = { &q, &k, &v, &dout, &out, &lse, &o0, &l0, &dq, &dk, &dv };
     for (int i = 0; i < 11; i++) buf_free(p, all[i]);
     free(hq); free(hk); free(hv); free(hdo); free(ho); free(hl); free(h0q); free(h0k); free(h0v);
+    free(s0q); free(s0k); free(s0v);
 }
 
 /* ---- AdamW ---- */
