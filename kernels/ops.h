@@ -10,8 +10,8 @@
  *                on the CPU-FP32 table; BF16 values on the CPU-BF16 and CPU-FP8 tables (the
  *                CPU keeps them in FP32 containers, act_bytes = 4, and rounds every stored
  *                value to BF16, round to nearest even, which defines the values a BF16 GPU
- *                table stores op by op; the CUDA table still stores FP32, act_bytes = 4, and
- *                rounds GEMM operands per call). Opaque outside kernels/: code outside plans
+ *                table stores op by op; the CUDA table stores BF16 under bf16 and fp8,
+ *                act_bytes = 2, and FP32 at fp32). Opaque outside kernels/: code outside plans
  *                act_bytes per element, offsets with act_at, and moves values with
  *                act_upload/act_download.
  *   float *      what is always FP32: master weights, gradients, optimizer moments (BF16
@@ -59,7 +59,8 @@ typedef enum { WGT_FP32 = 0, WGT_BF16, WGT_FP8 } WgtType;
  * compute copy in `data`, laid out by the backend in o->weight_bytes(o, type, rows, cols)
  * bytes (BF16 values; or FP8 codes, their 128x128 block scales and the transposed copy that
  * Dgrad reads). When weight_bytes is 0 the copy is the master itself (data == master: the
- * CPU-FP32 table, and the CUDA table for now). The CPU keeps its copies as FP32 values: BF16
+ * FP32 tables). The CUDA table keeps BF16 copies (FP8 codes and scales under fp8) in
+ * device memory; the CPU keeps its copies as FP32 values: BF16
  * values, or the dequantised values of the FP8 blocks. The copy is stale after the master
  * changes until weight_refresh. */
 typedef struct Wgt {
