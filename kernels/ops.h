@@ -233,6 +233,8 @@ struct Ops {
     const char *name;
     Precision precision;
     size_t act_bytes;       /* bytes of one act element in backend memory */
+    int host_memory;        /* capability: backend buffers are host memory (cpu), so host code and
+                             * a host-memory comm (single, mpi) read and write them directly */
     void *state;            /* backend-private: scratch, handles */
     OPS_ENTRIES(OPS_FIELD)
 };

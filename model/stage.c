@@ -247,6 +247,11 @@ static int pass_backward(StagePass *p)
             return 1;
         }
         if (fused) block_backward_weight(m, p->b, block_input(m, p->b));
+        if (fused && m->grads_hook && p->b == m->hook_block) {
+            void (*fn)(void *) = m->grads_hook;
+            m->grads_hook = NULL;
+            fn(m->grads_hook_ctx);
+        }
     }
     if (fused && m->first) m->o->embedding_backward(m->o, m->g_embed, m->sl->dres, m->sl->tokens, d->N, d->C);
     return 0;
@@ -332,6 +337,20 @@ void model_backward_weight(Model *m)
 {
     CHECK(m->train == MODEL_TRAIN_SPLIT && m->first && m->last);
     stage_backward_weight(m, 0);
+}
+
+void model_grads_hook(Model *m, int block, void (*fn)(void *ctx), void *ctx)
+{
+    CHECK(!fn || (block >= m->lo && block < m->hi));
+    m->grads_hook = fn;
+    m->grads_hook_ctx = ctx;
+    m->hook_block = block;
+}
+
+int model_lowest_moe_block(const Model *m)
+{
+    const int k = m->cfg.first_k_dense_replace;
+    return k >= m->lo && k < m->hi && k < m->d.L && m->is_moe[k] ? k : -1;
 }
 
 int stage_holds(const StageSpec *sp, const ModelConfig *c, const Param *p)

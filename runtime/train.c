@@ -192,6 +192,16 @@ int train_accum_at(const TrainConfig *c, long long tokens)
     return c->batch_ramp_start + (int)grow;
 }
 
+/* model_grads_hook's call in the step's last backward, once the lowest MoE block's weight
+ * gradients are in: the routed experts' gradients are final, so their reduce-scatter over
+ * edp_comm runs while the dense blocks and the embedding finish backward. */
+static void post_expert_grads(void *ctx)
+{
+    Trainer *t = ctx;
+    trace_instant(t->trace, TRACE_COMPUTE, "reduce-scatter experts posted", -1, -1);
+    shard_post_grads(&t->shard, t->o, model_grads(t->model), shard_expert_region(&t->shard));
+}
+
 /* One optimizer step over train_accum_at micro-batches; fills the loss fields of s. */
 static void train_step(Trainer *t, StepMetrics *s)
 {
@@ -209,6 +219,8 @@ static void train_step(Trainer *t, StepMetrics *s)
         model_forward(m, t->window, 1, &l);
         trace_end(t->trace, TRACE_COMPUTE);
         trace_begin_phase(t->trace, TRACE_COMPUTE, "backward", 'B', i, 0);
+        if (i == M - 1 && shard_expert_region(&t->shard) >= 0 && model_lowest_moe_block(m) >= 0)
+            model_grads_hook(m, model_lowest_moe_block(m), post_expert_grads, t);
         model_backward(m);
         trace_end(t->trace, TRACE_COMPUTE);
         s->loss += l.main / M;
@@ -227,7 +239,9 @@ static void train_step(Trainer *t, StepMetrics *s)
     /* ZeRO-1 per region (runtime/shard.h): this rank's slices of the gradients summed over
      * the region's group; the mean (the global gradient) is that times 1/dp, which the norm
      * and the optimizer's grad_scale apply (exact for dp a power of two). */
+    trace_begin(t->trace, TRACE_COMPUTE, "reduce-scatter wait", -1, -1);
     shard_reduce_grads(&t->shard, t->o, model_grads(m));
+    trace_end(t->trace, TRACE_COMPUTE);
     s->grad_norm = shard_grad_norm(&t->shard);
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
     /* divergence guard: a non-finite loss or gradient never reaches the weights. Every rank

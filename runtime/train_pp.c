@@ -252,8 +252,8 @@ static void plan_rank_memory(Trainer *t, const Groups *g)
         f[3] += (double)mb.scratch;
         f[4] += (double)mb.experts_host;
         f[5] += 2.0 * (sr + se) * sizeof(float);
-        if (g->dp > 1) f[6] += (sr * (g->dp + 1)) * sizeof(float);
-        if (edp > 1) f[6] += (se * (edp + 1)) * sizeof(float);
+        if (g->dp > 1 && !t->o->host_memory) f[6] += (repl + sr) * sizeof(float);   /* shard.h: staging */
+        if (edp > 1 && !t->o->host_memory) f[6] += (expert + se) * sizeof(float);
         f[7] += ((g->dp > 1 ? sr : 0) + (edp > 1 ? se : 0)) * sizeof(float);
         biggest = fmax(biggest, (double)mb.params);
         table += (double)mb.table;
