@@ -517,8 +517,10 @@ void cpu_xent_backward(Ops *o, act *dlogits_, const act *logits_, const int32_t 
 
 /* ---- AdamW ---- */
 
-/* The parameter step uses the FP32 moments just computed; with bf16_moments the stored m and
- * v are then rounded to BF16 (what a fused kernel holding BF16 moments in memory does). */
+/* The gradient is read times grad_scale (clipping and the 1/dp mean folded in: the same float
+ * product the separate scale pass gave, so one pass). The parameter step uses the FP32 moments
+ * just computed; with bf16_moments the stored m and v are then rounded to BF16 (what a fused
+ * kernel holding BF16 moments in memory does). */
 void cpu_adamw_update(Ops *o, float *param, const float *grad, float *m, float *v, size_t n, const AdamArgs *a)
 {
     CHECK(a->step >= 1);
@@ -526,9 +528,10 @@ void cpu_adamw_update(Ops *o, float *param, const float *grad, float *m, float *
     float bc1 = (float)(1.0 - pow((double)b1, a->step));
     float bc2 = (float)(1.0 - pow((double)b2, a->step));
     int round = a->bf16_moments;
+    const float gs = a->grad_scale != 0.0f ? a->grad_scale : 1.0f;   /* x 1 is exact: no scale */
     #pragma omp parallel for num_threads(cpu_threads(o)) if (n > CPU_PAR_MIN) schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = grad[i];
+        float g = grad[i] * gs;
         float mi = b1 * m[i] + (1.0f - b1) * g;
         float vi = b2 * v[i] + (1.0f - b2) * g * g;
         float mhat = mi / bc1, vhat = vi / bc2;
