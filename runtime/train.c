@@ -194,12 +194,18 @@ int train_accum_at(const TrainConfig *c, long long tokens)
 
 /* model_grads_hook's call in the step's last backward, once the lowest MoE block's weight
  * gradients are in: the routed experts' gradients are final, so their reduce-scatter over
- * edp_comm runs while the dense blocks and the embedding finish backward. */
+ * edp_comm runs while the dense blocks and the embedding finish backward (traced: the post,
+ * then a span "backward below MoE" up to the end of that backward). */
+typedef struct ExpertPost { Trainer *t; int mb; int posted; } ExpertPost;
+
 static void post_expert_grads(void *ctx)
 {
-    Trainer *t = ctx;
-    trace_instant(t->trace, TRACE_COMPUTE, "reduce-scatter experts posted", -1, -1);
+    ExpertPost *e = ctx;
+    Trainer *t = e->t;
+    trace_instant(t->trace, TRACE_COMPUTE, "reduce-scatter experts posted", e->mb, 0);
     shard_post_grads(&t->shard, t->o, model_grads(t->model), shard_expert_region(&t->shard));
+    trace_begin_phase(t->trace, TRACE_COMPUTE, "backward below MoE", 'B', e->mb, 0);
+    e->posted = 1;
 }
 
 /* One optimizer step over train_accum_at micro-batches; fills the loss fields of s. */
@@ -219,9 +225,11 @@ static void train_step(Trainer *t, StepMetrics *s)
         model_forward(m, t->window, 1, &l);
         trace_end(t->trace, TRACE_COMPUTE);
         trace_begin_phase(t->trace, TRACE_COMPUTE, "backward", 'B', i, 0);
+        ExpertPost post = { t, i, 0 };
         if (i == M - 1 && shard_expert_region(&t->shard) >= 0 && model_lowest_moe_block(m) >= 0)
-            model_grads_hook(m, model_lowest_moe_block(m), post_expert_grads, t);
+            model_grads_hook(m, model_lowest_moe_block(m), post_expert_grads, &post);
         model_backward(m);
+        if (post.posted) trace_end(t->trace, TRACE_COMPUTE);
         trace_end(t->trace, TRACE_COMPUTE);
         s->loss += l.main / M;
         s->balance += l.balance / M;
