@@ -218,6 +218,9 @@ static void train_step(Trainer *t, StepMetrics *s)
     model_zero_grads(m);
     model_zero_counts(m);
     model_set_loss_weights(m, lambda, c->moe.balance_alpha, M);
+    ExpertPost post = { t, M - 1, 0 };
+    if (shard_expert_region(&t->shard) >= 0 && model_lowest_moe_block(m) >= 0)
+        model_grads_hook(m, model_lowest_moe_block(m), M, post_expert_grads, &post);
     for (int i = 0; i < M; i++) {
         ModelLoss l;
         data_next(t->train, t->window);
@@ -225,16 +228,17 @@ static void train_step(Trainer *t, StepMetrics *s)
         model_forward(m, t->window, 1, &l);
         trace_end(t->trace, TRACE_COMPUTE);
         trace_begin_phase(t->trace, TRACE_COMPUTE, "backward", 'B', i, 0);
-        ExpertPost post = { t, i, 0 };
-        if (i == M - 1 && shard_expert_region(&t->shard) >= 0 && model_lowest_moe_block(m) >= 0)
-            model_grads_hook(m, model_lowest_moe_block(m), post_expert_grads, &post);
         model_backward(m);
-        if (post.posted) trace_end(t->trace, TRACE_COMPUTE);
+        if (post.posted == 1) {     /* the span "backward below MoE" */
+            trace_end(t->trace, TRACE_COMPUTE);
+            post.posted = 2;
+        }
         trace_end(t->trace, TRACE_COMPUTE);
         s->loss += l.main / M;
         s->balance += l.balance / M;
         for (int k = 0; k < D; k++) s->mtp[k] += l.mtp[k] / M;
     }
+    model_grads_hook(m, -1, 0, NULL, NULL);    /* fired by now (post lives on this stack) */
     s->n_mtp = D;
     trace_begin(t->trace, TRACE_COMPUTE, "optimizer", -1, -1);
     const int dp = t->groups->dp;
