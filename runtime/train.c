@@ -251,9 +251,9 @@ static void train_step(Trainer *t, StepMetrics *s)
     /* ZeRO-1 per region (runtime/shard.h): this rank's slices of the gradients summed over
      * the region's group; the mean (the global gradient) is that times 1/dp, which the norm
      * and the optimizer's grad_scale apply (exact for dp a power of two). */
-    trace_begin(t->trace, TRACE_COMPUTE, "reduce-scatter wait", -1, -1);
+    if (dp > 1) trace_begin(t->trace, TRACE_COMPUTE, "reduce-scatter wait", -1, -1);
     shard_reduce_grads(&t->shard, t->o, model_grads(m));
-    trace_end(t->trace, TRACE_COMPUTE);
+    if (dp > 1) trace_end(t->trace, TRACE_COMPUTE);
     s->grad_norm = shard_grad_norm(&t->shard);
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
     /* divergence guard: a non-finite loss or gradient never reaches the weights. Every rank
