@@ -151,6 +151,48 @@ void comm_icopy(Comm *c, void *dst, const void *src, size_t bytes, CommRequest *
     c->be->copy(c, dst, src, bytes, r);
 }
 
+size_t comm_block_count(size_t n, size_t block, int i)
+{
+    const size_t lo = (size_t)i * block;
+    return lo >= n ? 0 : (n - lo < block ? n - lo : block);
+}
+
+static void check_cut(const Comm *c, size_t n, size_t block, const void *entry, const char *what)
+{
+    if (!entry) DIE("comm: the %s backend has no %s", c->be->name, what);
+    CHECK(block * (size_t)c->size >= n);
+}
+
+void comm_ireduce_scatter_v(Comm *c, void *recv, const void *send, size_t n, size_t block, CommType t, CommOp op,
+                            CommRequest *r)
+{
+    check_request(c, r);
+    check_reduce(t, op);
+    check_cut(c, n, block, (const void *)c->be->reduce_scatter_v, "ragged reduce-scatter");
+    c->be->reduce_scatter_v(c, recv, send, n, block, t, op, r);
+}
+
+void comm_iallgather_v(Comm *c, void *buf, size_t n, size_t block, CommType t, CommRequest *r)
+{
+    check_request(c, r);
+    check_cut(c, n, block, (const void *)c->be->allgather_v, "ragged all-gather");
+    c->be->allgather_v(c, buf, n, block, t, r);
+}
+
+void comm_reduce_scatter_v(Comm *c, void *recv, const void *send, size_t n, size_t block, CommType t, CommOp op)
+{
+    watchdog_op_begin("reduce_scatter");
+    comm_ireduce_scatter_v(c, recv, send, n, block, t, op, NULL);
+    watchdog_op_end();
+}
+
+void comm_allgather_v(Comm *c, void *buf, size_t n, size_t block, CommType t)
+{
+    watchdog_op_begin("allgather");
+    comm_iallgather_v(c, buf, n, block, t, NULL);
+    watchdog_op_end();
+}
+
 void comm_allreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op)
 {
     watchdog_op_begin("allreduce");

@@ -34,6 +34,7 @@
  *   comm_allreduce(c, grads, n, COMM_F32, COMM_SUM);                 blocking
  *   CommRequest *r = comm_request_create(c, 4);                       at plan time
  *   comm_iallreduce(c, grads, n, COMM_F32, COMM_SUM, r); ...compute...; comm_wait(r);
+ *   comm_ireduce_scatter_v(c, slice, grads, n, block, COMM_F32, COMM_SUM, r); ...; comm_wait(r);
  *   comm_request_free(r);
  *
  * An NCCL backend (issue 6) slots in as a third CommBackend without touching callers:
@@ -92,6 +93,14 @@ typedef struct CommBackend {
     /* MPI_Comm_split: ranks with one color form a comm, ordered by key; collective */
     Comm *(*split)(Comm *c, int color, int key);
     void (*destroy)(Comm *c);
+    /* The ZeRO-1 cut of n elements into blocks of `block` (rank i: [i*block, (i+1)*block) cut
+     * to n, the last ones shorter or empty), so buffers need no padding to size*block:
+     * reduce_scatter_v: recv (rank's block) <- op over ranks of send's block `rank`; send (n)
+     * allgather_v: buf (n), in place: block i <- block i of rank i
+     * (last in the table: a backend without them leaves them NULL and comm.c says so) */
+    void (*reduce_scatter_v)(Comm *c, void *recv, const void *send, size_t n, size_t block, CommType t,
+                             CommOp op, CommRequest *r);
+    void (*allgather_v)(Comm *c, void *buf, size_t n, size_t block, CommType t, CommRequest *r);
 } CommBackend;
 
 struct Comm {
@@ -142,6 +151,10 @@ void comm_broadcast(Comm *c, void *buf, size_t n, CommType t, int root);
 void comm_send(Comm *c, const void *buf, size_t n, CommType t, int peer, int tag);
 void comm_recv(Comm *c, void *buf, size_t n, CommType t, int peer, int tag);
 void comm_barrier(Comm *c);
+/* The ragged ZeRO-1 pair (CommBackend reduce_scatter_v, allgather_v): blocks of `block`
+ * elements of an unpadded buffer of n, the last ones shorter or empty. */
+void comm_reduce_scatter_v(Comm *c, void *recv, const void *send, size_t n, size_t block, CommType t, CommOp op);
+void comm_allgather_v(Comm *c, void *buf, size_t n, size_t block, CommType t);
 
 /* Non-blocking: the same, posted into r (which must belong to c). */
 void comm_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op, CommRequest *r);
@@ -155,6 +168,11 @@ void comm_isend(Comm *c, const void *buf, size_t n, CommType t, int peer, int ta
 void comm_irecv(Comm *c, void *buf, size_t n, CommType t, int peer, int tag, CommRequest *r);
 void comm_ibarrier(Comm *c, CommRequest *r);
 void comm_icopy(Comm *c, void *dst, const void *src, size_t bytes, CommRequest *r);
+void comm_ireduce_scatter_v(Comm *c, void *recv, const void *send, size_t n, size_t block, CommType t, CommOp op,
+                            CommRequest *r);
+void comm_iallgather_v(Comm *c, void *buf, size_t n, size_t block, CommType t, CommRequest *r);
+/* Elements of block i of the cut of n into blocks of `block` (comm_reduce_scatter_v). */
+size_t comm_block_count(size_t n, size_t block, int i);
 
 /* For backends: take `slots` slots of r for one operation (DIE when r is full); the number of
  * calls (slots) an allreduce or broadcast of n elements takes. */

@@ -110,6 +110,46 @@ static void mpi_reduce_scatter(Comm *c, void *recv, const void *send, size_t n, 
     else MPI_CHECK(MPI_Reduce_scatter_block(send, recv, cnt, mpi_type(t), mpi_op(op), mcomm(c)));
 }
 
+/* The int counts (P) and displacements (P) of the cut of n into blocks (comm.h), in the
+ * blocking scratch or the request slot's, which live until the wait; *rq: the slot (NULL:
+ * blocking). */
+static int *cut_counts(Comm *c, size_t n, size_t block, CommRequest *r, MPI_Request **rq)
+{
+    const int P = c->size;
+    int *a = ((MpiComm *)c->impl)->a2a;
+    *rq = NULL;
+    if (r) {
+        MpiReq *q = r->impl;
+        int s = comm_request_take(r, 1);
+        *rq = &q->reqs[s];
+        a = q->a2a + (size_t)s * 4 * P;
+    }
+    for (int i = 0; i < P; i++) {
+        a[i] = to_int(comm_block_count(n, block, i), "ragged block");
+        a[P + i] = to_int(n < (size_t)i * block ? n : (size_t)i * block, "ragged block offset");
+    }
+    return a;
+}
+
+static void mpi_reduce_scatter_v(Comm *c, void *recv, const void *send, size_t n, size_t block, CommType t,
+                                 CommOp op, CommRequest *r)
+{
+    MPI_Request *rq;
+    int *a = cut_counts(c, n, block, r, &rq);
+    if (rq) MPI_CHECK(MPI_Ireduce_scatter(send, recv, a, mpi_type(t), mpi_op(op), mcomm(c), rq));
+    else MPI_CHECK(MPI_Reduce_scatter(send, recv, a, mpi_type(t), mpi_op(op), mcomm(c)));
+}
+
+static void mpi_allgather_v(Comm *c, void *buf, size_t n, size_t block, CommType t, CommRequest *r)
+{
+    MPI_Request *rq;
+    int *a = cut_counts(c, n, block, r, &rq);
+    const int P = c->size;
+    MPI_Datatype dt = mpi_type(t);
+    if (rq) MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, dt, buf, a, a + P, dt, mcomm(c), rq));
+    else MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, dt, buf, a, a + P, dt, mcomm(c)));
+}
+
 static void mpi_allgather(Comm *c, void *recv, const void *send, size_t n, CommType t, CommRequest *r)
 {
     int cnt = to_int(n, "all-gather");
@@ -229,6 +269,8 @@ static const CommBackend MPI_BACKEND = {
     .request_free = mpi_request_free,
     .split = mpi_split,
     .destroy = mpi_destroy,
+    .reduce_scatter_v = mpi_reduce_scatter_v,
+    .allgather_v = mpi_allgather_v,
 };
 
 static Comm *wrap(MPI_Comm mc, int owned)

@@ -142,6 +142,39 @@ static void nccl_allgather(Comm *c, void *recv, const void *send, size_t n, Comm
     finish(c, r);
 }
 
+/* The ragged pair (comm.h): one group of a reduce (or broadcast) per non-empty block, rooted at
+ * the block's rank; the receive of the reduce is the root's recv, in place for the broadcast. */
+static void nccl_reduce_scatter_v(Comm *c, void *recv, const void *send, size_t n, size_t block, CommType t,
+                                  CommOp op, CommRequest *r)
+{
+    NcclComm *nc = nc_of(c);
+    const size_t es = comm_type_size(t);
+    begin(c, r);
+    NCCL_CHECK(ncclGroupStart());
+    for (int i = 0; i < c->size; i++) {
+        size_t cnt = comm_block_count(n, block, i);
+        if (cnt) NCCL_CHECK(ncclReduce((const char *)send + (size_t)i * block * es, recv, cnt, nccl_type(t),
+                                       nccl_op(op), i, nc->nc, nc->stream));
+    }
+    NCCL_CHECK(ncclGroupEnd());
+    finish(c, r);
+}
+
+static void nccl_allgather_v(Comm *c, void *buf, size_t n, size_t block, CommType t, CommRequest *r)
+{
+    NcclComm *nc = nc_of(c);
+    const size_t es = comm_type_size(t);
+    begin(c, r);
+    NCCL_CHECK(ncclGroupStart());
+    for (int i = 0; i < c->size; i++) {
+        size_t cnt = comm_block_count(n, block, i);
+        char *p = (char *)buf + (size_t)i * block * es;
+        if (cnt) NCCL_CHECK(ncclBroadcast(p, p, cnt, nccl_type(t), i, nc->nc, nc->stream));
+    }
+    NCCL_CHECK(ncclGroupEnd());
+    finish(c, r);
+}
+
 static void nccl_broadcast(Comm *c, void *buf, size_t n, CommType t, int root, CommRequest *r)
 {
     begin(c, r);
@@ -279,6 +312,7 @@ static void nccl_destroy(Comm *c)
 static const CommBackend NCCL_BACKEND = {
     "nccl", nccl_allreduce, nccl_reduce_scatter, nccl_allgather, nccl_alltoallv, nccl_broadcast, nccl_send,
     nccl_recv, nccl_barrier, nccl_copy, nccl_wait, nccl_request_init, nccl_request_free, nccl_split, nccl_destroy,
+    nccl_reduce_scatter_v, nccl_allgather_v,
 };
 
 static Comm *wrap(ncclComm_t nc, Comm *host, int owns_host)

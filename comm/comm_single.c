@@ -48,6 +48,18 @@ static void single_reduce_scatter(Comm *c, void *recv, const void *send, size_t 
     memcpy(recv, send, n * comm_type_size(t));
 }
 
+static void single_reduce_scatter_v(Comm *c, void *recv, const void *send, size_t n, size_t block, CommType t,
+                                    CommOp op, CommRequest *r)
+{
+    take(r, 1);
+    if (recv != send) memcpy(recv, send, n * comm_type_size(t));
+}
+
+static void single_allgather_v(Comm *c, void *buf, size_t n, size_t block, CommType t, CommRequest *r)
+{
+    take(r, 1);
+}
+
 static void single_allgather(Comm *c, void *recv, const void *send, size_t n, CommType t, CommRequest *r)
 {
     take(r, 1);
@@ -159,6 +171,8 @@ static const CommBackend SINGLE = {
     .request_free = single_request_free,
     .split = single_split,
     .destroy = single_destroy,
+    .reduce_scatter_v = single_reduce_scatter_v,
+    .allgather_v = single_allgather_v,
 };
 
 Comm *comm_single_create(void)

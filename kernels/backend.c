@@ -57,6 +57,8 @@ Ops *ops_cpu_create(int threads, Precision precision)
     o->name = "cpu";
     o->precision = precision;
     o->act_bytes = sizeof(float);
+    o->host_memory = 1;
+    o->adamw_grad_scale = 1;
     o->state = st;
     cpu_fill_table(o);
     omp_set_num_threads(threads);

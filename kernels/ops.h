@@ -107,6 +107,7 @@ typedef struct AdamArgs {
     float lr, beta1, beta2, eps, weight_decay;
     int step;               /* 1-based, for bias correction */
     int bf16_moments;       /* round m and v to BF16 after each update */
+    float grad_scale;       /* gradients are read times this (0: 1), where Ops.adamw_grad_scale */
 } AdamArgs;
 
 /* The op list, written once: X(return type, name, (parameters)). The Ops struct's fields, the
@@ -234,6 +235,10 @@ struct Ops {
     const char *name;
     Precision precision;
     size_t act_bytes;       /* bytes of one act element in backend memory */
+    int host_memory;        /* capability: backend buffers are host memory (cpu), so host code and
+                             * a host-memory comm (single, mpi) read and write them directly */
+    int adamw_grad_scale;   /* capability: adamw_update applies AdamArgs.grad_scale (else the
+                             * caller scales the gradients first) */
     void *state;            /* backend-private: scratch, handles */
     OPS_ENTRIES(OPS_FIELD)
 };

@@ -123,6 +123,16 @@ void model_backward(Model *m);
 void model_backward_input(Model *m);
 void model_backward_weight(Model *m);
 
+/* Calls fn(ctx) once, right after block `block`'s weight gradients are accumulated in the
+ * nth weight pass from now (model_backward, a fused stage backward pass or
+ * stage_backward_weight: each makes one pass over every block of the stage), then forgets it
+ * (fn NULL: forget now). The trainer arms it at a step's start with n = the step's micro-batches
+ * at the lowest MoE block, to post the routed experts' gradient exchange as soon as their last
+ * contribution is in, while the blocks below and the embedding still run. */
+void model_grads_hook(Model *m, int block, int nth, void (*fn)(void *ctx), void *ctx);
+/* The stage's lowest MoE block of the main layers, or -1 when it has none. */
+int model_lowest_moe_block(const Model *m);
+
 /* Logits (V) of the main head at position pos of row 0 after model_forward (host copy). */
 void model_logits(Model *m, int pos, float *out);
 

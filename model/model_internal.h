@@ -89,6 +89,9 @@ struct Model {
                                    StagePass sets it) */
     int nblocks;                /* L main blocks + D MTP blocks */
     int *is_moe;                /* (nblocks) */
+    void (*grads_hook)(void *); /* model_grads_hook: called once, after block hook_block's W */
+    void *grads_hook_ctx;       /* of its hook_left-th weight pass from now */
+    int hook_block, hook_left;
     int n_moe;                  /* MoE blocks (main and MTP) */
     int *moe_block;             /* (n_moe) block index of each MoE slot */
     int *moe_slot;              /* (nblocks) MoE slot of each block, -1 for dense */

@@ -153,6 +153,15 @@ static void head_backward_weight(Model *m)
     o->rmsnorm_backward_weight(o, m->g_final_norm, m->sl->dhf, block_input(m, m->hi), m->sl->hf_rstd, d->N, d->C);
 }
 
+/* Block b's weight gradients are in: model_grads_hook's call when this is its pass. */
+static void after_weight(Model *m, int b)
+{
+    if (!m->grads_hook || b != m->hook_block || --m->hook_left > 0) return;
+    void (*fn)(void *) = m->grads_hook;
+    m->grads_hook = NULL;
+    fn(m->grads_hook_ctx);
+}
+
 /* The units in stage_backward's order, so the head and the embedding (shared with MTP) get
  * their contributions in the same order. dres still holds dL/dx0 from stage_backward_input. */
 void stage_backward_weight(Model *m, int slot)
@@ -165,7 +174,10 @@ void stage_backward_weight(Model *m, int slot)
         for (int k = d->D; k >= 1; k--) mtp_backward_weight(m, k);
         head_backward_weight(m);
     }
-    for (int b = m->hi - 1; b >= m->lo; b--) block_backward_weight(m, b, block_input(m, b));
+    for (int b = m->hi - 1; b >= m->lo; b--) {
+        block_backward_weight(m, b, block_input(m, b));
+        after_weight(m, b);
+    }
     if (m->first) m->o->embedding_backward(m->o, m->g_embed, m->sl->dres, m->sl->tokens, d->N, d->C);
 }
 
@@ -247,6 +259,7 @@ static int pass_backward(StagePass *p)
             return 1;
         }
         if (fused) block_backward_weight(m, p->b, block_input(m, p->b));
+        if (fused) after_weight(m, p->b);
     }
     if (fused && m->first) m->o->embedding_backward(m->o, m->g_embed, m->sl->dres, m->sl->tokens, d->N, d->C);
     return 0;
@@ -332,6 +345,21 @@ void model_backward_weight(Model *m)
 {
     CHECK(m->train == MODEL_TRAIN_SPLIT && m->first && m->last);
     stage_backward_weight(m, 0);
+}
+
+void model_grads_hook(Model *m, int block, int nth, void (*fn)(void *ctx), void *ctx)
+{
+    CHECK(!fn || (block >= m->lo && block < m->hi && nth >= 1));
+    m->grads_hook = fn;
+    m->grads_hook_ctx = ctx;
+    m->hook_block = block;
+    m->hook_left = nth;
+}
+
+int model_lowest_moe_block(const Model *m)
+{
+    const int k = m->cfg.first_k_dense_replace > m->lo ? m->cfg.first_k_dense_replace : m->lo;
+    return k < m->hi && k < m->d.L && m->is_moe[k] ? k : -1;
 }
 
 int stage_holds(const StageSpec *sp, const ModelConfig *c, const Param *p)

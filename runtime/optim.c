@@ -22,7 +22,7 @@ void optim_init_shard(Optimizer *opt, Ops *o, const ParamTable *t, const OptimCo
     /* zeroed; one float at least, so that an empty slice still has a buffer */
     opt->m = o->alloc(o, (hi - lo + 1) * sizeof(float));
     opt->v = o->alloc(o, (hi - lo + 1) * sizeof(float));
-    AdamArgs a = { 0.0f, (float)c->beta1, (float)c->beta2, (float)c->eps, (float)c->weight_decay, 0, bf16_moments };
+    AdamArgs a = { 0.0f, (float)c->beta1, (float)c->beta2, (float)c->eps, (float)c->weight_decay, 0, bf16_moments, 1.0f };
     opt->args = a;
     opt->step = 0;
 }
@@ -44,9 +44,11 @@ void optim_step(Optimizer *opt, float *params, float *grads, double lr, double g
     Ops *o = opt->o;
     const ParamTable *t = opt->table;
     const size_t lo = opt->lo, hi = opt->hi;
-    if (grad_scale != 1.0) o->scale(o, grads, (float)grad_scale, hi - lo);
+    /* one pass: the scale folded into the update where the backend takes it */
+    if (grad_scale != 1.0 && !o->adamw_grad_scale) o->scale(o, grads, (float)grad_scale, hi - lo);
     opt->step++;
     AdamArgs a = opt->args;
+    a.grad_scale = o->adamw_grad_scale ? (float)grad_scale : 1.0f;
     a.lr = (float)lr;
     a.step = opt->step;
     /* one update per run of adjacent tensors with the same (trained, decay) flags, cut to the

@@ -38,8 +38,9 @@ void optim_init_shard(Optimizer *opt, Ops *o, const ParamTable *t, const OptimCo
 void optim_free(Optimizer *opt);
 /* sqrt of the sum of squares of every gradient; grads (hi - lo): the slice's. */
 double optim_grad_norm(Optimizer *opt, const float *grads);
-/* Multiply gradients by grad_scale (clipping), then one AdamW step at lr of params[lo, hi);
- * params (total), grads (hi - lo) the slice's. */
+/* One AdamW step at lr of params[lo, hi) on the gradients times grad_scale (clipping; folded
+ * into the update where the backend takes it, Ops.adamw_grad_scale, else grads is scaled in
+ * place first); params (total), grads (hi - lo) the slice's. */
 void optim_step(Optimizer *opt, float *params, float *grads, double lr, double grad_scale);
 
 /* min(1, clip / norm); 1 when clip is 0 (off) or the norm is 0. */

@@ -19,7 +19,7 @@ void shard_plan_memory(MemPlan *p, const Config *cfg, Ops *o, const Groups *g)
     model_plan_bytes(&cfg->model, o, tc->micro_batch_size, tc->seq_len, MODEL_TRAIN | (tc->recompute ? MODEL_RECOMPUTE : 0),
                      g->ep, cfg->moe.capacity_factor, &mb);
     const double total = (double)mb.params / sizeof(float);
-    const double slice = dp > 1 ? (double)(((size_t)total + dp - 1) / dp) : total, padded = slice * dp;
+    const double slice = dp > 1 ? (double)(((size_t)total + dp - 1) / dp) : total;
     memset(p, 0, sizeof *p);
     memplan_add(p, "parameter table", (double)mb.table, 0);
     memplan_add(p, "parameters", (double)mb.params, 1);
@@ -36,7 +36,9 @@ void shard_plan_memory(MemPlan *p, const Config *cfg, Ops *o, const Groups *g)
     const int live = dp == 1 && !strcmp(o->name, "cpu");
     memplan_add(p, "checkpoint staging", (live ? (tc->ema_decay > 0) : 3.0) * total * sizeof(float), 0);
     if (dp > 1) {
-        memplan_add(p, "zero-1 host staging", (padded + slice) * sizeof(float), 0);
+        /* the exchanges read and write backend memory where the comm shares its space (cpu
+         * with mpi): no host copies then */
+        if (!o->host_memory) memplan_add(p, "zero-1 host staging", (total + slice) * sizeof(float), 0);
         memplan_add(p, "zero-1 gradient slice", slice * sizeof(float), 1);
     }
 }
@@ -55,7 +57,14 @@ void shard_check_plan(const MemPlan *p, MemLimit *l, const Config *cfg, Ops *o, 
     char what[256];
     snprintf(what, sizeof what, "the model (%.3g parameters in %zu tensors; 'model.n_routed_experts' = %d)",
              (double)total, entries, cfg->model.n_routed_experts);
-    memplan_check(p, l, !strcmp(o->name, "cpu"), what);
+    memplan_check(p, l, o->host_memory, what);
+}
+
+/* The comm reads and writes the ops' buffers directly: both in host memory (the cpu backend
+ * with single or mpi) or both on the device (cuda with nccl). */
+static int shares_memory(const Ops *o, const Comm *c)
+{
+    return o->host_memory == (strcmp(c->be->name, "nccl") != 0);
 }
 
 static void region_init(Region *r, Ops *o, const ParamTable *t, Comm *comm, size_t base, size_t n,
@@ -68,14 +77,16 @@ static void region_init(Region *r, Ops *o, const ParamTable *t, Comm *comm, size
     r->base = base;
     r->n = n;
     r->slice = (n + r->size - 1) / r->size;
-    r->padded = r->slice * r->size;
     const size_t at = (size_t)r->rank * r->slice;
     r->lo = base + (at < n ? at : n);
     r->hi = base + (at + r->slice < n ? at + r->slice : n);
     if (r->size > 1 && n > 0) {     /* an empty region (a stage without experts) exchanges nothing */
-        r->full = xcalloc(r->padded, sizeof(float));
-        r->part = xcalloc(r->slice, sizeof(float));
+        if (!shares_memory(o, comm)) {
+            r->full = xcalloc(n, sizeof(float));
+            r->part = xcalloc(r->slice, sizeof(float));
+        }
         r->grad = o->alloc(o, r->slice * sizeof(float));
+        r->req = comm_request_create(comm, 1);
     }
     optim_init_shard(&r->opt, o, t, oc, bf16_moments, r->lo, r->hi);
 }
@@ -101,35 +112,61 @@ void shard_free(Shard *s, Ops *o)
         Region *r = &s->r[i];
         optim_free(&r->opt);
         if (r->grad) o->free(o, r->grad);
+        if (r->req) {
+            if (r->posted) comm_wait(r->req);
+            comm_request_free(r->req);
+        }
         free(r->full);
         free(r->part);
     }
     memset(s, 0, sizeof *s);
 }
 
+static int exchanges(const Region *r) { return r->size > 1 && r->n > 0; }
+
+void shard_post_grads(Shard *s, Ops *o, const float *grads, int i)
+{
+    CHECK(i >= 0 && i < s->n);
+    Region *r = &s->r[i];
+    if (!exchanges(r) || r->posted) return;
+    const float *send = grads + r->base;
+    float *recv = r->grad;
+    if (r->full) {      /* staged through the host: the comm cannot read backend memory */
+        o->download(o, r->full, send, r->n * sizeof(float));
+        send = r->full;
+        recv = r->part;
+    }
+    comm_ireduce_scatter_v(r->comm, recv, send, r->n, r->slice, COMM_F32, COMM_SUM, r->req);
+    r->posted = 1;
+}
+
+int shard_expert_region(const Shard *s)
+{
+    return s->n == 2 && exchanges(&s->r[1]) ? 1 : -1;
+}
+
 void shard_reduce_grads(Shard *s, Ops *o, float *grads)
 {
+    for (int i = 0; i < s->n; i++) shard_post_grads(s, o, grads, i);
     for (int i = 0; i < s->n; i++) {
         Region *r = &s->r[i];
-        if (r->size == 1 || r->n == 0) {
+        if (!exchanges(r)) {
             s->grads[i] = grads + r->lo;
             continue;
         }
-        /* the padding past n is zero on every rank (allocated zeroed, never written) */
-        o->download(o, r->full, grads + r->base, r->n * sizeof(float));
-        comm_reduce_scatter(r->comm, r->part, r->full, r->slice, COMM_F32, COMM_SUM);
-        o->upload(o, r->grad, r->part, r->slice * sizeof(float));
+        comm_wait(r->req);
+        r->posted = 0;
+        if (r->full) o->upload(o, r->grad, r->part, (r->hi - r->lo) * sizeof(float));
         s->grads[i] = r->grad;
     }
 }
 
 double shard_grad_norm(Shard *s)
 {
-    double norm[2];
-    for (int i = 0; i < s->n; i++) norm[i] = optim_grad_norm(&s->r[i].opt, s->grads[i]);
-    if (s->n == 1 && s->dp == 1) return norm[0];
+    /* the slices' sums of squares as they are (untrained tensors never get a gradient, so
+     * whole slices), one all-reduce of their sum */
     double sq = 0;
-    for (int i = 0; i < s->n; i++) sq += norm[i] * norm[i];
+    for (int i = 0; i < s->n; i++) sq += s->r[i].opt.o->sumsq(s->r[i].opt.o, s->grads[i], s->r[i].hi - s->r[i].lo);
     if (s->dp > 1) comm_allreduce(s->dp_comm, &sq, 1, COMM_F64, COMM_SUM);
     return sqrt(sq) / s->dp;
 }
@@ -170,10 +207,13 @@ void shard_gather_params(Shard *s, Ops *o, float *params)
 {
     for (int i = 0; i < s->n; i++) {
         Region *r = &s->r[i];
-        if (r->size == 1 || r->n == 0) continue;
-        float *mine = r->full + (size_t)r->rank * r->slice;
-        o->download(o, mine, params + r->lo, (r->hi - r->lo) * sizeof(float));
-        comm_allgather(r->comm, r->full, mine, r->slice, COMM_F32);
+        if (!exchanges(r)) continue;
+        if (!r->full) {     /* in place in the backend's buffer */
+            comm_allgather_v(r->comm, params + r->base, r->n, r->slice, COMM_F32);
+            continue;
+        }
+        o->download(o, r->full + (r->lo - r->base), params + r->lo, (r->hi - r->lo) * sizeof(float));
+        comm_allgather_v(r->comm, r->full, r->n, r->slice, COMM_F32);
         o->upload(o, params + r->base, r->full, r->n * sizeof(float));
     }
 }
@@ -189,10 +229,9 @@ void shard_gather_moments(Shard *s, Ops *o, float *host_m, float *host_v)
                 o->download(o, dst[k] + r->base, src[k], r->n * sizeof(float));
                 continue;
             }
-            float *mine = r->full + (size_t)r->rank * r->slice;
-            o->download(o, mine, src[k], (r->hi - r->lo) * sizeof(float));
-            comm_allgather(r->comm, r->full, mine, r->slice, COMM_F32);
-            memcpy(dst[k] + r->base, r->full, r->n * sizeof(float));
+            /* the host tables themselves are the gather's buffers */
+            o->download(o, dst[k] + r->lo, src[k], (r->hi - r->lo) * sizeof(float));
+            comm_allgather_v(r->comm, dst[k] + r->base, r->n, r->slice, COMM_F32);
         }
     }
 }

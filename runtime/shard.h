@@ -14,8 +14,12 @@
  * caller's 1/dp scale applies to both); the global norm is one all-reduce over dp_comm of the
  * slices' sums of squares (every element lies in exactly one slice of one rank).
  *
- * Calling sequence, per step (after backward):
- *   float *g = shard_reduce_grads(&s, o, model_grads(m));     region gradients ready
+ * Calling sequence, per step:
+ *   during the last backward, once region i's gradients are final (the experts': after the
+ *   lowest MoE block's weight gradients, model_grads_hook):
+ *     shard_post_grads(&s, o, model_grads(m), shard_expert_region(&s));   non-blocking
+ *   after backward:
+ *   shard_reduce_grads(&s, o, model_grads(m));     posts the rest, waits: region gradients ready
  *   double norm = shard_grad_norm(&s, g) / ... (see shard_grad_norm)
  *   shard_step(&s, model_params(m), g, lr, scale);
  *   shard_gather_params(&s, o, model_params(m));
@@ -39,10 +43,14 @@ typedef struct Region {
     Comm *comm;                 /* the group its gradients are summed over */
     int size, rank;             /* of comm (1, 0: nothing to exchange) */
     size_t base, n;             /* floats [base, base + n) of the rank's flat table */
-    size_t slice, padded;       /* ZeRO-1: slice = ceil(n / size), padded = size * slice */
+    size_t slice;               /* ZeRO-1: slice = ceil(n / size), the last ones shorter or empty */
     size_t lo, hi;              /* this rank's slice, absolute in the flat table */
-    float *full, *part;         /* host staging (padded), (slice) when size > 1 */
+    float *full, *part;         /* host staging (n), (slice) when size > 1 and the comm cannot
+                                 * read the ops' memory (cuda with mpi); NULL otherwise: the
+                                 * exchanges read the gradients and write the slice directly */
     float *grad;                /* backend (slice): the summed gradients of [lo, hi), size > 1 */
+    CommRequest *req;           /* the reduce-scatter in flight (size > 1) */
+    int posted;                 /* shard_post_grads done, shard_reduce_grads not yet */
     Optimizer opt;              /* AdamW moments of [lo, hi) */
 } Region;
 
@@ -57,8 +65,16 @@ typedef struct Shard {
 /* Regions, slices and optimizer shards of table t under layout g (collective: none). */
 void shard_init(Shard *s, Ops *o, const ParamTable *t, const Groups *g, const OptimConfig *oc, int bf16_moments);
 void shard_free(Shard *s, Ops *o);
+/* Post region i's reduce-scatter (non-blocking) of its final gradients in grads; nothing when
+ * its group is one rank or it is posted already. The gradients must not change until
+ * shard_reduce_grads. Collective over the region's group (every rank posts in the same order). */
+void shard_post_grads(Shard *s, Ops *o, const float *grads, int i);
+/* The routed experts' region when it has its own exchange (ep > 1, more than one rank holding
+ * the same experts), else -1. */
+int shard_expert_region(const Shard *s);
 /* Sum each region's gradients over its group into this rank's slice (reduce-scatter; nothing
- * when the group is one rank). Collective over dp_comm and edp_comm. */
+ * when the group is one rank): posts the regions not posted yet, then waits for all. Collective
+ * over dp_comm and edp_comm. */
 void shard_reduce_grads(Shard *s, Ops *o, float *grads);
 /* The norm of the summed gradients over every slice of every rank: with one region on one
  * rank the slice's own norm; otherwise sqrt of the all-reduce over dp_comm of the slices'

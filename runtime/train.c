@@ -221,6 +221,22 @@ int train_accum_at(const TrainConfig *c, long long tokens)
     return c->batch_ramp_start + (int)grow;
 }
 
+/* model_grads_hook's call in the step's last backward, once the lowest MoE block's weight
+ * gradients are in: the routed experts' gradients are final, so their reduce-scatter over
+ * edp_comm runs while the dense blocks and the embedding finish backward (traced: the post,
+ * then a span "backward below MoE" up to the end of that backward). */
+typedef struct ExpertPost { Trainer *t; int mb; int posted; } ExpertPost;
+
+static void post_expert_grads(void *ctx)
+{
+    ExpertPost *e = ctx;
+    Trainer *t = e->t;
+    trace_instant(t->trace, TRACE_COMPUTE, "reduce-scatter experts posted", e->mb, 0);
+    shard_post_grads(&t->shard, t->o, model_grads(t->model), shard_expert_region(&t->shard));
+    trace_begin_phase(t->trace, TRACE_COMPUTE, "backward below MoE", 'B', e->mb, 0);
+    e->posted = 1;
+}
+
 /* One optimizer step over train_accum_at micro-batches; fills the loss fields of s. */
 static void train_step(Trainer *t, StepMetrics *s)
 {
@@ -231,6 +247,9 @@ static void train_step(Trainer *t, StepMetrics *s)
     model_zero_grads(m);
     model_zero_counts(m);
     model_set_loss_weights(m, lambda, c->moe.balance_alpha, M);
+    ExpertPost post = { t, M - 1, 0 };
+    if (shard_expert_region(&t->shard) >= 0 && model_lowest_moe_block(m) >= 0)
+        model_grads_hook(m, model_lowest_moe_block(m), M, post_expert_grads, &post);
     for (int i = 0; i < M; i++) {
         ModelLoss l;
         data_next(t->train, t->window);
@@ -239,11 +258,16 @@ static void train_step(Trainer *t, StepMetrics *s)
         trace_end(t->trace, TRACE_COMPUTE);
         trace_begin_phase(t->trace, TRACE_COMPUTE, "backward", 'B', i, 0);
         model_backward(m);
+        if (post.posted == 1) {     /* the span "backward below MoE" */
+            trace_end(t->trace, TRACE_COMPUTE);
+            post.posted = 2;
+        }
         trace_end(t->trace, TRACE_COMPUTE);
         s->loss += l.main / M;
         s->balance += l.balance / M;
         for (int k = 0; k < D; k++) s->mtp[k] += l.mtp[k] / M;
     }
+    model_grads_hook(m, -1, 0, NULL, NULL);    /* fired by now (post lives on this stack) */
     s->n_mtp = D;
     trace_begin(t->trace, TRACE_COMPUTE, "optimizer", -1, -1);
     const int dp = t->groups->dp;
@@ -256,7 +280,9 @@ static void train_step(Trainer *t, StepMetrics *s)
     /* ZeRO-1 per region (runtime/shard.h): this rank's slices of the gradients summed over
      * the region's group; the mean (the global gradient) is that times 1/dp, which the norm
      * and the optimizer's grad_scale apply (exact for dp a power of two). */
+    if (dp > 1) trace_begin(t->trace, TRACE_COMPUTE, "reduce-scatter wait", -1, -1);
     shard_reduce_grads(&t->shard, t->o, model_grads(m));
+    if (dp > 1) trace_end(t->trace, TRACE_COMPUTE);
     s->grad_norm = shard_grad_norm(&t->shard);
     s->lr = lr_at(&c->optim, t->step, c->train.steps);
     /* divergence guard: a non-finite loss or gradient never reaches the weights. Every rank

@@ -46,6 +46,7 @@ struct PpTrainer {
     int32_t **windows;          /* [C] (B, T+1) host */
     ModelLoss *losses;          /* [C] */
     float *counts, *counts_tmp; /* (n_moe, E) */
+    struct ChunkPost { Trainer *t; int chunk; } post[2];    /* [chunk]: arm_expert_posts */
 };
 
 static int n_chunks(const Trainer *t) { return t->pp->sched.n_chunks; }
@@ -252,8 +253,8 @@ static void plan_rank_memory(Trainer *t, const Groups *g)
         f[3] += (double)mb.scratch;
         f[4] += (double)mb.experts_host;
         f[5] += 2.0 * (sr + se) * sizeof(float);
-        if (g->dp > 1) f[6] += (sr * (g->dp + 1)) * sizeof(float);
-        if (edp > 1) f[6] += (se * (edp + 1)) * sizeof(float);
+        if (g->dp > 1 && !t->o->host_memory) f[6] += (repl + sr) * sizeof(float);   /* shard.h: staging */
+        if (edp > 1 && !t->o->host_memory) f[6] += (expert + se) * sizeof(float);
         f[7] += ((g->dp > 1 ? sr : 0) + (edp > 1 ? se : 0)) * sizeof(float);
         biggest = fmax(biggest, (double)mb.params);
         table += (double)mb.table;
@@ -453,6 +454,39 @@ static void reduce_losses(Trainer *t, StepMetrics *s)
     free(v);
 }
 
+/* model_grads_hook's call (runtime/train.c post_expert_grads): the chunk's last weight pass
+ * has passed its lowest MoE block, so its experts' reduce-scatter runs during the rest of the
+ * schedule. */
+static void post_chunk_experts(void *ctx)
+{
+    const struct ChunkPost *cp = ctx;
+    Trainer *t = cp->t;
+    const int c = cp->chunk;
+    struct PpTrainer *p = t->pp;
+    trace_instant(t->trace, TRACE_COMPUTE, "reduce-scatter experts posted", -1, c);
+    shard_post_grads(&p->shard[c], t->o, model_grads(p->stage[c]), shard_expert_region(&p->shard[c]));
+}
+
+/* Each chunk with an expert exchange posts it from its M-th weight pass, unless a tensor held
+ * twice (sum_mirrors, after the schedule) lies in its expert region. */
+static void arm_expert_posts(Trainer *t, int M)
+{
+    struct PpTrainer *p = t->pp;
+    for (int c = 0; c < n_chunks(t); c++) {
+        const int low = model_lowest_moe_block(p->stage[c]);
+        if (shard_expert_region(&p->shard[c]) < 0 || low < 0) continue;
+        int mirrored = 0;
+        for (int k = 0; k < p->n_mirror; k++)
+            for (int h = 0; h < p->mirror[k].n_loc; h++)
+                mirrored |= p->mirror[k].chunk[h] == c &&
+                            p->mirror[k].off[h] + p->mirror[k].numel > p->shard[c].r[1].base;
+        if (mirrored) continue;
+        p->post[c].t = t;
+        p->post[c].chunk = c;
+        model_grads_hook(p->stage[c], low, M, post_chunk_experts, &p->post[c]);
+    }
+}
+
 void pp_train_step(Trainer *t, StepMetrics *s)
 {
     struct PpTrainer *p = t->pp;
@@ -464,6 +498,7 @@ void pp_train_step(Trainer *t, StepMetrics *s)
         model_zero_counts(p->stage[k]);
         model_set_loss_weights(p->stage[k], lambda, c->moe.balance_alpha, M);
     }
+    arm_expert_posts(t, M);
     for (int i = 0; i < M; i++) data_next(t->train, p->windows[i]);
     memset(p->losses, 0, (size_t)M * sizeof(ModelLoss));
     p->ex.trace = t->trace;     /* created after pp_setup; records only in traced steps */
@@ -472,6 +507,7 @@ void pp_train_step(Trainer *t, StepMetrics *s)
     while ((st = pipe_exec_step(&p->ex)) == PIPE_RAN) {}
     CHECK(st == PIPE_DONE);
     p->link->finish(p->link);
+    for (int k = 0; k < n_chunks(t); k++) model_grads_hook(p->stage[k], -1, 0, NULL, NULL);
     reduce_losses(t, s);
     s->grad_norm = reduce_grads(t);
     s->lr = lr_at(&c->optim, t->step, c->train.steps);

@@ -130,9 +130,11 @@ void cpu_scale(Ops *o, float *x, float s, size_t n)
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
-/* Fixed chunks (a function of n only) summed in index order: the same bits on any thread
- * count. At most SUMSQ_CHUNKS partial sums, so they fit on the stack. */
+/* Fixed chunks (a function of n only), each summed in fixed lanes, the chunks' sums in index
+ * order: the same bits on any thread count. At most SUMSQ_CHUNKS partial sums, so they fit on
+ * the stack. */
 #define SUMSQ_CHUNKS 1024
+#define SUMSQ_LANES 8
 double cpu_sumsq(Ops *o, const float *x, size_t n)
 {
     size_t chunk = 65536;
@@ -142,9 +144,16 @@ double cpu_sumsq(Ops *o, const float *x, size_t n)
     #pragma omp parallel for num_threads(cpu_threads(o)) if (nchunks > 1) schedule(static)
     for (long c = 0; c < nchunks; c++) {
         size_t lo = (size_t)c * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        double acc = 0.0;
-        for (size_t i = lo; i < hi; i++) acc += (double)x[i] * (double)x[i];
-        part[c] = acc;
+        /* SUMSQ_LANES running sums (element i - lo into lane (i - lo) % SUMSQ_LANES), so the
+         * adds vectorise instead of waiting on one chain; the lanes are added in a fixed tree */
+        double acc[SUMSQ_LANES] = { 0 };
+        size_t i = lo;
+        for (; i + SUMSQ_LANES <= hi; i += SUMSQ_LANES)
+            for (int k = 0; k < SUMSQ_LANES; k++) acc[k] += (double)x[i + k] * (double)x[i + k];
+        for (int k = 0; i < hi; i++, k++) acc[k] += (double)x[i] * (double)x[i];
+        for (int w = SUMSQ_LANES / 2; w >= 1; w /= 2)
+            for (int k = 0; k < w; k++) acc[k] += acc[k + w];
+        part[c] = acc[0];
     }
     double total = 0.0;
     for (long c = 0; c < nchunks; c++) total += part[c];
@@ -525,8 +534,10 @@ void cpu_xent_backward(Ops *o, act *dlogits_, const act *logits_, const int32_t 
 
 /* ---- AdamW ---- */
 
-/* The parameter step uses the FP32 moments just computed; with bf16_moments the stored m and
- * v are then rounded to BF16 (what a fused kernel holding BF16 moments in memory does). */
+/* The gradient is read times grad_scale (clipping and the 1/dp mean folded in: the same float
+ * product the separate scale pass gave, so one pass). The parameter step uses the FP32 moments
+ * just computed; with bf16_moments the stored m and v are then rounded to BF16 (what a fused
+ * kernel holding BF16 moments in memory does). */
 void cpu_adamw_update(Ops *o, float *param, const float *grad, float *m, float *v, size_t n, const AdamArgs *a)
 {
     CHECK(a->step >= 1);
@@ -534,9 +545,10 @@ void cpu_adamw_update(Ops *o, float *param, const float *grad, float *m, float *
     float bc1 = (float)(1.0 - pow((double)b1, a->step));
     float bc2 = (float)(1.0 - pow((double)b2, a->step));
     int round = a->bf16_moments;
+    const float gs = a->grad_scale != 0.0f ? a->grad_scale : 1.0f;   /* x 1 is exact: no scale */
     #pragma omp parallel for num_threads(cpu_threads(o)) if (n > CPU_PAR_MIN) schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = grad[i];
+        float g = grad[i] * gs;
         float mi = b1 * m[i] + (1.0f - b1) * g;
         float vi = b2 * v[i] + (1.0f - b2) * g * g;
         float mhat = mi / bc1, vhat = vi / bc2;

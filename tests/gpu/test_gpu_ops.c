@@ -453,7 +453,7 @@ static void test_adamw(Pair *p, Rng *r, size_t n, int bf16_moments, int step)
     float *hp = host_uniform(r, n, -1, 1), *hg = host_normal(r, n, 0.1f), *hm = host_normal(r, n, 0.01f);
     float *hv = host_uniform(r, n, 0, 0.01f);
     Buf pa = buf_new(p, hp, n), gr = buf_new(p, hg, n), m = buf_new(p, hm, n), v = buf_new(p, hv, n);
-    AdamArgs a = { 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step, bf16_moments };
+    AdamArgs a = { 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step, bf16_moments, 1.0f };
     p->cpu->adamw_update(p->cpu, pa.c, gr.c, m.c, v.c, n, &a);
     p->gpu->adamw_update(p->gpu, pa.g, gr.g, m.g, v.g, n, &a);
     float *rm = buf_host_cpu(p, &m), *rv = buf_host_cpu(p, &v);

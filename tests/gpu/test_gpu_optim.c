@@ -82,7 +82,7 @@ static void run_case(Ops *c, Rng *r, Case k)
     CHECK(cudaDeviceSynchronize() == cudaSuccess);
     down(gn, dn, sizeof gn);
     if (cscale != 1.0) c->scale(c, g, (float)cscale, n);
-    AdamArgs ca = { a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, k.step, 1 };
+    AdamArgs ca = { a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, k.step, 1, 1.0f };
     c->adamw_update(c, p, g, m, v, n, &ca);
     /* the norm: two FP64 sums of n exact squares, each within (n - 1) u64 relative; the
      * square root halves it; the scale clip / norm adds one rounding */

@@ -2,7 +2,8 @@
  * tests/mpi/test_mpi_comm.sh, test_mpi_failure.sh and tests/cli/test_slurm.sh under mpirun or
  * srun). Modes (the first three can be combined in one run, with one "N passed, N failed"):
  *   collectives          every collective of comm.h, blocking and non-blocking (several posted
- *                        into one request), on the world and on split groups, against the serial
+ *                        into one request; the ragged reduce-scatter/all-gather pair with an
+ *                        unpadded buffer), on the world and on split groups, against the serial
  *                        expectation; payloads are small integers, so sums are exact and compared
  *                        with == (no tolerance)
  *   groups               every layout (pp, dp, ep) with pp * dp = world size: each group's members
@@ -105,6 +106,40 @@ static void test_scatter_gather(Comm *c, CommRequest *rq)
     free(inplace);
 }
 
+/* The ragged ZeRO-1 pair on unpadded buffers (comm_reduce_scatter_v, comm_allgather_v): n of
+ * P*block - 2 (the last block two short; with P >= 3 and block 1 the last is empty), so a
+ * padded read or write past n shows in the guard element after the buffer. */
+static void test_ragged(Comm *c, CommRequest *rq)
+{
+    const int P = c->size, r = c->rank;
+    for (size_t block = 1; block <= 5; block += 4) {
+        const size_t n = (size_t)P * block >= 2 ? (size_t)P * block - 2 : 0;
+        float *send = xcalloc(n + 1, sizeof(float)), *buf = xcalloc(n + 1, sizeof(float)), recv[8];
+        for (size_t i = 0; i < n; i++) send[i] = (float)(r * 1000 + (int)i);
+        send[n] = buf[n] = -1.0f;   /* guards */
+        for (int i = 0; i < 8; i++) recv[i] = -2.0f;
+        const size_t mine = comm_block_count(n, block, r), lo = (size_t)r * block;
+        for (size_t i = 0; i < mine; i++) buf[lo + i] = (float)(r * 10 + (int)i);
+        if (rq) {
+            comm_ireduce_scatter_v(c, recv, send, n, block, COMM_F32, COMM_SUM, rq);
+            comm_iallgather_v(c, buf, n, block, COMM_F32, rq);
+            comm_wait(rq);
+        } else {
+            comm_reduce_scatter_v(c, recv, send, n, block, COMM_F32, COMM_SUM);
+            comm_allgather_v(c, buf, n, block, COMM_F32);
+        }
+        int bad = buf[n] != -1.0f || recv[mine] != -2.0f;
+        for (size_t i = 0; i < mine; i++) bad += recv[i] != (float)(1000 * P * (P - 1) / 2 + P * (int)(lo + i));
+        for (int b = 0; b < P; b++)
+            for (size_t i = 0; i < comm_block_count(n, block, b); i++)
+                bad += buf[(size_t)b * block + i] != (float)(b * 10 + (int)i);
+        MEXPECT(bad == 0, "ragged reduce-scatter/allgather (%s, size %d, n %zu, block %zu): %d values differ",
+                rq ? "non-blocking" : "blocking", P, n, block, bad);
+        free(send);
+        free(buf);
+    }
+}
+
 /* rank q sends (q + 2p) % 3 + (q == p) elements q*1000 + p*100 + i to rank p; send blocks in
  * rank order with a 1-element gap, receive blocks in reverse rank order with a 2-element gap
  * that must stay untouched */
@@ -196,6 +231,7 @@ static void suite(Comm *c)
         CommRequest *use = nb ? rq : NULL;
         test_allreduce(c, use);
         test_scatter_gather(c, use);
+        test_ragged(c, use);
         test_alltoallv(c, use);
         test_p2p_bcast(c, use);
     }

@@ -523,7 +523,7 @@ static void test_adamw(int bf16)
 {
     printf("adamw n=37 bf16_moments=%d\n", bf16);
     enum { n = 37, steps = 3 };
-    AdamArgs a = { 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0, bf16 };
+    AdamArgs a = { 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0, bf16, 1.0f };
     float *p = randn(n, 1), *m = talloc(n * 4), *v = talloc(n * 4);
     double pr[n], mr[n], vr[n], mabs[n], bp[n], bm[n], bv[n];
     for (int i = 0; i < n; i++) { pr[i] = p[i]; mr[i] = vr[i] = mabs[i] = bp[i] = bm[i] = bv[i] = 0.0; }
