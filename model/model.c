@@ -203,6 +203,17 @@ static void mark_blocks(Model *m)
     }
 }
 
+/* The stage's place in the model and its slots (sp: model/stage.h). */
+static void set_stage(Model *m, const StageSpec *sp)
+{
+    m->lo = sp->lo;
+    m->hi = sp->hi;
+    m->first = sp->first;
+    m->last = sp->last;
+    m->n_slots = sp->n_slots;
+    m->n_micro = sp->n_micro;
+}
+
 void model_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int ep, double capacity_factor,
                       ModelBytes *out)
 {
@@ -243,13 +254,7 @@ void stage_plan_bytes(const ModelConfig *c, Ops *o, int B, int T, int train, int
         m->d.ep = &m->ep;
     }
     moe_plan_pool(&m->d, m->d.ep ? ep : 1, sp->capacity_factor);
-    /* the stage with its slots (stage_create's; the whole model: model_create_ep's) */
-    m->lo = sp->lo;
-    m->hi = sp->hi;
-    m->first = sp->first;
-    m->last = sp->last;
-    m->n_slots = sp->n_slots;
-    m->n_micro = sp->n_micro;
+    set_stage(m, sp);   /* the stage with its slots (stage_create's; the whole model: model_create_ep's) */
     mark_blocks(m);
     m->slots = xcalloc((size_t)m->n_slots, sizeof(ModelSlot));
     for (int i = 0; i < m->n_slots; i++) {
@@ -323,12 +328,7 @@ Model *stage_create(const ModelConfig *c, Ops *o, int B, int T, int train, const
     m->o = o;
     m->train = train & ~MODEL_RECOMPUTE;
     m->recompute = !!(train & MODEL_RECOMPUTE);
-    m->lo = sp->lo;
-    m->hi = sp->hi;
-    m->first = sp->first;
-    m->last = sp->last;
-    m->n_slots = sp->n_slots;
-    m->n_micro = sp->n_micro;
+    set_stage(m, sp);
     dims_from_config(&m->d, c, B, T, (int)o->act_bytes);
     if (ep_comm && ep_comm->size > 1 && m->d.E > 0) {
         ep_group_init(&m->ep, ep_comm, node, m->d.E);
