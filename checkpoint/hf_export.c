@@ -1,6 +1,6 @@
 /* checkpoint/hf_export.c - the Hugging Face export directory: config.json and the sharded
  * safetensors files (layout in safetensors.h).
- * Not here: the safetensors byte format (safetensors.c) or reading a checkpoint (ckpt.c).
+ * Not here: the safetensors byte format (safetensors.c) or reading a checkpoint (ckpt_stream.c).
  * Reference: transformers' DeepseekV3Config field names; the published DeepSeek-V3 model
  * directory (index file, per-expert tensor names, MTP as layer num_hidden_layers). */
 #define _GNU_SOURCE

@@ -20,9 +20,15 @@
  *   mtp.safetensors                   the MTP modules (layers >= num_hidden_layers), outside
  *                                     the index: transformers ignores unexpected weights only
  *                                     at layer 61, so they must not be in what it loads
+ * Export streams: each file's header is built from the shapes, then every tensor is fetched
+ * (hf_export_stream's HfFetch) and written before the next is fetched, so an exporter that
+ * reads the checkpoint into one reused buffer needs the largest tensor, not the model.
  * Import (hf_import) reads such a directory (index or single file, plus mtp.safetensors when
- * present), F32 or BF16, into a flat buffer in table order; hf_config_check (hf_config.c)
- * holds its config.json against the model's config.
+ * present), F32 or BF16, into a flat buffer in table order, tensor by tensor straight to its
+ * place (pread; BF16 through a 1 MiB buffer), and only the tensors of the given table: a
+ * rank's selection (EP, params_select) reads its own experts and nothing else, so --init-from
+ * needs no memory beyond the rank's table; hf_config_check (hf_config.c) holds its
+ * config.json against the model's config.
  */
 #ifndef DSTRAIN_SAFETENSORS_H
 #define DSTRAIN_SAFETENSORS_H
