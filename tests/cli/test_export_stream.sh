@@ -23,6 +23,7 @@
 #      them outside ./build.sh test's venv, where a missing package fails instead).
 #   5. A per-rank checkpoint written by training: tiny at (DP, EP) = (2, 2) under mpirun (left
 #      out where mpirun is absent), exported under the same limit and checked likewise.
+# Also: row blocks that leave a gap or overlap are refused in one line naming the rows.
 # A build that cannot start under ulimit -v at all (sanitizers) runs the exports unlimited.
 # The large files are removed at the end.
 # Usage: bash test_export_stream.sh DSTRAIN_BINARY SOURCE_DIR SCRATCH_DIR
@@ -112,6 +113,23 @@ check "sharded: 3 shards, index, mtp.safetensors, config.json" "[ -s hf_syn/mode
     [ -s hf_syn/model.safetensors.index.json ] && [ -s hf_syn/mtp.safetensors ] && [ -s hf_syn/config.json ]"
 check_output syn/ckpt-1 hf_syn syn
 expect_error "holds no EMA" export --ckpt syn/ckpt-1 --out hf_ema --ema
+
+# row blocks that do not tile a tensor (manifest re-signed: tests/cli/resign_manifest.py) are
+# refused at open, one line naming the tensor and the rows, before any data is read
+"$TOOLS/ckpt_synth" "$SRC/configs/tiny.toml" small 2 2 > small.txt 2>&1
+for case in "17 15 is missing rows 16..16" "15 17 holds twice rows 15..15"; do
+    set -- $case
+    rm -rf bad && mkdir bad && cp -r small/ckpt-1 bad/
+    files=$(python3 -c "
+import json, sys
+m = json.load(open('bad/ckpt-1/manifest.json'))
+f = m['files'][1]
+f['row_blocks'][f['tensors'].index('model.embed_tokens.weight')] = [$1, $2]
+print(json.dumps(m['files']))")
+    python3 "$SRC/tests/cli/resign_manifest.py" "files=$files" bad/ckpt-1 > /dev/null
+    shift 2
+    expect_error "tensor 'model.embed_tokens.weight' $*" export --ckpt bad/ckpt-1 --out hf_bad
+done
 
 # 5. a per-rank checkpoint written by training
 if command -v mpirun > /dev/null 2>&1; then
