@@ -5,7 +5,8 @@
 #   1. The address space an export needs besides its tensors, B: measured here, as the peak
 #      address space `dstrain export` reports for tiny (0.2 MiB of weights). Most of it is
 #      libraries and OpenBLAS's buffer, reserved at load time whether used or not (128 MiB per
-#      OpenMP thread: the exports run with OMP_NUM_THREADS=1, export computes nothing).
+#      OpenMP thread: the exports run with OMP_NUM_THREADS=1 and OPENBLAS_NUM_THREADS=1; export
+#      computes nothing).
 #   2. A per-rank checkpoint of a model of P = 484 MiB of FP32 weights (tiny's shapes with 256
 #      routed experts of hidden 256 x 128 in 5 MoE blocks, largest tensor 0.5 MiB), written at
 #      (DP, EP) = (4, 4) by tests/tools/ckpt_synth through the multi-rank save (4 rank files,
@@ -35,7 +36,7 @@ TOOLS=$(cd "$(dirname "$BIN")" && pwd)/tests
 PY=${DSTRAIN_TEST_PYTHON:-python3}
 . "$(dirname "$0")/lib.sh"
 trap 'rm -rf "$SCRATCH/syn" "$SCRATCH/hf_syn"' EXIT
-export OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one OpenBLAS buffer, whichever threading it was built with
 MARGIN_MIB=64
 BIG=(model.hidden_size=256 model.moe_intermediate_size=128 model.n_routed_experts=256 model.num_hidden_layers=5)
 
