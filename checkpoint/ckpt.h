@@ -33,7 +33,8 @@
  * Files of this module: ckpt.c (save protocol, retention, verify, find_latest, load),
  * writer.c (background writer), h5.c (the HDF5 file layout), zstd_filter.c (HDF5 filter
  * 32015), manifest.c (manifest.json), fsio.c / hash.c (durable files, XXH64 checksums),
- * safetensors.c / hf_export.c (Hugging Face export and import, safetensors.h).
+ * safetensors.c / hf_export.c (Hugging Face export and import, safetensors.h), ckpt_stream.c
+ * (a checkpoint read tensor by tensor, for export: ckpt_stream.h).
  *
  * Retention: after a save completes, the checkpoint just written and the newest keep-1 other
  * ckpt-<N> directories (by N) are kept, older ones deleted (renamed to ckpt-<N>.del first, so

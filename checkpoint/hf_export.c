@@ -1,6 +1,6 @@
 /* checkpoint/hf_export.c - the Hugging Face export directory: config.json and the sharded
  * safetensors files (layout in safetensors.h).
- * Not here: the safetensors byte format (safetensors.c) or reading a checkpoint (ckpt.c).
+ * Not here: the safetensors byte format (safetensors.c) or reading a checkpoint (ckpt_stream.c).
  * Reference: transformers' DeepseekV3Config field names; the published DeepSeek-V3 model
  * directory (index file, per-expert tensor names, MTP as layer num_hidden_layers). */
 #define _GNU_SOURCE
@@ -97,10 +97,37 @@ int hf_write_config(const char *path, const ModelConfig *c, char *err, size_t er
 
 /* ---- shards ---- */
 
-static StTensor tensor_of(const Param *p, const float *params)
+/* The tensors of one file: their entries and where their values come from. */
+typedef struct Source {
+    HfFetch fetch;
+    void *ctx;
+    const Param **p;            /* (n) table entries, file order */
+} Source;
+
+static int source_of(void *ctx, int i, const float **data, char *err, size_t errlen)
 {
-    StTensor t = { p->name, p->ndim, { p->rows, p->cols }, params + p->offset };
-    return t;
+    const Source *s = ctx;
+    return s->fetch(s->ctx, s->p[i], data, err, errlen);
+}
+
+/* The table entries [first, last) with mtp == want as one safetensors file (none: no file). */
+static int write_entries(const char *path, const ParamTable *t, const Source *src, int first, int last, int want,
+                         char *err, size_t errlen)
+{
+    StTensor *list = calloc((size_t)(last - first) + 1, sizeof *list);
+    Source s = *src;
+    s.p = calloc((size_t)(last - first) + 1, sizeof *s.p);
+    int n = 0, rc = list && s.p ? 0 : ckpt_fail(err, errlen, "out of memory");
+    for (int i = first; rc == 0 && i < last; i++) {
+        const Param *p = &t->p[i];
+        if (p->mtp != want) continue;
+        list[n] = (StTensor){ p->name, p->ndim, { p->rows, p->cols }, NULL };
+        s.p[n++] = p;
+    }
+    if (rc == 0 && n > 0) rc = st_write_stream(path, list, n, source_of, &s, err, errlen);
+    free(s.p);
+    free(list);
+    return rc;
 }
 
 /* Remove what an earlier export into the same directory may have left: a stale index next
@@ -123,20 +150,6 @@ static int remove_stale(const char *dir, char *err, size_t errlen)
         if (unlink(path) != 0) rc = ckpt_fail(err, errlen, "cannot remove '%s': %s", path, strerror(errno));
     }
     closedir(d);
-    return rc;
-}
-
-/* Shard k (0-based) of the non-MTP tensors [first, last) of the table. */
-static int write_range(const char *path, const ParamTable *t, const float *params, int first, int last, char *err,
-                       size_t errlen)
-{
-    StTensor *list = calloc((size_t)(last - first) + 1, sizeof *list);
-    if (!list) return ckpt_fail(err, errlen, "out of memory");
-    int n = 0;
-    for (int i = first; i < last; i++)
-        if (!t->p[i].mtp) list[n++] = tensor_of(&t->p[i], params);
-    int rc = st_write_file(path, list, n, err, errlen);
-    free(list);
     return rc;
 }
 
@@ -182,7 +195,7 @@ static int write_index(const char *dir, const ParamTable *t, const int *starts, 
     return rc;
 }
 
-static int write_main(const char *dir, const ParamTable *t, const float *params, size_t shard_bytes, char *err,
+static int write_main(const char *dir, const ParamTable *t, const Source *src, size_t shard_bytes, char *err,
                       size_t errlen)
 {
     int *starts = calloc((size_t)t->n + 2, sizeof *starts);
@@ -191,28 +204,14 @@ static int write_main(const char *dir, const ParamTable *t, const float *params,
     char path[4096];
     if (n <= 1) {
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
-        rc = write_range(path, t, params, 0, t->n, err, errlen);
+        rc = write_entries(path, t, src, 0, t->n, 0, err, errlen);
     }
     for (int k = 0; n > 1 && rc == 0 && k < n; k++) {
         snprintf(path, sizeof path, "%s/model-%05d-of-%05d.safetensors", dir, k + 1, n);
-        rc = write_range(path, t, params, starts[k], starts[k + 1], err, errlen);
+        rc = write_entries(path, t, src, starts[k], starts[k + 1], 0, err, errlen);
     }
     if (n > 1 && rc == 0) rc = write_index(dir, t, starts, n, err, errlen);
     free(starts);
-    return rc;
-}
-
-static int write_mtp(const char *dir, const ParamTable *t, const float *params, char *err, size_t errlen)
-{
-    StTensor *list = calloc((size_t)t->n, sizeof *list);
-    if (!list) return ckpt_fail(err, errlen, "out of memory");
-    int n = 0, rc = 0;
-    for (int i = 0; i < t->n; i++)
-        if (t->p[i].mtp) list[n++] = tensor_of(&t->p[i], params);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/mtp.safetensors", dir);
-    if (n > 0) rc = st_write_file(path, list, n, err, errlen);
-    free(list);
     return rc;
 }
 
@@ -237,20 +236,36 @@ int hf_check_router(const char *verb, const ModelConfig *c, char *err, size_t er
     return 0;
 }
 
+static int fetch_flat(void *ctx, const Param *p, const float **data, char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    *data = (const float *)ctx + p->offset;
+    return 0;
+}
+
 int hf_export(const char *out_dir, const ModelConfig *c, const ParamTable *t, const float *params,
               size_t shard_bytes, char *err, size_t errlen)
 {
-    char path[4096];
+    return hf_export_stream(out_dir, c, t, fetch_flat, (void *)params, shard_bytes, err, errlen);
+}
+
+int hf_export_stream(const char *out_dir, const ModelConfig *c, const ParamTable *t, HfFetch fetch, void *ctx,
+                     size_t shard_bytes, char *err, size_t errlen)
+{
+    char path[4096], mtp[4096];
+    Source src = { fetch, ctx, NULL };
     if (strcmp(c->attention, "mla"))
         return ckpt_fail(err, errlen, "export: 'model.attention' = '%s' has no DeepseekV3 form (only mla)",
                          c->attention);
     if (c->tie_word_embeddings) return ckpt_fail(err, errlen, "export: tied embeddings are not supported");
     if (hf_check_router("export", c, err, errlen)) return -1;
     if (shard_bytes == 0) shard_bytes = HF_DEFAULT_SHARD_BYTES;
-    if (snprintf(path, sizeof path, "%s/config.json", out_dir) >= (int)sizeof path)
+    if (snprintf(path, sizeof path, "%s/config.json", out_dir) >= (int)sizeof path ||
+        snprintf(mtp, sizeof mtp, "%s/mtp.safetensors", out_dir) >= (int)sizeof mtp)
         return ckpt_fail(err, errlen, "path too long: '%s'", out_dir);
     if (fsio_mkdirs(out_dir, err, errlen) || remove_stale(out_dir, err, errlen)) return -1;
-    if (write_main(out_dir, t, params, shard_bytes, err, errlen) || write_mtp(out_dir, t, params, err, errlen))
+    if (write_main(out_dir, t, &src, shard_bytes, err, errlen) || write_entries(mtp, t, &src, 0, t->n, 1, err, errlen))
         return -1;
     if (hf_write_config(path, c, err, errlen)) return -1;
     return fsio_fsync_dir(out_dir, err, errlen);

@@ -62,7 +62,7 @@ static char *header_text(const StTensor *t, int n, size_t *len)
     return out;
 }
 
-int st_write_file(const char *path, const StTensor *t, int n, char *err, size_t errlen)
+int st_write_stream(const char *path, const StTensor *t, int n, StSource src, void *ctx, char *err, size_t errlen)
 {
     if (!host_is_little_endian()) return ckpt_fail(err, errlen, "safetensors export needs a little-endian host");
     int rc = -1;
@@ -83,7 +83,9 @@ int st_write_file(const char *path, const StTensor *t, int n, char *err, size_t 
     int ok = fwrite(n8, 1, 8, f) == 8 && fwrite(header, 1, len, f) == len;
     for (int i = 0; ok && i < n; i++) {
         size_t numel = (size_t)t[i].shape[0] * (size_t)(t[i].ndim > 1 ? t[i].shape[1] : 1);
-        ok = fwrite(t[i].data, sizeof(float), numel, f) == numel;
+        const float *data = t[i].data;
+        if (src && src(ctx, i, &data, err, errlen)) goto done;   /* its own message */
+        ok = fwrite(data, sizeof(float), numel, f) == numel;
     }
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
     if (!ok) {
@@ -95,6 +97,11 @@ done:
     if (f && fclose(f) != 0 && rc == 0) rc = ckpt_fail(err, errlen, "cannot close '%s': %s", path, strerror(errno));
     free(header);
     return rc;
+}
+
+int st_write_file(const char *path, const StTensor *t, int n, char *err, size_t errlen)
+{
+    return st_write_stream(path, t, n, NULL, NULL, err, errlen);
 }
 
 /* ---- reading ---- */

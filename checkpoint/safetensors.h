@@ -20,9 +20,15 @@
  *   mtp.safetensors                   the MTP modules (layers >= num_hidden_layers), outside
  *                                     the index: transformers ignores unexpected weights only
  *                                     at layer 61, so they must not be in what it loads
+ * Export streams: each file's header is built from the shapes, then every tensor is fetched
+ * (hf_export_stream's HfFetch) and written before the next is fetched, so an exporter that
+ * reads the checkpoint into one reused buffer needs the largest tensor, not the model.
  * Import (hf_import) reads such a directory (index or single file, plus mtp.safetensors when
- * present), F32 or BF16, into a flat buffer in table order; hf_config_check (hf_config.c)
- * holds its config.json against the model's config.
+ * present), F32 or BF16, into a flat buffer in table order, tensor by tensor straight to its
+ * place (pread; BF16 through a 1 MiB buffer), and only the tensors of the given table: a
+ * rank's selection (EP, params_select) reads its own experts and nothing else, so --init-from
+ * needs no memory beyond the rank's table; hf_config_check (hf_config.c) holds its
+ * config.json against the model's config.
  */
 #ifndef DSTRAIN_SAFETENSORS_H
 #define DSTRAIN_SAFETENSORS_H
@@ -67,6 +73,12 @@ typedef struct StFile {
 
 /* Write a whole safetensors file (F32), fsynced. */
 int st_write_file(const char *path, const StTensor *t, int n, char *err, size_t errlen);
+/* Supplies tensor i's values for st_write_stream: *data = its numel floats, valid until the
+ * next call. 0, or -1 with its own message in err. */
+typedef int (*StSource)(void *ctx, int i, const float **data, char *err, size_t errlen);
+/* The same, tensor by tensor: the header from the shapes first, then each tensor's data as
+ * src (when non-NULL; t[i].data otherwise) gives it, so only one tensor need be in memory. */
+int st_write_stream(const char *path, const StTensor *t, int n, StSource src, void *ctx, char *err, size_t errlen);
 /* Open and check a file's header. On failure f is left closed (st_close is still safe). */
 int st_open(const char *path, StFile *f, char *err, size_t errlen);
 /* Read entry e (F32 or BF16) as floats into out (numel floats). */
@@ -83,6 +95,14 @@ int hf_write_config(const char *path, const ModelConfig *c, char *err, size_t er
  * or groups of fewer than 2 experts. */
 int hf_export(const char *out_dir, const ModelConfig *c, const ParamTable *t, const float *params,
               size_t shard_bytes, char *err, size_t errlen);
+/* Supplies table entry p's values for hf_export_stream: *data = its numel floats, valid until
+ * the next call. 0, or -1 with its own message in err. */
+typedef int (*HfFetch)(void *ctx, const Param *p, const float **data, char *err, size_t errlen);
+/* hf_export with the values fetched one tensor at a time, in file order (each exactly once;
+ * table order within a file), each written before the next is fetched: with a fetch that
+ * reads into one reused buffer, memory stays at the largest tensor (runtime/export.c). */
+int hf_export_stream(const char *out_dir, const ModelConfig *c, const ParamTable *t, HfFetch fetch, void *ctx,
+                     size_t shard_bytes, char *err, size_t errlen);
 /* Read every table tensor from an HF directory into params (t->total floats); a missing
  * tensor, a shape mismatch or a tensor the table lacks is an error naming it. */
 int hf_import(const char *dir, const ParamTable *t, float *params, char *err, size_t errlen);

@@ -1,6 +1,9 @@
 /* runtime/export.c - `dstrain export --ckpt DIR --out DIR`: a checkpoint's FP32 weights as a
  * Hugging Face model directory (config.json + safetensors, layout in
  * checkpoint/safetensors.h) that transformers' DeepseekV3ForCausalLM loads.
+ * The checkpoint (any layout: per-rank files are gathered tensor by tensor, checkpoint/
+ * ckpt_stream.h) is read one tensor at a time and each tensor written before the next is read,
+ * so memory is the largest tensor plus fixed buffers, whatever the model's size (issue 14).
  * Not here: the formats themselves (checkpoint/hf_export.c, checkpoint/safetensors.c) or
  * the optimizer moments (an export holds weights only).
  */
@@ -8,9 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "../checkpoint/ckpt.h"
 #include "../checkpoint/ckpt_config.h"
+#include "../checkpoint/ckpt_stream.h"
 #include "../checkpoint/safetensors.h"
 #include "commands.h"
 #include "common.h"
@@ -31,7 +36,9 @@ static void export_usage(FILE *f)
                "exceed --shard-bytes (default %zu = 2 GiB). Multi-token-prediction modules go to\n"
                "mtp.safetensors, outside what transformers loads. Under YaRN, config.json gives the\n"
                "cos/sin scale as rope_scaling.attention_factor. The checkpoint is verified first.\n"
-               "--ema exports the EMA of the weights (a run with train.ema_decay > 0) instead.\n",
+               "--ema exports the EMA of the weights (a run with train.ema_decay > 0) instead.\n"
+               "A checkpoint of any layout (per-rank files) is read and written one tensor at a time:\n"
+               "memory stays near the largest tensor, whatever the model's size.\n",
             HF_DEFAULT_SHARD_BYTES);
 }
 
@@ -65,6 +72,47 @@ static void parse_args(int argc, char **argv, ExportArgs *a)
     if (!a->out) DIE("export: '--out DIR' is required");
 }
 
+/* Where hf_export_stream gets each tensor: read from the checkpoint into one buffer of the
+ * largest tensor's size, so the export holds one tensor at a time (issue 14). Progress goes to
+ * stdout every PROGRESS_S seconds of a long export. */
+#define PROGRESS_S 5.0
+typedef struct Fetch {
+    CkptStream *s;
+    const ParamTable *t;
+    const char *suffix;         /* NULL: the weights; "ema" */
+    float *buf;                 /* (largest numel) */
+    int done;
+    double bytes_done, t_last;
+} Fetch;
+
+static int fetch_tensor(void *ctx, const Param *p, const float **data, char *err, size_t errlen)
+{
+    Fetch *f = ctx;
+    if (ckpt_stream_read(f->s, (int)(p - f->t->p), f->suffix, f->buf, err, errlen)) return -1;
+    *data = f->buf;
+    f->done++;
+    f->bytes_done += (double)p->numel * sizeof(float);
+    if (now_seconds() - f->t_last >= PROGRESS_S) {
+        f->t_last = now_seconds();
+        printf("export: tensor %d of %d (%.1f of %.1f GiB)\n", f->done, f->t->n, f->bytes_done / 1073741824.0,
+               (double)f->t->total * sizeof(float) / 1073741824.0);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+/* Peak address space (VmPeak of /proc/self/status) in MiB, 0 where unknown. */
+static double peak_address_mib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long long kib = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmPeak: %lld kB", &kib) == 1) break;
+    if (f) fclose(f);
+    return kib / 1024.0;
+}
+
 int cmd_export(int argc, char **argv)
 {
     ExportArgs a;
@@ -75,18 +123,25 @@ int cmd_export(int argc, char **argv)
     config_validate(&c);
     ParamTable t;
     params_build(&t, &c.model);
-    float *params = xmalloc(t.total * sizeof(float));   /* (t.total) FP32 master weights */
-    CkptState s;   /* ckpt_load verifies every checksum first */
-    if (ckpt_load(a.ckpt, &t, params, NULL, NULL, &s, err, sizeof err) != 0) DIE("export: %s", err);
-    int rc = a.ema ? ckpt_load_ema(a.ckpt, &t, params, err, sizeof err) : 0;
-    if (rc < 0) DIE("export: %s", err);
-    if (rc > 0) DIE("export: checkpoint '%s' holds no EMA (train with train.ema_decay > 0)", a.ckpt);
+    size_t largest = 1;
+    for (int i = 0; i < t.n; i++) largest = t.p[i].numel > largest ? t.p[i].numel : largest;
     double t0 = now_seconds();
-    if (hf_export(a.out, &c.model, &t, params, a.shard_bytes, err, sizeof err) != 0) DIE("export: %s", err);
-    printf("exported %sstep %d (%zu weights, %.1f MiB FP32) from '%s' to '%s' in %.2f s\n",
-           a.ema ? "the EMA of " : "", s.step, t.total,
-           t.total * sizeof(float) / 1048576.0, a.ckpt, a.out, now_seconds() - t0);
-    free(params);
+    CkptStream *s = ckpt_stream_open(a.ckpt, &t, err, sizeof err);   /* verifies every checksum first */
+    if (!s) DIE("export: %s", err);
+    CkptStreamInfo info = ckpt_stream_info(s);
+    if (a.ema && !info.has_ema) DIE("export: checkpoint '%s' holds no EMA (train with train.ema_decay > 0)", a.ckpt);
+    Fetch f = { s, &t, a.ema ? "ema" : NULL, xmalloc(largest * sizeof(float)), 0, 0, now_seconds() };
+    if (hf_export_stream(a.out, &c.model, &t, fetch_tensor, &f, a.shard_bytes, err, sizeof err) != 0)
+        DIE("export: %s", err);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("exported %sstep %d (%zu weights, %.1f MiB FP32, from %d rank file%s) from '%s' to '%s' in %.2f s\n",
+           a.ema ? "the EMA of " : "", info.step, t.total, t.total * sizeof(float) / 1048576.0, info.world_size,
+           info.world_size == 1 ? "" : "s", a.ckpt, a.out, now_seconds() - t0);
+    printf("export: one tensor at a time: largest %.1f MiB; peak resident %.1f MiB, peak address space %.1f MiB\n",
+           largest * sizeof(float) / 1048576.0, ru.ru_maxrss / 1024.0, peak_address_mib());
+    ckpt_stream_close(s);
+    free(f.buf);
     params_free(&t);
     return 0;
 }
